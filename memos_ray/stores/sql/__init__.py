@@ -1,0 +1,1 @@
+"""Relational store: users, cubes, grants, API keys."""

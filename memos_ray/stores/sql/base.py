@@ -1,0 +1,52 @@
+"""The relational store role: users, API keys, cubes and grants."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from memos_ray.domain.tenancy import Access, Cube, Grant, User
+
+
+class TenancyStore(ABC):
+    """Who exists, who owns which cube, who was granted what. Keys are stored hashed."""
+
+    @abstractmethod
+    def create_user(self, user_id: str) -> User:
+        """Create a user; ConflictError if it exists."""
+
+    @abstractmethod
+    def ensure_user(self, user_id: str) -> User:
+        """Return the user, creating it if missing (open mode and admin acting)."""
+
+    @abstractmethod
+    def get_user(self, user_id: str) -> User | None: ...
+
+    @abstractmethod
+    def create_api_key(self, user_id: str) -> str:
+        """Mint a new key for an existing user; returns the plaintext once."""
+
+    @abstractmethod
+    def user_for_key(self, api_key: str) -> str | None:
+        """The user a plaintext key belongs to, or None."""
+
+    @abstractmethod
+    def create_cube(self, cube_id: str, cube_name: str, owner_id: str) -> Cube:
+        """Create a cube; ConflictError if the id is taken."""
+
+    @abstractmethod
+    def get_cube(self, cube_id: str) -> Cube | None: ...
+
+    @abstractmethod
+    def grant(self, cube_id: str, user_id: str, access: Access) -> Grant:
+        """Give (or change) a user's read/write access to a cube."""
+
+    @abstractmethod
+    def access_of(self, user_id: str, cube_id: str) -> Access | None:
+        """OWNER for the owner, the granted level otherwise, None without access."""
+
+    @abstractmethod
+    def cubes_of(self, user_id: str) -> list[Cube]:
+        """Cubes the user owns."""
+
+    @abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Vector store: dense and keyword recall."""
