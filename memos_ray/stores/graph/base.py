@@ -25,6 +25,10 @@ class GraphStore(ABC):
         """Items with these ids that live in one of `cube_ids`, in the order of `ids`."""
 
     @abstractmethod
+    def locate(self, ids: Sequence[str]) -> dict[str, str]:
+        """The cube of each id that exists (any cube): callers check access before reading."""
+
+    @abstractmethod
     def existing_ids(self, cube_id: str, ids: Sequence[str]) -> set[str]:
         """The subset of `ids` present in the cube."""
 

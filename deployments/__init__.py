@@ -1,0 +1,1 @@
+"""Ray Serve deployment classes and the app builders that wire them."""

@@ -1,0 +1,39 @@
+"""`build_memos_app`: the builder `serve run` and `memos-ray serve` point at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from deployments.embedder import EmbedderDeployment
+from deployments.ingress import MemosIngress
+from memos_ray.config import MemosConfig, load_config
+
+
+class MemosAppArgs(BaseModel):
+    """Serve app args: `config` overrides `MemosConfig` fields (env `MEMOS_*` fills the rest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+def build_memos_app(args: MemosAppArgs | dict[str, Any] | None = None) -> Application:
+    if not isinstance(args, MemosAppArgs):
+        args = MemosAppArgs.model_validate(args or {})
+    config = load_config(args.config)
+    return build_from_config(config)
+
+
+def build_from_config(config: MemosConfig) -> Application:
+    emb = config.embedder
+    embedder = EmbedderDeployment.options(
+        num_replicas=emb.num_replicas,
+        ray_actor_options={"num_cpus": emb.num_cpus, "num_gpus": emb.num_gpus},
+    ).bind(emb)
+    return MemosIngress.options(
+        num_replicas=config.serving.ingress_replicas,
+        ray_actor_options={"num_cpus": config.serving.ingress_num_cpus},
+    ).bind(config, embedder)

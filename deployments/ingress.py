@@ -1,0 +1,102 @@
+"""MemosIngress: the HTTP entry point (FastAPI on Ray Serve)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from memos_ray import __version__
+from memos_ray.api.app import create_app
+from memos_ray.api.context import ApiContext
+from memos_ray.config import MemosConfig
+from memos_ray.errors import MemosError
+from memos_ray.service import MemoryService
+from memos_ray.tenancy import AccessControl
+
+logger = logging.getLogger("ray.serve")
+
+_replica: MemosIngress | None = None
+
+
+class ServiceUnavailableError(MemosError):
+    status_code = 503
+
+
+def current_context() -> ApiContext:
+    """Route dependency: the context of the ingress replica living in this process."""
+    if _replica is None:
+        raise ServiceUnavailableError("the service is starting")
+    return _replica.context()
+
+
+api = create_app(current_context, version=__version__)
+
+
+@serve.deployment(name="MemosIngress")
+@serve.ingress(api)
+class MemosIngress:
+    """Holds the process-wide context; stores connect in a background thread at start."""
+
+    def __init__(self, config: MemosConfig, embedder: DeploymentHandle) -> None:
+        global _replica
+        self._config = config
+        self._embedder_handle = embedder
+        self._context: ApiContext | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        _replica = self
+        if config.auth_enabled:
+            logger.info("memos-ray: API keys required (MEMOS_ADMIN_KEY is set)")
+        else:
+            logger.warning(
+                "memos-ray: running OPEN for local use: no MEMOS_ADMIN_KEY, no authentication; "
+                "keep the HTTP server on a loopback address"
+            )
+        threading.Thread(target=self._warm, daemon=True).start()
+
+    def _warm(self) -> None:
+        try:
+            self.context()
+        except BaseException as exc:  # reported by check_health and on each request
+            logger.exception("memos-ray: start-up failed")
+            self._error = exc
+
+    def context(self) -> ApiContext:
+        if self._context is not None:
+            return self._context
+        with self._lock:
+            if self._context is None:
+                from deployments.embedder import HandleEmbedder
+                from memos_ray.wiring import build_ray_stores, build_reranker, build_tenancy_store
+
+                config = self._config
+                graph, vectors = build_ray_stores(config)
+                service = MemoryService(
+                    graph,
+                    vectors,
+                    HandleEmbedder(self._embedder_handle, config.embedder.dim),
+                    build_reranker(config),
+                    config.search,
+                )
+                admin_key = config.admin_key.get_secret_value() if config.admin_key else None
+                access = AccessControl(build_tenancy_store(config), admin_key)
+                self._context = ApiContext(config, service, access, __version__)
+                self._error = None
+        return self._context
+
+    def check_health(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"memos-ray failed to start: {self._error!r}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""Ray Data entry points for bulk work (ingest, reorganise, re-embed) over memos_ray."""

@@ -1,0 +1,1 @@
+"""HTTP layer: FastAPI routes, auth and error mapping, mounted by the Serve ingress."""

@@ -1,0 +1,17 @@
+"""What a request handler needs, built once per process by the serving shell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memos_ray.config import MemosConfig
+from memos_ray.service import MemoryService
+from memos_ray.tenancy import AccessControl
+
+
+@dataclass
+class ApiContext:
+    config: MemosConfig
+    service: MemoryService
+    access: AccessControl
+    version: str

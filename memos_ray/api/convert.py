@@ -1,0 +1,76 @@
+"""Wire messages to reader input, with the size and emptiness checks of the API contract."""
+
+from __future__ import annotations
+
+from memos_ray.config import LimitsConfig, ReaderConfig
+from memos_ray.errors import BadRequestError, PayloadTooLargeError
+from memos_ray.memory.reader import Turn, Window, fast_windows, text_memory
+from memos_ray.schemas.messages import ChatMessage, FilePart, ImagePart, TextPart
+from memos_ray.schemas.product import AddRequest
+
+
+def _check_size(text: str, limits: LimitsConfig, what: str) -> None:
+    size = len(text.encode())
+    if size > limits.max_message_bytes:
+        raise PayloadTooLargeError(
+            f"{what} is {size} bytes; the limit is {limits.max_message_bytes} bytes"
+        )
+
+
+def message_text(message: ChatMessage) -> tuple[str, tuple[str, ...]]:
+    """Flatten content parts; images and files become short markers in fast mode."""
+    if message.content is None:
+        return "", ()
+    if isinstance(message.content, str):
+        return message.content, ()
+    pieces: list[str] = []
+    file_ids: list[str] = []
+    for part in message.content:
+        if isinstance(part, TextPart):
+            pieces.append(part.text)
+        elif isinstance(part, ImagePart):
+            pieces.append(f"[image: {part.image_url.url}]")
+        elif isinstance(part, FilePart):
+            name = part.file.filename or part.file.file_id or "file"
+            pieces.append(f"[file: {name}]")
+            if part.file.file_id:
+                file_ids.append(part.file.file_id)
+    return "\n".join(p for p in pieces if p), tuple(file_ids)
+
+
+def windows_from_request(
+    req: AddRequest, reader: ReaderConfig, limits: LimitsConfig
+) -> list[Window]:
+    windows: list[Window] = []
+    for text, what in ((req.memory_content, "memory_content"),):
+        if text is not None and text.strip():
+            _check_size(text, limits, what)
+            windows.append(text_memory(text))
+    if isinstance(req.messages, str):
+        _check_size(req.messages, limits, "messages")
+        if req.messages.strip():
+            windows.append(text_memory(req.messages))
+    elif req.messages:
+        if len(req.messages) > limits.max_messages:
+            raise PayloadTooLargeError(
+                f"{len(req.messages)} messages; the limit is {limits.max_messages} per request"
+            )
+        turns: list[Turn] = []
+        for index, message in enumerate(req.messages):
+            text, file_ids = message_text(message)
+            _check_size(text, limits, f"messages[{index}]")
+            if message.role == "system" or not text.strip():
+                continue
+            turns.append(
+                Turn(
+                    role=message.role,
+                    content=text.strip(),
+                    chat_time=message.chat_time,
+                    message_id=message.message_id,
+                    file_ids=file_ids,
+                )
+            )
+        windows.extend(fast_windows(turns, reader.window_messages, reader.window_chars))
+    if not windows:
+        raise BadRequestError("messages is empty: nothing to remember")
+    return windows

@@ -1,0 +1,290 @@
+"""The /product (MemOS dialect) and /admin routes. Handlers are sync: they run in a pool."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header
+
+from memos_ray.api.context import ApiContext
+from memos_ray.api.convert import windows_from_request
+from memos_ray.api.wire import bucket, edge_json, item_json
+from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem
+from memos_ray.domain.tenancy import Access
+from memos_ray.errors import BadRequestError, NotFoundError
+from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
+from memos_ray.schemas.envelope import ok
+from memos_ray.schemas.product import (
+    AddRequest,
+    CreateCubeRequest,
+    CreateUserRequest,
+    DeleteMemoryRequest,
+    GetAllRequest,
+    GetMemoryRequest,
+    GrantRequest,
+    SearchData,
+    SearchRequest,
+)
+from memos_ray.service import SearchOptions
+from memos_ray.tenancy import Caller
+
+EMPTY_BUCKETS = ("pref_mem", "tool_mem", "skill_mem")
+
+
+def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
+    def ctx() -> ApiContext:
+        return get_context()
+
+    def caller(
+        context: Annotated[ApiContext, Depends(ctx)],
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Caller:
+        return context.access.authenticate(authorization)
+
+    Ctx = Annotated[ApiContext, Depends(ctx)]
+    Who = Annotated[Caller, Depends(caller)]
+
+    health = APIRouter()
+
+    @health.get("/health")
+    def health_check(context: Ctx) -> dict[str, str]:
+        return {
+            "status": "healthy",
+            "service": context.config.service_name,
+            "version": context.version,
+        }
+
+    product = APIRouter(prefix="/product")
+
+    @product.post("/add")
+    def add(req: AddRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        user_id = context.access.act_as(who, req.user_id)
+        requested = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
+        windows = windows_from_request(req, context.config.reader, context.config.limits)
+        added: list[dict[str, Any]] = []
+        stored = duplicates = 0
+        for cube_id in cubes:
+            outcome = context.service.add_windows(
+                cube_id,
+                user_id,
+                windows,
+                session_id=req.session_id or "default_session",
+                tags=req.custom_tags or (),
+                info=req.info,
+            )
+            stored += len(outcome.stored)
+            duplicates += len(outcome.duplicates)
+            for item in [*outcome.stored, *outcome.duplicates]:
+                added.append(
+                    {
+                        "memory": item.memory,
+                        "memory_id": item.id,
+                        "memory_type": str(item.metadata.memory_type),
+                        "cube_id": cube_id,
+                    }
+                )
+        message = f"Memory added: {stored} stored, {duplicates} duplicates skipped"
+        if req.async_mode == "async":
+            message += " (async mode runs synchronously until the scheduler exists)"
+        if req.mode == "fine":
+            message += "; fine mode is not available yet, stored in fast mode"
+        return ok(added, message)
+
+    @product.post("/search")
+    def search(req: SearchRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        limits = context.config.limits
+        if req.top_k > limits.max_top_k:
+            raise BadRequestError(f"top_k is {req.top_k}; the limit is {limits.max_top_k}")
+        user_id = context.access.act_as(who, req.user_id)
+        requested = req.readable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        cubes = context.access.cubes_for(user_id, requested, write=False, caller=who)
+        cube_filters = _cube_filters(req.filter, cubes)
+        memory_types = _memory_types(req.search_memory_type)
+        results = context.service.search(
+            req.query,
+            cube_filters,
+            SearchOptions(
+                top_k=req.top_k,
+                relativity=req.relativity,
+                dedup=req.dedup or "no",
+                rerank=req.rerank,
+                memory_types=memory_types,
+                session_id=req.session_id,
+            ),
+        )
+        data = SearchData(text_mem=[], pref_mem=[], tool_mem=[], skill_mem=[])
+        payload = data.model_dump()
+        payload["text_mem"] = [bucket(c, results[c]) for c in cubes]
+        for name in EMPTY_BUCKETS:
+            payload[name] = [bucket(c, []) for c in cubes]
+        message = "Search completed successfully"
+        if req.mode != "fast":
+            message += f"; {req.mode} mode needs an LLM and ran as fast mode"
+        return ok(payload, message)
+
+    @product.post("/get_memory")
+    def get_memory(req: GetMemoryRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        user_id = context.access.act_as(who, req.user_id)
+        cube_id = req.mem_cube_id or user_id
+        context.access.cubes_for(user_id, [cube_id], write=False, caller=who)
+        page_size = req.page_size
+        if req.page is not None and page_size is None:
+            page_size = 10
+        if page_size is not None and page_size > context.config.limits.max_page_size:
+            raise BadRequestError(
+                f"page_size is {page_size}; the limit is {context.config.limits.max_page_size}"
+            )
+        items, total = context.service.get_page(
+            cube_id, parse_filter(req.filter), page=req.page, page_size=page_size
+        )
+        data: dict[str, Any] = {"text_mem": [bucket(cube_id, items, total)]}
+        for name in EMPTY_BUCKETS:
+            data[name] = [bucket(cube_id, [])]
+        return ok(data, "Memories retrieved successfully")
+
+    @product.get("/get_memory/{memory_id}")
+    def get_memory_by_id(
+        memory_id: str, context: Ctx, who: Who, user_id: str | None = None
+    ) -> dict[str, Any]:
+        items = _readable_items(context, who, user_id, [memory_id])
+        if not items:
+            raise NotFoundError(f"memory {memory_id!r} not found")
+        return ok(item_json(items[0]), "Memory retrieved successfully")
+
+    @product.post("/get_memory_by_ids")
+    def get_memory_by_ids(
+        context: Ctx,
+        who: Who,
+        memory_ids: Annotated[list[str], Body(max_length=1000)],
+        user_id: str | None = None,
+    ) -> dict[str, Any]:
+        items = _readable_items(context, who, user_id, memory_ids)
+        return ok({"memories": [item_json(i) for i in items]}, "Memories retrieved successfully")
+
+    @product.post("/get_all")
+    def get_all(req: GetAllRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        user_id = context.access.act_as(who, req.user_id)
+        cubes = context.access.cubes_for(user_id, req.mem_cube_ids, write=False, caller=who)
+        result = []
+        for cube_id in cubes:
+            if req.memory_type != "text_mem":
+                result.append({"cube_id": cube_id, "memories": [], "memory_statistics": {}})
+                continue
+            if req.search_query:
+                found = context.service.search(
+                    req.search_query, {cube_id: None}, SearchOptions(top_k=50, relativity=0.0)
+                )[cube_id]
+                nodes = found
+                edges = context.service.graph.get_edges(cube_id, [n.id for n in nodes])
+            else:
+                nodes, edges = context.service.get_graph(cube_id)
+            result.append(
+                {
+                    "cube_id": cube_id,
+                    "memories": [
+                        {
+                            "nodes": [item_json(n) for n in nodes],
+                            "edges": [edge_json(e) for e in edges],
+                            "total_nodes": len(nodes),
+                            "total_edges": len(edges),
+                            "tree_structure": None,
+                        }
+                    ],
+                    "memory_statistics": context.service.statistics(cube_id),
+                }
+            )
+        return ok(result, "All memories retrieved successfully")
+
+    @product.post("/delete_memory")
+    def delete_memory(req: DeleteMemoryRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        user_id = context.access.act_as(who, req.user_id or who.user_id)
+        requested = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
+        selector: FilterExpr | None = None
+        if req.filter:
+            selector = parse_filter(req.filter)
+        elif req.file_ids:
+            selector = Or(tuple(Condition("file_ids", "contains", f) for f in req.file_ids))
+        deleted: dict[str, list[str]] = {}
+        for cube_id in cubes:
+            if selector is not None:
+                deleted[cube_id] = context.service.delete_matching(cube_id, selector)
+            else:
+                deleted[cube_id] = context.service.delete(cube_id, req.memory_ids or [])
+        count = sum(len(v) for v in deleted.values())
+        return ok(
+            {"status": "success", "deleted": deleted, "deleted_count": count},
+            f"Deleted {count} memories",
+        )
+
+    @product.post("/create_cube")
+    def create_cube(req: CreateCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        owner = context.access.act_as(who, req.owner_id)
+        cube_id = req.cube_id or str(uuid.uuid4())
+        cube = context.access.tenancy.create_cube(cube_id, req.cube_name or cube_id, owner)
+        return ok(
+            {"cube_id": cube.cube_id, "cube_name": cube.cube_name, "owner_id": cube.owner_id},
+            "Cube created successfully",
+        )
+
+    admin = APIRouter(prefix="/admin")
+
+    @admin.post("/users")
+    def create_user(req: CreateUserRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        context.access.require_admin(who)
+        context.access.tenancy.create_user(req.user_id)
+        key = context.access.tenancy.create_api_key(req.user_id)
+        return ok({"user_id": req.user_id, "api_key": key}, "User created")
+
+    @admin.post("/keys")
+    def create_key(req: CreateUserRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        context.access.require_admin(who)
+        key = context.access.tenancy.create_api_key(req.user_id)
+        return ok({"user_id": req.user_id, "api_key": key}, "API key created")
+
+    @admin.post("/grants")
+    def grant(req: GrantRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        context.access.require_admin(who)
+        granted = context.access.tenancy.grant(req.cube_id, req.user_id, Access(req.access))
+        return ok(granted.model_dump(mode="json"), "Access granted")
+
+    return [health, product, admin]
+
+
+def _cube_filters(raw: dict[str, Any] | None, cubes: list[str]) -> dict[str, FilterExpr | None]:
+    """A filter keyed by cube ids applies per cube; any other filter applies to all cubes."""
+    if raw and all(k in cubes for k in raw) and all(isinstance(v, dict) for v in raw.values()):
+        return {c: parse_filter(raw.get(c)) for c in cubes}
+    parsed = parse_filter(raw)
+    return {c: parsed for c in cubes}
+
+
+def _memory_types(search_memory_type: str) -> list[str] | None:
+    if search_memory_type in ("All", "", None):
+        return None
+    allowed = {str(t) for t in TEXT_MEMORY_TYPES}
+    wanted = [t.strip() for t in search_memory_type.split(",")]
+    unknown = [t for t in wanted if t not in allowed]
+    if unknown:
+        raise BadRequestError(
+            f"search_memory_type {unknown} unknown; expected 'All' or one of {sorted(allowed)}"
+        )
+    return wanted
+
+
+def _readable_items(
+    context: ApiContext, who: Caller, user_id: str | None, ids: list[str]
+) -> list[MemoryItem]:
+    """Items by id, dropping those in cubes the caller may not read (no existence leak)."""
+    located = context.service.locate(ids)
+    if who.unrestricted and not user_id:
+        cubes = sorted(set(located.values()))
+    else:
+        acting = context.access.act_as(who, user_id or who.user_id)
+        cubes = sorted(
+            {c for c in located.values() if context.access.readable_cube(acting, c, who)}
+        )
+    return context.service.get_by_ids(cubes, ids) if cubes else []

@@ -1,0 +1,189 @@
+"""`memos-ray`: serve the API on embedded defaults, and call it (add, search, admin)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG = Path("configs/local.yaml")
+
+
+def _serve_spec(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    if path is None:
+        return {}
+    if not path.exists():
+        raise SystemExit(f"memos-ray: config file {path} not found")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.data_dir:
+        os.environ["MEMOS_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
+    spec = _serve_spec(args.config)
+    http = spec.get("http_options") or {}
+    host = args.host or http.get("host", "127.0.0.1")
+    port = int(args.port or http.get("port", 8000))
+    apps = spec.get("applications") or [{}]
+    overrides = (apps[0].get("args") or {}).get("config") or {}
+
+    from deployments.app import build_from_config
+    from deployments.ingress import is_loopback
+    from memos_ray.config import load_config
+
+    config = load_config(overrides)
+    if not config.auth_enabled and not is_loopback(host):
+        print(
+            f"memos-ray: refusing to serve on {host} without MEMOS_ADMIN_KEY: the API would be "
+            "open to the network. Set MEMOS_ADMIN_KEY or use a loopback host.",
+            file=sys.stderr,
+        )
+        return 2
+
+    import ray
+    from ray import serve
+
+    from memos_ray.runtime import stop_embedded
+
+    ray.init(namespace=config.serving.namespace, log_to_driver=args.verbose)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_from_config(config), name="memos", route_prefix="/", blocking=False)
+    mode = "API keys required" if config.auth_enabled else "OPEN (no auth, loopback only)"
+    print(f"memos-ray is up at http://{host}:{port}  [{mode}]  data: {config.data_dir}")
+    print("Ctrl-C (or SIGTERM) stops it; memories are kept in the data dir.", flush=True)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("memos-ray: stopping ...", flush=True)
+    serve.shutdown()
+    stop_embedded(config)
+    ray.shutdown()
+    return 0
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from memos_ray.client import MemosClient
+
+    return MemosClient(args.url, args.api_key)
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    if args.messages_json:
+        messages: Any = json.loads(Path(args.messages_json).read_text())
+    else:
+        messages = [{"role": args.role, "content": " ".join(args.text)}]
+    with _client(args) as client:
+        _print(client.add(args.user, messages, cube_id=args.cube, async_mode="sync"))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    cubes = [args.cube] if args.cube else None
+    with _client(args) as client:
+        _print(client.search(args.user, " ".join(args.query), cubes, top_k=args.top_k))
+    return 0
+
+
+def cmd_create_cube(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print(client.create_cube(args.owner, args.cube_id, args.name))
+    return 0
+
+
+def cmd_admin_user(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print(client.create_user(args.user_id))
+    return 0
+
+
+def cmd_admin_grant(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print(client.grant(args.cube_id, args.user_id, args.access))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memos-ray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API on Ray Serve (embedded defaults)")
+    serve.add_argument("--config", type=Path, help="Serve config YAML (default configs/local.yaml)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir", help="where embedded stores keep data (MEMOS_DATA_DIR)")
+    serve.add_argument("--verbose", action="store_true", help="show Ray worker logs")
+    serve.set_defaults(func=cmd_serve)
+
+    def http_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=None, help="service URL (MEMOS_URL)")
+        p.add_argument("--api-key", default=None, help="API key (MEMOS_API_KEY)")
+
+    add = sub.add_parser("add", help="add a message (or a JSON list of messages)")
+    http_opts(add)
+    add.add_argument("--user", required=True)
+    add.add_argument("--cube")
+    add.add_argument("--role", default="user", choices=["user", "assistant"])
+    add.add_argument("--messages-json", help="file with a JSON list of chat messages")
+    add.add_argument("text", nargs="*")
+    add.set_defaults(func=cmd_add)
+
+    search = sub.add_parser("search", help="search memories")
+    http_opts(search)
+    search.add_argument("--user", required=True)
+    search.add_argument("--cube")
+    search.add_argument("--top-k", type=int, default=10)
+    search.add_argument("query", nargs="+")
+    search.set_defaults(func=cmd_search)
+
+    cube = sub.add_parser("create-cube", help="create a cube owned by a user")
+    http_opts(cube)
+    cube.add_argument("--owner", required=True)
+    cube.add_argument("--cube-id")
+    cube.add_argument("--name")
+    cube.set_defaults(func=cmd_create_cube)
+
+    admin = sub.add_parser("admin", help="users and grants (needs the admin key)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    user = admin_sub.add_parser("create-user", help="create a user and print its API key")
+    http_opts(user)
+    user.add_argument("user_id")
+    user.set_defaults(func=cmd_admin_user)
+    grant = admin_sub.add_parser("grant", help="share a cube with a user")
+    http_opts(grant)
+    grant.add_argument("cube_id")
+    grant.add_argument("user_id")
+    grant.add_argument("--access", choices=["read", "write"], default="read")
+    grant.set_defaults(func=cmd_admin_grant)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from memos_ray.errors import MemosError
+
+    try:
+        return int(args.func(args) or 0)
+    except MemosError as exc:
+        print(f"memos-ray: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

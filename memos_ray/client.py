@@ -1,0 +1,127 @@
+"""A small synchronous Python client for the memos-ray (MemOS dialect) HTTP API."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from memos_ray.errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    MemosError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+)
+
+_BY_STATUS: dict[int, type[MemosError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: BadRequestError,
+}
+
+
+class MemosClient:
+    """Calls return the envelope's `data`; an error status raises the matching MemosError."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        base_url = base_url or os.environ.get("MEMOS_URL", "http://127.0.0.1:8000")
+        api_key = api_key or os.environ.get("MEMOS_API_KEY")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text}
+        if response.status_code >= 400:
+            error = _BY_STATUS.get(response.status_code, MemosError)
+            exc = error(str(body.get("message", response.reason_phrase)))
+            exc.status_code = response.status_code
+            raise exc
+        return body.get("data", body) if isinstance(body, dict) else body
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def add(
+        self,
+        user_id: str,
+        messages: str | list[dict[str, Any]],
+        cube_id: str | None = None,
+        **fields: Any,
+    ) -> list[dict[str, Any]]:
+        body = {"user_id": user_id, "messages": messages, **fields}
+        if cube_id:
+            body["writable_cube_ids"] = [cube_id]
+        return self._call("POST", "/product/add", json=body)
+
+    def search(
+        self, user_id: str, query: str, cube_ids: list[str] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        body = {"user_id": user_id, "query": query, **fields}
+        if cube_ids:
+            body["readable_cube_ids"] = cube_ids
+        return self._call("POST", "/product/search", json=body)
+
+    def get_memory(self, user_id: str, cube_id: str | None = None, **fields: Any) -> Any:
+        body = {"user_id": user_id, "mem_cube_id": cube_id, **fields}
+        return self._call("POST", "/product/get_memory", json=body)
+
+    def get_memory_by_id(self, memory_id: str, user_id: str | None = None) -> Any:
+        params = {"user_id": user_id} if user_id else None
+        return self._call("GET", f"/product/get_memory/{memory_id}", params=params)
+
+    def get_memory_by_ids(self, memory_ids: list[str], user_id: str | None = None) -> Any:
+        params = {"user_id": user_id} if user_id else None
+        return self._call("POST", "/product/get_memory_by_ids", json=memory_ids, params=params)
+
+    def get_all(self, user_id: str, cube_ids: list[str] | None = None, **fields: Any) -> Any:
+        body = {"user_id": user_id, "mem_cube_ids": cube_ids, **fields}
+        return self._call("POST", "/product/get_all", json=body)
+
+    def delete_memory(self, user_id: str, cube_id: str | None = None, **selector: Any) -> Any:
+        body = {"user_id": user_id, **selector}
+        if cube_id:
+            body["writable_cube_ids"] = [cube_id]
+        return self._call("POST", "/product/delete_memory", json=body)
+
+    def create_cube(self, owner_id: str, cube_id: str | None = None, name: str | None = None):
+        body = {"owner_id": owner_id, "cube_id": cube_id, "cube_name": name}
+        return self._call("POST", "/product/create_cube", json=body)
+
+    def create_user(self, user_id: str) -> dict[str, Any]:
+        return self._call("POST", "/admin/users", json={"user_id": user_id})
+
+    def grant(self, cube_id: str, user_id: str, access: str = "read") -> dict[str, Any]:
+        body = {"cube_id": cube_id, "user_id": user_id, "access": access}
+        return self._call("POST", "/admin/grants", json=body)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> MemosClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

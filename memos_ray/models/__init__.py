@@ -1,0 +1,1 @@
+"""Model roles (embedder, reranker) and their backends."""

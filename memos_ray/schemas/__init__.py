@@ -1,0 +1,1 @@
+"""The MemOS wire format: request and response models of the REST API."""

@@ -1,0 +1,138 @@
+"""Request and response models of the /product routes (MemOS field names and defaults)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from memos_ray.schemas.messages import ChatMessage
+
+
+class _Request(BaseModel):
+    # MemOS clients send fields we do not use; unknown ones are ignored, typed ones checked.
+    model_config = ConfigDict(extra="ignore")
+
+
+class AddRequest(_Request):
+    user_id: str = Field(min_length=1, max_length=128)
+    session_id: str | None = None
+    task_id: str | None = None
+    writable_cube_ids: list[str] | None = None
+    async_mode: Literal["async", "sync"] = "async"
+    mode: Literal["fast", "fine"] | None = None
+    messages: str | list[ChatMessage] | None = None
+    chat_history: list[ChatMessage] | None = None
+    custom_tags: list[str] | None = None
+    info: dict[str, Any] | None = None
+    is_feedback: bool = False
+    mem_cube_id: str | None = None
+    memory_content: str | None = None
+    doc_path: str | None = None
+    source: str | None = None
+
+
+class AddedMemory(BaseModel):
+    memory: str
+    memory_id: str
+    memory_type: str
+    cube_id: str
+
+
+class SearchRequest(_Request):
+    query: str = Field(min_length=1)
+    user_id: str = Field(min_length=1, max_length=128)
+    readable_cube_ids: list[str] | None = None
+    mode: Literal["fast", "fine", "mixture"] = "fast"
+    session_id: str | None = None
+    top_k: int = Field(default=10, ge=1)
+    relativity: float = Field(default=0.45, ge=0.0, le=1.0)
+    dedup: Literal["mmr", "sim", "no"] | None = "mmr"
+    rerank: bool = True
+    include_preference: bool = True
+    pref_top_k: int = Field(default=6, ge=0)
+    search_tool_memory: bool = True
+    tool_mem_top_k: int = Field(default=6, ge=0)
+    include_skill_memory: bool = True
+    skill_mem_top_k: int = Field(default=3, ge=0)
+    filter: dict[str, Any] | None = None
+    search_memory_type: str = "All"
+    reference_time: str | None = None
+    chat_history: list[ChatMessage] | None = None
+    internet_search: bool = False
+    mem_cube_id: str | None = None
+
+
+class CubeBucket(BaseModel):
+    cube_id: str
+    memories: list[dict[str, Any]]
+    total_nodes: int
+
+
+class SearchData(BaseModel):
+    text_mem: list[CubeBucket] = Field(default_factory=list)
+    pref_mem: list[CubeBucket] = Field(default_factory=list)
+    tool_mem: list[CubeBucket] = Field(default_factory=list)
+    skill_mem: list[CubeBucket] = Field(default_factory=list)
+    act_mem: list[Any] = Field(default_factory=list)
+    para_mem: list[Any] = Field(default_factory=list)
+    pref_note: str = ""
+    pref_string: str = ""
+
+
+class GetMemoryRequest(_Request):
+    mem_cube_id: str | None = None
+    user_id: str = Field(min_length=1, max_length=128)
+    include_preference: bool = True
+    include_tool_memory: bool = True
+    include_skill_memory: bool = True
+    filter: dict[str, Any] | None = None
+    page: int | None = Field(default=None, ge=1)
+    page_size: int | None = Field(default=None, ge=1)
+
+
+class GetAllRequest(_Request):
+    user_id: str = Field(min_length=1, max_length=128)
+    memory_type: Literal["text_mem", "act_mem", "para_mem"] = "text_mem"
+    mem_cube_ids: list[str] | None = None
+    search_query: str | None = None
+    search_type: Literal["fulltext", "embedding"] = "embedding"
+
+
+class DeleteMemoryRequest(_Request):
+    writable_cube_ids: list[str] | None = None
+    memory_ids: list[str] | None = None
+    file_ids: list[str] | None = None
+    filter: dict[str, Any] | None = None
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+    session_id: str | None = None
+    mem_cube_id: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_selector(self) -> DeleteMemoryRequest:
+        given = [n for n in ("memory_ids", "file_ids", "filter") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one non-empty selector among memory_ids, file_ids and filter"
+            )
+        return self
+
+
+class CreateCubeRequest(_Request):
+    cube_name: str | None = Field(default=None, max_length=256)
+    owner_id: str = Field(min_length=1, max_length=128)
+    cube_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class CreateUserRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=128)
+
+
+class GrantRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cube_id: str = Field(min_length=1, max_length=128)
+    user_id: str = Field(min_length=1, max_length=128)
+    access: Literal["read", "write"]

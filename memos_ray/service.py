@@ -1,0 +1,298 @@
+"""MemoryService: what a route, a CLI command or a job calls. Knows stores, not HTTP or auth."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from memos_ray.config import SearchConfig
+from memos_ray.domain.memory import (
+    TEXT_MEMORY_TYPES,
+    Edge,
+    MemoryItem,
+    MemoryMetadata,
+    MemoryStatus,
+    memory_id_for,
+)
+from memos_ray.memory.filters import FilterExpr
+from memos_ray.memory.keywords import document_vector, query_vector
+from memos_ray.memory.reader import Window
+from memos_ray.memory.search import DedupMode, rrf_fuse, select
+from memos_ray.models.embedder import Embedder
+from memos_ray.models.reranker import RerankCandidate, Reranker
+from memos_ray.stores.graph.base import GraphStore
+from memos_ray.stores.vector.base import VectorFilter, VectorRecord, VectorStore
+
+VISIBLE_STATUSES: tuple[str, ...] = (
+    MemoryStatus.ACTIVATED,
+    MemoryStatus.RESOLVING,
+    MemoryStatus.ARCHIVED,
+)
+TEXT_TYPES: tuple[str, ...] = tuple(str(t) for t in TEXT_MEMORY_TYPES)
+
+
+@dataclass(frozen=True)
+class AddOutcome:
+    stored: list[MemoryItem]
+    duplicates: list[MemoryItem]
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    top_k: int = 10
+    relativity: float = 0.45
+    dedup: DedupMode = "mmr"
+    rerank: bool = True
+    memory_types: Sequence[str] | None = None
+    session_id: str | None = None
+
+
+class MemoryService:
+    """Text memory operations over one graph store and one vector store."""
+
+    def __init__(
+        self,
+        graph: GraphStore,
+        vectors: VectorStore,
+        embedder: Embedder,
+        reranker: Reranker | None = None,
+        search_config: SearchConfig | None = None,
+    ) -> None:
+        self.graph = graph
+        self.vectors = vectors
+        self.embedder = embedder
+        self.reranker = reranker
+        self.search_config = search_config or SearchConfig()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memos-fanout")
+
+    # -- write ---------------------------------------------------------------------------
+
+    def add_windows(
+        self,
+        cube_id: str,
+        user_id: str,
+        windows: Sequence[Window],
+        session_id: str = "default_session",
+        tags: Sequence[str] = (),
+        info: Mapping[str, Any] | None = None,
+    ) -> AddOutcome:
+        """Store windows as memories; an identical text already in the cube is not stored again.
+
+        Embedding happens before any write, and a failed vector write removes the graph
+        nodes it followed, so a failure leaves nothing half-written.
+        """
+        items: dict[str, MemoryItem] = {}
+        for window in windows:
+            item_id = memory_id_for(cube_id, window.text)
+            if item_id in items:
+                continue
+            item_info = dict(info or {})
+            if window.file_ids:
+                item_info["file_ids"] = list(window.file_ids)
+            items[item_id] = MemoryItem(
+                id=item_id,
+                memory=window.text,
+                cube_id=cube_id,
+                metadata=MemoryMetadata(
+                    user_id=user_id,
+                    session_id=session_id,
+                    memory_type=window.memory_type,
+                    sources=window.sources,
+                    tags=["mode:fast", *tags],
+                    info=item_info,
+                ),
+            )
+        existing = self.graph.existing_ids(cube_id, list(items))
+        new = [item for item_id, item in items.items() if item_id not in existing]
+        if new:
+            dense = self.embedder.embed([item.memory for item in new])
+            records = [
+                VectorRecord(
+                    id=item.id,
+                    dense=vec.tolist(),
+                    sparse=document_vector(item.memory),
+                    payload=_payload(item),
+                )
+                for item, vec in zip(new, dense, strict=True)
+            ]
+            self.graph.upsert_nodes(cube_id, new)
+            try:
+                self.vectors.upsert(cube_id, records)
+            except Exception:
+                self.graph.delete_nodes(cube_id, [item.id for item in new])
+                raise
+        duplicates = self.graph.get_nodes([cube_id], [i for i in items if i in existing])
+        return AddOutcome(stored=new, duplicates=duplicates)
+
+    def delete(self, cube_id: str, ids: Sequence[str]) -> list[str]:
+        """Remove every trace (vectors first: a half-done delete is never searchable)."""
+        present = sorted(self.graph.existing_ids(cube_id, ids))
+        if present:
+            self.vectors.delete(cube_id, present)
+            self.graph.delete_nodes(cube_id, present)
+        return present
+
+    def delete_matching(self, cube_id: str, filter: FilterExpr) -> list[str]:
+        return self.delete(cube_id, self.graph.find_ids(cube_id, filter))
+
+    # -- read ----------------------------------------------------------------------------
+
+    def locate(self, ids: Sequence[str]) -> dict[str, str]:
+        return self.graph.locate(ids)
+
+    def get_by_ids(self, cube_ids: Sequence[str], ids: Sequence[str]) -> list[MemoryItem]:
+        items = self.graph.get_nodes(cube_ids, ids)
+        return [i for i in items if i.metadata.status != MemoryStatus.DELETED]
+
+    def get_page(
+        self,
+        cube_id: str,
+        filter: FilterExpr | None = None,
+        page: int | None = None,
+        page_size: int | None = None,
+    ) -> tuple[list[MemoryItem], int]:
+        """Newest first; both page and page_size absent means everything."""
+        limit = page_size
+        offset = ((page or 1) - 1) * page_size if page_size else 0
+        return self.graph.list_nodes(
+            cube_id,
+            filter=filter,
+            memory_types=TEXT_TYPES,
+            statuses=VISIBLE_STATUSES,
+            offset=offset,
+            limit=limit,
+        )
+
+    def get_graph(self, cube_id: str) -> tuple[list[MemoryItem], list[Edge]]:
+        nodes, _ = self.graph.list_nodes(cube_id, statuses=VISIBLE_STATUSES)
+        return nodes, self.graph.get_edges(cube_id)
+
+    def statistics(self, cube_id: str) -> dict[str, int]:
+        nodes, _ = self.graph.list_nodes(cube_id, statuses=VISIBLE_STATUSES)
+        stats: dict[str, int] = {}
+        for node in nodes:
+            key = str(node.metadata.memory_type)
+            stats[key] = stats.get(key, 0) + 1
+        return stats
+
+    # -- search --------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        cube_filters: Mapping[str, FilterExpr | None],
+        options: SearchOptions,
+    ) -> dict[str, list[MemoryItem]]:
+        """Hybrid recall per cube (dense + keyword), fusion, rerank, threshold, de-dup."""
+        query_dense = self.embedder.embed([query])[0]
+        cubes = list(cube_filters)
+        if len(cubes) == 1:
+            cube = cubes[0]
+            return {cube: self._search_cube(query, query_dense, cube, cube_filters[cube], options)}
+        futures = {
+            cube: self._pool.submit(
+                self._search_cube, query, query_dense, cube, cube_filters[cube], options
+            )
+            for cube in cubes
+        }
+        return {cube: fut.result() for cube, fut in futures.items()}
+
+    def _search_cube(
+        self,
+        query: str,
+        query_dense: np.ndarray,
+        cube_id: str,
+        filter: FilterExpr | None,
+        options: SearchOptions,
+    ) -> list[MemoryItem]:
+        cfg = self.search_config
+        memory_types = list(options.memory_types or TEXT_TYPES)
+        vfilter = VectorFilter(memory_types=memory_types, statuses=[MemoryStatus.ACTIVATED])
+        if filter is not None:
+            allowed = self.graph.find_ids(
+                cube_id, filter, memory_types=memory_types, statuses=[MemoryStatus.ACTIVATED]
+            )
+            if not allowed:
+                return []
+            vfilter.ids = allowed
+        recall = max(cfg.min_recall, options.top_k * cfg.recall_factor)
+        dense_hits = self.vectors.search_dense([cube_id], query_dense.tolist(), recall, vfilter)
+        sparse_hits = self.vectors.search_sparse([cube_id], query_vector(query), recall, vfilter)
+        fused = rrf_fuse([[h.id for h in dense_hits], [h.id for h in sparse_hits]], k=cfg.rrf_k)
+        candidate_ids = [item_id for item_id, _ in fused[:recall]]
+        if not candidate_ids:
+            return []
+        nodes = {n.id: n for n in self.graph.get_nodes([cube_id], candidate_ids)}
+        vectors = {
+            r.id: np.asarray(r.dense, dtype=np.float32)
+            for r in self.vectors.retrieve(cube_id, candidate_ids)
+        }
+        candidate_ids = [
+            i
+            for i in candidate_ids
+            if i in nodes and nodes[i].metadata.status == MemoryStatus.ACTIVATED
+        ]
+        scores = self._relevance(query, query_dense, candidate_ids, nodes, vectors, options)
+        ranked = sorted(
+            (i for i in candidate_ids if scores[i] >= options.relativity),
+            key=lambda i: (-scores[i], i),
+        )
+        chosen = select(
+            ranked,
+            scores,
+            vectors,
+            options.top_k,
+            mode=options.dedup,
+            mmr_lambda=cfg.mmr_lambda,
+            duplicate_threshold=cfg.mmr_duplicate_threshold,
+        )
+        results = []
+        for item_id in chosen:
+            item = nodes[item_id].model_copy(deep=True)
+            item.metadata.relativity = round(scores[item_id], 6)
+            results.append(item)
+        return results
+
+    def _relevance(
+        self,
+        query: str,
+        query_dense: np.ndarray,
+        ids: Sequence[str],
+        nodes: Mapping[str, MemoryItem],
+        vectors: Mapping[str, np.ndarray],
+        options: SearchOptions,
+    ) -> dict[str, float]:
+        if options.rerank and self.reranker is not None:
+            raw = self.reranker.rerank(
+                query,
+                query_dense,
+                [RerankCandidate(text=nodes[i].memory, dense=vectors.get(i)) for i in ids],
+            )
+        else:
+            raw = [float(np.dot(query_dense, vectors[i])) if i in vectors else 0.0 for i in ids]
+        scores: dict[str, float] = {}
+        for item_id, score in zip(ids, raw, strict=True):
+            if options.session_id and nodes[item_id].metadata.session_id == options.session_id:
+                score += self.search_config.session_boost
+            scores[item_id] = min(max(score, 0.0), 1.0)
+        return scores
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self.graph.close()
+        self.vectors.close()
+
+
+def _payload(item: MemoryItem) -> dict[str, Any]:
+    meta = item.metadata
+    return {
+        "memory_type": str(meta.memory_type),
+        "status": str(meta.status),
+        "session_id": meta.session_id,
+        "user_id": meta.user_id,
+        "created_at": meta.created_at,
+    }

@@ -1,0 +1,88 @@
+"""ORM tables behind the SQL tenancy store (later roles, e.g. a task log, add tables here).
+
+Timestamps are stored as fixed-width ISO text (`memos_ray.domain.memory.iso`) so SQLite and
+PostgreSQL round-trip them identically and they sort as strings.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Ids are validated to at most this many characters before they reach the database.
+ID_MAX_LEN = 128
+NAME_MAX_LEN = 256
+_TS_LEN = 32
+
+# Deterministic constraint names, so future migrations can refer to them on every backend.
+_NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=_NAMING)
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    user_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), primary_key=True)
+    created_at: Mapped[str] = mapped_column(String(_TS_LEN))
+
+
+class ApiKeyRow(Base):
+    """Only the sha256 of a key is kept; a leaked table does not leak usable keys."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.user_id", ondelete="CASCADE"), index=True
+    )
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters of the key, enough for a human to tell keys apart in a listing.
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[str] = mapped_column(String(_TS_LEN))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class CubeRow(Base):
+    __tablename__ = "cubes"
+
+    cube_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), primary_key=True)
+    cube_name: Mapped[str] = mapped_column(String(NAME_MAX_LEN))
+    owner_id: Mapped[str] = mapped_column(
+        ForeignKey("users.user_id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[str] = mapped_column(String(_TS_LEN))
+
+
+class GrantRow(Base):
+    """Shared access below ownership; the owner never has a row here."""
+
+    __tablename__ = "grants"
+    __table_args__ = (
+        UniqueConstraint("cube_id", "user_id"),
+        CheckConstraint("access IN ('read', 'write')", name="access_level"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cube_id: Mapped[str] = mapped_column(ForeignKey("cubes.cube_id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.user_id", ondelete="CASCADE"), index=True
+    )
+    access: Mapped[str] = mapped_column(String(8))

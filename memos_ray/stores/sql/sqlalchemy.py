@@ -1,0 +1,335 @@
+"""TenancyStore on SQLAlchemy: SQLite (embedded default) or PostgreSQL via psycopg 3.
+
+Decisions:
+- Uniqueness is left to the database: a duplicate insert raises IntegrityError, which becomes
+  ConflictError, so concurrent creators of one id get exactly one winner on both backends.
+- Ids (users, cubes) must be 1..128 characters without control characters; writes reject
+  others with BadRequestError, while lookups simply find nothing (they cannot exist).
+- Granting to the cube's owner is a no-op that returns an OWNER-level Grant: the owner already
+  has every right, and callers sharing a cube with a list of users need not filter the owner.
+  Granting Access.OWNER is a BadRequestError (ownership is not transferable).
+- Only SQLite and PostgreSQL are supported: upserts use their ON CONFLICT dialect support.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from memos_ray.domain.memory import iso, utc_now
+from memos_ray.domain.tenancy import Access, Cube, Grant, User
+from memos_ray.errors import (
+    BadRequestError,
+    ConfigError,
+    ConflictError,
+    MemosError,
+    NotFoundError,
+    StoreError,
+)
+from memos_ray.stores.sql.base import TenancyStore
+from memos_ray.stores.sql.models import (
+    ID_MAX_LEN,
+    NAME_MAX_LEN,
+    ApiKeyRow,
+    Base,
+    CubeRow,
+    GrantRow,
+    UserRow,
+)
+
+KEY_PREFIX = "mrk_"
+# Long enough to tell keys apart in a listing, far too short to matter for guessing.
+_DISPLAY_PREFIX_LEN = len(KEY_PREFIX) + 4
+# Keys we mint are ~47 characters; anything much longer is not ours, so skip the lookup.
+_MAX_KEY_LEN = 256
+_SQLITE_BUSY_TIMEOUT_S = 30.0
+# Serialises schema creation between processes starting at once against one PostgreSQL.
+_PG_SCHEMA_LOCK = 0x6D656D6F73  # "memos"
+
+
+def normalize_url(url: str) -> URL:
+    """Route bare PostgreSQL URLs (as hosting providers print them) to psycopg 3."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url[len(scheme) :]
+            break
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"invalid SQL url: {exc}") from None
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _check_text(kind: str, value: object, max_len: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequestError(f"{kind} must be a non-empty string")
+    if len(value) > max_len:
+        raise BadRequestError(f"{kind} is longer than {max_len} characters")
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in value):
+        raise BadRequestError(f"{kind} must not contain control characters")
+    return value
+
+
+def _check_id(kind: str, value: object) -> str:
+    return _check_text(kind, value, ID_MAX_LEN)
+
+
+def _valid_id(value: object) -> bool:
+    try:
+        _check_id("id", value)
+    except BadRequestError:
+        return False
+    return True
+
+
+def _user(row: UserRow) -> User:
+    return User(user_id=row.user_id, created_at=row.created_at)
+
+
+def _cube(row: CubeRow) -> Cube:
+    return Cube(
+        cube_id=row.cube_id,
+        cube_name=row.cube_name,
+        owner_id=row.owner_id,
+        created_at=row.created_at,
+    )
+
+
+class SQLTenancyStore(TenancyStore):
+    """One engine shared by all threads; every call runs in its own short transaction."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        parsed = normalize_url(url)
+        self._backend = parsed.get_backend_name()
+        if self._backend not in ("sqlite", "postgresql"):
+            raise ConfigError(f"unsupported SQL backend {self._backend!r}")
+        self._url = parsed
+        try:
+            self._engine = self._make_engine(parsed, echo)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise ConfigError(f"cannot create SQL engine for {self._safe_url()}: {exc}") from exc
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._create_schema()
+
+    @property
+    def engine(self) -> Engine:
+        """For tests and admin tooling that need to look at the tables directly."""
+        return self._engine
+
+    def _safe_url(self) -> str:
+        return self._url.render_as_string(hide_password=True)
+
+    def _make_engine(self, url: URL, echo: bool) -> Engine:
+        if self._backend == "postgresql":
+            return create_engine(url, echo=echo, pool_pre_ping=True)
+        database = url.database or ""
+        in_memory = database in ("", ":memory:") or "mode=memory" in str(url.query)
+        if not in_memory and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {
+            "connect_args": {"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_S}
+        }
+        if in_memory:
+            # One shared connection, or each pooled connection would see its own empty database.
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(url, echo=echo, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            try:
+                if not in_memory:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            finally:
+                cursor.close()
+
+        return engine
+
+    def _create_schema(self) -> None:
+        # create_all checks before creating; two processes starting at once can still race
+        # on SQLite (PostgreSQL takes a lock), so a lost race is retried once the winner is done.
+        last: SQLAlchemyError | None = None
+        for _ in range(3):
+            try:
+                with self._engine.begin() as conn:
+                    if self._backend == "postgresql":
+                        conn.execute(
+                            text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK}
+                        )
+                    Base.metadata.create_all(conn)
+                return
+            except SQLAlchemyError as exc:
+                last = exc
+        raise StoreError(f"cannot create tables in {self._safe_url()}: {last}")
+
+    @contextmanager
+    def _txn(self, conflict: str | None = None) -> Iterator[Session]:
+        """A committed-or-rolled-back session; database errors leave as MemosErrors."""
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except MemosError:
+            raise
+        except IntegrityError as exc:
+            if conflict is not None:
+                raise ConflictError(conflict) from None
+            raise StoreError(f"integrity error: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"SQL store failed: {exc}") from exc
+
+    def _insert(self, table: Any) -> Any:
+        dialect = postgresql if self._backend == "postgresql" else sqlite
+        return dialect.insert(table)
+
+    # --- users --------------------------------------------------------------------------
+
+    def create_user(self, user_id: str) -> User:
+        _check_id("user_id", user_id)
+        row = UserRow(user_id=user_id, created_at=iso(utc_now()))
+        with self._txn(conflict=f"user {user_id!r} already exists") as s:
+            s.add(row)
+            s.flush()
+        return _user(row)
+
+    def ensure_user(self, user_id: str) -> User:
+        _check_id("user_id", user_id)
+        stmt = (
+            self._insert(UserRow)
+            .values(user_id=user_id, created_at=iso(utc_now()))
+            .on_conflict_do_nothing(index_elements=["user_id"])
+        )
+        with self._txn() as s:
+            s.execute(stmt)
+            row = s.get(UserRow, user_id)
+            if row is None:  # only if another process deleted it in between
+                raise StoreError(f"user {user_id!r} vanished while being ensured")
+            return _user(row)
+
+    def get_user(self, user_id: str) -> User | None:
+        if not _valid_id(user_id):
+            return None
+        with self._txn() as s:
+            row = s.get(UserRow, user_id)
+            return _user(row) if row is not None else None
+
+    # --- keys ---------------------------------------------------------------------------
+
+    def create_api_key(self, user_id: str) -> str:
+        _check_id("user_id", user_id)
+        api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self._txn() as s:
+            if s.get(UserRow, user_id) is None:
+                raise NotFoundError(f"user {user_id!r} not found")
+            s.add(
+                ApiKeyRow(
+                    user_id=user_id,
+                    key_hash=hash_key(api_key),
+                    key_prefix=api_key[:_DISPLAY_PREFIX_LEN],
+                    created_at=iso(utc_now()),
+                    revoked=False,
+                )
+            )
+        return api_key
+
+    def user_for_key(self, api_key: str) -> str | None:
+        if not isinstance(api_key, str) or not api_key.startswith(KEY_PREFIX):
+            return None
+        if len(api_key) > _MAX_KEY_LEN:
+            return None
+        stmt = select(ApiKeyRow.user_id).where(
+            ApiKeyRow.key_hash == hash_key(api_key), ApiKeyRow.revoked.is_(False)
+        )
+        with self._txn() as s:
+            return s.execute(stmt).scalar_one_or_none()
+
+    # --- cubes and grants ---------------------------------------------------------------
+
+    def create_cube(self, cube_id: str, cube_name: str, owner_id: str) -> Cube:
+        _check_id("cube_id", cube_id)
+        _check_text("cube_name", cube_name, NAME_MAX_LEN)
+        _check_id("owner_id", owner_id)
+        row = CubeRow(
+            cube_id=cube_id, cube_name=cube_name, owner_id=owner_id, created_at=iso(utc_now())
+        )
+        with self._txn(conflict=f"cube {cube_id!r} already exists") as s:
+            if s.get(UserRow, owner_id) is None:
+                raise NotFoundError(f"user {owner_id!r} not found")
+            s.add(row)
+            s.flush()
+        return _cube(row)
+
+    def get_cube(self, cube_id: str) -> Cube | None:
+        if not _valid_id(cube_id):
+            return None
+        with self._txn() as s:
+            row = s.get(CubeRow, cube_id)
+            return _cube(row) if row is not None else None
+
+    def grant(self, cube_id: str, user_id: str, access: Access) -> Grant:
+        _check_id("cube_id", cube_id)
+        _check_id("user_id", user_id)
+        try:
+            level = Access(access)
+        except ValueError:
+            raise BadRequestError(f"unknown access level {access!r}") from None
+        if level is Access.OWNER:
+            raise BadRequestError("ownership cannot be granted; grant 'read' or 'write'")
+        # Upsert: re-granting changes the level in place (read <-> write), race-free.
+        stmt = self._insert(GrantRow).values(cube_id=cube_id, user_id=user_id, access=level.value)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["cube_id", "user_id"], set_={"access": stmt.excluded.access}
+        )
+        with self._txn() as s:
+            cube = s.get(CubeRow, cube_id)
+            if cube is None:
+                raise NotFoundError(f"cube {cube_id!r} not found")
+            if s.get(UserRow, user_id) is None:
+                raise NotFoundError(f"user {user_id!r} not found")
+            if cube.owner_id == user_id:
+                return Grant(cube_id=cube_id, user_id=user_id, access=Access.OWNER)
+            s.execute(stmt)
+        return Grant(cube_id=cube_id, user_id=user_id, access=level)
+
+    def access_of(self, user_id: str, cube_id: str) -> Access | None:
+        if not (_valid_id(user_id) and _valid_id(cube_id)):
+            return None
+        with self._txn() as s:
+            owner = s.execute(
+                select(CubeRow.owner_id).where(CubeRow.cube_id == cube_id)
+            ).scalar_one_or_none()
+            if owner is None:
+                return None
+            if owner == user_id:
+                return Access.OWNER
+            level = s.execute(
+                select(GrantRow.access).where(
+                    GrantRow.cube_id == cube_id, GrantRow.user_id == user_id
+                )
+            ).scalar_one_or_none()
+        return Access(level) if level is not None else None
+
+    def cubes_of(self, user_id: str) -> list[Cube]:
+        if not _valid_id(user_id):
+            return []
+        stmt = select(CubeRow).where(CubeRow.owner_id == user_id).order_by(CubeRow.cube_id)
+        with self._txn() as s:
+            return [_cube(row) for row in s.scalars(stmt)]
+
+    def close(self) -> None:
+        self._engine.dispose()

@@ -1,0 +1,263 @@
+"""VectorStore on qdrant-edge: Qdrant's Rust engine in-process, one shard directory per store.
+
+Durability. Every update goes through the shard's write-ahead log, and a shard reloaded after
+the writing process was SIGKILLed right after `update` returned had every point (measured), so
+a write is crash-safe for the process once the call returns; `flush()` persists segments and
+trims the WAL, which only shortens recovery (20k unflushed points replayed in 0.47 s, vs 0.02 s
+flushed). Power loss before a flush may lose recent writes. So we flush on `close()` and at most
+once per `flush_interval_s` after a write (a flush cost 8 ms after a small write, 50 ms after
+10k points), not after every call.
+
+Search. Points stay in plain (unindexed) segments unless `optimize()` is called, which builds
+HNSW and compacts: 2 s at 10k 384-d points, 28 s at 50k, so it never runs inside a write; call
+it from a maintenance job. Dense search is exact whenever the filtered candidate set has at
+most EXACT_MAX_CANDIDATES points (exact 10k: 1.5 ms; true top-k always); above that it is HNSW
+with ef >= 512. Keyword search uses the sparse inverted index and is always exact.
+
+Threads. The shard is safe for concurrent queries and updates from several threads (a 1-writer
+3-reader stress test ran clean) and releases the GIL while searching; writes are serialised
+here anyway, to keep flush bookkeeping simple. Only one process may open a shard (WAL lock):
+share it between processes through `memos_ray.stores.actors`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from memos_ray.errors import ConfigError, StoreError
+from memos_ray.stores.vector import _qdrant_common as common
+from memos_ray.stores.vector.base import (
+    SparseVector,
+    VectorFilter,
+    VectorHit,
+    VectorRecord,
+    VectorStore,
+)
+
+
+def _filter(spec: common.FilterSpec) -> qe.Filter:
+    must: list[Any] = [
+        qe.FieldCondition(key, match=qe.MatchAny(list(values))) for key, values in spec.any_of
+    ]
+    if spec.ids is not None:
+        must.append(qe.HasIdCondition(set(spec.ids)))
+    return qe.Filter(must=must)
+
+
+class QdrantEdgeVectorStore(VectorStore):
+    """Dense "dense" (cosine) plus sparse "keywords" (IDF modifier) named vectors per point."""
+
+    concurrent_reads = True
+
+    def __init__(
+        self,
+        dim: int,
+        path: str | Path,
+        *,
+        flush_interval_s: float = 1.0,
+        exact_max_candidates: int = common.EXACT_MAX_CANDIDATES,
+    ) -> None:
+        if dim <= 0:
+            raise ConfigError(f"dense dimension must be positive, got {dim}")
+        self._dim = dim
+        self._path = Path(path)
+        self._flush_interval_s = flush_interval_s
+        self._exact_max = exact_max_candidates
+        self._write_lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        self._closed = False
+        config = qe.EdgeConfig(
+            vectors={common.DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
+            sparse_vectors={common.SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        )
+        existing = (self._path / "segments").is_dir()
+        with common.sdk_errors("open"):
+            try:
+                if existing:
+                    # Passing the config makes the engine check the stored vectors against it.
+                    self._shard = qe.EdgeShard.load(str(self._path), config)
+                else:
+                    self._path.mkdir(parents=True, exist_ok=True)
+                    self._shard = qe.EdgeShard.create(str(self._path), config)
+            except Exception as exc:
+                if existing and "incompatible" in str(exc).lower():
+                    raise ConfigError(
+                        f"shard at {self._path} does not fit dim {dim}: {exc}"
+                    ) from exc
+                raise
+            try:
+                self._ensure_indexes()
+            except BaseException:
+                self._shard.close()
+                raise
+
+    def _ensure_indexes(self) -> None:
+        schema = self._shard.info().payload_schema
+        for field in common.INDEXED_FIELDS:
+            if field not in schema:
+                params = (
+                    qe.KeywordIndexParams(is_tenant=True)
+                    if field == common.CUBE_KEY
+                    else qe.PayloadSchemaType.Keyword
+                )
+                self._shard.update(qe.UpdateOperation.create_field_index(field, params))
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def shard(self) -> qe.EdgeShard:
+        if self._closed:
+            raise StoreError("vector store is closed")
+        return self._shard
+
+    def _write(self, op: qe.UpdateOperation, what: str) -> None:
+        with self._write_lock, common.sdk_errors(what):
+            self.shard.update(op)
+            if time.monotonic() - self._last_flush >= self._flush_interval_s:
+                self._shard.flush()
+                self._last_flush = time.monotonic()
+
+    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> None:
+        if not records:
+            return
+        points = []
+        for rec in records:
+            vector: dict[str, Any] = {common.DENSE: common.check_dim(rec.dense, self._dim)}
+            if rec.sparse.indices:
+                vector[common.SPARSE] = qe.SparseVector(
+                    list(rec.sparse.indices), [float(v) for v in rec.sparse.values]
+                )
+            payload = common.to_payload(cube_id, rec.payload)
+            points.append(qe.Point(common.point_id(rec.id), vector, payload))
+        cube = common.cube_spec([cube_id])
+        assert cube is not None
+        # The condition leaves a same-id point of another cube untouched.
+        self._write(qe.UpdateOperation.upsert_points(points, condition=_filter(cube)), "upsert")
+
+    def _dense_params(self, flt: qe.Filter, limit: int) -> qe.SearchParams:
+        shard = self.shard
+        if shard.info().points_count <= self._exact_max:
+            return qe.SearchParams(exact=True)
+        if shard.count(qe.CountRequest(exact=True, filter=flt)) <= self._exact_max:
+            return qe.SearchParams(exact=True)
+        return qe.SearchParams(hnsw_ef=common.hnsw_ef(limit))
+
+    def search_dense(
+        self,
+        cube_ids: Sequence[str],
+        vector: Sequence[float],
+        limit: int,
+        filter: VectorFilter | None = None,
+    ) -> list[VectorHit]:
+        query = common.check_dim(vector, self._dim)
+        common.check_limit(limit)
+        spec = common.filter_spec(cube_ids, filter)
+        if spec is None or limit == 0:
+            return []
+        flt = _filter(spec)
+        with common.sdk_errors("dense search"):
+            points = self.shard.query(
+                qe.QueryRequest(
+                    limit=limit,
+                    query=qe.Query.Nearest(query, using=common.DENSE),
+                    filter=flt,
+                    params=self._dense_params(flt, limit),
+                    with_payload=[common.CUBE_KEY],
+                )
+            )
+        return self._hits(points)
+
+    def search_sparse(
+        self,
+        cube_ids: Sequence[str],
+        vector: SparseVector,
+        limit: int,
+        filter: VectorFilter | None = None,
+    ) -> list[VectorHit]:
+        common.check_limit(limit)
+        spec = common.filter_spec(cube_ids, filter)
+        corpus = common.cube_spec(cube_ids)
+        if spec is None or corpus is None or limit == 0 or not vector.indices:
+            return []
+        query = qe.SparseVector(list(vector.indices), [float(v) for v in vector.values])
+        with common.sdk_errors("keyword search"):
+            points = self.shard.query(
+                qe.QueryRequest(
+                    limit=limit,
+                    query=qe.Query.Nearest(query, using=common.SPARSE),
+                    filter=_filter(spec),
+                    # IDF over the queried cubes only: one tenant never moves another's scores.
+                    params=qe.SearchParams(idf=qe.IdfParams(corpus=_filter(corpus))),
+                    with_payload=[common.CUBE_KEY],
+                )
+            )
+        return self._hits(points)
+
+    @staticmethod
+    def _hits(points: Sequence[qe.ScoredPoint]) -> list[VectorHit]:
+        return [
+            VectorHit(id=str(p.id), cube_id=(p.payload or {})[common.CUBE_KEY], score=p.score)
+            for p in points
+        ]
+
+    def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
+        wanted = common.point_ids(ids)
+        if not wanted:
+            return []
+        with common.sdk_errors("retrieve"):
+            found = self.shard.retrieve(list(wanted), True, True)
+        by_id: dict[str, VectorRecord] = {}
+        for rec in found:
+            if (rec.payload or {}).get(common.CUBE_KEY) != cube_id:
+                continue
+            vectors = rec.vector if isinstance(rec.vector, dict) else {}
+            sparse = vectors.get(common.SPARSE)
+            by_id[str(rec.id)] = VectorRecord(
+                id=str(rec.id),
+                dense=list(vectors[common.DENSE]),
+                sparse=SparseVector(indices=list(sparse.indices), values=list(sparse.values))
+                if isinstance(sparse, qe.SparseVector)
+                else SparseVector(),
+                payload=common.from_payload(rec.payload),
+            )
+        return [by_id[i] for i in wanted if i in by_id]
+
+    def delete(self, cube_id: str, ids: Sequence[str]) -> None:
+        spec = common.filter_spec([cube_id], VectorFilter(ids=list(ids)))
+        if spec is None:
+            return
+        self._write(qe.UpdateOperation.delete_points_by_filter(_filter(spec)), "delete")
+
+    def count(self, cube_id: str) -> int:
+        spec = common.cube_spec([cube_id])
+        assert spec is not None
+        with common.sdk_errors("count"):
+            return self.shard.count(qe.CountRequest(exact=True, filter=_filter(spec)))
+
+    def flush(self) -> None:
+        """Persist segments now (writes are already crash-safe via the WAL)."""
+        with self._write_lock, common.sdk_errors("flush"):
+            self.shard.flush()
+            self._last_flush = time.monotonic()
+
+    def optimize(self) -> bool:
+        """Build HNSW and compact segments; blocks writers for seconds, so run it off-peak."""
+        with self._write_lock, common.sdk_errors("optimize"):
+            return self.shard.optimize()
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            with common.sdk_errors("close"):
+                self._shard.flush()
+                self._shard.close()

@@ -1,0 +1,104 @@
+"""Who may act as whom and touch which cube. Stricter than MemOS: tenancy is enforced."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from memos_ray.domain.tenancy import Access
+from memos_ray.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
+from memos_ray.stores.sql.base import TenancyStore
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated principal of one request."""
+
+    user_id: str | None
+    is_admin: bool = False
+    # Open mode: no admin key configured; local use, every caller is trusted.
+    open_mode: bool = False
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.is_admin or self.open_mode
+
+
+class AccessControl:
+    def __init__(self, tenancy: TenancyStore, admin_key: str | None) -> None:
+        self.tenancy = tenancy
+        self._admin_key = admin_key or None
+
+    @property
+    def open_mode(self) -> bool:
+        return self._admin_key is None
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        if self.open_mode:
+            return Caller(user_id=None, open_mode=True)
+        if not authorization:
+            raise UnauthorizedError("missing Authorization: Bearer <api key>")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise UnauthorizedError("Authorization must be 'Bearer <api key>'")
+        if hmac.compare_digest(token.encode(), self._admin_key.encode()):  # type: ignore[union-attr]
+            return Caller(user_id=None, is_admin=True)
+        user_id = self.tenancy.user_for_key(token)
+        if user_id is None:
+            raise UnauthorizedError("invalid API key")
+        return Caller(user_id=user_id)
+
+    def require_admin(self, caller: Caller) -> None:
+        if not caller.unrestricted:
+            raise ForbiddenError("this route needs the admin key")
+
+    def act_as(self, caller: Caller, user_id: str | None) -> str:
+        """The user a request acts for: the caller itself, or anyone for admin / open mode."""
+        if caller.unrestricted:
+            if not user_id:
+                raise ForbiddenError("user_id is required")
+            self.tenancy.ensure_user(user_id)
+            return user_id
+        assert caller.user_id is not None
+        if user_id and user_id != caller.user_id:
+            raise ForbiddenError(f"this API key may not act as user {user_id!r}")
+        return caller.user_id
+
+    def cubes_for(
+        self, user_id: str, cube_ids: Sequence[str] | None, *, write: bool, caller: Caller
+    ) -> list[str]:
+        """Check access to each cube; a missing list means the user's own default cube."""
+        requested = list(dict.fromkeys(cube_ids)) if cube_ids else [user_id]
+        for cube_id in requested:
+            self._check(user_id, cube_id, write=write, caller=caller)
+        return requested
+
+    def _check(self, user_id: str, cube_id: str, *, write: bool, caller: Caller) -> None:
+        cube = self.tenancy.get_cube(cube_id)
+        if cube is None:
+            if cube_id == user_id:
+                # A user's default cube (id = user id) comes into being on first use.
+                self.tenancy.ensure_user(user_id)
+                try:
+                    self.tenancy.create_cube(cube_id, cube_id, user_id)
+                    return
+                except ConflictError:  # created concurrently by another request
+                    cube = self.tenancy.get_cube(cube_id)
+            if cube is None:
+                raise NotFoundError(
+                    f"unknown cube {cube_id!r}; create it with /product/create_cube"
+                )
+        if caller.unrestricted:
+            return
+        access = self.tenancy.access_of(user_id, cube_id)
+        if access is None:
+            raise ForbiddenError(f"user {user_id!r} has no access to cube {cube_id!r}")
+        if write and not Access(access).can_write:
+            raise ForbiddenError(f"user {user_id!r} may only read cube {cube_id!r}")
+
+    def readable_cube(self, user_id: str, cube_id: str, caller: Caller) -> bool:
+        if self.tenancy.get_cube(cube_id) is None:
+            return False
+        return caller.unrestricted or self.tenancy.access_of(user_id, cube_id) is not None

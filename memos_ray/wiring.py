@@ -1,0 +1,146 @@
+"""The only place that turns configuration into concrete stores and models.
+
+Two runtimes share it: inside Ray (embedded servers owned by named actors, shared by every
+replica and job) and in one plain process (embedded servers owned by that process).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from types import TracebackType
+
+from memos_ray.config import (
+    FalkorDBConfig,
+    MemosConfig,
+    Neo4jConfig,
+    QdrantConfig,
+    QdrantEdgeConfig,
+)
+from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
+from memos_ray.models.reranker import EmbeddingReranker, Reranker
+from memos_ray.service import MemoryService
+from memos_ray.stores.graph.base import GraphStore
+from memos_ray.stores.graph.falkordb import falkordb_graph_store
+from memos_ray.stores.graph.neo4j import Neo4jGraphStore
+from memos_ray.stores.sql.base import TenancyStore
+from memos_ray.stores.sql.sqlalchemy import SQLTenancyStore
+from memos_ray.stores.vector.base import VectorStore
+from memos_ray.stores.vector.qdrant import QdrantVectorStore
+
+
+def build_embedder(config: MemosConfig) -> Embedder:
+    cfg = config.embedder
+    return SentenceTransformerEmbedder(cfg.model, device=cfg.device, batch_size=cfg.batch_size)
+
+
+def build_reranker(config: MemosConfig) -> Reranker | None:
+    if config.reranker.backend == "none":
+        return None
+    return EmbeddingReranker(keyword_weight=config.reranker.keyword_weight)
+
+
+def build_tenancy_store(config: MemosConfig) -> TenancyStore:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLTenancyStore(config.sql_url())
+
+
+def _neo4j(cfg: Neo4jConfig) -> GraphStore:
+    auth = (cfg.user, cfg.password.get_secret_value()) if cfg.password else None
+    return Neo4jGraphStore(cfg.uri, auth=auth, database=cfg.database)
+
+
+def _qdrant(cfg: QdrantConfig, config: MemosConfig) -> VectorStore:
+    return QdrantVectorStore(
+        config.embedder.dim,
+        url=cfg.url,
+        api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
+        path=str(config.data_path(cfg.path)) if cfg.path else None,
+        collection=cfg.collection,
+        timeout_s=cfg.timeout_s,
+    )
+
+
+def build_ray_stores(config: MemosConfig) -> tuple[GraphStore, VectorStore]:
+    """Stores for a process inside Ray: embedded engines are reached through named actors."""
+    import ray
+
+    from memos_ray.runtime import actor_suffix, falkordb_actor
+    from memos_ray.stores.actors import get_or_create_vector_actor
+
+    if isinstance(config.graph, FalkorDBConfig):
+        graph = falkordb_graph_store(ray.get(falkordb_actor(config).bolt_uri.remote()))
+    else:
+        graph = _neo4j(config.graph)
+    if isinstance(config.vector, QdrantEdgeConfig):
+        vectors: VectorStore = get_or_create_vector_actor(
+            f"memos-vector-{actor_suffix(config)}",
+            config.serving.namespace,
+            _edge_spec(config),
+        )
+    else:
+        vectors = _qdrant(config.vector, config)
+    return graph, vectors
+
+
+def _edge_spec(config: MemosConfig) -> tuple[str, dict]:
+    assert isinstance(config.vector, QdrantEdgeConfig)
+    return (
+        "memos_ray.stores.vector.qdrant_edge:QdrantEdgeVectorStore",
+        {"dim": config.embedder.dim, "path": str(config.data_path(config.vector.path))},
+    )
+
+
+class LocalStack(AbstractContextManager["LocalStack"]):
+    """All backends in this process, no Ray: for the CLI, tests and scripts.
+
+    Embedded engines are single-process: do not run this beside a Serve app on the same
+    data dir.
+    """
+
+    def __init__(self, config: MemosConfig, embedder: Embedder | None = None) -> None:
+        from memos_ray.stores.local import FalkorDBServer
+        from memos_ray.stores.vector.qdrant_edge import QdrantEdgeVectorStore
+
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._falkordb: FalkorDBServer | None = None
+        if isinstance(config.graph, FalkorDBConfig):
+            g = config.graph
+            self._falkordb = FalkorDBServer(
+                config.data_path("falkordb"),
+                host=g.host,
+                redis_port=g.redis_port,
+                bolt_port=g.bolt_port,
+            )
+            self._falkordb.start()
+            graph = falkordb_graph_store(self._falkordb.bolt_uri)
+        else:
+            graph = _neo4j(config.graph)
+        if isinstance(config.vector, QdrantEdgeConfig):
+            vectors: VectorStore = QdrantEdgeVectorStore(
+                config.embedder.dim, config.data_path(config.vector.path)
+            )
+        else:
+            vectors = _qdrant(config.vector, config)
+        self.tenancy = build_tenancy_store(config)
+        self.service = MemoryService(
+            graph,
+            vectors,
+            embedder or build_embedder(config),
+            build_reranker(config),
+            config.search,
+        )
+
+    def close(self) -> None:
+        self.service.close()
+        self.tenancy.close()
+        if self._falkordb is not None:
+            self._falkordb.stop()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,111 @@
+"""The whole app on Ray Serve over HTTP: add, search, and memories surviving a restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from memos_ray.config import MemosConfig
+from tests.fixtures.servers import free_port
+
+pytestmark = pytest.mark.ray
+
+TURNS = [
+    {
+        "role": "user",
+        "content": "My daughter Ines starts violin lessons on Thursday afternoons.",
+        "chat_time": "2026-03-14T17:20:00",
+        "message_id": "D1:3",
+    },
+    {
+        "role": "assistant",
+        "content": "Lovely! Thursday violin lessons for Ines, noted.",
+        "chat_time": "2026-03-14T17:20:09",
+        "message_id": "D1:4",
+    },
+]
+
+
+def _wait_ready(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.post(
+                f"{url}/product/get_memory", json={"user_id": "probe"}, timeout=10
+            )
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise AssertionError(f"service not ready: {last}")
+
+
+@pytest.fixture(scope="module")
+def serve_config(tmp_path_factory: pytest.TempPathFactory) -> MemosConfig:
+    data_dir: Path = tmp_path_factory.mktemp("serve-data")
+    return MemosConfig(data_dir=data_dir, embedder={"num_cpus": 0.5}).resolved()
+
+
+@pytest.fixture(scope="module")
+def serve_url(ray_cluster: None, serve_config: MemosConfig) -> Iterator[str]:
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    from memos_ray.runtime import stop_embedded
+
+    stop_embedded(serve_config)
+
+
+def _deploy(config: MemosConfig, url: str) -> None:
+    from ray import serve
+
+    from deployments.app import build_from_config
+
+    serve.run(build_from_config(config), name="memos", route_prefix="/")
+    _wait_ready(url)
+
+
+def test_add_search_and_restart_through_serve(serve_url: str, serve_config: MemosConfig) -> None:
+    from ray import serve
+
+    from memos_ray.runtime import stop_embedded
+
+    _deploy(serve_config, serve_url)
+    added = httpx.post(
+        f"{serve_url}/product/add",
+        json={"user_id": "ines-parent", "messages": TURNS, "async_mode": "sync"},
+        timeout=60,
+    )
+    assert added.status_code == 200, added.text
+    memory_id = added.json()["data"][0]["memory_id"]
+
+    def search() -> dict:
+        response = httpx.post(
+            f"{serve_url}/product/search",
+            json={"user_id": "ines-parent", "query": "When are the violin lessons?"},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["data"]["text_mem"][0]["memories"][0]
+
+    hit = search()
+    assert hit["id"] == memory_id
+    assert [s["message_id"] for s in hit["metadata"]["sources"]] == ["D1:3", "D1:4"]
+
+    # Stop everything that holds data (app and embedded stores), then start again.
+    serve.delete("memos")
+    stop_embedded(serve_config)
+    _deploy(serve_config, serve_url)
+    again = search()
+    assert again["id"] == memory_id
+    assert [s["message_id"] for s in again["metadata"]["sources"]] == ["D1:3", "D1:4"]
