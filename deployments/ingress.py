@@ -19,7 +19,15 @@ from memos_ray.tenancy import AccessControl
 
 logger = logging.getLogger("ray.serve")
 
+# Serve pickles the decorated class by value, so its methods get a copy of this module's
+# globals: the replica registers itself through a module function, which is pickled by
+# reference and therefore writes the real module global that `current_context` reads.
 _replica: MemosIngress | None = None
+
+
+def register_replica(replica: MemosIngress) -> None:
+    global _replica
+    _replica = replica
 
 
 class ServiceUnavailableError(MemosError):
@@ -42,13 +50,12 @@ class MemosIngress:
     """Holds the process-wide context; stores connect in a background thread at start."""
 
     def __init__(self, config: MemosConfig, embedder: DeploymentHandle) -> None:
-        global _replica
         self._config = config
         self._embedder_handle = embedder
         self._context: ApiContext | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
-        _replica = self
+        register_replica(self)
         if config.auth_enabled:
             logger.info("memos-ray: API keys required (MEMOS_ADMIN_KEY is set)")
         else:

@@ -51,12 +51,12 @@ def falkordb_actor(config: MemosConfig):  # type: ignore[no-untyped-def]
 def stop_embedded(config: MemosConfig) -> None:
     """Stop the embedded stores of this data dir cleanly (data flushed), then drop the actors."""
     suffix = actor_suffix(config)
-    for name in (f"memos-falkordb-{suffix}", f"memos-vector-{suffix}"):
+    for name, method in ((f"memos-vector-{suffix}", "close"), (f"memos-falkordb-{suffix}", "stop")):
         try:
             actor = ray.get_actor(name, namespace=config.serving.namespace)
         except ValueError:
             continue
         try:
-            ray.get(actor.stop.remote(), timeout=30)
+            ray.get(getattr(actor, method).remote(), timeout=60)
         finally:
             ray.kill(actor, no_restart=True)

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from memos_ray import __version__
 from memos_ray.api.context import ApiContext
 from memos_ray.api.routes import build_routers
 from memos_ray.errors import MemosError
@@ -64,7 +65,7 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(get_context: Callable[[], ApiContext], version: str = "") -> FastAPI:
+def create_app(get_context: Callable[[], ApiContext], version: str = __version__) -> FastAPI:
     app = FastAPI(
         title="memos-ray",
         version=version,

@@ -1,6 +1,8 @@
-"""The /product (MemOS dialect) and /admin routes. Handlers are sync: they run in a pool."""
+"""The /product (MemOS dialect) and /admin routes. Handlers are sync: they run in a pool.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI must see the dependency aliases
+defined inside `build_routers` as real objects, not strings.
+"""
 
 import uuid
 from collections.abc import Callable

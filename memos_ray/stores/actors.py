@@ -187,7 +187,11 @@ class ActorVectorStore(VectorStore):
             if isinstance(exc.cause, MemosError):
                 raise exc.cause from None
             raise StoreError(f"vector store actor {method} failed: {exc.cause!r}") from exc
-        except (RayActorError, GetTimeoutError) as exc:
+        except RayActorError as exc:
+            if exc.actor_init_failed:
+                raise ConfigError(f"vector store actor could not open its store: {exc}") from exc
+            raise StoreError(f"vector store actor unavailable during {method}: {exc}") from exc
+        except GetTimeoutError as exc:
             raise StoreError(f"vector store actor unavailable during {method}: {exc}") from exc
 
     def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> None:

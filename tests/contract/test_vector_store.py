@@ -345,3 +345,76 @@ def _shut(store: VectorStore) -> None:
         shutdown()
     else:
         store.close()
+
+
+@pytest.mark.ray
+def test_actor_store_is_shared_across_processes(ray_cluster: None, tmp_path: Path) -> None:
+    """The proxy pickles into other Ray processes; all of them see one engine."""
+    import ray
+
+    from memos_ray.stores.actors import get_or_create_vector_actor
+
+    name = f"vectors-{uuid.uuid4()}"
+    spec = (
+        "memos_ray.stores.vector.qdrant_edge:QdrantEdgeVectorStore",
+        {"dim": DIM, "path": str(tmp_path / "edge")},
+    )
+    store = get_or_create_vector_actor(name, "memos-tests", spec)
+    try:
+        again = get_or_create_vector_actor(name, "memos-tests", spec)
+        assert again.actor._actor_id == store.actor._actor_id
+
+        @ray.remote(num_cpus=0)
+        def write(proxy: VectorStore, seed: int) -> str:
+            (v,) = _unit(np.random.default_rng(seed), 1)
+            rec = _rec(v, text=f"written by worker {seed}")
+            proxy.upsert("cube-a", [rec])
+            return rec.id
+
+        ids = ray.get([write.remote(store, s) for s in range(4)])
+        assert store.count("cube-a") == 4
+        assert {r.id for r in store.retrieve("cube-a", ids)} == set(ids)
+        store.close()  # a proxy's close leaves the shared engine up
+        assert again.count("cube-a") == 4
+
+        # A second owner of the same directory is refused, not silently forked.
+        with pytest.raises(MemosError):
+            get_or_create_vector_actor(f"{name}-2", "memos-tests", spec)
+    finally:
+        store.shutdown()
+
+
+# qdrant-edge specifics: policies the contract relies on but cannot see from outside.
+
+
+def test_edge_refuses_second_owner_without_harming_the_first(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    owner = QdrantEdgeVectorStore(DIM, tmp_path / "edge")
+    try:
+        owner.upsert("cube-a", [_rec(v, text="sourdough starter") for v in _unit(rng, 3)])
+        with pytest.raises(MemosError):
+            QdrantEdgeVectorStore(DIM, tmp_path / "edge")
+        owner.upsert("cube-a", [_rec(v, text="sourdough loaf") for v in _unit(rng, 2)])
+        owner.flush()
+    finally:
+        owner.close()
+    reopened = QdrantEdgeVectorStore(DIM, tmp_path / "edge")
+    assert reopened.count("cube-a") == 5
+    reopened.close()
+
+
+def test_edge_hnsw_path_after_optimize(tmp_path: Path) -> None:
+    """Past the exact-search limit queries take the HNSW path; exact matches still come first."""
+    rng = np.random.default_rng(12)
+    vecs = _unit(rng, 400)
+    store = QdrantEdgeVectorStore(DIM, tmp_path / "edge", exact_max_candidates=50)
+    try:
+        recs = [_rec(v) for v in vecs]
+        store.upsert("cube-a", recs)
+        store.optimize()
+        for i in (0, 123, 399):
+            hits = store.search_dense(["cube-a"], list(vecs[i]), 5)
+            assert hits[0].id == recs[i].id
+            assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    finally:
+        store.close()

@@ -7,6 +7,7 @@ cube; `cube_id` in the payload scopes each call.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -62,7 +63,9 @@ class QdrantVectorStore(VectorStore):
         self._closed = False
         with common.sdk_errors("connect"):
             if url:
-                self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
+                self._client = QdrantClient(
+                    url=url, api_key=api_key, timeout=max(1, math.ceil(timeout_s))
+                )
             else:
                 self._client = QdrantClient(location=None if path else ":memory:", path=path)
             try:
