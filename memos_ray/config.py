@@ -97,6 +97,12 @@ class SearchConfig(_Strict):
     mmr_lambda: float = Field(default=0.7, ge=0, le=1)
     mmr_duplicate_threshold: float = Field(default=0.92, ge=0, le=1)
     session_boost: float = Field(default=0.05, ge=0)
+    # Raw relevance (MiniLM cosine blended with term coverage) at or below `score_floor`
+    # maps to relativity 0, at or above `score_ceiling` to 1. MiniLM's cosines run low
+    # (related texts ~0.3-0.6), so MemOS's default threshold of 0.45 would drop relevant
+    # memories if it applied to the raw score.
+    score_floor: float = Field(default=0.1, ge=-1, le=1)
+    score_ceiling: float = Field(default=0.7, ge=-1, le=1)
 
 
 class LimitsConfig(_Strict):

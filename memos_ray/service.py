@@ -274,10 +274,13 @@ class MemoryService:
             )
         else:
             raw = [float(np.dot(query_dense, vectors[i])) if i in vectors else 0.0 for i in ids]
+        cfg = self.search_config
+        span = max(cfg.score_ceiling - cfg.score_floor, 1e-6)
         scores: dict[str, float] = {}
-        for item_id, score in zip(ids, raw, strict=True):
+        for item_id, raw_score in zip(ids, raw, strict=True):
+            score = (raw_score - cfg.score_floor) / span
             if options.session_id and nodes[item_id].metadata.session_id == options.session_id:
-                score += self.search_config.session_boost
+                score += cfg.session_boost
             scores[item_id] = min(max(score, 0.0), 1.0)
         return scores
 
