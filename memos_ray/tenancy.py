@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memos_ray.domain.tenancy import Access
-from memos_ray.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
+from memos_ray.errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    UnauthorizedError,
+)
 from memos_ray.stores.sql.base import TenancyStore
 
 
@@ -58,7 +64,7 @@ class AccessControl:
         """The user a request acts for: the caller itself, or anyone for admin / open mode."""
         if caller.unrestricted:
             if not user_id:
-                raise ForbiddenError("user_id is required")
+                raise BadRequestError("user_id is required")
             self.tenancy.ensure_user(user_id)
             return user_id
         assert caller.user_id is not None
