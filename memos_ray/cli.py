@@ -38,7 +38,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     apps = spec.get("applications") or [{}]
     overrides = (apps[0].get("args") or {}).get("config") or {}
 
-    from deployments.app import build_from_config
     from deployments.ingress import is_loopback
     from memos_ray.config import load_config
 
@@ -51,26 +50,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 2
 
-    import ray
-    from ray import serve
-
-    from memos_ray.runtime import stop_embedded
-
-    ray.init(namespace=config.serving.namespace, log_to_driver=args.verbose)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_from_config(config), name="memos", route_prefix="/", blocking=False)
-    mode = "API keys required" if config.auth_enabled else "OPEN (no auth, loopback only)"
-    print(f"memos-ray is up at http://{host}:{port}  [{mode}]  data: {config.data_dir}")
-    print("Ctrl-C (or SIGTERM) stops it; memories are kept in the data dir.", flush=True)
+    from memos_ray.launcher import local_service
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    print("memos-ray: stopping ...", flush=True)
-    serve.shutdown()
-    stop_embedded(config)
-    ray.shutdown()
+    with local_service(config, host, port, dashboard=True, log_to_driver=args.verbose) as url:
+        mode = "API keys required" if config.auth_enabled else "OPEN (no auth, loopback only)"
+        print(f"memos-ray is up at {url}  [{mode}]  data: {config.data_dir}")
+        print("Ctrl-C (or SIGTERM) stops it; memories are kept in the data dir.", flush=True)
+        stop.wait()
+        print("memos-ray: stopping ...", flush=True)
     return 0
 
 
@@ -158,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     cube.add_argument("--cube-id")
     cube.add_argument("--name")
     cube.set_defaults(func=cmd_create_cube)
+
+    from memos_ray.bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
 
     admin = sub.add_parser("admin", help="users and grants (needs the admin key)")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)

@@ -1,0 +1,1 @@
+"""Benchmarks: retrieval quality (LoCoMo, LongMemEval), search latency, ingest throughput."""

@@ -1,0 +1,71 @@
+"""Start the whole app (Ray, Serve, embedded stores) in this process and stop it cleanly."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from memos_ray.config import MemosConfig
+
+
+def wait_ready(url: str, timeout_s: float = 180.0) -> None:
+    """Ready means a real request succeeds, not just /health (stores connect lazily)."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/health", timeout=5)
+            if response.status_code == 200:
+                # Reads nothing and creates nothing, but needs the stores connected.
+                probe = httpx.post(f"{url}/product/get_memory_by_ids", json=[], timeout=30)
+                if probe.status_code in (200, 401):
+                    return
+                last = probe.text
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"memos-ray did not become ready at {url}: {last}")
+
+
+@contextmanager
+def local_service(
+    config: MemosConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    dashboard: bool = False,
+    log_to_driver: bool = False,
+) -> Iterator[str]:
+    """Yield the base URL of a running app; on exit stop Serve, the stores, then Ray."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import ray
+    from ray import serve
+
+    from deployments.app import build_from_config
+    from memos_ray.runtime import stop_embedded
+
+    ray.init(
+        namespace=config.serving.namespace,
+        include_dashboard=dashboard,
+        log_to_driver=log_to_driver,
+    )
+    try:
+        serve.start(
+            http_options={"host": host, "port": port},
+            logging_config={"enable_access_log": False},
+        )
+        serve.run(build_from_config(config), name="memos", route_prefix="/")
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        wait_ready(url)
+        yield url
+    finally:
+        try:
+            serve.shutdown()
+            stop_embedded(config)
+        finally:
+            ray.shutdown()
