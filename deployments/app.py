@@ -35,5 +35,6 @@ def build_from_config(config: MemosConfig) -> Application:
     ).bind(emb)
     return MemosIngress.options(
         num_replicas=config.serving.ingress_replicas,
+        max_ongoing_requests=config.serving.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.serving.ingress_num_cpus},
     ).bind(config, embedder)

@@ -44,7 +44,7 @@ def current_context() -> ApiContext:
 api = create_app(current_context, version=__version__)
 
 
-@serve.deployment(name="MemosIngress")
+@serve.deployment(name="MemosIngress", max_ongoing_requests=64)
 @serve.ingress(api)
 class MemosIngress:
     """Holds the process-wide context; stores connect in a background thread at start."""
@@ -78,7 +78,12 @@ class MemosIngress:
         with self._lock:
             if self._context is None:
                 from deployments.embedder import HandleEmbedder
-                from memos_ray.wiring import build_ray_stores, build_reranker, build_tenancy_store
+                from memos_ray.wiring import (
+                    build_query_embedder,
+                    build_ray_stores,
+                    build_reranker,
+                    build_tenancy_store,
+                )
 
                 config = self._config
                 graph, vectors = build_ray_stores(config)
@@ -88,6 +93,7 @@ class MemosIngress:
                     HandleEmbedder(self._embedder_handle, config.embedder.dim),
                     build_reranker(config),
                     config.search,
+                    query_embedder=build_query_embedder(config),
                 )
                 admin_key = config.admin_key.get_secret_value() if config.admin_key else None
                 access = AccessControl(build_tenancy_store(config), admin_key)

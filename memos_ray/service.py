@@ -61,10 +61,13 @@ class MemoryService:
         embedder: Embedder,
         reranker: Reranker | None = None,
         search_config: SearchConfig | None = None,
+        query_embedder: Embedder | None = None,
     ) -> None:
         self.graph = graph
         self.vectors = vectors
         self.embedder = embedder
+        # Queries may use a different path (e.g. in-process) than bulk documents.
+        self.query_embedder = query_embedder or embedder
         self.reranker = reranker
         self.search_config = search_config or SearchConfig()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memos-fanout")
@@ -188,7 +191,7 @@ class MemoryService:
         options: SearchOptions,
     ) -> dict[str, list[MemoryItem]]:
         """Hybrid recall per cube (dense + keyword), fusion, rerank, threshold, de-dup."""
-        query_dense = self.embedder.embed([query])[0]
+        query_dense = self.query_embedder.embed([query])[0]
         cubes = list(cube_filters)
         if len(cubes) == 1:
             cube = cubes[0]
@@ -220,23 +223,26 @@ class MemoryService:
                 return []
             vfilter.ids = allowed
         recall = max(cfg.min_recall, options.top_k * cfg.recall_factor)
-        dense_hits = self.vectors.search_dense([cube_id], query_dense.tolist(), recall, vfilter)
-        sparse_hits = self.vectors.search_sparse([cube_id], query_vector(query), recall, vfilter)
-        fused = rrf_fuse([[h.id for h in dense_hits], [h.id for h in sparse_hits]], k=cfg.rrf_k)
-        candidate_ids = [item_id for item_id, _ in fused[:recall]]
-        if not candidate_ids:
+        found = self.vectors.search_hybrid(
+            [cube_id], query_dense.tolist(), query_vector(query), recall, vfilter
+        )
+        fused = rrf_fuse(
+            [[h.id for h in found.dense_hits], [h.id for h in found.sparse_hits]], k=cfg.rrf_k
+        )
+        if not fused:
             return []
-        nodes = {n.id: n for n in self.graph.get_nodes([cube_id], candidate_ids)}
-        vectors = {
-            r.id: np.asarray(r.dense, dtype=np.float32)
-            for r in self.vectors.retrieve(cube_id, candidate_ids)
-        }
+        payloads = dict(zip(found.ids, found.payloads, strict=True))
+        missing = [i for i, p in payloads.items() if "item" not in p]
+        if missing:  # points written without the item copy: read them from the graph
+            for node in self.graph.get_nodes([cube_id], missing):
+                payloads[node.id] = _payload(node)
+        vectors = {item_id: found.vectors[row] for row, item_id in enumerate(found.ids)}
         candidate_ids = [
-            i
-            for i in candidate_ids
-            if i in nodes and nodes[i].metadata.status == MemoryStatus.ACTIVATED
+            item_id
+            for item_id, _ in fused[:recall]
+            if payloads.get(item_id, {}).get("status") == MemoryStatus.ACTIVATED
         ]
-        scores = self._relevance(query, query_dense, candidate_ids, nodes, vectors, options)
+        scores = self._relevance(query, query_dense, candidate_ids, payloads, vectors, options)
         ranked = sorted(
             (i for i in candidate_ids if scores[i] >= options.relativity),
             key=lambda i: (-scores[i], i),
@@ -252,7 +258,8 @@ class MemoryService:
         )
         results = []
         for item_id in chosen:
-            item = nodes[item_id].model_copy(deep=True)
+            # Search reads the copy kept in the vector payload: no graph round trip.
+            item = MemoryItem.model_validate_json(payloads[item_id]["item"])
             item.metadata.relativity = round(scores[item_id], 6)
             results.append(item)
         return results
@@ -262,7 +269,7 @@ class MemoryService:
         query: str,
         query_dense: np.ndarray,
         ids: Sequence[str],
-        nodes: Mapping[str, MemoryItem],
+        payloads: Mapping[str, Mapping[str, Any]],
         vectors: Mapping[str, np.ndarray],
         options: SearchOptions,
     ) -> dict[str, float]:
@@ -270,7 +277,7 @@ class MemoryService:
             raw = self.reranker.rerank(
                 query,
                 query_dense,
-                [RerankCandidate(text=nodes[i].memory, dense=vectors.get(i)) for i in ids],
+                [RerankCandidate(text=payloads[i]["memory"], dense=vectors.get(i)) for i in ids],
             )
         else:
             raw = [float(np.dot(query_dense, vectors[i])) if i in vectors else 0.0 for i in ids]
@@ -279,7 +286,7 @@ class MemoryService:
         scores: dict[str, float] = {}
         for item_id, raw_score in zip(ids, raw, strict=True):
             score = (raw_score - cfg.score_floor) / span
-            if options.session_id and nodes[item_id].metadata.session_id == options.session_id:
+            if options.session_id and payloads[item_id].get("session_id") == options.session_id:
                 score += cfg.session_boost
             scores[item_id] = min(max(score, 0.0), 1.0)
         return scores
@@ -298,4 +305,7 @@ def _payload(item: MemoryItem) -> dict[str, Any]:
         "session_id": meta.session_id,
         "user_id": meta.user_id,
         "created_at": meta.created_at,
+        "memory": item.memory,
+        # A copy of the item, so that search needs no graph round trip.
+        "item": item.model_dump_json(exclude={"metadata": {"embedding", "relativity"}}),
     }

@@ -33,6 +33,20 @@ def build_embedder(config: MemosConfig) -> Embedder:
     return SentenceTransformerEmbedder(cfg.model, device=cfg.device, batch_size=cfg.batch_size)
 
 
+def build_query_embedder(config: MemosConfig) -> Embedder | None:
+    """An in-process, naturally batched query embedder, or None to use the deployment."""
+    if not config.embedder.local_queries:
+        return None
+    import torch
+
+    from memos_ray.models.batching import BatchingEmbedder
+
+    torch.set_num_threads(config.embedder.query_threads)
+    embedder = build_embedder(config)
+    embedder.embed(["warm up"])
+    return BatchingEmbedder(embedder)
+
+
 def build_reranker(config: MemosConfig) -> Reranker | None:
     if config.reranker.backend == "none":
         return None

@@ -23,6 +23,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from memos_ray.errors import ConfigError, MemosError, StoreError
 from memos_ray.stores.vector.base import (
+    HybridCandidates,
     SparseVector,
     VectorFilter,
     VectorHit,
@@ -137,6 +138,17 @@ class VectorStoreActor:
         with self._reading() as store:
             return store.search_sparse(cube_ids, vector, limit, filter)
 
+    def search_hybrid(
+        self,
+        cube_ids: Sequence[str],
+        dense: Sequence[float],
+        sparse: SparseVector,
+        limit: int,
+        filter: VectorFilter | None = None,
+    ) -> HybridCandidates:
+        with self._reading() as store:
+            return store.search_hybrid(cube_ids, dense, sparse, limit, filter)
+
     def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
         with self._reading() as store:
             return store.retrieve(cube_id, ids)
@@ -214,6 +226,16 @@ class ActorVectorStore(VectorStore):
         filter: VectorFilter | None = None,
     ) -> list[VectorHit]:
         return self._call("search_sparse", list(cube_ids), vector, limit, filter)
+
+    def search_hybrid(
+        self,
+        cube_ids: Sequence[str],
+        dense: Sequence[float],
+        sparse: SparseVector,
+        limit: int,
+        filter: VectorFilter | None = None,
+    ) -> HybridCandidates:
+        return self._call("search_hybrid", list(cube_ids), list(dense), sparse, limit, filter)
 
     def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
         return self._call("retrieve", cube_id, list(ids))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -46,6 +48,17 @@ class VectorHit(BaseModel):
     score: float
 
 
+@dataclass
+class HybridCandidates:
+    """Both recalls and the stored data of every hit, compact enough for one remote hop."""
+
+    dense_hits: list[VectorHit]
+    sparse_hits: list[VectorHit]
+    ids: list[str] = field(default_factory=list)
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    payloads: list[dict[str, Any]] = field(default_factory=list)
+
+
 class VectorStore(ABC):
     """Hybrid recall index. Every call is scoped to cubes; a cube never sees another's points."""
 
@@ -77,6 +90,39 @@ class VectorStore(ABC):
         filter: VectorFilter | None = None,
     ) -> list[VectorHit]:
         """Best keyword matches (BM25-style score, higher is better)."""
+
+    def search_hybrid(
+        self,
+        cube_ids: Sequence[str],
+        dense: Sequence[float],
+        sparse: SparseVector,
+        limit: int,
+        filter: VectorFilter | None = None,
+    ) -> HybridCandidates:
+        """Dense and keyword recall plus each hit's vector and payload, in one call.
+
+        Remote stores (an actor, a server) answer a search with one round trip this way.
+        """
+        dense_hits = self.search_dense(cube_ids, dense, limit, filter)
+        sparse_hits = self.search_sparse(cube_ids, sparse, limit, filter)
+        by_cube: dict[str, list[str]] = {}
+        for hit in [*dense_hits, *sparse_hits]:
+            ids = by_cube.setdefault(hit.cube_id, [])
+            if hit.id not in ids:
+                ids.append(hit.id)
+        records = [r for cube, ids in by_cube.items() for r in self.retrieve(cube, ids)]
+        vectors = (
+            np.asarray([r.dense for r in records], dtype=np.float32)
+            if records
+            else np.zeros((0, self.dim), dtype=np.float32)
+        )
+        return HybridCandidates(
+            dense_hits,
+            sparse_hits,
+            [r.id for r in records],
+            vectors,
+            [r.payload for r in records],
+        )
 
     @abstractmethod
     def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:

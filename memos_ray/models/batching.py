@@ -1,0 +1,65 @@
+"""Natural batching for an in-process embedder: calls that arrive while the model is busy
+are embedded together, so one caller pays no wait and many callers share a forward pass."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+
+import numpy as np
+
+from memos_ray.models.embedder import Embedder
+
+
+class BatchingEmbedder(Embedder):
+    def __init__(self, inner: Embedder, max_batch: int = 32) -> None:
+        self._inner = inner
+        self._max_batch = max_batch
+        self._queue: queue.Queue[tuple[list[str], Future[np.ndarray]]] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self._inner.dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self._ensure_worker()
+        future: Future[np.ndarray] = Future()
+        self._queue.put((list(texts), future))
+        return future.result()
+
+    def _ensure_worker(self) -> None:
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(
+                    target=self._run, name="memos-embed-batcher", daemon=True
+                )
+                self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            size = len(batch[0][0])
+            while size < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+                size += len(item[0])
+            texts = [t for request, _ in batch for t in request]
+            try:
+                vectors = self._inner.embed(texts)
+            except BaseException as exc:
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            start = 0
+            for request, future in batch:
+                future.set_result(vectors[start : start + len(request)])
+                start += len(request)
