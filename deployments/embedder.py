@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -16,6 +18,7 @@ from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
 @serve.deployment(name="EmbedderDeployment", ray_actor_options={"num_cpus": 1})
 class EmbedderDeployment:
     def __init__(self, config: EmbedderConfig) -> None:
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self._embedder = SentenceTransformerEmbedder(
             config.model, device=config.device, batch_size=config.batch_size
         )

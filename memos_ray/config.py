@@ -77,6 +77,9 @@ class EmbedderConfig(_Strict):
     # per search; documents still go to the embedder deployment in batches.
     local_queries: bool = True
     query_threads: int = Field(default=2, ge=1)
+    # Torch threads of an embedder replica; None means every core of its node (Ray would
+    # otherwise pin a 1-CPU replica to one thread).
+    threads: int | None = Field(default=None, ge=1)
     num_gpus: float = Field(default=0.0, ge=0)
 
 

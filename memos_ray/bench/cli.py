@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from memos_ray.config import MemosConfig
 
 
 def _free_port() -> int:
@@ -19,10 +22,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def service_url(args: argparse.Namespace) -> Iterator[str]:
-    """The given --url, or a fresh local service on the embedded defaults."""
+def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | None]]:
+    """The given --url, or a fresh local service on the embedded defaults (and its config)."""
     if args.url:
-        yield args.url
+        yield args.url, None
         return
     from memos_ray.config import load_config
     from memos_ray.launcher import local_service
@@ -36,13 +39,24 @@ def service_url(args: argparse.Namespace) -> Iterator[str]:
     print(f"starting memos-ray on the embedded defaults in {config.data_dir} ...", flush=True)
     with local_service(config, port=_free_port()) as url:
         print(f"service ready at {url}", flush=True)
-        yield url
+        yield url, config
 
 
 def _report(figures: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
     print(f"figures written to {path}", flush=True)
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
@@ -54,11 +68,140 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     cubes = list(loader(Path(args.data)))
     if args.limit:
         cubes = cubes[: args.limit]
-    with service_url(args) as url, MemosClient(url, args.api_key, timeout=300) as client:
+    with service_url(args) as (url, _), MemosClient(url, args.api_key, timeout=300) as client:
         figures = run_retrieval_bench(args.bench, cubes, client, Path(args.out), top_k=args.top_k)
+    figures["machine"] = _machine()
     _report(figures, Path(args.figures or f"{args.out}.figures.json"))
     print(f"score with: python3 score_retrieval.py {args.data} {args.out}")
     return 0
+
+
+def _window_texts(windows: list[list[dict[str, str]]]) -> list[str]:
+    """The exact texts the server embeds for these windows."""
+    from memos_ray.memory.reader import Turn, fast_windows
+
+    return [
+        w.text
+        for window in windows
+        for w in fast_windows([Turn(role=m["role"], content=m["content"]) for m in window])
+    ]
+
+
+def _in_process_search(config: MemosConfig):  # type: ignore[no-untyped-def]
+    """The service's search without HTTP or Serve, on the same stores (for the ratio)."""
+    from memos_ray.service import MemoryService, SearchOptions
+    from memos_ray.wiring import build_query_embedder, build_ray_stores, build_reranker
+
+    graph, vectors = build_ray_stores(config)
+    embedder = build_query_embedder(config.model_copy(update={}))
+    assert embedder is not None
+    service = MemoryService(graph, vectors, embedder, build_reranker(config), config.search)
+
+    def search(cube_id: str, query: str) -> Any:
+        return service.search(query, {cube_id: None}, SearchOptions(top_k=10))
+
+    return search
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    import httpx
+
+    from memos_ray.bench.load import fill_cube, generate_queries, generate_windows, run_load
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    queries = generate_queries(args.queries)
+    figures: dict[str, Any] = {"bench": "latency", "machine": _machine(), "sizes": {}}
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with (
+        service_url(args) as (url, config),
+        httpx.Client(
+            base_url=url,
+            headers=headers,
+            timeout=120,
+            limits=httpx.Limits(max_connections=max(levels) + 4),
+        ) as http,
+    ):
+        in_process = _in_process_search(config) if config is not None else None
+        for size in sizes:
+            cube = f"latency-{size}"
+            http.post("/product/create_cube", json={"owner_id": "bench", "cube_id": cube})
+            stored, seconds = fill_cube(http, "bench", cube, generate_windows(size))
+            body = {"user_id": "bench", "readable_cube_ids": [cube], "top_k": 10}
+
+            def over_http(query: str, body: dict[str, Any] = body) -> None:
+                http.post("/product/search", json={**body, "query": query}).raise_for_status()
+
+            for query in queries[:20]:  # warm-up
+                over_http(query)
+            row: dict[str, Any] = {"memories": stored, "fill_seconds": round(seconds, 1)}
+            for level in levels:
+                n = max(len(queries), 25 * level)
+                batch = (queries * (n // len(queries) + 1))[:n]
+                row[f"http_c{level}"] = run_load(over_http, batch, level)
+                if in_process is not None:
+                    row[f"inproc_c{level}"] = run_load(
+                        lambda q, cube=cube: in_process(cube, q), batch, level
+                    )
+                    row[f"http_over_inproc_p50_c{level}"] = round(
+                        row[f"http_c{level}"]["p50_ms"] / row[f"inproc_c{level}"]["p50_ms"], 2
+                    )
+                print(
+                    f"  {size} memories, concurrency {level}: {json.dumps(row[f'http_c{level}'])}"
+                )
+            figures["sizes"][str(size)] = row
+    _report(figures, Path(args.out))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import time
+
+    import httpx
+    import torch
+
+    from memos_ray.bench.load import fill_cube, generate_windows
+    from memos_ray.models.embedder import SentenceTransformerEmbedder
+
+    windows = generate_windows(args.memories, seed=3)
+    texts = _window_texts(windows)
+    torch.set_num_threads(os.cpu_count() or 1)
+    embedder = SentenceTransformerEmbedder(batch_size=64)
+    embedder.embed(texts[:64])
+    started = time.perf_counter()
+    embedder.embed(texts)
+    ceiling = len(texts) / (time.perf_counter() - started)
+    del embedder
+    print(f"embedder alone: {ceiling:.1f} memories/s", flush=True)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with (
+        service_url(args) as (url, _),
+        httpx.Client(base_url=url, headers=headers, timeout=300) as http,
+    ):
+        http.post("/product/create_cube", json={"owner_id": "bench", "cube_id": "ingest"})
+        stored, seconds = fill_cube(
+            http, "bench", "ingest", windows, batch=args.batch, concurrency=args.concurrency
+        )
+    rate = stored / seconds
+    figures = {
+        "bench": "ingest",
+        "machine": _machine(),
+        "memories": stored,
+        "seconds": round(seconds, 2),
+        "api_memories_per_s": round(rate, 1),
+        "embedder_memories_per_s": round(ceiling, 1),
+        "ratio": round(rate / ceiling, 3),
+        "batch": args.batch,
+        "concurrency": args.concurrency,
+    }
+    _report(figures, Path(args.out))
+    return 0
+
+
+def _service_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="use a running service instead of starting one")
+    p.add_argument("--api-key", default=os.environ.get("MEMOS_API_KEY"), help="for --url")
+    p.add_argument("--data-dir", help="data dir of the started service (default: a new temp dir)")
 
 
 def add_bench_parser(sub: Any) -> None:
@@ -74,9 +217,21 @@ def add_bench_parser(sub: Any) -> None:
         p.add_argument("--figures", help="figures JSON (default: OUT.figures.json)")
         p.add_argument("--top-k", type=int, default=20, help="memories asked per question")
         p.add_argument("--limit", type=int, help="only the first N cubes")
-        p.add_argument("--url", help="use a running service instead of starting one")
-        p.add_argument("--api-key", help="API key for --url (MEMOS_API_KEY)")
-        p.add_argument(
-            "--data-dir", help="data dir of the started service (default: a new temp dir)"
-        )
+        _service_args(p)
         p.set_defaults(func=cmd_retrieval)
+
+    latency = kinds.add_parser("latency", help="search latency over HTTP and in-process")
+    latency.add_argument("--sizes", default="1000,10000", help="cube sizes (memories)")
+    latency.add_argument("--concurrency", default="1,8,32")
+    latency.add_argument("--queries", type=int, default=200)
+    latency.add_argument("--out", default="bench-results/latency.json")
+    _service_args(latency)
+    latency.set_defaults(func=cmd_latency)
+
+    ingest = kinds.add_parser("ingest", help="/product/add throughput vs the embedder's own")
+    ingest.add_argument("--memories", type=int, default=2000)
+    ingest.add_argument("--batch", type=int, default=32, help="memories per /product/add")
+    ingest.add_argument("--concurrency", type=int, default=2)
+    ingest.add_argument("--out", default="bench-results/ingest.json")
+    _service_args(ingest)
+    ingest.set_defaults(func=cmd_ingest)
