@@ -284,6 +284,28 @@ def test_keyword_search_rare_term_and_idf(store: VectorStore) -> None:
     assert store.search_sparse(["cube-a"], SparseVector(), 5) == []
 
 
+def test_hybrid_search_returns_both_recalls_with_vectors_and_payloads(
+    store: VectorStore,
+) -> None:
+    rng = np.random.default_rng(12)
+    vecs = _unit(rng, 4)
+    texts = ["tulip bulbs planted", "bike repair shop", "tulip festival tickets", "tax forms"]
+    recs = [_rec(v, text=t, memory=t) for v, t in zip(vecs, texts, strict=True)]
+    store.upsert("cube-h", recs)
+    store.upsert("cube-other", [_rec(vecs[0], text="tulip bulbs planted")])
+    found = store.search_hybrid(["cube-h"], list(vecs[1]), query_vector("tulip"), 3)
+    assert _ids(found.dense_hits)[0] == recs[1].id
+    assert set(_ids(found.sparse_hits)) == {recs[0].id, recs[2].id}
+    union = set(_ids(found.dense_hits)) | set(_ids(found.sparse_hits))
+    assert set(found.ids) == union
+    by_id = {r.id: r for r in recs}
+    for row, item_id in enumerate(found.ids):
+        assert np.allclose(found.vectors[row], by_id[item_id].dense, atol=1e-5)
+        assert found.payloads[row]["memory"] == by_id[item_id].payload["memory"]
+    empty = store.search_hybrid(["cube-none"], list(vecs[0]), query_vector("tulip"), 3)
+    assert empty.ids == [] and empty.dense_hits == [] and empty.sparse_hits == []
+
+
 def test_delete_removes_everywhere(store: VectorStore) -> None:
     rng = np.random.default_rng(8)
     vecs = _unit(rng, 3)
