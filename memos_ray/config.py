@@ -76,7 +76,9 @@ class EmbedderConfig(_Strict):
     # Embed search queries inside each ingress replica (naturally batched): saves a hop
     # per search; documents still go to the embedder deployment in batches.
     local_queries: bool = True
-    query_threads: int = Field(default=2, ge=1)
+    # One thread: a second OpenMP thread spin-waits against the other processes here and
+    # made single-query latency several times worse (measured under load on 2 cores).
+    query_threads: int = Field(default=1, ge=1)
     # Torch threads of an embedder replica; None means every core of its node (Ray would
     # otherwise pin a 1-CPU replica to one thread).
     threads: int | None = Field(default=None, ge=1)

@@ -43,8 +43,9 @@ def build_query_embedder(config: MemosConfig) -> Embedder | None:
 
     torch.set_num_threads(config.embedder.query_threads)
     embedder = build_embedder(config)
-    embedder.embed(["warm up"])
-    return BatchingEmbedder(embedder)
+    batching = BatchingEmbedder(embedder, threads=config.embedder.query_threads)
+    batching.embed(["warm up"])
+    return batching
 
 
 def build_reranker(config: MemosConfig) -> Reranker | None:

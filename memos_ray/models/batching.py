@@ -14,8 +14,9 @@ from memos_ray.models.embedder import Embedder
 
 
 class BatchingEmbedder(Embedder):
-    def __init__(self, inner: Embedder, max_batch: int = 32) -> None:
+    def __init__(self, inner: Embedder, max_batch: int = 32, threads: int | None = None) -> None:
         self._inner = inner
+        self._threads = threads
         self._max_batch = max_batch
         self._queue: queue.Queue[tuple[list[str], Future[np.ndarray]]] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -42,6 +43,11 @@ class BatchingEmbedder(Embedder):
                 self._worker.start()
 
     def _run(self) -> None:
+        if self._threads:
+            # OpenMP's thread count is per calling thread: set it where the model runs.
+            import torch
+
+            torch.set_num_threads(self._threads)
         while True:
             batch = [self._queue.get()]
             size = len(batch[0][0])
