@@ -76,6 +76,20 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_offline(args: argparse.Namespace) -> int:
+    from memos_ray.bench.datasets import locomo_cubes, longmemeval_cubes
+    from memos_ray.bench.offline import run_offline
+
+    loader = locomo_cubes if args.dataset == "locomo" else longmemeval_cubes
+    cubes = list(loader(Path(args.data)))
+    if args.limit:
+        cubes = cubes[: args.limit]
+    figures = run_offline(args.dataset, cubes, Path(args.out))
+    figures["machine"] = _machine()
+    _report(figures, Path(f"{args.out}.figures.json"))
+    return 0
+
+
 def _window_texts(windows: list[list[dict[str, str]]]) -> list[str]:
     """The exact texts the server embeds for these windows."""
     from memos_ray.memory.reader import Turn, fast_windows
@@ -219,6 +233,15 @@ def add_bench_parser(sub: Any) -> None:
         p.add_argument("--limit", type=int, help="only the first N cubes")
         _service_args(p)
         p.set_defaults(func=cmd_retrieval)
+
+    offline = kinds.add_parser(
+        "offline", help="the turn-ranking recipe over a dataset without the service"
+    )
+    offline.add_argument("dataset", choices=["locomo", "longmemeval"])
+    offline.add_argument("data", help="the dataset JSON file")
+    offline.add_argument("--out", required=True, help="results JSONL")
+    offline.add_argument("--limit", type=int, help="only the first N cubes")
+    offline.set_defaults(func=cmd_offline)
 
     latency = kinds.add_parser("latency", help="search latency over HTTP and in-process")
     latency.add_argument("--sizes", default="1000,10000", help="cube sizes (memories)")

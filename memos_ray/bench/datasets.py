@@ -22,6 +22,13 @@ class BenchTurn:
     role: str  # "user" | "assistant"
     content: str
     chat_time: str | None
+    # A person's name where the dataset has one (LoCoMo); None where roles are all there is.
+    speaker: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message as sent to the API: the speaker's name in front when there is one."""
+        return f"{self.speaker}: {self.content}" if self.speaker else self.content
 
 
 @dataclass(frozen=True)
@@ -101,11 +108,9 @@ def locomo_cubes(path: Path) -> Iterator[BenchCube]:
             for turn in dialogue[f"session_{n}"]:
                 text = turn.get("text", "")
                 if turn.get("blip_caption"):
-                    text = f"{text} [shares a photo: {turn['blip_caption']}]".strip()
+                    text = f"{text} [shares a photo of {turn['blip_caption']}]".strip()
                 role = "user" if turn.get("speaker") == speaker_a else "assistant"
-                turns.append(
-                    BenchTurn(turn["dia_id"], role, f"{turn.get('speaker')}: {text}", when)
-                )
+                turns.append(BenchTurn(turn["dia_id"], role, text, when, turn.get("speaker")))
             sessions.append(BenchSession(f"session_{n}", turns))
         questions = [
             BenchQuestion(f"{sample}:{i}", qa["question"]) for i, qa in enumerate(conv["qa"])
@@ -116,12 +121,16 @@ def locomo_cubes(path: Path) -> Iterator[BenchCube]:
 def longmemeval_cubes(path: Path) -> Iterator[BenchCube]:
     for item in _load(path):
         sessions = []
+        seen: set[str] = set()
         for sid, date, turns in zip(
             item["haystack_session_ids"],
             item["haystack_dates"],
             item["haystack_sessions"],
             strict=True,
         ):
+            if sid in seen:  # a filler session repeated under the same id: keep one copy
+                continue
+            seen.add(sid)
             when = parse_longmemeval_time(date)
             sessions.append(
                 BenchSession(

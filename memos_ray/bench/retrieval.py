@@ -47,7 +47,7 @@ def ingest_cube(client: MemosClient, cube: BenchCube, workers: int = 4) -> int:
         messages = [
             {
                 "role": t.role,
-                "content": t.content,
+                "content": t.text,
                 "message_id": t.message_id,
                 **({"chat_time": t.chat_time} if t.chat_time else {}),
             }

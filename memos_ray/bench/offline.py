@@ -1,0 +1,89 @@
+"""Offline ranking evaluation: the turn-ranking recipe straight over a dataset, no service.
+
+For iterating on ranking quickly; `bench locomo` / `bench longmemeval` measure the service.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memos_ray.bench.datasets import BenchCube
+from memos_ray.memory.turn_ranking import RankingParams, RankTurn, build_index, rank
+from memos_ray.models.embedder import SentenceTransformerEmbedder
+
+
+class TokenEmbedder:
+    """Per-token MiniLM vectors ([CLS]/[SEP] dropped, unit length, float16) for MaxSim."""
+
+    def __init__(self, embedder: SentenceTransformerEmbedder) -> None:
+        self._model = embedder._load()
+
+    def __call__(self, texts: list[str]) -> list[np.ndarray]:
+        outputs = self._model.encode(
+            texts, output_value="token_embeddings", batch_size=32, convert_to_numpy=False
+        )
+        result = []
+        for out in outputs:
+            vectors = out.float().numpy()
+            vectors = vectors[1:-1] if vectors.shape[0] > 2 else vectors
+            vectors = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
+            result.append(vectors.astype(np.float16))
+        return result
+
+
+def run_offline(
+    name: str,
+    cubes: Iterable[BenchCube],
+    out: Path,
+    params: RankingParams | None = None,
+    top_k: int = 50,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    params = params or RankingParams()
+    embedder = SentenceTransformerEmbedder()
+    tokens = TokenEmbedder(embedder) if params.w_maxsim else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cubes = list(cubes)
+    build_s = search_s = 0.0
+    questions = 0
+    with out.open("w") as sink:
+        for i, cube in enumerate(cubes, start=1):
+            turns = [
+                RankTurn(t.message_id, s.session_id, t.content, t.speaker, t.chat_time)
+                for s in cube.sessions
+                for t in s.turns
+            ]
+            t0 = time.perf_counter()
+            index = build_index(turns, embedder.embed, tokens, params)
+            t1 = time.perf_counter()
+            for question in cube.questions:
+                query_vector = embedder.embed([question.question])[0]
+                query_tokens = tokens([question.question])[0].astype(np.float32) if tokens else None
+                ids = rank(
+                    index, question.question, query_vector, query_tokens,
+                    question.asked_at, top_k, params,
+                )  # fmt: skip
+                sink.write(json.dumps({"qid": question.qid, "retrieved": ids}) + "\n")
+            t2 = time.perf_counter()
+            build_s += t1 - t0
+            search_s += t2 - t1
+            questions += len(cube.questions)
+            log(
+                f"[{i}/{len(cubes)}] {cube.cube_id}: {len(turns)} turns indexed in "
+                f"{t1 - t0:.1f}s, {len(cube.questions)} questions in {t2 - t1:.1f}s"
+            )
+    return {
+        "bench": f"offline-{name}",
+        "cubes": len(cubes),
+        "questions": questions,
+        "index_seconds": round(build_s, 1),
+        "search_ms_per_question": round(1000 * search_s / max(questions, 1), 1),
+        "params": params.__dict__,
+        "results": str(out),
+    }
