@@ -237,12 +237,19 @@ class MemoryService:
             for node in self.graph.get_nodes([cube_id], missing):
                 payloads[node.id] = _payload(node)
         vectors = {item_id: found.vectors[row] for row, item_id in enumerate(found.ids)}
+        terms = {
+            item_id: frozenset(found.term_ids[row])
+            for row, item_id in enumerate(found.ids)
+            if row < len(found.term_ids)
+        }
         candidate_ids = [
             item_id
             for item_id, _ in fused[:recall]
             if payloads.get(item_id, {}).get("status") == MemoryStatus.ACTIVATED
         ]
-        scores = self._relevance(query, query_dense, candidate_ids, payloads, vectors, options)
+        scores = self._relevance(
+            query, query_dense, candidate_ids, payloads, vectors, terms, options
+        )
         ranked = sorted(
             (i for i in candidate_ids if scores[i] >= options.relativity),
             key=lambda i: (-scores[i], i),
@@ -271,13 +278,14 @@ class MemoryService:
         ids: Sequence[str],
         payloads: Mapping[str, Mapping[str, Any]],
         vectors: Mapping[str, np.ndarray],
+        terms: Mapping[str, frozenset[int]],
         options: SearchOptions,
     ) -> dict[str, float]:
         if options.rerank and self.reranker is not None:
             raw = self.reranker.rerank(
                 query,
                 query_dense,
-                [RerankCandidate(text=payloads[i]["memory"], dense=vectors.get(i)) for i in ids],
+                [RerankCandidate(payloads[i]["memory"], vectors.get(i), terms.get(i)) for i in ids],
             )
         else:
             raw = [float(np.dot(query_dense, vectors[i])) if i in vectors else 0.0 for i in ids]

@@ -34,35 +34,35 @@ def select(
     """Pick up to top_k ids from `ranked` (best first).
 
     "no" keeps the order; "sim" drops items nearly identical to one already picked;
-    "mmr" also trades relevance against redundancy (maximal marginal relevance).
+    "mmr" also trades relevance against redundancy (maximal marginal relevance). One
+    similarity matrix up front keeps this at a few array operations per pick.
     """
-    if mode == "no":
+    if mode == "no" or not ranked:
         return list(ranked[:top_k])
-    picked: list[str] = []
-    picked_vecs: list[np.ndarray] = []
-    pool = list(ranked)
-    while pool and len(picked) < top_k:
-        best_idx, best_val = -1, -np.inf
-        for idx, item_id in enumerate(pool):
-            vec = vectors.get(item_id)
-            redundancy = (
-                max((float(np.dot(vec, p)) for p in picked_vecs), default=0.0)
-                if (vec is not None)
-                else 0.0
-            )
-            if redundancy >= duplicate_threshold:
-                continue
-            if mode == "sim":
-                best_idx = idx
-                break
-            value = mmr_lambda * relevance[item_id] - (1 - mmr_lambda) * max(redundancy, 0.0)
-            if value > best_val:
-                best_idx, best_val = idx, value
-        if best_idx < 0:
-            break
-        item_id = pool.pop(best_idx)
-        picked.append(item_id)
+    ids = list(ranked)
+    dim = next((len(v) for v in (vectors.get(i) for i in ids) if v is not None), 0)
+    matrix = np.zeros((len(ids), dim), dtype=np.float32)
+    for row, item_id in enumerate(ids):
         vec = vectors.get(item_id)
         if vec is not None:
-            picked_vecs.append(vec)
-    return picked
+            matrix[row] = vec
+    similarity = matrix @ matrix.T
+    rel = np.asarray([relevance[i] for i in ids], dtype=np.float64)
+    # Highest similarity to anything picked so far; an item without a vector stays at 0.
+    redundancy = np.zeros(len(ids), dtype=np.float64)
+    open_ = np.ones(len(ids), dtype=bool)
+    picked: list[int] = []
+    while len(picked) < top_k:
+        candidates = open_ & (redundancy < duplicate_threshold)
+        if not candidates.any():
+            break
+        if mode == "sim":
+            best = int(np.argmax(candidates))
+        else:
+            value = mmr_lambda * rel - (1 - mmr_lambda) * redundancy
+            value[~candidates] = -np.inf
+            best = int(np.argmax(value))
+        picked.append(best)
+        open_[best] = False
+        redundancy = np.maximum(redundancy, similarity[best])
+    return [ids[i] for i in picked]

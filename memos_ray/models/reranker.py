@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memos_ray.memory.keywords import tokenize
+from memos_ray.memory.keywords import term_id, tokenize
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,8 @@ class RerankCandidate:
     text: str
     # The stored dense vector, when the backend can use it (saves re-embedding).
     dense: np.ndarray | None = None
+    # The stored keyword term ids (saves re-tokenising the text).
+    term_ids: frozenset[int] | None = None
 
 
 class Reranker(ABC):
@@ -39,10 +41,14 @@ class EmbeddingReranker(Reranker):
         self, query: str, query_dense: np.ndarray, candidates: Sequence[RerankCandidate]
     ) -> list[float]:
         terms = set(tokenize(query))
+        term_ids = {term_id(t) for t in terms}
         scores: list[float] = []
         for cand in candidates:
             cosine = float(np.dot(query_dense, cand.dense)) if cand.dense is not None else 0.0
-            hits = len(terms & set(tokenize(cand.text)))
+            if cand.term_ids is not None:
+                hits = len(term_ids & cand.term_ids)
+            else:
+                hits = len(terms & set(tokenize(cand.text)))
             coverage = hits / len(terms) if terms else 0.0
             scores.append((1 - self._w) * cosine + self._w * coverage)
         return scores

@@ -36,3 +36,45 @@ def test_keywords_stem_and_drop_stopwords() -> None:
     assert len(doc.indices) == 2 and doc.values[0] != doc.values[1]
     assert query_vector("cat").indices[0] in doc.indices
     assert query_vector("the and of").indices == []
+
+
+def _reference_select(ranked, relevance, vectors, top_k, mode, lam, threshold):  # type: ignore[no-untyped-def]
+    """The plain definition, pick by pick, to check the vectorised version against."""
+    picked: list[str] = []
+    pool = list(ranked)
+    while pool and len(picked) < top_k:
+        best, best_value = None, -np.inf
+        for item_id in pool:
+            redundancy = max(
+                (float(np.dot(vectors[item_id], vectors[p])) for p in picked), default=0.0
+            )
+            if redundancy >= threshold:
+                continue
+            if mode == "sim":
+                best = item_id
+                break
+            value = lam * relevance[item_id] - (1 - lam) * max(redundancy, 0.0)
+            if value > best_value:
+                best, best_value = item_id, value
+        if best is None:
+            break
+        pool.remove(best)
+        picked.append(best)
+    return picked
+
+
+def test_select_matches_the_plain_definition() -> None:
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        n = int(rng.integers(1, 40))
+        base = rng.standard_normal((4, 8))
+        vecs = base[rng.integers(0, 4, n)] + 0.2 * rng.standard_normal((n, 8))
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        ids = [f"m{i}" for i in range(n)]
+        vectors = dict(zip(ids, vecs.astype(np.float32), strict=True))
+        relevance = {i: float(rng.random()) for i in ids}
+        for mode in ("mmr", "sim"):
+            args = (ids, relevance, vectors, 10)
+            got = select(*args, mode=mode, mmr_lambda=0.7, duplicate_threshold=0.9)
+            want = _reference_select(*args, mode, 0.7, 0.9)
+            assert got == want, (trial, mode)

@@ -57,6 +57,8 @@ class HybridCandidates:
     ids: list[str] = field(default_factory=list)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     payloads: list[dict[str, Any]] = field(default_factory=list)
+    # Keyword term ids of each hit (its sparse vector's indices), for term-overlap scoring.
+    term_ids: list[list[int]] = field(default_factory=list)
 
 
 class VectorStore(ABC):
@@ -122,6 +124,7 @@ class VectorStore(ABC):
             [r.id for r in records],
             vectors,
             [r.payload for r in records],
+            [list(r.sparse.indices) for r in records],
         )
 
     @abstractmethod
