@@ -174,8 +174,10 @@ class MemoryService:
         nodes, _ = self.graph.list_nodes(cube_id, statuses=VISIBLE_STATUSES)
         return nodes, self.graph.get_edges(cube_id)
 
-    def statistics(self, cube_id: str) -> dict[str, int]:
-        nodes, _ = self.graph.list_nodes(cube_id, statuses=VISIBLE_STATUSES)
+    def statistics(self, cube_id: str, nodes: Sequence[MemoryItem] | None = None) -> dict[str, int]:
+        """Counts per memory type; pass the cube's visible nodes when already fetched."""
+        if nodes is None:
+            nodes, _ = self.graph.list_nodes(cube_id, statuses=VISIBLE_STATUSES)
         stats: dict[str, int] = {}
         for node in nodes:
             key = str(node.metadata.memory_type)

@@ -181,8 +181,10 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                 )[cube_id]
                 nodes = found
                 edges = context.service.graph.get_edges(cube_id, [n.id for n in nodes])
+                stats = context.service.statistics(cube_id)
             else:
                 nodes, edges = context.service.get_graph(cube_id)
+                stats = context.service.statistics(cube_id, nodes)
             result.append(
                 {
                     "cube_id": cube_id,
@@ -195,7 +197,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                             "tree_structure": None,
                         }
                     ],
-                    "memory_statistics": context.service.statistics(cube_id),
+                    "memory_statistics": stats,
                 }
             )
         return ok(result, "All memories retrieved successfully")

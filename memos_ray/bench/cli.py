@@ -107,7 +107,7 @@ def _in_process_search(config: MemosConfig):  # type: ignore[no-untyped-def]
     from memos_ray.wiring import build_query_embedder, build_ray_stores, build_reranker
 
     graph, vectors = build_ray_stores(config)
-    embedder = build_query_embedder(config.model_copy(update={}))
+    embedder = build_query_embedder(config)
     assert embedder is not None
     service = MemoryService(graph, vectors, embedder, build_reranker(config), config.search)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import httpx
 import pytest
 
 from memos_ray.config import MemosConfig
+from memos_ray.launcher import wait_ready
 from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.ray
@@ -28,23 +28,6 @@ TURNS = [
         "message_id": "D1:4",
     },
 ]
-
-
-def _wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.post(
-                f"{url}/product/get_memory", json={"user_id": "probe"}, timeout=10
-            )
-            if response.status_code == 200:
-                return
-            last = response.text
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.5)
-    raise AssertionError(f"service not ready: {last}")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +55,7 @@ def _deploy(config: MemosConfig, url: str) -> None:
     from deployments.app import build_from_config
 
     serve.run(build_from_config(config), name="memos", route_prefix="/")
-    _wait_ready(url)
+    wait_ready(url)
 
 
 def test_add_search_and_restart_through_serve(serve_url: str, serve_config: MemosConfig) -> None:
