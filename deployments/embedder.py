@@ -12,7 +12,7 @@ from ray.serve.handle import DeploymentHandle
 
 from memos_ray.config import EmbedderConfig
 from memos_ray.errors import ConfigError
-from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
+from memos_ray.models.embedder import Embedder, Encoded, SentenceTransformerEmbedder
 
 
 @serve.deployment(name="EmbedderDeployment", ray_actor_options={"num_cpus": 1})
@@ -30,13 +30,18 @@ class EmbedderDeployment:
         self.embed_one.set_batch_wait_timeout_s(config.max_batch_wait_s)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def embed_one(self, texts: list[str]) -> list[np.ndarray]:
-        """Single texts from concurrent requests, embedded as one batch."""
-        return list(self._embedder.embed(texts))
+    async def embed_one(self, texts: list[str]) -> list[Encoded]:
+        """Single texts from concurrent requests, encoded as one batch."""
+        encoded = self._embedder.encode(texts)
+        tokens = encoded.tokens or [None] * len(texts)
+        return [
+            Encoded(encoded.dense[i : i + 1], None if tokens[i] is None else [tokens[i]])
+            for i in range(len(texts))
+        ]
 
-    def embed_many(self, texts: list[str]) -> np.ndarray:
+    def embed_many(self, texts: list[str]) -> Encoded:
         """A request that already holds a batch (bulk add) skips the batching queue."""
-        return self._embedder.embed(texts)
+        return self._embedder.encode(texts)
 
     def dim(self) -> int:
         return self._embedder.dim
@@ -55,9 +60,17 @@ class HandleEmbedder(Embedder):
         return self._dim
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts).dense
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
         if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32)
+            return Encoded(np.zeros((0, self._dim), dtype=np.float32), [])
         if len(texts) >= self._threshold:
-            return np.asarray(self._handle.embed_many.remote(list(texts)).result())
-        responses = [self._handle.embed_one.remote(t) for t in texts]
-        return np.stack([np.asarray(r.result()) for r in responses]).astype(np.float32)
+            return self._handle.embed_many.remote(list(texts)).result()
+        parts: list[Encoded] = [
+            r.result() for r in [self._handle.embed_one.remote(t) for t in texts]
+        ]
+        dense = np.concatenate([p.dense for p in parts]).astype(np.float32)
+        if any(p.tokens is None for p in parts):
+            return Encoded(dense)
+        return Encoded(dense, [t for p in parts for t in p.tokens or []])

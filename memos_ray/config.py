@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from memos_ray.memory.turn_ranking import RankingParams
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -93,13 +95,23 @@ class RerankerConfig(_Strict):
 
 
 class ReaderConfig(_Strict):
-    """How fast mode cuts a conversation into memories."""
+    """How fast mode cuts a conversation into memories.
 
-    window_messages: int = Field(default=4, ge=1)
+    One message per memory by default: turn-level items measured best for retrieval
+    (the ranker recovers context from neighbouring turns); larger windows group turns.
+    """
+
+    window_messages: int = Field(default=1, ge=1)
     window_chars: int = Field(default=2000, ge=100)
 
 
 class SearchConfig(_Strict):
+    # "turns": the per-cube ranking index (memos_ray/ranking.py, weights in `ranking`);
+    # "hybrid": the store's dense + keyword recall fused by RRF, reranked (no index in memory).
+    ranker: Literal["turns", "hybrid"] = "turns"
+    ranking: RankingParams = Field(default_factory=RankingParams)
+    # Cubes whose ranking index stays in memory per process (least recently used go first).
+    index_max_cubes: int = Field(default=64, ge=1)
     recall_factor: int = Field(default=5, ge=1)
     min_recall: int = Field(default=50, ge=1)
     rrf_k: int = Field(default=60, ge=1)

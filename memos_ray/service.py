@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,10 +23,12 @@ from memos_ray.memory.filters import FilterExpr
 from memos_ray.memory.keywords import document_vector, query_vector
 from memos_ray.memory.reader import Window
 from memos_ray.memory.search import DedupMode, rrf_fuse, select
+from memos_ray.memory.turn_ranking import first_stage, head, late_rerank
 from memos_ray.models.embedder import Embedder
 from memos_ray.models.reranker import RerankCandidate, Reranker
+from memos_ray.ranking import TEXT, CubeIndexCache, IndexedCube, unit_payload
 from memos_ray.stores.graph.base import GraphStore
-from memos_ray.stores.vector.base import VectorFilter, VectorRecord, VectorStore
+from memos_ray.stores.vector.base import LateScores, VectorFilter, VectorRecord, VectorStore
 
 VISIBLE_STATUSES: tuple[str, ...] = (
     MemoryStatus.ACTIVATED,
@@ -49,6 +52,8 @@ class SearchOptions:
     rerank: bool = True
     memory_types: Sequence[str] | None = None
     session_id: str | None = None
+    # When the question is asked: resolves "last week", "two months ago" (default: now).
+    reference_time: str | None = None
 
 
 class MemoryService:
@@ -71,6 +76,12 @@ class MemoryService:
         self.reranker = reranker
         self.search_config = search_config or SearchConfig()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memos-fanout")
+        self._indexes = CubeIndexCache(
+            vectors,
+            self.search_config.ranking,
+            TEXT_TYPES,
+            self.search_config.index_max_cubes,
+        )
 
     # -- write ---------------------------------------------------------------------------
 
@@ -112,15 +123,20 @@ class MemoryService:
         existing = self.graph.existing_ids(cube_id, list(items))
         new = [item for item_id, item in items.items() if item_id not in existing]
         if new:
-            dense = self.embedder.embed([item.memory for item in new])
+            encoded = self.embedder.encode([item.memory for item in new])
+            tokens = encoded.tokens or [None] * len(new)
+            seq = time.time_ns()
             records = [
                 VectorRecord(
                     id=item.id,
                     dense=vec.tolist(),
                     sparse=document_vector(item.memory),
-                    payload=_payload(item),
+                    payload=_payload(item, seq + position),
+                    tokens=tok,
                 )
-                for item, vec in zip(new, dense, strict=True)
+                for position, (item, vec, tok) in enumerate(
+                    zip(new, encoded.dense, tokens, strict=True)
+                )
             ]
             self.graph.upsert_nodes(cube_id, new)
             try:
@@ -128,6 +144,8 @@ class MemoryService:
             except Exception:
                 self.graph.delete_nodes(cube_id, [item.id for item in new])
                 raise
+            finally:
+                self._indexes.invalidate(cube_id)
         duplicates = self.graph.get_nodes([cube_id], [i for i in items if i in existing])
         return AddOutcome(stored=new, duplicates=duplicates)
 
@@ -135,7 +153,10 @@ class MemoryService:
         """Remove every trace (vectors first: a half-done delete is never searchable)."""
         present = sorted(self.graph.existing_ids(cube_id, ids))
         if present:
-            self.vectors.delete(cube_id, present)
+            try:
+                self.vectors.delete(cube_id, present)
+            finally:
+                self._indexes.invalidate(cube_id)
             self.graph.delete_nodes(cube_id, present)
         return present
 
@@ -192,21 +213,123 @@ class MemoryService:
         cube_filters: Mapping[str, FilterExpr | None],
         options: SearchOptions,
     ) -> dict[str, list[MemoryItem]]:
-        """Hybrid recall per cube (dense + keyword), fusion, rerank, threshold, de-dup."""
-        query_dense = self.query_embedder.embed([query])[0]
+        """Rank each cube's memories, threshold by relativity, de-duplicate."""
+        encoded = self.query_embedder.encode([query])
+        query_dense = encoded.dense[0]
+        query_tokens = encoded.tokens[0] if encoded.tokens else None
         cubes = list(cube_filters)
+
+        def one(cube: str) -> list[MemoryItem]:
+            if self.search_config.ranker == "turns":
+                return self._rank_cube(
+                    query, query_dense, query_tokens, cube, cube_filters[cube], options
+                )
+            return self._hybrid_cube(query, query_dense, cube, cube_filters[cube], options)
+
         if len(cubes) == 1:
-            cube = cubes[0]
-            return {cube: self._search_cube(query, query_dense, cube, cube_filters[cube], options)}
-        futures = {
-            cube: self._pool.submit(
-                self._search_cube, query, query_dense, cube, cube_filters[cube], options
-            )
-            for cube in cubes
-        }
+            return {cubes[0]: one(cubes[0])}
+        futures = {cube: self._pool.submit(one, cube) for cube in cubes}
         return {cube: fut.result() for cube, fut in futures.items()}
 
-    def _search_cube(
+    def _rank_cube(
+        self,
+        query: str,
+        query_dense: np.ndarray,
+        query_tokens: np.ndarray | None,
+        cube_id: str,
+        filter: FilterExpr | None,
+        options: SearchOptions,
+    ) -> list[MemoryItem]:
+        """The turn-ranking recipe over the cube's in-memory index, MaxSim from the store.
+
+        The MaxSim call also returns the cube's revision: if a write from elsewhere made
+        the cached index stale, it is rebuilt and the ranking runs once more.
+        """
+        params = self.search_config.ranking
+        allowed_ids: list[str] | None = None
+        if filter is not None:
+            allowed_ids = self.graph.find_ids(
+                cube_id, filter, memory_types=TEXT_TYPES, statuses=[MemoryStatus.ACTIVATED]
+            )
+            if not allowed_ids:
+                return []
+        cube = self._indexes.get(cube_id)
+        for attempt in range(2):
+            index = cube.index
+            if index.size == 0:
+                late = LateScores({}, self.vectors.revision(cube_id))
+                if late.revision != cube.revision and attempt == 0:
+                    cube = self._indexes.get(cube_id, late.revision)
+                    continue
+                return []
+            allowed = cube.allowed(options.memory_types, allowed_ids)
+            if allowed is not None and not allowed.any():
+                return []
+            score = first_stage(index, query, query_dense, options.reference_time, params, allowed)
+            if options.session_id and params.w_session:
+                score = score + params.w_session * (cube.sessions == options.session_id)
+            top = head(score, max(params.rerank_n, 3 * options.top_k))
+            rerank = top[: params.rerank_n]
+            if query_tokens is not None and params.w_maxsim and len(rerank) > 1:
+                late = self.vectors.late_scores(
+                    cube_id, query_tokens, [index.ids[i] for i in rerank]
+                )
+            else:
+                late = LateScores({}, self.vectors.revision(cube_id))
+            if late.revision != cube.revision and attempt == 0:
+                cube = self._indexes.get(cube_id, late.revision)
+                continue
+            break
+        late_values = np.array([late.scores.get(index.ids[i], np.nan) for i in rerank])
+        order = np.concatenate(
+            [late_rerank(score, rerank, late_values, params), top[len(rerank) :]]
+        )
+        return self._finish(query, query_dense, cube, [int(i) for i in order], options)
+
+    def _finish(
+        self,
+        query: str,
+        query_dense: np.ndarray,
+        cube: IndexedCube,
+        order: Sequence[int],
+        options: SearchOptions,
+    ) -> list[MemoryItem]:
+        """Relativity for each ranked unit, the threshold, de-dup; order stays the ranker's."""
+        index = cube.index
+        ids = [index.ids[i] for i in order]
+        payloads = {index.ids[i]: cube.payloads[i] for i in order}
+        vectors = {index.ids[i]: index.vectors[i] for i in order}
+        scores = self._relevance(
+            query,
+            query_dense,
+            ids,
+            payloads,
+            vectors,
+            {},
+            options,
+            texts={i: str(payloads[i].get(TEXT) or payloads[i].get("memory") or "") for i in ids},
+        )
+        kept = [i for i in ids if scores[i] >= options.relativity]
+        # MMR needs a relevance per item: the ranker's order, as a linear ramp.
+        ramp = {item_id: 1.0 - rank / max(len(kept), 1) for rank, item_id in enumerate(kept)}
+        cfg = self.search_config
+        chosen = select(
+            kept,
+            ramp,
+            vectors,
+            options.top_k,
+            mode=options.dedup,
+            mmr_lambda=cfg.mmr_lambda,
+            duplicate_threshold=cfg.mmr_duplicate_threshold,
+        )
+        results = []
+        for item_id in chosen:
+            item = MemoryItem.model_validate_json(payloads[item_id]["item"])
+            item.metadata.relativity = round(scores[item_id], 6)
+            results.append(item)
+        return results
+
+    def _hybrid_cube(
         self,
         query: str,
         query_dense: np.ndarray,
@@ -282,12 +405,20 @@ class MemoryService:
         vectors: Mapping[str, np.ndarray],
         terms: Mapping[str, frozenset[int]],
         options: SearchOptions,
+        texts: Mapping[str, str] | None = None,
     ) -> dict[str, float]:
         if options.rerank and self.reranker is not None:
             raw = self.reranker.rerank(
                 query,
                 query_dense,
-                [RerankCandidate(payloads[i]["memory"], vectors.get(i), terms.get(i)) for i in ids],
+                [
+                    RerankCandidate(
+                        texts[i] if texts is not None else payloads[i]["memory"],
+                        vectors.get(i),
+                        terms.get(i),
+                    )
+                    for i in ids
+                ],
             )
         else:
             raw = [float(np.dot(query_dense, vectors[i])) if i in vectors else 0.0 for i in ids]
@@ -307,9 +438,10 @@ class MemoryService:
         self.vectors.close()
 
 
-def _payload(item: MemoryItem) -> dict[str, Any]:
+def _payload(item: MemoryItem, seq: int = 0) -> dict[str, Any]:
     meta = item.metadata
     return {
+        **unit_payload(item, seq),
         "memory_type": str(meta.memory_type),
         "status": str(meta.status),
         "session_id": meta.session_id,

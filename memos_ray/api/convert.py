@@ -68,6 +68,7 @@ def windows_from_request(
                     chat_time=message.chat_time,
                     message_id=message.message_id,
                     file_ids=file_ids,
+                    name=message.name,
                 )
             )
         windows.extend(fast_windows(turns, reader.window_messages, reader.window_chars))

@@ -115,6 +115,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                 rerank=req.rerank,
                 memory_types=memory_types,
                 session_id=req.session_id,
+                reference_time=req.reference_time,
             ),
         )
         data = SearchData(text_mem=[], pref_mem=[], tool_mem=[], skill_mem=[])

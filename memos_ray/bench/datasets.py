@@ -25,11 +25,6 @@ class BenchTurn:
     # A person's name where the dataset has one (LoCoMo); None where roles are all there is.
     speaker: str | None = None
 
-    @property
-    def text(self) -> str:
-        """The message as sent to the API: the speaker's name in front when there is one."""
-        return f"{self.speaker}: {self.content}" if self.speaker else self.content
-
 
 @dataclass(frozen=True)
 class BenchSession:

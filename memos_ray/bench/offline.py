@@ -84,6 +84,6 @@ def run_offline(
         "questions": questions,
         "index_seconds": round(build_s, 1),
         "search_ms_per_question": round(1000 * search_s / max(questions, 1), 1),
-        "params": params.__dict__,
+        "params": params.model_dump(),
         "results": str(out),
     }

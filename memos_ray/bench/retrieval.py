@@ -47,8 +47,9 @@ def ingest_cube(client: MemosClient, cube: BenchCube, workers: int = 4) -> int:
         messages = [
             {
                 "role": t.role,
-                "content": t.text,
+                "content": t.content,
                 "message_id": t.message_id,
+                **({"name": t.speaker} if t.speaker else {}),
                 **({"chat_time": t.chat_time} if t.chat_time else {}),
             }
             for t in session.turns
@@ -56,7 +57,14 @@ def ingest_cube(client: MemosClient, cube: BenchCube, workers: int = 4) -> int:
         ]
         if not messages:
             return 0
-        return len(client.add(BENCH_USER, messages, cube_id=cube.cube_id, async_mode="sync"))
+        added = client.add(
+            BENCH_USER,
+            messages,
+            cube_id=cube.cube_id,
+            session_id=session.session_id,
+            async_mode="sync",
+        )
+        return len(added)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return sum(pool.map(add_session, range(len(cube.sessions))))

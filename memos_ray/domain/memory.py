@@ -74,6 +74,8 @@ class SourceMessage(BaseModel):
     message_id: str | None = None
     content: str | None = None
     doc_path: str | None = None
+    # The speaker's name when the message carried one (OpenAI `name`), e.g. in group chats.
+    name: str | None = None
 
 
 class HistoryEntry(BaseModel):

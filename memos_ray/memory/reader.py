@@ -1,7 +1,8 @@
 """Fast-mode MemReader: conversation windows become memories without any LLM.
 
-Each memory is a window of consecutive turns rendered as `role: [chat_time]: content`
-lines, and keeps one source per turn so a hit can be traced back to the exact messages.
+Each memory is a window of consecutive turns (one turn by default) rendered as
+`speaker: [chat_time]: content` lines, the speaker being the message's `name` or else its
+role, and keeps one source per turn so a hit can be traced back to the exact messages.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Turn:
     chat_time: str | None = None
     message_id: str | None = None
     file_ids: tuple[str, ...] = ()
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Window:
 
 def render_turn(turn: Turn) -> str:
     when = f"[{turn.chat_time}]: " if turn.chat_time else ""
-    return f"{turn.role}: {when}{turn.content}"
+    return f"{turn.name or turn.role}: {when}{turn.content}"
 
 
 def split_windows(
@@ -69,6 +71,7 @@ def fast_windows(
                 chat_time=t.chat_time,
                 message_id=t.message_id,
                 content=t.content,
+                name=t.name,
             )
             for t in window
         ]

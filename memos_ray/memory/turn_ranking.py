@@ -9,12 +9,14 @@ Every component is z-scored over the cube's turns, so the weights are scale-free
 4. Neighbours: S_t += g_neighbour * max(S_prev, S_next) within a session (answers and
    their questions sit next to each other).
 5. Sessions: + lam_session_max * z(best S in the session) + lam_session_bm25 * z(BM25 of the
-   session as one document) + w_date * [the session's date falls in a date the query names].
+   session as one document) + w_date * [the turn's date falls in a date the query names].
 6. The top `rerank_n` are re-sorted by z(S) + w_maxsim * z(MaxSim), a late-interaction
    score over MiniLM token embeddings.
 
-Measured on the LoCoMo and LongMemEval development files (see the README's bench
-section); this module is pure: numpy and the project's tokenizer only.
+Measured on the LoCoMo and LongMemEval development files (see docs/benchmarks.md); this
+module is pure: numpy and the project's tokenizer only. The index is built from stored
+vectors (no encoding here), and the MaxSim scores of step 6 may come from anywhere (the
+vector store computes them next to the stored token vectors).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from memos_ray.memory.keywords import tokenize
 
@@ -37,17 +40,22 @@ Embed = Callable[[list[str]], np.ndarray]
 TokenEmbed = Callable[[list[str]], list[np.ndarray]]
 
 
-@dataclass(frozen=True)
-class RankingParams:
-    k1: float = 1.2
-    b: float = 0.75
+class RankingParams(BaseModel):
+    """Weights of the recipe (z-score units); defaults are the measured ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k1: float = Field(default=1.2, gt=0)
+    b: float = Field(default=0.75, ge=0, le=1)
     w_dense: float = 1.0
     w_speaker: float = 0.5
     g_neighbour: float = 0.5
     lam_session_max: float = 0.5
     lam_session_bm25: float = 0.5
     w_date: float = 2.0
-    rerank_n: int = 50
+    # Units of the search's own session (`session_id` of the request) get this much more.
+    w_session: float = 0.5
+    rerank_n: int = Field(default=50, ge=0)
     w_maxsim: float = 1.0
 
 
@@ -177,20 +185,16 @@ def query_date_windows(query: str, asked_on: dt.date | None = None) -> list[Date
     return out
 
 
-def _date_hits(windows: Sequence[DateWindow], dates: Sequence[dt.date | None]) -> np.ndarray:
-    hits = np.zeros(len(dates), np.float32)
-    for i, day in enumerate(dates):
-        if day is None:
-            continue
-        for centre, width in windows:
-            if centre == "month":
-                if day.month == width:
-                    hits[i] = 1.0
-                    break
-            elif abs((day - centre).days) <= width:  # type: ignore[operator]
-                hits[i] = 1.0
-                break
-    return hits
+def _date_hits(windows: Sequence[DateWindow], days: np.ndarray, months: np.ndarray) -> np.ndarray:
+    """1 where a unit's day (an ordinal; 0 = unknown) falls in one of the windows."""
+    hits = np.zeros(len(days), bool)
+    known = days > 0
+    for centre, width in windows:
+        if centre == "month":
+            hits |= known & (months == width)
+        else:
+            hits |= known & (np.abs(days - centre.toordinal()) <= width)  # type: ignore[union-attr]
+    return hits.astype(np.float32)
 
 
 # -- index and search -------------------------------------------------------------------
@@ -200,19 +204,86 @@ def _z(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() + 1e-9)
 
 
+@dataclass(frozen=True)
+class RankUnit:
+    """One indexed memory: a turn, or any item (a document chunk is a session of one)."""
+
+    id: str
+    session: str
+    text: str
+    speaker: str = ""
+    day: dt.date | None = None
+
+
 @dataclass
 class CubeIndex:
     ids: list[str]
-    texts: list[str]
     speakers: list[str]
     session_of: np.ndarray
     prev: np.ndarray
     next: np.ndarray
-    session_dates: list[dt.date | None]
+    days: np.ndarray  # date ordinals, 0 where unknown
+    months: np.ndarray
     bm25: BM25Index
     bm25_sessions: BM25Index
-    vectors: np.ndarray  # (3, n, d): the turn, with the previous turn, with the next turn
-    tokens: list[np.ndarray] | None
+    vectors: np.ndarray  # (n, d) unit rows
+    # |e_t + e_prev| and |e_t + e_next| (1 where there is no neighbour): the context vectors
+    # of step 2 are never materialised, their cosines come from e @ q.
+    norm_prev: np.ndarray
+    norm_next: np.ndarray
+    tokens: list[np.ndarray] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+
+def index_units(
+    units: Sequence[RankUnit],
+    vectors: np.ndarray,
+    tokens: list[np.ndarray] | None = None,
+    params: RankingParams | None = None,
+) -> CubeIndex:
+    """Units in order (a session's units contiguous, chronological); vectors row-aligned."""
+    params = params or RankingParams()
+    n = len(units)
+    session_keys: list[str] = []
+    session_of = np.zeros(n, np.int64)
+    for i, unit in enumerate(units):
+        if not session_keys or session_keys[-1] != unit.session:
+            session_keys.append(unit.session)
+        session_of[i] = len(session_keys) - 1
+    pos = np.arange(n)
+    prev = np.where((pos > 0) & (session_of[np.maximum(pos - 1, 0)] == session_of), pos - 1, -1)
+    nxt = np.where(
+        (pos < n - 1) & (session_of[np.minimum(pos + 1, n - 1)] == session_of), pos + 1, -1
+    )
+    e = np.asarray(vectors, np.float32).reshape(n, -1)
+    norm_prev = np.where(prev >= 0, np.linalg.norm(e + e[np.maximum(prev, 0)], axis=1), 1.0).astype(
+        np.float32
+    )
+    norm_next = np.where(nxt >= 0, np.linalg.norm(e + e[np.maximum(nxt, 0)], axis=1), 1.0).astype(
+        np.float32
+    )
+    token_lists = [tokenize(u.text) for u in units]
+    session_docs: list[list[str]] = [[] for _ in session_keys]
+    for i, toks in enumerate(token_lists):
+        session_docs[session_of[i]].extend(toks)
+    return CubeIndex(
+        ids=[u.id for u in units],
+        speakers=[u.speaker.lower() for u in units],
+        session_of=session_of,
+        prev=prev,
+        next=nxt,
+        days=np.array([u.day.toordinal() if u.day else 0 for u in units], np.int64),
+        months=np.array([u.day.month if u.day else 0 for u in units], np.int64),
+        bm25=bm25_build(token_lists, params.k1, params.b),
+        bm25_sessions=bm25_build(session_docs, params.k1, params.b),
+        vectors=e,
+        norm_prev=np.maximum(norm_prev, 1e-9),
+        norm_next=np.maximum(norm_next, 1e-9),
+        tokens=tokens,
+    )
 
 
 def build_index(
@@ -222,46 +293,14 @@ def build_index(
     params: RankingParams | None = None,
 ) -> CubeIndex:
     """Turns in chronological order; a session's turns are contiguous."""
-    params = params or RankingParams()
-    n = len(turns)
-    session_keys: list[str] = []
-    session_of = np.zeros(n, np.int64)
-    for i, turn in enumerate(turns):
-        if not session_keys or session_keys[-1] != turn.session:
-            session_keys.append(turn.session)
-        session_of[i] = len(session_keys) - 1
-    pos = np.arange(n)
-    prev = np.where((pos > 0) & (session_of[np.maximum(pos - 1, 0)] == session_of), pos - 1, -1)
-    nxt = np.where(
-        (pos < n - 1) & (session_of[np.minimum(pos + 1, n - 1)] == session_of), pos + 1, -1
-    )
-    texts = [turn_text(t) for t in turns]
-    tokens = [tokenize(t) for t in texts]
-    e = np.asarray(embed(texts), np.float32).reshape(n, -1)
-    with_prev = e + np.where(prev[:, None] >= 0, e[np.maximum(prev, 0)], 0)
-    with_next = e + np.where(nxt[:, None] >= 0, e[np.maximum(nxt, 0)], 0)
-    with_prev /= np.linalg.norm(with_prev, axis=1, keepdims=True) + 1e-9
-    with_next /= np.linalg.norm(with_next, axis=1, keepdims=True) + 1e-9
-    session_docs: list[list[str]] = [[] for _ in session_keys]
-    first_turn: dict[int, int] = {}
-    for i, toks in enumerate(tokens):
-        session_docs[session_of[i]].extend(toks)
-        first_turn.setdefault(int(session_of[i]), i)
-    return CubeIndex(
-        ids=[t.id for t in turns],
-        texts=texts,
-        speakers=[(t.speaker or "").lower() for t in turns],
-        session_of=session_of,
-        prev=prev,
-        next=nxt,
-        session_dates=[
-            parse_date(turns[first_turn[s]].chat_time) for s in range(len(session_keys))
-        ],
-        bm25=bm25_build(tokens, params.k1, params.b),
-        bm25_sessions=bm25_build(session_docs, params.k1, params.b),
-        vectors=np.stack([e, with_prev, with_next]),
-        tokens=token_embed(texts) if token_embed is not None else None,
-    )
+    units = [
+        RankUnit(t.id, t.session, turn_text(t), t.speaker or "", parse_date(t.chat_time))
+        for t in turns
+    ]
+    texts = [u.text for u in units]
+    vectors = np.asarray(embed(texts), np.float32)
+    tokens = token_embed(texts) if token_embed is not None else None
+    return index_units(units, vectors, tokens, params)
 
 
 def first_stage(
@@ -270,12 +309,17 @@ def first_stage(
     query_vector: np.ndarray,
     asked_at: str | None = None,
     params: RankingParams | None = None,
+    allowed: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Steps 1-5: one fused score per turn."""
+    """Steps 1-5: one fused score per unit; units outside `allowed` (a mask) get -inf."""
     params = params or RankingParams()
     query_tokens = tokenize(query)
     score = _z(bm25_score(index.bm25, query_tokens))
-    score += params.w_dense * _z((index.vectors @ query_vector).sum(0))
+    cos = index.vectors @ np.asarray(query_vector, np.float32)
+    with_prev = np.where(index.prev >= 0, cos + cos[np.maximum(index.prev, 0)], cos)
+    with_next = np.where(index.next >= 0, cos + cos[np.maximum(index.next, 0)], cos)
+    dense = cos + with_prev / index.norm_prev + with_next / index.norm_next
+    score += params.w_dense * _z(dense)
     lowered = query.lower()
     named = {
         s
@@ -291,7 +335,7 @@ def first_stage(
     )
     score = score + params.g_neighbour * neighbour
     sessions = index.session_of
-    best = np.full(len(index.session_dates), -np.inf, np.float32)
+    best = np.full(int(sessions.max()) + 1 if len(sessions) else 0, -np.inf, np.float32)
     np.maximum.at(best, sessions, score)
     score = (
         score
@@ -300,8 +344,31 @@ def first_stage(
     )
     windows = query_date_windows(query, parse_date(asked_at))
     if windows:
-        score = score + params.w_date * _date_hits(windows, index.session_dates)[sessions]
+        score = score + params.w_date * _date_hits(windows, index.days, index.months)
+    if allowed is not None:
+        score = np.where(allowed, score, -np.inf)
     return score
+
+
+def head(score: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the n best finite scores, best first (ties by position)."""
+    finite = np.flatnonzero(np.isfinite(score))
+    if len(finite) > n:
+        part = np.argpartition(-score[finite], n - 1)[:n]
+        finite = finite[part]
+    return finite[np.lexsort((finite, -score[finite]))]
+
+
+def late_rerank(
+    score: np.ndarray, top: np.ndarray, late: np.ndarray, params: RankingParams | None = None
+) -> np.ndarray:
+    """Step 6: re-sort `top` by z(first-stage) + w_maxsim * z(MaxSim); NaN late = no vector."""
+    params = params or RankingParams()
+    if len(top) < 2 or not params.w_maxsim or np.isnan(late).all():
+        return top
+    late = np.where(np.isnan(late), np.nanmin(late), late)
+    combined = _z(score[top]) + params.w_maxsim * _z(late)
+    return top[np.argsort(-combined, kind="stable")]
 
 
 def maxsim(query_tokens: np.ndarray, doc_tokens: np.ndarray) -> float:
@@ -318,17 +385,15 @@ def rank(
     top_k: int = 50,
     params: RankingParams | None = None,
 ) -> list[str]:
-    """Turn ids, best first."""
+    """Unit ids, best first, with MaxSim over the index's own token vectors."""
     params = params or RankingParams()
     score = first_stage(index, query, query_vector, asked_at, params)
-    order = np.argsort(-score, kind="stable")
-    if params.w_maxsim and query_tokens is not None and index.tokens is not None:
-        head = order[: params.rerank_n]
+    top = head(score, max(params.rerank_n, top_k))
+    rerank = top[: params.rerank_n]
+    if query_tokens is not None and index.tokens is not None:
         late = np.array(
-            [maxsim(query_tokens, index.tokens[int(j)].astype(np.float32)) for j in head]
+            [maxsim(query_tokens, index.tokens[int(j)].astype(np.float32)) for j in rerank]
         )
-        combined = _z(score[head]) + params.w_maxsim * _z(late)
-        order = np.concatenate(
-            [head[np.argsort(-combined, kind="stable")], order[params.rerank_n :]]
-        )
+        rerank = late_rerank(score, rerank, late, params)
+    order = np.concatenate([rerank, top[params.rerank_n :]])
     return [index.ids[i] for i in order[:top_k]]

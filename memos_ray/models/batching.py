@@ -10,7 +10,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from memos_ray.models.embedder import Embedder
+from memos_ray.models.embedder import Embedder, Encoded
 
 
 class BatchingEmbedder(Embedder):
@@ -18,7 +18,7 @@ class BatchingEmbedder(Embedder):
         self._inner = inner
         self._threads = threads
         self._max_batch = max_batch
-        self._queue: queue.Queue[tuple[list[str], Future[np.ndarray]]] = queue.Queue()
+        self._queue: queue.Queue[tuple[list[str], Future[Encoded]]] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -27,10 +27,13 @@ class BatchingEmbedder(Embedder):
         return self._inner.dim
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts).dense
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return Encoded(np.zeros((0, self.dim), dtype=np.float32), [])
         self._ensure_worker()
-        future: Future[np.ndarray] = Future()
+        future: Future[Encoded] = Future()
         self._queue.put((list(texts), future))
         return future.result()
 
@@ -60,12 +63,14 @@ class BatchingEmbedder(Embedder):
                 size += len(item[0])
             texts = [t for request, _ in batch for t in request]
             try:
-                vectors = self._inner.embed(texts)
+                encoded = self._inner.encode(texts)
             except BaseException as exc:
                 for _, future in batch:
                     future.set_exception(exc)
                 continue
             start = 0
             for request, future in batch:
-                future.set_result(vectors[start : start + len(request)])
-                start += len(request)
+                end = start + len(request)
+                tokens = encoded.tokens[start:end] if encoded.tokens is not None else None
+                future.set_result(Encoded(encoded.dense[start:end], tokens))
+                start = end

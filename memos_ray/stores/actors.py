@@ -17,13 +17,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import ray
 from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from memos_ray.errors import ConfigError, MemosError, StoreError
 from memos_ray.stores.vector.base import (
+    CubeScan,
     HybridCandidates,
+    LateScores,
     SparseVector,
     VectorFilter,
     VectorHit,
@@ -153,6 +156,18 @@ class VectorStoreActor:
         with self._reading() as store:
             return store.retrieve(cube_id, ids)
 
+    def revision(self, cube_id: str) -> str:
+        with self._reading() as store:
+            return store.revision(cube_id)
+
+    def scan(self, cube_id: str, filter: VectorFilter | None = None) -> CubeScan:
+        with self._reading() as store:
+            return store.scan(cube_id, filter)
+
+    def late_scores(self, cube_id: str, query_tokens: np.ndarray, ids: Sequence[str]) -> LateScores:
+        with self._reading() as store:
+            return store.late_scores(cube_id, query_tokens, ids)
+
     def delete(self, cube_id: str, ids: Sequence[str]) -> None:
         with self._writing() as store:
             store.delete(cube_id, ids)
@@ -239,6 +254,15 @@ class ActorVectorStore(VectorStore):
 
     def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
         return self._call("retrieve", cube_id, list(ids))
+
+    def revision(self, cube_id: str) -> str:
+        return self._call("revision", cube_id)
+
+    def scan(self, cube_id: str, filter: VectorFilter | None = None) -> CubeScan:
+        return self._call("scan", cube_id, filter)
+
+    def late_scores(self, cube_id: str, query_tokens: np.ndarray, ids: Sequence[str]) -> LateScores:
+        return self._call("late_scores", cube_id, query_tokens, list(ids))
 
     def delete(self, cube_id: str, ids: Sequence[str]) -> None:
         self._call("delete", cube_id, list(ids))

@@ -55,19 +55,19 @@ def test_add_then_search_returns_memory_with_turn_sources(open_api: RunningApi) 
     user = new_user()
     body = add(open_api, user, CONVERSATION, async_mode="sync")
     assert body["code"] == 200
-    assert len(body["data"]) == 1
-    added = body["data"][0]
-    assert added["memory_type"] == "LongTermMemory"
-    assert added["cube_id"] == user
-    assert "user: [2026-05-02T10:00:00]: I adopted a grey cat named Miso" in added["memory"]
+    # One memory per turn (the default granularity); a user turn is a fact about the user.
+    assert len(body["data"]) == 2
+    said, answered = body["data"]
+    assert (said["memory_type"], answered["memory_type"]) == ("UserMemory", "LongTermMemory")
+    assert said["cube_id"] == user
+    assert said["memory"] == f"user: [2026-05-02T10:00:00]: {CONVERSATION[0]['content']}"
 
-    data = search(open_api, user, "What is the name of my cat?")
+    data = search(open_api, user, "Which shelter animal did I adopt last weekend?")
     memories = data["text_mem"][0]["memories"]
     assert data["text_mem"][0]["cube_id"] == user
-    assert memories[0]["id"] == added["memory_id"]
+    assert memories[0]["id"] == said["memory_id"]
     sources = memories[0]["metadata"]["sources"]
-    assert [s["message_id"] for s in sources] == ["m-1", "m-2"]
-    assert [s["chat_time"] for s in sources] == ["2026-05-02T10:00:00", "2026-05-02T10:00:05"]
+    assert [(s["message_id"], s["chat_time"]) for s in sources] == [("m-1", "2026-05-02T10:00:00")]
     assert 0.45 <= memories[0]["metadata"]["relativity"] <= 1.0
     assert "embedding" not in memories[0]["metadata"]
     assert set(data) >= {"text_mem", "pref_mem", "tool_mem", "skill_mem", "act_mem", "para_mem"}
@@ -100,9 +100,9 @@ def test_exact_duplicates_are_stored_once(open_api: RunningApi) -> None:
     user = new_user()
     first = add(open_api, user, CONVERSATION)
     second = add(open_api, user, CONVERSATION)
-    assert first["data"][0]["memory_id"] == second["data"][0]["memory_id"]
-    assert "1 duplicates skipped" in second["message"]
-    assert count(open_api, user) == 1
+    assert [m["memory_id"] for m in first["data"]] == [m["memory_id"] for m in second["data"]]
+    assert "2 duplicates skipped" in second["message"]
+    assert count(open_api, user) == 2
 
 
 def test_async_mode_is_accepted_and_says_it_ran_synchronously(open_api: RunningApi) -> None:
@@ -197,7 +197,8 @@ def test_get_memory_pages_newest_first(open_api: RunningApi) -> None:
 
 def test_get_by_id_by_ids_and_get_all(open_api: RunningApi) -> None:
     user = new_user()
-    memory_id = add(open_api, user, CONVERSATION)["data"][0]["memory_id"]
+    added = [m["memory_id"] for m in add(open_api, user, CONVERSATION)["data"]]
+    memory_id = added[0]
     one = open_api.http.get(f"/product/get_memory/{memory_id}").json()["data"]
     assert one["id"] == memory_id
     assert open_api.http.get(f"/product/get_memory/{uuid.uuid4()}").status_code == 404
@@ -206,9 +207,9 @@ def test_get_by_id_by_ids_and_get_all(open_api: RunningApi) -> None:
     everything = open_api.post("/product/get_all", {"user_id": user}).json()["data"]
     assert everything[0]["cube_id"] == user
     graph = everything[0]["memories"][0]
-    assert [n["id"] for n in graph["nodes"]] == [memory_id]
-    assert graph["edges"] == [] and graph["total_nodes"] == 1
-    assert everything[0]["memory_statistics"] == {"LongTermMemory": 1}
+    assert sorted(n["id"] for n in graph["nodes"]) == sorted(added)
+    assert graph["edges"] == [] and graph["total_nodes"] == 2
+    assert everything[0]["memory_statistics"] == {"UserMemory": 1, "LongTermMemory": 1}
 
 
 def test_delete_leaves_no_trace(open_api: RunningApi) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pytest
 
 from memos_ray.memory.turn_ranking import (
@@ -9,6 +10,8 @@ from memos_ray.memory.turn_ranking import (
     RankTurn,
     build_index,
     first_stage,
+    head,
+    late_rerank,
     parse_date,
     query_date_windows,
     rank,
@@ -63,3 +66,53 @@ def test_a_named_date_lifts_exactly_that_session(embedder: SentenceTransformerEm
     lift = with_date - without
     assert lift[:3] == pytest.approx([2.0, 2.0, 2.0])
     assert lift[3:] == pytest.approx([0.0, 0.0, 0.0])
+
+
+def test_context_cosines_match_the_materialised_neighbour_vectors(
+    embedder: SentenceTransformerEmbedder,
+) -> None:
+    """Step 2 is computed from e @ q and stored norms; check it against the definition."""
+    turns = _cube()
+    index = build_index(turns, embedder.embed)
+    query = "pottery on Tuesdays"
+    q = embedder.embed([query])[0]
+    e = embedder.embed([t.speaker + ": " + t.content for t in turns])
+    session = [t.session for t in turns]
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / np.linalg.norm(v)
+
+    expected = []
+    for i in range(len(turns)):
+        prev = e[i - 1] if i > 0 and session[i - 1] == session[i] else 0
+        nxt = e[i + 1] if i + 1 < len(turns) and session[i + 1] == session[i] else 0
+        expected.append(q @ e[i] + q @ unit(e[i] + prev) + q @ unit(e[i] + nxt))
+    only_dense = RankingParams(
+        w_speaker=0, g_neighbour=0, lam_session_max=0, lam_session_bm25=0, w_date=0
+    )
+    got = first_stage(index, query, q, params=only_dense) - first_stage(
+        index, query, q, params=only_dense.model_copy(update={"w_dense": 0.0})
+    )
+    z = (np.array(expected) - np.mean(expected)) / np.std(expected)
+    assert got == pytest.approx(z, abs=1e-4)
+
+
+def test_mask_head_and_late_rerank() -> None:
+    score = np.array([0.5, 3.0, -1.0, 2.0, 1.0])
+    assert head(score, 3).tolist() == [1, 3, 4]
+    masked = np.where(np.array([True, False, True, True, True]), score, -np.inf)
+    assert head(masked, 10).tolist() == [3, 4, 0, 2]  # -inf never comes back
+    top = head(score, 3)
+    # z(first stage) = [1.22, 0, -1.22]; NaN (no token vectors) counts as the worst MaxSim.
+    late = np.array([0.1, np.nan, 5.0])
+    assert late_rerank(score, top, late).tolist() == [1, 4, 3]
+    assert late_rerank(score, top, late, RankingParams(w_maxsim=3)).tolist() == [4, 1, 3]
+    assert late_rerank(score, top, late, RankingParams(w_maxsim=0)).tolist() == [1, 3, 4]
+
+
+def test_allowed_mask_excludes_units(embedder: SentenceTransformerEmbedder) -> None:
+    index = build_index(_cube(), embedder.embed)
+    query = "kitten"
+    allowed = np.array([True, False, True, True, True, True])
+    score = first_stage(index, query, embedder.embed([query])[0], allowed=allowed)
+    assert np.isneginf(score[1]) and np.isfinite(np.delete(score, 1)).all()

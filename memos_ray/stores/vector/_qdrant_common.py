@@ -17,6 +17,10 @@ from memos_ray.stores.vector.base import VectorFilter
 
 DENSE = "dense"
 SPARSE = "keywords"
+# Per-token vectors (a multivector, MaxSim comparator): scored only for a given set of ids,
+# never searched, so they get no HNSW graph and are stored as float16.
+TOKENS = "tokens"
+SCAN_PAGE = 4096
 CUBE_KEY = "cube_id"
 # Keyword payload indexes; cube_id is the tenant key of every query.
 INDEXED_FIELDS: tuple[str, ...] = (CUBE_KEY, "memory_type", "status")
@@ -90,6 +94,13 @@ def filter_spec(cube_ids: Sequence[str], flt: VectorFilter | None) -> FilterSpec
         if not ids:
             return None
     return FilterSpec(any_of=tuple(any_of), ids=ids)
+
+
+def token_rows(tokens: Any) -> list[list[float]] | None:
+    """A (m, dim) array as the SDKs want it; None when there is nothing to store."""
+    if tokens is None or len(tokens) == 0:
+        return None
+    return [[float(x) for x in row] for row in tokens.astype("float32").tolist()]
 
 
 def to_payload(cube_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,11 +21,13 @@ class SparseVector(BaseModel):
 
 
 class VectorRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     id: str
     dense: list[float]
     sparse: SparseVector = Field(default_factory=SparseVector)
+    # Per-token unit vectors (rows), for late-interaction (MaxSim) scoring; optional.
+    tokens: np.ndarray | None = None
     # Filterable scalars: memory_type, status, session_id, created_at (ISO) ...
     payload: dict[str, Any] = Field(default_factory=dict)
 
@@ -59,6 +61,30 @@ class HybridCandidates:
     payloads: list[dict[str, Any]] = field(default_factory=list)
     # Keyword term ids of each hit (its sparse vector's indices), for term-overlap scoring.
     term_ids: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class CubeScan:
+    """Every matching point of a cube, for an in-memory ranking index.
+
+    `revision` was read before the points, so a write racing the scan shows up as a newer
+    revision on the next check rather than as a silently stale index.
+    """
+
+    ids: list[str]
+    dense: np.ndarray
+    payloads: list[dict[str, Any]]
+    revision: str
+
+
+@dataclass
+class LateScores:
+    """MaxSim per id (sum over query tokens of the best cosine among the point's tokens);
+    ids stored without token vectors are absent. Carries the cube's revision so a caller
+    holding a cached index learns in the same round trip whether it is stale."""
+
+    scores: dict[str, float]
+    revision: str
 
 
 class VectorStore(ABC):
@@ -126,6 +152,18 @@ class VectorStore(ABC):
             [r.payload for r in records],
             [list(r.sparse.indices) for r in records],
         )
+
+    @abstractmethod
+    def revision(self, cube_id: str) -> str:
+        """Changes whenever a write touches the cube (from any process sharing the store)."""
+
+    @abstractmethod
+    def scan(self, cube_id: str, filter: VectorFilter | None = None) -> CubeScan:
+        """All points of the cube that match, with dense vectors and payloads."""
+
+    @abstractmethod
+    def late_scores(self, cube_id: str, query_tokens: np.ndarray, ids: Sequence[str]) -> LateScores:
+        """MaxSim of the query's token vectors against each listed point's token vectors."""
 
     @abstractmethod
     def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:

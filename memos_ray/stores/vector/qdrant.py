@@ -8,22 +8,36 @@ cube; `cube_id` in the payload scopes each call.
 from __future__ import annotations
 
 import math
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from memos_ray.errors import ConfigError
 from memos_ray.stores.vector import _qdrant_common as common
 from memos_ray.stores.vector.base import (
+    CubeScan,
+    LateScores,
     SparseVector,
     VectorFilter,
     VectorHit,
     VectorRecord,
     VectorStore,
 )
+
+_REVISION_NAMESPACE = uuid.UUID("5b0f3f8e-7d1c-4f0a-9a51-3d0c2f6b9e11")
+_REVISION_OF = "revision_of"
+
+
+def _revision_point(cube_id: str) -> str:
+    """Each cube's revision lives in a vector-less point of its own (no cube_id key, so
+    no cube-scoped query, count or delete ever sees it); every process sharing the
+    collection reads and bumps the same one."""
+    return str(uuid.uuid5(_REVISION_NAMESPACE, cube_id))
 
 
 def _filter(spec: common.FilterSpec) -> qm.Filter:
@@ -90,7 +104,16 @@ class QdrantVectorStore(VectorStore):
                 self._client.create_collection(
                     self._collection,
                     vectors_config={
-                        common.DENSE: qm.VectorParams(size=self._dim, distance=qm.Distance.COSINE)
+                        common.DENSE: qm.VectorParams(size=self._dim, distance=qm.Distance.COSINE),
+                        common.TOKENS: qm.VectorParams(
+                            size=self._dim,
+                            distance=qm.Distance.COSINE,
+                            multivector_config=qm.MultiVectorConfig(
+                                comparator=qm.MultiVectorComparator.MAX_SIM
+                            ),
+                            datatype=qm.Datatype.FLOAT16,
+                            hnsw_config=qm.HnswConfigDiff(m=0),
+                        ),
                     },
                     sparse_vectors_config={
                         common.SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)
@@ -121,6 +144,8 @@ class QdrantVectorStore(VectorStore):
             )
         if common.SPARSE not in (params.sparse_vectors or {}):
             raise ConfigError(f"collection {self._collection!r} lacks the sparse vector")
+        # Collections made before token vectors existed still work, without MaxSim scores.
+        self._has_tokens = common.TOKENS in vectors
 
     @contextmanager
     def _quiet(self) -> Iterator[None]:
@@ -142,6 +167,9 @@ class QdrantVectorStore(VectorStore):
                 vector[common.SPARSE] = qm.SparseVector(
                     indices=list(rec.sparse.indices), values=list(rec.sparse.values)
                 )
+            tokens = common.token_rows(rec.tokens) if self._has_tokens else None
+            if tokens is not None:
+                vector[common.TOKENS] = tokens  # type: ignore[assignment]
             points.append(
                 qm.PointStruct(
                     id=common.point_id(rec.id),
@@ -156,6 +184,73 @@ class QdrantVectorStore(VectorStore):
             self._client.upsert(
                 self._collection, points=points, update_filter=_filter(cube), wait=True
             )
+        self._bump(cube_id)
+
+    def _bump(self, cube_id: str) -> None:
+        with common.sdk_errors("revision"):
+            self._client.upsert(
+                self._collection,
+                points=[
+                    qm.PointStruct(
+                        id=_revision_point(cube_id),
+                        vector={},
+                        payload={_REVISION_OF: cube_id, "revision": uuid.uuid4().hex},
+                    )
+                ],
+                wait=True,
+            )
+
+    def revision(self, cube_id: str) -> str:
+        with common.sdk_errors("revision"):
+            found = self._client.retrieve(
+                self._collection, ids=[_revision_point(cube_id)], with_payload=True
+            )
+        return str((found[0].payload or {}).get("revision", "")) if found else ""
+
+    def scan(self, cube_id: str, filter: VectorFilter | None = None) -> CubeScan:
+        revision = self.revision(cube_id)
+        spec = common.filter_spec([cube_id], filter)
+        ids: list[str] = []
+        dense: list[list[float]] = []
+        payloads: list[dict] = []  # type: ignore[type-arg]
+        offset: qm.ExtendedPointId | None = None
+        while spec is not None:
+            with common.sdk_errors("scan"):
+                records, offset = self._client.scroll(
+                    self._collection,
+                    scroll_filter=_filter(spec),
+                    limit=common.SCAN_PAGE,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=[common.DENSE],
+                )
+            for rec in records:
+                vectors = rec.vector if isinstance(rec.vector, dict) else {}
+                ids.append(str(rec.id))
+                dense.append(vectors[common.DENSE])  # type: ignore[arg-type]
+                payloads.append(common.from_payload(rec.payload))
+            if offset is None:
+                break
+        matrix = np.asarray(dense, dtype=np.float32).reshape(len(ids), self._dim)
+        return CubeScan(ids, matrix, payloads, revision)
+
+    def late_scores(self, cube_id: str, query_tokens: np.ndarray, ids: Sequence[str]) -> LateScores:
+        revision = self.revision(cube_id)
+        rows = common.token_rows(query_tokens)
+        spec = common.filter_spec([cube_id], VectorFilter(ids=list(ids)))
+        if rows is None or spec is None or not self._has_tokens:
+            return LateScores({}, revision)
+        with common.sdk_errors("late-interaction scoring"), self._quiet():
+            res = self._client.query_points(
+                self._collection,
+                query=rows,
+                using=common.TOKENS,
+                query_filter=_filter(spec),
+                search_params=qm.SearchParams(exact=True) if self._server else None,
+                limit=len(spec.ids or ()),
+                with_payload=False,
+            )
+        return LateScores({str(p.id): float(p.score) for p in res.points}, revision)
 
     def _candidates(self, flt: qm.Filter) -> int:
         return self._client.count(self._collection, count_filter=flt, exact=True).count
@@ -231,7 +326,10 @@ class QdrantVectorStore(VectorStore):
             return []
         with common.sdk_errors("retrieve"):
             found = self._client.retrieve(
-                self._collection, ids=wanted, with_payload=True, with_vectors=True
+                self._collection,
+                ids=wanted,
+                with_payload=True,
+                with_vectors=[common.DENSE, common.SPARSE],
             )
         by_id: dict[str, VectorRecord] = {}
         for rec in found:
@@ -257,6 +355,7 @@ class QdrantVectorStore(VectorStore):
             self._client.delete(
                 self._collection, points_selector=qm.FilterSelector(filter=_filter(spec)), wait=True
             )
+        self._bump(cube_id)
 
     def count(self, cube_id: str) -> int:
         spec = common.cube_spec([cube_id])

@@ -28,15 +28,19 @@ import fcntl
 import os
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import qdrant_edge as qe
 
 from memos_ray.errors import ConfigError, StoreError
 from memos_ray.stores.vector import _qdrant_common as common
 from memos_ray.stores.vector.base import (
+    CubeScan,
+    LateScores,
     SparseVector,
     VectorFilter,
     VectorHit,
@@ -78,8 +82,22 @@ class QdrantEdgeVectorStore(VectorStore):
         self._write_lock = threading.Lock()
         self._last_flush = time.monotonic()
         self._closed = False
+        # This object is the shard's only writer (see the lock below), so an in-memory counter
+        # plus an id of this incarnation is an exact revision.
+        self._incarnation = uuid.uuid4().hex
+        self._revisions: dict[str, int] = {}
+        tokens = qe.EdgeVectorParams(
+            size=dim,
+            distance=qe.Distance.Cosine,
+            multivector_config=qe.MultiVectorConfig(comparator=qe.MultiVectorComparator.MaxSim),
+            datatype=qe.VectorStorageDatatype.Float16,
+            hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+        )
         config = qe.EdgeConfig(
-            vectors={common.DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
+            vectors={
+                common.DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+                common.TOKENS: tokens,
+            },
             sparse_vectors={common.SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
         )
         self._lock_fd = self._lock_directory()
@@ -141,8 +159,9 @@ class QdrantEdgeVectorStore(VectorStore):
             raise StoreError("vector store is closed")
         return self._shard
 
-    def _write(self, op: qe.UpdateOperation, what: str) -> None:
+    def _write(self, cube_id: str, op: qe.UpdateOperation, what: str) -> None:
         with self._write_lock, common.sdk_errors(what):
+            self._revisions[cube_id] = self._revisions.get(cube_id, 0) + 1
             self._live().update(op)
             if time.monotonic() - self._last_flush >= self._flush_interval_s:
                 self._shard.flush()
@@ -158,12 +177,17 @@ class QdrantEdgeVectorStore(VectorStore):
                 vector[common.SPARSE] = qe.SparseVector(
                     list(rec.sparse.indices), [float(v) for v in rec.sparse.values]
                 )
+            tokens = common.token_rows(rec.tokens)
+            if tokens is not None:
+                vector[common.TOKENS] = tokens
             payload = common.to_payload(cube_id, rec.payload)
             points.append(qe.Point(common.point_id(rec.id), vector, payload))
         cube = common.cube_spec([cube_id])
         assert cube is not None
         # The condition leaves a same-id point of another cube untouched.
-        self._write(qe.UpdateOperation.upsert_points(points, condition=_filter(cube)), "upsert")
+        self._write(
+            cube_id, qe.UpdateOperation.upsert_points(points, condition=_filter(cube)), "upsert"
+        )
 
     def _dense_params(self, flt: qe.Filter, limit: int) -> qe.SearchParams:
         shard = self._live()
@@ -231,12 +255,61 @@ class QdrantEdgeVectorStore(VectorStore):
             for p in points
         ]
 
+    def revision(self, cube_id: str) -> str:
+        return f"{self._incarnation}:{self._revisions.get(cube_id, 0)}"
+
+    def scan(self, cube_id: str, filter: VectorFilter | None = None) -> CubeScan:
+        revision = self.revision(cube_id)
+        spec = common.filter_spec([cube_id], filter)
+        ids: list[str] = []
+        dense: list[list[float]] = []
+        payloads: list[dict[str, Any]] = []
+        offset: Any = None
+        while spec is not None:
+            with common.sdk_errors("scan"):
+                records, offset = self._live().scroll(
+                    qe.ScrollRequest(
+                        offset=offset,
+                        limit=common.SCAN_PAGE,
+                        filter=_filter(spec),
+                        with_payload=True,
+                        with_vector=[common.DENSE],
+                    )
+                )
+            for rec in records:
+                vectors = rec.vector if isinstance(rec.vector, dict) else {}
+                ids.append(str(rec.id))
+                dense.append(vectors[common.DENSE])
+                payloads.append(common.from_payload(rec.payload))
+            if offset is None:
+                break
+        matrix = np.asarray(dense, dtype=np.float32).reshape(len(ids), self._dim)
+        return CubeScan(ids, matrix, payloads, revision)
+
+    def late_scores(self, cube_id: str, query_tokens: np.ndarray, ids: Sequence[str]) -> LateScores:
+        revision = self.revision(cube_id)
+        rows = common.token_rows(query_tokens)
+        spec = common.filter_spec([cube_id], VectorFilter(ids=list(ids)))
+        if rows is None or spec is None:
+            return LateScores({}, revision)
+        with common.sdk_errors("late-interaction scoring"):
+            points = self._live().query(
+                qe.QueryRequest(
+                    limit=len(spec.ids or ()),
+                    query=qe.Query.Nearest(rows, using=common.TOKENS),
+                    filter=_filter(spec),
+                    params=qe.SearchParams(exact=True),
+                    with_payload=False,
+                )
+            )
+        return LateScores({str(p.id): float(p.score) for p in points}, revision)
+
     def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
         wanted = common.point_ids(ids)
         if not wanted:
             return []
         with common.sdk_errors("retrieve"):
-            found = self._live().retrieve(list(wanted), True, True)
+            found = self._live().retrieve(list(wanted), True, [common.DENSE, common.SPARSE])
         by_id: dict[str, VectorRecord] = {}
         for rec in found:
             if (rec.payload or {}).get(common.CUBE_KEY) != cube_id:
@@ -257,7 +330,7 @@ class QdrantEdgeVectorStore(VectorStore):
         spec = common.filter_spec([cube_id], VectorFilter(ids=list(ids)))
         if spec is None:
             return
-        self._write(qe.UpdateOperation.delete_points_by_filter(_filter(spec)), "delete")
+        self._write(cube_id, qe.UpdateOperation.delete_points_by_filter(_filter(spec)), "delete")
 
     def count(self, cube_id: str) -> int:
         spec = common.cube_spec([cube_id])

@@ -1,0 +1,114 @@
+"""Fast-mode ranking through the API: speakers, sessions, dates, and index freshness."""
+
+from __future__ import annotations
+
+import uuid
+
+from memos_ray.memory.reader import Turn, fast_windows
+from memos_ray.models.embedder import SentenceTransformerEmbedder
+from memos_ray.service import MemoryService
+from tests.api.conftest import RunningApi
+from tests.api.test_product_api import add, search
+
+
+def _user() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}"
+
+
+def _sources(data: dict) -> list[str]:
+    return [
+        s["message_id"]
+        for memory in data["text_mem"][0]["memories"]
+        for s in memory["metadata"]["sources"]
+    ]
+
+
+def test_speaker_names_are_kept_and_rank(open_api: RunningApi) -> None:
+    user = _user()
+    chat = [
+        ("Ann", "user", "I finally adopted a kitten, her name is Miso."),
+        ("Bo", "assistant", "My dog Rex chewed my shoes again."),
+        ("Ann", "user", "Pottery class was fun today."),
+    ]
+    messages = [
+        {"role": role, "name": name, "content": text, "message_id": f"D1:{i}"}
+        for i, (name, role, text) in enumerate(chat, start=1)
+    ]
+    added = add(open_api, user, messages, session_id="session_1")["data"]
+    assert added[0]["memory"] == "Ann: I finally adopted a kitten, her name is Miso."
+    found = search(open_api, user, "What pet does Bo have?", relativity=0)
+    top = found["text_mem"][0]["memories"][0]
+    assert top["metadata"]["sources"][0]["name"] == "Bo"
+    assert top["metadata"]["sources"][0]["message_id"] == "D1:2"
+
+
+def test_reference_time_resolves_relative_dates(open_api: RunningApi) -> None:
+    user = _user()
+    said = [
+        ("2026-03-01", "We had dinner at an Italian place downtown.", "a"),
+        ("2026-04-20", "We had dinner at a Thai place downtown.", "b"),
+        ("2026-01-10", "The car needs new winter tyres.", "c"),
+        ("2026-02-02", "My brother moved to Oslo for work.", "d"),
+        ("2026-02-14", "I signed up for a spring marathon.", "e"),
+        ("2026-03-20", "The printer at the office broke again.", "f"),
+        ("2026-04-02", "We painted the kitchen a pale green.", "g"),
+        ("2026-05-01", "Our neighbour lent us a ladder.", "h"),
+    ]
+    for day, text, mid in said:
+        message = {
+            "role": "user",
+            "content": text,
+            "chat_time": f"{day}T19:00:00",
+            "message_id": mid,
+        }
+        add(open_api, user, [message], session_id=f"s-{mid}")
+    query = "Where did we have dinner last week?"
+    late = search(open_api, user, query, relativity=0, reference_time="2026-04-25T12:00:00")
+    early = search(open_api, user, query, relativity=0, reference_time="2026-03-06T12:00:00")
+    assert _sources(late)[0] == "b"
+    assert _sources(early)[0] == "a"
+
+
+def test_neighbouring_turn_lifts_the_answer(open_api: RunningApi) -> None:
+    """The answer "Lisbon" shares no word with the question; its question turn does."""
+    user = _user()
+    turns = [
+        "Where did your sister fly in from for the wedding?",
+        "Lisbon, she landed on Friday.",
+        "We rented a boat on the lake last summer.",
+        "The boat had a tiny kitchen.",
+        "Groceries cost more every month.",
+        "I switched to a cheaper supermarket.",
+    ]
+    roles = ["assistant", "user"] * 3
+    messages = [
+        {"role": r, "content": t, "message_id": f"t{i}"}
+        for i, (r, t) in enumerate(zip(roles, turns, strict=True))
+    ]
+    add(open_api, user, messages, session_id="only")
+    found = search(open_api, user, "Which city did my sister fly in from?", relativity=0, top_k=3)
+    assert set(_sources(found)[:2]) == {"t0", "t1"}
+
+
+def test_writes_from_another_replica_are_seen(
+    open_api: RunningApi, embedder: SentenceTransformerEmbedder
+) -> None:
+    """A second service over the same stores (another replica, a job) adds a memory after
+    this one cached the cube's index: the next search must find it."""
+    user = _user()
+    add(open_api, user, "The spare key is under the blue flowerpot.")
+    before = search(open_api, user, "Where is the boat moored?", relativity=0)
+    assert all("boat" not in m["memory"] for m in before["text_mem"][0]["memories"])
+
+    stack = open_api.stack.service
+    other = MemoryService(stack.graph, stack.vectors, embedder)
+    turns = [Turn("user", "The boat is moored at pier 7 in the marina.", message_id="x-1")]
+    other.add_windows(user, user, fast_windows(turns))
+
+    after = search(open_api, user, "Where is the boat moored?", relativity=0)
+    assert _sources(after)[0] == "x-1"
+
+    deleted = other.delete(user, [after["text_mem"][0]["memories"][0]["id"]])
+    assert len(deleted) == 1
+    gone = search(open_api, user, "Where is the boat moored?", relativity=0)
+    assert "x-1" not in _sources(gone)
