@@ -69,7 +69,10 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     if args.limit:
         cubes = cubes[: args.limit]
     with service_url(args) as (url, _), MemosClient(url, args.api_key, timeout=300) as client:
-        figures = run_retrieval_bench(args.bench, cubes, client, Path(args.out), top_k=args.top_k)
+        extra = {"dedup": args.dedup} if args.dedup else None
+        figures = run_retrieval_bench(
+            args.bench, cubes, client, Path(args.out), top_k=args.top_k, extra=extra
+        )
     figures["machine"] = _machine()
     _report(figures, Path(args.figures or f"{args.out}.figures.json"))
     print(f"score with: python3 score_retrieval.py {args.data} {args.out}")
@@ -90,15 +93,26 @@ def cmd_offline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _window_texts(windows: list[list[dict[str, str]]]) -> list[str]:
-    """The exact texts the server embeds for these windows."""
+def _memory_texts(windows: list[list[dict[str, str]]], window_messages: int) -> list[str]:
+    """The exact texts the server embeds for these windows (one per memory it stores)."""
     from memos_ray.memory.reader import Turn, fast_windows
 
     return [
-        w.text
+        "\n".join(str(s.content) for s in w.sources)
         for window in windows
-        for w in fast_windows([Turn(role=m["role"], content=m["content"]) for m in window])
+        for w in fast_windows(
+            [Turn(role=m["role"], content=m["content"]) for m in window], window_messages
+        )
     ]
+
+
+def _windows_for(memories: int, config: MemosConfig | None) -> int:
+    """Generated windows hold 4 turns; how many give `memories` memories on this reader."""
+    from memos_ray.config import ReaderConfig
+
+    per_memory = (config.reader if config is not None else ReaderConfig()).window_messages
+    per_window = -(-4 // min(per_memory, 4))
+    return -(-memories // per_window)
 
 
 def _in_process_search(config: MemosConfig):  # type: ignore[no-untyped-def]
@@ -140,7 +154,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         for size in sizes:
             cube = f"latency-{size}"
             http.post("/product/create_cube", json={"owner_id": "bench", "cube_id": cube})
-            stored, seconds = fill_cube(http, "bench", cube, generate_windows(size))
+            windows = generate_windows(_windows_for(size, config))
+            stored, seconds = fill_cube(http, "bench", cube, windows)
             body = {"user_id": "bench", "readable_cube_ids": [cube], "top_k": 10}
 
             def over_http(query: str, body: dict[str, Any] = body) -> None:
@@ -175,10 +190,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     import torch
 
     from memos_ray.bench.load import fill_cube, generate_windows
+    from memos_ray.config import ReaderConfig
     from memos_ray.models.embedder import SentenceTransformerEmbedder
 
-    windows = generate_windows(args.memories, seed=3)
-    texts = _window_texts(windows)
+    reader = ReaderConfig()
+    windows = generate_windows(_windows_for(args.memories, None), seed=3)
+    texts = _memory_texts(windows, reader.window_messages)
     torch.set_num_threads(os.cpu_count() or 1)
     embedder = SentenceTransformerEmbedder(batch_size=64)
     embedder.embed(texts[:64])
@@ -230,6 +247,11 @@ def add_bench_parser(sub: Any) -> None:
         p.add_argument("--out", required=True, help="results JSONL (qid, retrieved turn ids)")
         p.add_argument("--figures", help="figures JSON (default: OUT.figures.json)")
         p.add_argument("--top-k", type=int, default=20, help="memories asked per question")
+        p.add_argument(
+            "--dedup",
+            choices=["mmr", "sim", "no"],
+            help="search de-duplication (default: the API's default, mmr)",
+        )
         p.add_argument("--limit", type=int, help="only the first N cubes")
         _service_args(p)
         p.set_defaults(func=cmd_retrieval)
@@ -253,7 +275,9 @@ def add_bench_parser(sub: Any) -> None:
 
     ingest = kinds.add_parser("ingest", help="/product/add throughput vs the embedder's own")
     ingest.add_argument("--memories", type=int, default=2000)
-    ingest.add_argument("--batch", type=int, default=32, help="memories per /product/add")
+    ingest.add_argument(
+        "--batch", type=int, default=32, help="4-turn conversations per /product/add"
+    )
     ingest.add_argument("--concurrency", type=int, default=2)
     ingest.add_argument("--out", default="bench-results/ingest.json")
     _service_args(ingest)

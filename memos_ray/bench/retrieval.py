@@ -71,7 +71,11 @@ def ingest_cube(client: MemosClient, cube: BenchCube, workers: int = 4) -> int:
 
 
 def search_cube(
-    client: MemosClient, cube: BenchCube, top_k: int, workers: int = 4
+    client: MemosClient,
+    cube: BenchCube,
+    top_k: int,
+    workers: int = 4,
+    extra: dict[str, Any] | None = None,
 ) -> list[tuple[BenchQuestion, list[str], float]]:
     def ask(question: BenchQuestion) -> tuple[BenchQuestion, list[str], float]:
         started = time.perf_counter()
@@ -81,6 +85,7 @@ def search_cube(
             [cube.cube_id],
             top_k=top_k,
             relativity=0.0,
+            **(extra or {}),
             mode="fast",
             **({"reference_time": question.asked_at} if question.asked_at else {}),
         )
@@ -97,7 +102,9 @@ def run_retrieval_bench(
     out: Path,
     top_k: int = 20,
     log: Callable[[str], None] = print,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`extra`: more /product/search fields (e.g. dedup), for ablations."""
     out.parent.mkdir(parents=True, exist_ok=True)
     cubes = list(cubes)
     turns = memories = questions = short = 0
@@ -109,7 +116,7 @@ def run_retrieval_bench(
             t0 = time.perf_counter()
             stored = ingest_cube(client, cube)
             t1 = time.perf_counter()
-            results = search_cube(client, cube, top_k)
+            results = search_cube(client, cube, top_k, extra=extra)
             t2 = time.perf_counter()
             for question, ids, latency in results:
                 sink.write(json.dumps({"qid": question.qid, "retrieved": ids}) + "\n")

@@ -13,7 +13,7 @@ Every component is z-scored over the cube's turns, so the weights are scale-free
 6. The top `rerank_n` are re-sorted by z(S) + w_maxsim * z(MaxSim), a late-interaction
    score over MiniLM token embeddings.
 
-Measured on the LoCoMo and LongMemEval development files (see docs/benchmarks.md); this
+Measured on the LoCoMo and LongMemEval development files (README, Benchmarks); this
 module is pure: numpy and the project's tokenizer only. The index is built from stored
 vectors (no encoding here), and the MaxSim scores of step 6 may come from anywhere (the
 vector store computes them next to the stored token vectors).
