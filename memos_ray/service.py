@@ -303,15 +303,21 @@ class MemoryService:
         ids = [index.ids[i] for i in order]
         payloads = {index.ids[i]: cube.payloads[i] for i in order}
         vectors = {index.ids[i]: index.vectors[i] for i in order}
+        terms = index.terms or []
         scores = self._relevance(
             query,
             query_dense,
+            [
+                RerankCandidate(
+                    str(cube.payloads[i].get(TEXT) or ""),
+                    index.vectors[i],
+                    terms=terms[i] if terms else None,
+                )
+                for i in order
+            ],
             ids,
             payloads,
-            vectors,
-            {},
             options,
-            texts={i: str(payloads[i].get(TEXT) or payloads[i].get("memory") or "") for i in ids},
         )
         kept = [i for i in ids if scores[i] >= options.relativity]
         # "mmr" drops near-duplicates here, like "sim": trading rank for diversity on top of
@@ -374,9 +380,11 @@ class MemoryService:
             for item_id, _ in fused[:recall]
             if payloads.get(item_id, {}).get("status") == MemoryStatus.ACTIVATED
         ]
-        scores = self._relevance(
-            query, query_dense, candidate_ids, payloads, vectors, terms, options
-        )
+        candidates = [
+            RerankCandidate(payloads[i]["memory"], vectors.get(i), terms.get(i))
+            for i in candidate_ids
+        ]
+        scores = self._relevance(query, query_dense, candidates, candidate_ids, payloads, options)
         ranked = sorted(
             (i for i in candidate_ids if scores[i] >= options.relativity),
             key=lambda i: (-scores[i], i),
@@ -402,28 +410,18 @@ class MemoryService:
         self,
         query: str,
         query_dense: np.ndarray,
+        candidates: Sequence[RerankCandidate],
         ids: Sequence[str],
         payloads: Mapping[str, Mapping[str, Any]],
-        vectors: Mapping[str, np.ndarray],
-        terms: Mapping[str, frozenset[int]],
         options: SearchOptions,
-        texts: Mapping[str, str] | None = None,
     ) -> dict[str, float]:
         if options.rerank and self.reranker is not None:
-            raw = self.reranker.rerank(
-                query,
-                query_dense,
-                [
-                    RerankCandidate(
-                        texts[i] if texts is not None else payloads[i]["memory"],
-                        vectors.get(i),
-                        terms.get(i),
-                    )
-                    for i in ids
-                ],
-            )
+            raw = self.reranker.rerank(query, query_dense, candidates)
         else:
-            raw = [float(np.dot(query_dense, vectors[i])) if i in vectors else 0.0 for i in ids]
+            raw = [
+                float(np.dot(query_dense, c.dense)) if c.dense is not None else 0.0
+                for c in candidates
+            ]
         cfg = self.search_config
         span = max(cfg.score_ceiling - cfg.score_floor, 1e-6)
         scores: dict[str, float] = {}

@@ -163,7 +163,10 @@ def fill_cube(
     concurrency: int = 2,
     log: Callable[[str], None] = print,
 ) -> tuple[int, float]:
-    """Add the windows through /product/add, `batch` windows per request; (stored, seconds)."""
+    """Add the windows through /product/add, `batch` windows per request; (stored, seconds).
+
+    How many memories a window becomes is the server's choice (`reader.window_messages`).
+    """
 
     def add(chunk: Sequence[list[dict[str, str]]]) -> int:
         messages = [m for window in chunk for m in window]
@@ -187,5 +190,5 @@ def fill_cube(
             stored += count
             if done % max(1, len(chunks) // 10) == 0 or done == len(chunks):
                 rate = stored / (time.perf_counter() - started)
-                log(f"  {cube_id}: {stored}/{len(windows)} memories ({rate:.0f}/s)")
+                log(f"  {cube_id}: {done}/{len(chunks)} requests, {stored} memories ({rate:.0f}/s)")
     return stored, time.perf_counter() - started

@@ -232,6 +232,8 @@ class CubeIndex:
     norm_prev: np.ndarray
     norm_next: np.ndarray
     tokens: list[np.ndarray] | None = None
+    # Each unit's distinct keyword terms (for query-term coverage without re-tokenising).
+    terms: list[frozenset[str]] | None = None
 
     @property
     def size(self) -> int:
@@ -283,6 +285,7 @@ def index_units(
         norm_prev=np.maximum(norm_prev, 1e-9),
         norm_next=np.maximum(norm_next, 1e-9),
         tokens=tokens,
+        terms=[frozenset(toks) for toks in token_lists],
     )
 
 

@@ -18,6 +18,8 @@ class RerankCandidate:
     dense: np.ndarray | None = None
     # The stored keyword term ids (saves re-tokenising the text).
     term_ids: frozenset[int] | None = None
+    # Or the text's keyword terms themselves, where an index already holds them.
+    terms: frozenset[str] | None = None
 
 
 class Reranker(ABC):
@@ -45,7 +47,9 @@ class EmbeddingReranker(Reranker):
         scores: list[float] = []
         for cand in candidates:
             cosine = float(np.dot(query_dense, cand.dense)) if cand.dense is not None else 0.0
-            if cand.term_ids is not None:
+            if cand.terms is not None:
+                hits = len(terms & cand.terms)
+            elif cand.term_ids is not None:
                 hits = len(term_ids & cand.term_ids)
             else:
                 hits = len(terms & set(tokenize(cand.text)))
