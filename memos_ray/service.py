@@ -298,42 +298,51 @@ class MemoryService:
         order: Sequence[int],
         options: SearchOptions,
     ) -> list[MemoryItem]:
-        """Relativity for each ranked unit, the threshold, de-dup; order stays the ranker's."""
+        """Relativity, the threshold and de-dup, walking the ranker's order until top_k.
+
+        "mmr" drops near-duplicates here, like "sim": trading rank for diversity on top of
+        the ranker's neighbour and session terms cost 0.025 R@5 on the LoCoMo dev file.
+        """
         index = cube.index
-        ids = [index.ids[i] for i in order]
-        payloads = {index.ids[i]: cube.payloads[i] for i in order}
-        vectors = {index.ids[i]: index.vectors[i] for i in order}
         terms = index.terms or []
-        scores = self._relevance(
-            query,
-            query_dense,
-            [
-                RerankCandidate(
-                    str(cube.payloads[i].get(TEXT) or ""),
-                    index.vectors[i],
-                    terms=terms[i] if terms else None,
-                )
-                for i in order
-            ],
-            ids,
-            payloads,
-            options,
-        )
-        kept = [i for i in ids if scores[i] >= options.relativity]
-        # "mmr" drops near-duplicates here, like "sim": trading rank for diversity on top of
-        # the ranker's neighbour and session terms cost 0.025 R@5 on the LoCoMo dev file.
-        chosen = select(
-            kept,
-            scores,
-            vectors,
-            options.top_k,
-            mode="no" if options.dedup == "no" else "sim",
-            duplicate_threshold=self.search_config.mmr_duplicate_threshold,
-        )
+        dedup = options.dedup != "no"
+        threshold = self.search_config.mmr_duplicate_threshold
+        chosen: list[tuple[int, float]] = []
+        chunk = max(options.top_k, 8)
+        for start in range(0, len(order), chunk):
+            part = list(order[start : start + chunk])
+            ids = [index.ids[i] for i in part]
+            scores = self._relevance(
+                query,
+                query_dense,
+                [
+                    RerankCandidate(
+                        str(cube.payloads[i].get(TEXT) or ""),
+                        index.vectors[i],
+                        terms=terms[i] if terms else None,
+                    )
+                    for i in part
+                ],
+                ids,
+                {index.ids[i]: cube.payloads[i] for i in part},
+                options,
+            )
+            for position, item_id in zip(part, ids, strict=True):
+                if scores[item_id] < options.relativity:
+                    continue
+                if dedup and chosen:
+                    picked = index.vectors[[p for p, _ in chosen]]
+                    if float((picked @ index.vectors[position]).max()) >= threshold:
+                        continue
+                chosen.append((position, scores[item_id]))
+                if len(chosen) == options.top_k:
+                    break
+            if len(chosen) == options.top_k:
+                break
         results = []
-        for item_id in chosen:
-            item = MemoryItem.model_validate_json(payloads[item_id]["item"])
-            item.metadata.relativity = round(scores[item_id], 6)
+        for position, score in chosen:
+            item = MemoryItem.model_validate_json(cube.payloads[position]["item"])
+            item.metadata.relativity = round(score, 6)
             results.append(item)
         return results
 

@@ -112,3 +112,17 @@ def test_writes_from_another_replica_are_seen(
     assert len(deleted) == 1
     gone = search(open_api, user, "Where is the boat moored?", relativity=0)
     assert "x-1" not in _sources(gone)
+
+
+def test_near_duplicates_are_dropped_unless_dedup_is_no(open_api: RunningApi) -> None:
+    user = _user()
+    said = "I moved to Porto in March and love the river walks."
+    for mid, when in (("d1", "2026-03-02T09:00:00"), ("d2", "2026-03-09T09:00:00")):
+        message = {"role": "user", "content": said, "chat_time": when, "message_id": mid}
+        add(open_api, user, [message], session_id=mid)
+    add(open_api, user, "The bakery on the corner sells great custard tarts.")
+    query = "Where did I move in March?"
+    deduped = _sources(search(open_api, user, query, relativity=0))
+    both = _sources(search(open_api, user, query, relativity=0, dedup="no"))
+    assert len([m for m in deduped if m in ("d1", "d2")]) == 1
+    assert {"d1", "d2"} <= set(both[:2])

@@ -100,7 +100,8 @@ def token_rows(tokens: Any) -> list[list[float]] | None:
     """A (m, dim) array as the SDKs want it; None when there is nothing to store."""
     if tokens is None or len(tokens) == 0:
         return None
-    return [[float(x) for x in row] for row in tokens.astype("float32").tolist()]
+    rows: list[list[float]] = tokens.astype("float32").tolist()
+    return rows
 
 
 def to_payload(cube_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
