@@ -31,10 +31,23 @@ class Caller:
         return self.is_admin or self.open_mode
 
 
+# Users and cubes are never deleted, so "it exists" can be remembered per process: a hot
+# search path then does no SQL at all in open mode (ensure_user is a write transaction).
+_KNOWN_LIMIT = 100_000
+
+
 class AccessControl:
     def __init__(self, tenancy: TenancyStore, admin_key: str | None) -> None:
         self.tenancy = tenancy
         self._admin_key = admin_key or None
+        self._known_users: set[str] = set()
+        self._known_cubes: set[str] = set()
+
+    @staticmethod
+    def _remember(known: set[str], key: str) -> None:
+        if len(known) >= _KNOWN_LIMIT:
+            known.clear()
+        known.add(key)
 
     @property
     def open_mode(self) -> bool:
@@ -65,7 +78,9 @@ class AccessControl:
         if caller.unrestricted:
             if not user_id:
                 raise BadRequestError("user_id is required")
-            self.tenancy.ensure_user(user_id)
+            if user_id not in self._known_users:
+                self.tenancy.ensure_user(user_id)
+                self._remember(self._known_users, user_id)
             return user_id
         assert caller.user_id is not None
         if user_id and user_id != caller.user_id:
@@ -82,6 +97,18 @@ class AccessControl:
         return requested
 
     def _check(self, user_id: str, cube_id: str, *, write: bool, caller: Caller) -> None:
+        if cube_id not in self._known_cubes:
+            self._ensure_cube(user_id, cube_id)
+            self._remember(self._known_cubes, cube_id)
+        if caller.unrestricted:
+            return
+        access = self.tenancy.access_of(user_id, cube_id)
+        if access is None:
+            raise ForbiddenError(f"user {user_id!r} has no access to cube {cube_id!r}")
+        if write and not Access(access).can_write:
+            raise ForbiddenError(f"user {user_id!r} may only read cube {cube_id!r}")
+
+    def _ensure_cube(self, user_id: str, cube_id: str) -> None:
         cube = self.tenancy.get_cube(cube_id)
         if cube is None:
             if cube_id == user_id:
@@ -96,13 +123,6 @@ class AccessControl:
                 raise NotFoundError(
                     f"unknown cube {cube_id!r}; create it with /product/create_cube"
                 )
-        if caller.unrestricted:
-            return
-        access = self.tenancy.access_of(user_id, cube_id)
-        if access is None:
-            raise ForbiddenError(f"user {user_id!r} has no access to cube {cube_id!r}")
-        if write and not Access(access).can_write:
-            raise ForbiddenError(f"user {user_id!r} may only read cube {cube_id!r}")
 
     def readable_cube(self, user_id: str, cube_id: str, caller: Caller) -> bool:
         if self.tenancy.get_cube(cube_id) is None:

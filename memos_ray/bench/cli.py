@@ -134,7 +134,13 @@ def _in_process_search(config: MemosConfig):  # type: ignore[no-untyped-def]
 def cmd_latency(args: argparse.Namespace) -> int:
     import httpx
 
-    from memos_ray.bench.load import fill_cube, generate_queries, generate_windows, run_load
+    from memos_ray.bench.load import (
+        LeanPoster,
+        fill_cube,
+        generate_queries,
+        generate_windows,
+        run_load,
+    )
 
     sizes = [int(s) for s in args.sizes.split(",")]
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -151,6 +157,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         ) as http,
     ):
         in_process = _in_process_search(config) if config is not None else None
+        poster = LeanPoster(url, headers)
         for size in sizes:
             cube = f"latency-{size}"
             http.post("/product/create_cube", json={"owner_id": "bench", "cube_id": cube})
@@ -159,7 +166,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
             body = {"user_id": "bench", "readable_cube_ids": [cube], "top_k": 10}
 
             def over_http(query: str, body: dict[str, Any] = body) -> None:
-                http.post("/product/search", json={**body, "query": query}).raise_for_status()
+                poster.post("/product/search", {**body, "query": query})
 
             for query in queries[:20]:  # warm-up
                 over_http(query)

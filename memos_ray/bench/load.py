@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import random
 import statistics
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -134,6 +138,38 @@ def percentiles(latencies: Sequence[float]) -> dict[str, float]:
         "p95_ms": pick(0.95),
         "p99_ms": pick(0.99),
     }
+
+
+class LeanPoster:
+    """POST JSON over one keep-alive connection per thread (http.client).
+
+    The load generator shares the machine with the service; httpx costs several times more
+    CPU per request, which the service's figures would pay for.
+    """
+
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or 80
+        self._headers = {"content-type": "application/json", **(headers or {})}
+        self._local = threading.local()
+
+    def post(self, path: str, body: dict[str, Any]) -> bytes:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=120)
+            self._local.conn = conn
+        try:
+            conn.request("POST", path, json.dumps(body), self._headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (http.client.HTTPException, OSError):
+            conn.close()
+            self._local.conn = None
+            raise
+        if response.status != 200:
+            raise RuntimeError(f"POST {path}: HTTP {response.status}: {data[:200]!r}")
+        return data
 
 
 def run_load(
