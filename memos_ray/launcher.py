@@ -11,6 +11,17 @@ import httpx
 
 from memos_ray.config import MemosConfig
 
+# Ray Serve settings that trim per-request overhead (a subset of Serve's own
+# RAY_SERVE_THROUGHPUT_OPTIMIZED; its router-in-caller-loop part breaks sync handles, so it is
+# not used). Read when Ray starts its processes, so they are set before `ray.init`; export
+# them yourself before `serve run` or `ray start` to get the same on a cluster.
+SERVE_ENV: dict[str, str] = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
+
 
 def wait_ready(url: str, timeout_s: float = 180.0) -> None:
     """Ready means a real request succeeds, not just /health (stores connect lazily)."""
@@ -43,6 +54,8 @@ def local_service(
     """Yield the base URL of a running app; on exit stop Serve, the stores, then Ray."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for key, value in SERVE_ENV.items():
+        os.environ.setdefault(key, value)
     import ray
     from ray import serve
 
