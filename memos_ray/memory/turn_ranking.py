@@ -260,7 +260,8 @@ def index_units(
     nxt = np.where(
         (pos < n - 1) & (session_of[np.minimum(pos + 1, n - 1)] == session_of), pos + 1, -1
     )
-    e = np.asarray(vectors, np.float32).reshape(n, -1)
+    e = np.asarray(vectors, np.float32)
+    e = e.reshape(n, e.shape[-1] if e.ndim == 2 else 0)
     norm_prev = np.where(prev >= 0, np.linalg.norm(e + e[np.maximum(prev, 0)], axis=1), 1.0).astype(
         np.float32
     )

@@ -126,3 +126,12 @@ def test_near_duplicates_are_dropped_unless_dedup_is_no(open_api: RunningApi) ->
     both = _sources(search(open_api, user, query, relativity=0, dedup="no"))
     assert len([m for m in deduped if m in ("d1", "d2")]) == 1
     assert {"d1", "d2"} <= set(both[:2])
+
+
+def test_searching_an_empty_cube_finds_nothing(open_api: RunningApi) -> None:
+    user = _user()
+    cube = f"empty-{uuid.uuid4().hex[:6]}"
+    created = open_api.post("/product/create_cube", {"owner_id": user, "cube_id": cube})
+    assert created.status_code == 200, created.text
+    found = search(open_api, user, "anything at all", readable_cube_ids=[cube])
+    assert found["text_mem"][0]["memories"] == []
