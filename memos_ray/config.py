@@ -139,6 +139,10 @@ class ServingConfig(_Strict):
     max_ongoing_requests: int = Field(default=64, ge=1)
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, gt=0)
+    # `memos-ray serve` with one ingress replica: the replica itself answers HTTP on the
+    # service port (Ray Serve's direct ingress), skipping the proxy hop. Clusters with several
+    # replicas use Serve's proxy (or its HAProxy ingress) instead.
+    direct_ingress: bool = True
 
 
 class MemosConfig(BaseSettings):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +43,12 @@ def wait_ready(url: str, timeout_s: float = 180.0) -> None:
     raise TimeoutError(f"memos-ray did not become ready at {url}: {last}")
 
 
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host if host not in ("0.0.0.0", "::") else "127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
 def local_service(
     config: MemosConfig,
@@ -51,11 +58,21 @@ def local_service(
     dashboard: bool = False,
     log_to_driver: bool = False,
 ) -> Iterator[str]:
-    """Yield the base URL of a running app; on exit stop Serve, the stores, then Ray."""
+    """Yield the base URL of a running app; on exit stop Serve, the stores, then Ray.
+
+    With `serving.direct_ingress` and one ingress replica, the replica listens on `port`
+    itself and Serve's proxy moves to a spare port (it stays up, unused).
+    """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
+    proxy_port = port
+    if config.serving.direct_ingress and config.serving.ingress_replicas == 1:
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(port)
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(port + 1)
+        proxy_port = _free_port(host)
     import ray
     from ray import serve
 
@@ -69,7 +86,7 @@ def local_service(
     )
     try:
         serve.start(
-            http_options={"host": host, "port": port},
+            http_options={"host": host, "port": proxy_port},
             logging_config={"enable_access_log": False},
         )
         serve.run(build_from_config(config), name="memos", route_prefix="/")
