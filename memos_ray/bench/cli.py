@@ -71,7 +71,13 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     with service_url(args) as (url, _), MemosClient(url, args.api_key, timeout=300) as client:
         extra = {"dedup": args.dedup} if args.dedup else None
         figures = run_retrieval_bench(
-            args.bench, cubes, client, Path(args.out), top_k=args.top_k, extra=extra
+            args.bench,
+            cubes,
+            client,
+            Path(args.out),
+            top_k=args.top_k,
+            extra=extra,
+            resume=args.resume,
         )
     figures["machine"] = _machine()
     _report(figures, Path(args.figures or f"{args.out}.figures.json"))
@@ -260,6 +266,11 @@ def add_bench_parser(sub: Any) -> None:
             help="search de-duplication (default: the API's default, mmr)",
         )
         p.add_argument("--limit", type=int, help="only the first N cubes")
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="keep the answers already in --out and do only the cubes still missing",
+        )
         _service_args(p)
         p.set_defaults(func=cmd_retrieval)
 

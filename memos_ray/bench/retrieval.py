@@ -103,15 +103,27 @@ def run_retrieval_bench(
     top_k: int = 20,
     log: Callable[[str], None] = print,
     extra: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """`extra`: more /product/search fields (e.g. dedup), for ablations."""
+    """`extra`: more /product/search fields (e.g. dedup), for ablations.
+
+    Results are flushed after each cube; `resume` keeps the lines already in `out` and
+    skips cubes whose questions are all answered there (cubes are independent, so a run
+    that stopped half-way finishes in a fresh service).
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     cubes = list(cubes)
+    done: set[str] = set()
+    if resume and out.exists():
+        done = {json.loads(line)["qid"] for line in out.read_text().splitlines() if line.strip()}
+        before = len(cubes)
+        cubes = [c for c in cubes if not all(q.qid in done for q in c.questions)]
+        log(f"resuming: {before - len(cubes)} cubes already answered in {out}")
     turns = memories = questions = short = 0
     ingest_s = 0.0
     latencies: list[float] = []
     started = time.perf_counter()
-    with out.open("w") as sink:
+    with out.open("a" if resume else "w") as sink:
         for index, cube in enumerate(cubes, start=1):
             t0 = time.perf_counter()
             stored = ingest_cube(client, cube)
@@ -119,9 +131,12 @@ def run_retrieval_bench(
             results = search_cube(client, cube, top_k, extra=extra)
             t2 = time.perf_counter()
             for question, ids, latency in results:
+                if question.qid in done:
+                    continue
                 sink.write(json.dumps({"qid": question.qid, "retrieved": ids}) + "\n")
                 latencies.append(latency)
                 short += len(ids) < MIN_IDS
+            sink.flush()
             turns += cube.turn_count
             memories += stored
             questions += len(results)

@@ -1,0 +1,56 @@
+"""The embedded graph server is supervised: a crash costs seconds, not the service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from memos_ray.config import MemosConfig
+from memos_ray.domain.memory import MemoryItem, MemoryMetadata
+from memos_ray.runtime import falkordb_actor, stop_embedded
+from memos_ray.stores.graph.falkordb import falkordb_graph_store
+
+
+def _item(text: str) -> MemoryItem:
+    return MemoryItem(
+        id=str(uuid.uuid4()),
+        memory=text,
+        cube_id="cube",
+        metadata=MemoryMetadata(user_id="u"),
+    )
+
+
+def test_falkordb_is_restarted_after_a_crash(ray_cluster: None, tmp_path: Path) -> None:
+    import ray
+
+    config = MemosConfig(data_dir=tmp_path / "data").resolved()
+    actor = falkordb_actor(config)
+    try:
+        uri = ray.get(actor.bolt_uri.remote())
+        graph = falkordb_graph_store(uri)
+        before = _item("written before the crash")
+        graph.upsert_nodes("cube", [before])
+        time.sleep(2.5)  # the server snapshots once a second after a change
+        pid = ray.get(actor.pid.remote())
+        os.kill(pid, signal.SIGKILL)
+
+        deadline = time.monotonic() + 30
+        while ray.get(actor.restart_count.remote()) < 1:
+            if time.monotonic() > deadline:
+                pytest.fail("the FalkorDB server was not restarted within 30 s")
+            time.sleep(0.2)
+        assert ray.get(actor.pid.remote()) != pid
+        # Same URI, so the driver the graph store holds reconnects by itself.
+        assert ray.get(actor.bolt_uri.remote()) == uri
+        assert graph.existing_ids("cube", [before.id]) == {before.id}
+        after = _item("written after the restart")
+        graph.upsert_nodes("cube", [after])
+        assert graph.existing_ids("cube", [before.id, after.id]) == {before.id, after.id}
+        graph.close()
+    finally:
+        stop_embedded(config)
