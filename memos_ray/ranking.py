@@ -42,7 +42,9 @@ def unit_payload(item: MemoryItem, seq: int) -> dict[str, Any]:
     pollute keyword scores; `seq` orders a session's turns (arrival order, nanoseconds).
     """
     turns = [s for s in item.metadata.sources if s.content]
-    text = "\n".join(f"{s.name}: {s.content}" if s.name else str(s.content) for s in turns)
+    # A repeated message merged into one memory is indexed once.
+    said = dict.fromkeys(f"{s.name}: {s.content}" if s.name else str(s.content) for s in turns)
+    text = "\n".join(said)
     first = turns[0] if turns else None
     return {
         TEXT: text or item.memory,

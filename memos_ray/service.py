@@ -103,6 +103,10 @@ class MemoryService:
         for window in windows:
             item_id = memory_id_for(cube_id, window.text)
             if item_id in items:
+                # The same text twice in one request (a repeated message): one memory that
+                # keeps every source, so no message loses its provenance.
+                sources = items[item_id].metadata.sources
+                sources.extend(s for s in window.sources if s not in sources)
                 continue
             item_info = dict(info or {})
             if window.file_ids:
@@ -115,7 +119,7 @@ class MemoryService:
                     user_id=user_id,
                     session_id=session_id,
                     memory_type=window.memory_type,
-                    sources=window.sources,
+                    sources=list(window.sources),
                     tags=["mode:fast", *tags],
                     info=item_info,
                 ),

@@ -135,3 +135,18 @@ def test_searching_an_empty_cube_finds_nothing(open_api: RunningApi) -> None:
     assert created.status_code == 200, created.text
     found = search(open_api, user, "anything at all", readable_cube_ids=[cube])
     assert found["text_mem"][0]["memories"] == []
+
+
+def test_a_repeated_message_keeps_both_sources(open_api: RunningApi) -> None:
+    user = _user()
+    messages = [
+        {"role": "user", "content": "Remind me to water the ferns.", "message_id": "r1"},
+        {"role": "assistant", "content": "Sure, I will remind you.", "message_id": "r2"},
+        {"role": "user", "content": "Remind me to water the ferns.", "message_id": "r3"},
+    ]
+    added = add(open_api, user, messages, session_id="s")["data"]
+    assert len(added) == 2
+    found = search(open_api, user, "water the ferns", relativity=0)
+    top = found["text_mem"][0]["memories"][0]
+    assert [s["message_id"] for s in top["metadata"]["sources"]] == ["r1", "r3"]
+    assert top["memory"] == "user: Remind me to water the ferns."
