@@ -13,11 +13,11 @@ import httpx
 from memos_ray.config import MemosConfig
 
 # Ray Serve settings that trim per-request overhead (a subset of Serve's own
-# RAY_SERVE_THROUGHPUT_OPTIMIZED; its router-in-caller-loop part breaks sync handles, so it is
-# not used). Read when Ray starts its processes, so they are set before `ray.init`; export
-# them yourself before `serve run` or `ray start` to get the same on a cluster.
+# RAY_SERVE_THROUGHPUT_OPTIMIZED). Left out on purpose: running the router in the caller's loop
+# (breaks sync handles) and gRPC between deployments (its 4 MiB client message limit refuses
+# a bulk add's token vectors). Read when Ray starts its processes, so they are set before
+# `ray.init`; export them yourself before `serve run` or `ray start` to get the same.
 SERVE_ENV: dict[str, str] = {
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_LOG_TO_STDERR": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",

@@ -70,6 +70,18 @@ def test_add_search_and_restart_through_serve(serve_url: str, serve_config: Memo
         timeout=60,
     )
     assert added.status_code == 200, added.text
+    # A bulk add: one embedder call whose token vectors run to several MB.
+    bulk = [
+        {"role": "user", "content": f"Bulk line {i}: " + "words of a longer message " * 8}
+        for i in range(300)
+    ]
+    big = httpx.post(
+        f"{serve_url}/product/add",
+        json={"user_id": "bulk-user", "messages": bulk, "async_mode": "sync"},
+        timeout=120,
+    )
+    assert big.status_code == 200, big.text
+    assert len(big.json()["data"]) == 300
     # One memory per turn: remember which message each came from.
     turn_of = {
         m["memory_id"]: t["message_id"] for m, t in zip(added.json()["data"], TURNS, strict=True)
