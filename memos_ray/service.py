@@ -134,8 +134,9 @@ class MemoryService:
             texts = [str(p[TEXT]) for p in payloads]
             encoded = self.embedder.encode(texts)
             tokens = encoded.tokens or [None] * len(new)
+            # Built from values this method just made: skip re-validating 384 floats a record.
             records = [
-                VectorRecord(
+                VectorRecord.model_construct(
                     id=item.id,
                     dense=vec.tolist(),
                     sparse=document_vector(text),

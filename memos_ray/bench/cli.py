@@ -292,11 +292,11 @@ def add_bench_parser(sub: Any) -> None:
     latency.set_defaults(func=cmd_latency)
 
     ingest = kinds.add_parser("ingest", help="/product/add throughput vs the embedder's own")
-    ingest.add_argument("--memories", type=int, default=2000)
+    ingest.add_argument("--memories", type=int, default=4000)
     ingest.add_argument(
-        "--batch", type=int, default=32, help="4-turn conversations per /product/add"
+        "--batch", type=int, default=64, help="4-turn conversations per /product/add"
     )
-    ingest.add_argument("--concurrency", type=int, default=2)
+    ingest.add_argument("--concurrency", type=int, default=3, help="requests in flight")
     ingest.add_argument("--out", default="bench-results/ingest.json")
     _service_args(ingest)
     ingest.set_defaults(func=cmd_ingest)
