@@ -29,9 +29,12 @@ def build_memos_app(args: MemosAppArgs | dict[str, Any] | None = None) -> Applic
 
 def build_from_config(config: MemosConfig) -> Application:
     emb = config.embedder
+    actor_options: dict[str, Any] = {"num_cpus": emb.num_cpus, "num_gpus": emb.num_gpus}
+    if emb.omp_wait_policy:
+        # Must be in the replica's environment before OpenMP starts: a runtime_env var.
+        actor_options["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": emb.omp_wait_policy}}
     embedder = EmbedderDeployment.options(
-        num_replicas=emb.num_replicas,
-        ray_actor_options={"num_cpus": emb.num_cpus, "num_gpus": emb.num_gpus},
+        num_replicas=emb.num_replicas, ray_actor_options=actor_options
     ).bind(emb)
     return MemosIngress.options(
         num_replicas=config.serving.ingress_replicas,

@@ -14,11 +14,11 @@ from memos_ray.config import MemosConfig
 
 # Ray Serve settings that trim per-request overhead (a subset of Serve's own
 # RAY_SERVE_THROUGHPUT_OPTIMIZED). Left out on purpose: running the router in the caller's loop
-# (breaks sync handles) and gRPC between deployments (its 4 MiB client message limit refuses
-# a bulk add's token vectors). Read when Ray starts its processes, so they are set before
-# `ray.init`; export them yourself before `serve run` or `ray start` to get the same.
+# (breaks sync handles), gRPC between deployments (its 4 MiB client message limit refuses a
+# bulk add's token vectors) and user code on the replica's event loop (a sync bulk embed then
+# blocks the replica; bulk adds were slower). Read when Ray starts its processes, so they are
+# set before `ray.init`; export them yourself before `serve run` or `ray start`.
 SERVE_ENV: dict[str, str] = {
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_LOG_TO_STDERR": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
 }
