@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from contextlib import contextmanager
 import httpx
 
 from memos_ray.config import MemosConfig
+from memos_ray.stores.local import free_port
 
 # Ray Serve settings that trim per-request overhead (a subset of Serve's own
 # RAY_SERVE_THROUGHPUT_OPTIMIZED). Left out on purpose: running the router in the caller's loop
@@ -43,12 +43,6 @@ def wait_ready(url: str, timeout_s: float = 180.0) -> None:
     raise TimeoutError(f"memos-ray did not become ready at {url}: {last}")
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host if host not in ("0.0.0.0", "::") else "127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def local_service(
     config: MemosConfig,
@@ -72,7 +66,7 @@ def local_service(
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(port)
         os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(port + 1)
-        proxy_port = _free_port(host)
+        proxy_port = free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
     import ray
     from ray import serve
 

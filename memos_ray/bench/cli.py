@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,12 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from memos_ray.config import MemosConfig
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -29,6 +22,7 @@ def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | N
         return
     from memos_ray.config import load_config
     from memos_ray.launcher import local_service
+    from memos_ray.stores.local import free_port
 
     data_dir = (
         Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="memos-bench-"))
@@ -37,7 +31,7 @@ def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | N
         raise SystemExit(f"memos-ray bench: data dir {data_dir} is not empty")
     config = load_config({"data_dir": str(data_dir), "admin_key": None})
     print(f"starting memos-ray on the embedded defaults in {config.data_dir} ...", flush=True)
-    with local_service(config, port=_free_port()) as url:
+    with local_service(config, port=free_port()) as url:
         print(f"service ready at {url}", flush=True)
         yield url, config
 

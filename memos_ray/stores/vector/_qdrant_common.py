@@ -7,13 +7,15 @@ and each backend turns them into its own objects.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from memos_ray.errors import BadRequestError, MemosError, StoreError
-from memos_ray.stores.vector.base import VectorFilter
+from memos_ray.stores.vector.base import CubeScan, VectorFilter
 
 DENSE = "dense"
 SPARSE = "keywords"
@@ -102,6 +104,21 @@ def token_rows(tokens: Any) -> list[list[float]] | None:
         return None
     rows: list[list[float]] = tokens.astype("float32").tolist()
     return rows
+
+
+def collect_scan(pages: Iterable[Sequence[Any]], dim: int, revision: str) -> CubeScan:
+    """A CubeScan from pages of records (either SDK's: `.id`, `.vector` dict, `.payload`)."""
+    ids: list[str] = []
+    dense: list[Any] = []
+    payloads: list[dict[str, Any]] = []
+    for records in pages:
+        for rec in records:
+            vectors = rec.vector if isinstance(rec.vector, dict) else {}
+            ids.append(str(rec.id))
+            dense.append(vectors[DENSE])
+            payloads.append(from_payload(rec.payload))
+    matrix = np.asarray(dense, dtype=np.float32).reshape(len(ids), dim)
+    return CubeScan(ids, matrix, payloads, revision)
 
 
 def to_payload(cube_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:

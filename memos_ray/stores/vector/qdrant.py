@@ -210,9 +210,9 @@ class QdrantVectorStore(VectorStore):
     def scan(self, cube_id: str, filter: VectorFilter | None = None) -> CubeScan:
         revision = self.revision(cube_id)
         spec = common.filter_spec([cube_id], filter)
-        ids: list[str] = []
-        dense: list[list[float]] = []
-        payloads: list[dict] = []  # type: ignore[type-arg]
+        return common.collect_scan(self._scan_pages(spec), self._dim, revision)
+
+    def _scan_pages(self, spec: common.FilterSpec | None) -> Iterator[list[qm.Record]]:
         offset: qm.ExtendedPointId | None = None
         while spec is not None:
             with common.sdk_errors("scan"):
@@ -224,15 +224,9 @@ class QdrantVectorStore(VectorStore):
                     with_payload=True,
                     with_vectors=[common.DENSE],
                 )
-            for rec in records:
-                vectors = rec.vector if isinstance(rec.vector, dict) else {}
-                ids.append(str(rec.id))
-                dense.append(vectors[common.DENSE])  # type: ignore[arg-type]
-                payloads.append(common.from_payload(rec.payload))
+            yield records
             if offset is None:
-                break
-        matrix = np.asarray(dense, dtype=np.float32).reshape(len(ids), self._dim)
-        return CubeScan(ids, matrix, payloads, revision)
+                return
 
     def late_scores(self, cube_id: str, query_tokens: np.ndarray, ids: Sequence[str]) -> LateScores:
         revision = self.revision(cube_id)

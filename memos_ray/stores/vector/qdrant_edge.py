@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,9 +261,9 @@ class QdrantEdgeVectorStore(VectorStore):
     def scan(self, cube_id: str, filter: VectorFilter | None = None) -> CubeScan:
         revision = self.revision(cube_id)
         spec = common.filter_spec([cube_id], filter)
-        ids: list[str] = []
-        dense: list[list[float]] = []
-        payloads: list[dict[str, Any]] = []
+        return common.collect_scan(self._scan_pages(spec), self._dim, revision)
+
+    def _scan_pages(self, spec: common.FilterSpec | None) -> Iterator[list[Any]]:
         offset: Any = None
         while spec is not None:
             with common.sdk_errors("scan"):
@@ -276,15 +276,9 @@ class QdrantEdgeVectorStore(VectorStore):
                         with_vector=[common.DENSE],
                     )
                 )
-            for rec in records:
-                vectors = rec.vector if isinstance(rec.vector, dict) else {}
-                ids.append(str(rec.id))
-                dense.append(vectors[common.DENSE])
-                payloads.append(common.from_payload(rec.payload))
+            yield records
             if offset is None:
-                break
-        matrix = np.asarray(dense, dtype=np.float32).reshape(len(ids), self._dim)
-        return CubeScan(ids, matrix, payloads, revision)
+                return
 
     def late_scores(self, cube_id: str, query_tokens: np.ndarray, ids: Sequence[str]) -> LateScores:
         revision = self.revision(cube_id)
