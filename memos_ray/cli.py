@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
 
+    from memos_ray.vllm_env import add_parser as add_vllm_env_parser
+
+    add_vllm_env_parser(sub)
+
     admin = sub.add_parser("admin", help="users and grants (needs the admin key)")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     user = admin_sub.add_parser("create-user", help="create a user and print its API key")

@@ -111,7 +111,9 @@ class OpenAIChatModel(ChatModel):
     """A served model behind `base_url` (with or without the trailing /v1).
 
     `extra_models` are further names the server serves (e.g. LoRA adapters loaded at its
-    start); `model_names` lists `model` first, the default.
+    start); `model_names` lists `model` first, the default. `cache_block_tokens` is the
+    server's KV block size (vLLM: 16 on GPU, 128 on CPU): prefix caches hold whole blocks
+    only, so a warm-up that left less than one block uncached found the prefix cached.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class OpenAIChatModel(ChatModel):
         max_retries: int = 3,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        cache_block_tokens: int = 16,
     ) -> None:
         root = base_url.rstrip("/")
         # vLLM's /tokenize and /v1/load_lora_adapter live beside /v1, so keep the root.
@@ -135,6 +138,7 @@ class OpenAIChatModel(ChatModel):
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.cache_block_tokens = cache_block_tokens
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
             base_url=self.root,
@@ -413,7 +417,7 @@ class OpenAIChatModel(ChatModel):
         return PrefixWarmup(
             tokens=usage.prompt_tokens,
             seconds=time.monotonic() - start,
-            computed=usage.cached_tokens < usage.prompt_tokens,
+            computed=usage.prompt_tokens - usage.cached_tokens >= self.cache_block_tokens,
         )
 
 
