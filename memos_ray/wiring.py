@@ -13,9 +13,13 @@ from memos_ray.config import (
     FalkorDBConfig,
     MemosConfig,
     Neo4jConfig,
+    OpenAILLMConfig,
     QdrantConfig,
     QdrantEdgeConfig,
+    TransformersLLMConfig,
+    VLLMConfig,
 )
+from memos_ray.models.chat import ChatModel
 from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
 from memos_ray.models.reranker import EmbeddingReranker, Reranker
 from memos_ray.service import MemoryService
@@ -52,6 +56,59 @@ def build_reranker(config: MemosConfig) -> Reranker | None:
     if config.reranker.backend == "none":
         return None
     return EmbeddingReranker(keyword_weight=config.reranker.keyword_weight)
+
+
+def build_chat_model(config: MemosConfig) -> ChatModel | None:
+    """The configured chat backend in this process; None when chat is switched off."""
+    llm = config.llm
+    if isinstance(llm, TransformersLLMConfig):
+        import os
+        from pathlib import Path
+
+        from memos_ray.models import smollm2
+        from memos_ray.models.hf_chat import TransformersChatModel
+
+        models_dir = config.data_path(llm.models_dir)
+        if llm.model is None:
+            path, name = smollm2.hf_dir(models_dir), smollm2.MODEL_NAME
+        else:
+            path, name = Path(llm.model).expanduser(), Path(llm.model).name
+        return TransformersChatModel(
+            path,
+            served_name=llm.served_name or name,
+            device=llm.device,
+            dtype=llm.dtype,
+            threads=llm.threads or os.cpu_count(),
+            kv_cache_dir=models_dir / "kv-cache",
+            max_prefix_caches=llm.max_prefix_caches,
+            max_context_tokens=llm.max_context_tokens,
+        )
+    if isinstance(llm, VLLMConfig):
+        from memos_ray.models.vllm_engine import VLLMEngineChatModel
+
+        return VLLMEngineChatModel(
+            llm.model,
+            served_model_name=llm.served_name or llm.model,
+            dtype=llm.dtype,
+            max_model_len=llm.max_model_len,
+            gpu_memory_utilization=llm.gpu_memory_utilization,
+            enforce_eager=llm.enforce_eager,
+            max_loras=llm.max_loras,
+            max_lora_rank=llm.max_lora_rank,
+            engine_kwargs=llm.engine_kwargs,
+        )
+    if isinstance(llm, OpenAILLMConfig):
+        from memos_ray.models.openai_chat import OpenAIChatModel
+
+        return OpenAIChatModel(
+            llm.base_url,
+            model=llm.model,
+            api_key=llm.api_key.get_secret_value() if llm.api_key else None,
+            timeout_s=llm.timeout_s,
+            connect_timeout_s=llm.connect_timeout_s,
+            max_retries=llm.max_retries,
+        )
+    return None
 
 
 def build_tenancy_store(config: MemosConfig) -> TenancyStore:

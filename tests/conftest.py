@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = [
     "tests.fixtures.falkordb",
+    "tests.fixtures.llm",
     "tests.fixtures.postgres",
     "tests.fixtures.ray_cluster",
 ]

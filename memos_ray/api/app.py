@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from memos_ray import __version__
+from memos_ray.api.chat_routes import build_chat_routers
 from memos_ray.api.context import ApiContext
 from memos_ray.api.routes import build_routers
 from memos_ray.errors import MemosError
@@ -65,33 +66,50 @@ class _TooLarge(Exception):
     pass
 
 
+def _error(
+    request: Request, status: int, message: str, kind: str, detail: object = None
+) -> JSONResponse:
+    """MemOS's envelope, except under /v1 where OpenAI clients expect OpenAI's error shape."""
+    if request.url.path.startswith("/v1/"):
+        code = "model_not_found" if kind == "UnknownModelError" else None
+        body = {"error": {"message": message, "type": _openai_type(status), "code": code}}
+        return JSONResponse(body, status_code=status)
+    return JSONResponse(error_body(status, message, detail=detail), status_code=status)
+
+
+def _openai_type(status: int) -> str:
+    if status in (401, 403):
+        return "authentication_error" if status == 401 else "permission_error"
+    if status == 404:
+        return "not_found_error"
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
 def create_app(get_context: Callable[[], ApiContext], version: str = __version__) -> FastAPI:
     app = FastAPI(
         title="memos-ray",
         version=version,
         description="Memory operating system for LLM agents (MemOS REST dialect).",
     )
-    for router in build_routers(get_context):
+    for router in [*build_routers(get_context), *build_chat_routers(get_context)]:
         app.include_router(router)
 
     @app.exception_handler(MemosError)
-    async def memos_error(_: Request, exc: MemosError) -> JSONResponse:
-        return JSONResponse(error_body(exc.status_code, exc.message), status_code=exc.status_code)
+    async def memos_error(request: Request, exc: MemosError) -> JSONResponse:
+        return _error(request, exc.status_code, exc.message, type(exc).__name__)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = jsonable_encoder(exc.errors())
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         message = f"invalid request: {where}: {first.get('msg', 'validation failed')}"
-        return JSONResponse(error_body(422, message, detail=errors), status_code=422)
+        return _error(request, 422, message, "invalid_request_error", detail=errors)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error", exc_info=exc)
-        return JSONResponse(
-            error_body(500, f"internal error: {type(exc).__name__}"), status_code=500
-        )
+        return _error(request, 500, f"internal error: {type(exc).__name__}", "server_error")
 
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig
 from memos_ray.service import MemoryService
 from memos_ray.tenancy import AccessControl
@@ -15,3 +16,5 @@ class ApiContext:
     service: MemoryService
     access: AccessControl
     version: str
+    # None when no chat model is configured (llm.backend "none").
+    chat: ChatService | None = None

@@ -130,7 +130,8 @@ class ChatModel(ABC):
         return PrefixWarmup(tokens=0, seconds=0.0, computed=False)
 
     def close(self) -> None:
-        """Release engines, threads and connections."""
+        """Release engines, threads and connections (nothing to release by default)."""
+        return None
 
     def check_model(self, model: str | None) -> str:
         names = self.model_names
@@ -168,3 +169,44 @@ def split_reasoning(text: str) -> tuple[str, str]:
     thoughts = [m.strip() for m in _THINK.findall(text)]
     answer = _THINK.sub("", text).strip()
     return answer, "\n".join(t for t in thoughts if t)
+
+
+class ReasoningSplitter:
+    """Splits a stream into answer and <think> reasoning pieces, tags split across chunks."""
+
+    _OPEN, _CLOSE = "<think>", "</think>"
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._thinking = False
+
+    def feed(
+        self, text: str, final: bool = False
+    ) -> list[tuple[Literal["text", "reasoning"], str]]:
+        self._buffer += text
+        out: list[tuple[Literal["text", "reasoning"], str]] = []
+        while self._buffer:
+            tag = self._CLOSE if self._thinking else self._OPEN
+            kind: Literal["text", "reasoning"] = "reasoning" if self._thinking else "text"
+            at = self._buffer.find(tag)
+            if at >= 0:
+                if at:
+                    out.append((kind, self._buffer[:at]))
+                self._buffer = self._buffer[at + len(tag) :]
+                self._thinking = not self._thinking
+                continue
+            # Hold back a tail that may be the start of the tag.
+            keep = 0 if final else _partial_suffix(self._buffer, tag)
+            emit = self._buffer[: len(self._buffer) - keep]
+            if emit:
+                out.append((kind, emit))
+            self._buffer = self._buffer[len(emit) :]
+            break
+        return out
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0

@@ -1,0 +1,353 @@
+"""Chat routes: MemOS `/product/chat/complete|stream`, OpenAI `/v1/chat/completions`, and
+per-cube LoRA adapters. Handlers are sync (they run in a pool); streams are sync iterators.
+
+No `from __future__ import annotations`: FastAPI must see the dependency aliases as objects.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from memos_ray.api.context import ApiContext
+from memos_ray.api.convert import message_text
+from memos_ray.api.routes import cube_filters
+from memos_ray.chat import ChatService, ChatTurn, PreparedChat
+from memos_ray.errors import BadRequestError, ForbiddenError, MemosError, NotFoundError
+from memos_ray.models.chat import Message, ReasoningSplitter, SamplingParams
+from memos_ray.schemas.chat import OpenAIChatRequest, ProductChatRequest
+from memos_ray.schemas.envelope import ok
+from memos_ray.tenancy import Caller
+
+
+class ChatUnavailableError(MemosError):
+    status_code = 503
+
+
+class AdapterUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = None
+    # PEFT's adapter_config.json and adapter_model.safetensors (base64).
+    adapter_config: dict[str, Any]
+    weights_base64: str = Field(min_length=1)
+
+
+def build_chat_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
+    def ctx() -> ApiContext:
+        return get_context()
+
+    def caller(
+        context: Annotated[ApiContext, Depends(ctx)],
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Caller:
+        return context.access.authenticate(authorization)
+
+    Ctx = Annotated[ApiContext, Depends(ctx)]
+    Who = Annotated[Caller, Depends(caller)]
+
+    product = APIRouter(prefix="/product")
+
+    @product.post("/chat/complete")
+    def chat_complete(req: ProductChatRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        chat = _chat(context)
+        turn, write_back = _product_turn(req, context, who)
+        answer = chat.complete(turn, write_back=write_back)
+        data: dict[str, Any] = {"response": answer.response, "reasoning": answer.reasoning}
+        data.update(_extras(answer.prepared, req.include_prompt))
+        data["usage"] = answer.generation.usage.model_dump()
+        data["finish_reason"] = answer.generation.finish_reason
+        return ok(data, "Chat completed successfully")
+
+    @product.post("/chat/stream")
+    def chat_stream(req: ProductChatRequest, context: Ctx, who: Who) -> StreamingResponse:
+        chat = _chat(context)
+        turn, write_back = _product_turn(req, context, who)
+        prepared = chat.prepare(turn)
+
+        def frames() -> Iterator[str]:
+            if req.include_prompt:
+                yield _sse({"type": "prompt", "data": prepared.prompt})
+            splitter = ReasoningSplitter()
+            end: dict[str, Any] = _extras(prepared, False)
+            try:
+                for delta in chat.stream(turn, prepared, write_back=write_back):
+                    final = delta.finish_reason is not None
+                    for kind, text in splitter.feed(delta.text, final=final):
+                        yield _sse({"type": kind, "data": text})
+                    if final:
+                        end["finish_reason"] = delta.finish_reason
+                        end["usage"] = delta.usage.model_dump() if delta.usage else None
+            except MemosError as exc:
+                yield _sse({"type": "error", "data": exc.message})
+            yield _sse({"type": "end", "data": end})
+
+        return StreamingResponse(frames(), media_type="text/event-stream")
+
+    @product.put("/cubes/{cube_id}/adapter")
+    def put_adapter(cube_id: str, req: AdapterUpload, context: Ctx, who: Who) -> dict[str, Any]:
+        chat = _chat(context)
+        user_id = context.access.act_as(who, req.user_id or who.user_id)
+        context.access.cubes_for(user_id, [cube_id], write=True, caller=who)
+        chat.adapters.put_base64(cube_id, req.adapter_config, req.weights_base64)
+        return ok(chat.adapters.info(cube_id), "Adapter stored")
+
+    @product.get("/cubes/{cube_id}/adapter")
+    def get_adapter(
+        cube_id: str, context: Ctx, who: Who, user_id: str | None = None
+    ) -> dict[str, Any]:
+        chat = _chat(context)
+        acting = context.access.act_as(who, user_id or who.user_id)
+        context.access.cubes_for(acting, [cube_id], write=False, caller=who)
+        info = chat.adapters.info(cube_id)
+        if info is None:
+            raise NotFoundError(f"cube {cube_id!r} has no adapter")
+        return ok(info, "Adapter found")
+
+    @product.delete("/cubes/{cube_id}/adapter")
+    def delete_adapter(
+        cube_id: str, context: Ctx, who: Who, user_id: str | None = None
+    ) -> dict[str, Any]:
+        chat = _chat(context)
+        acting = context.access.act_as(who, user_id or who.user_id)
+        context.access.cubes_for(acting, [cube_id], write=True, caller=who)
+        if not chat.adapters.delete(cube_id):
+            raise NotFoundError(f"cube {cube_id!r} has no adapter")
+        return ok({"cube_id": cube_id}, "Adapter deleted")
+
+    openai = APIRouter(prefix="/v1")
+
+    @openai.get("/models")
+    def list_models(context: Ctx, who: Who) -> dict[str, Any]:
+        chat = _chat(context)
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "memos-ray"}
+                for name in chat.model.model_names
+            ],
+        }
+
+    @openai.post("/chat/completions", response_model=None)
+    def chat_completions(
+        req: OpenAIChatRequest,
+        context: Ctx,
+        who: Who,
+        x_memos_user_id: Annotated[str | None, Header()] = None,
+        x_memos_cube_id: Annotated[str | None, Header()] = None,
+        x_memos_write_back: Annotated[str | None, Header()] = None,
+        x_memos_include_prompt: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any] | StreamingResponse:
+        chat = _chat(context)
+        requested_user = x_memos_user_id or req.user
+        if who.unrestricted and not requested_user:
+            raise BadRequestError(
+                "say whose memories to use: the `user` field or an X-Memos-User-Id header"
+            )
+        user_id = context.access.act_as(who, requested_user or who.user_id)
+        cube = (
+            context.access.cubes_for(user_id, [x_memos_cube_id or user_id], write=False, caller=who)
+        )[0]
+        write_back = context.config.chat.openai_write_back
+        if x_memos_write_back is not None:
+            write_back = _flag(x_memos_write_back)
+        write_cube = _writable(context, user_id, cube, who) if write_back else None
+        turn = _openai_turn(req, context, user_id, cube, write_cube)
+        chat.model.check_model(turn.model)
+        prepared = chat.prepare(turn)
+        include_prompt = _flag(x_memos_include_prompt)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        model = req.model
+        if not req.stream:
+            generation = chat.complete(
+                turn, write_back=write_cube is not None, prepared=prepared
+            ).generation
+            return {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": generation.text},
+                        "finish_reason": generation.finish_reason,
+                    }
+                ],
+                "usage": _openai_usage(generation.usage.model_dump()),
+                "memos": {"cube_id": cube, **_extras(prepared, include_prompt)},
+            }
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def chunks() -> Iterator[str]:
+            base = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+            }
+            first = {"role": "assistant", "content": ""}
+            yield _sse({**base, "choices": [{"index": 0, "delta": first, "finish_reason": None}]})
+            usage: dict[str, Any] | None = None
+            try:
+                for delta in chat.stream(turn, prepared, write_back=write_cube is not None):
+                    if delta.text or delta.finish_reason:
+                        choice = {
+                            "index": 0,
+                            "delta": {"content": delta.text} if delta.text else {},
+                            "finish_reason": delta.finish_reason,
+                        }
+                        yield _sse({**base, "choices": [choice]})
+                    if delta.usage is not None:
+                        usage = _openai_usage(delta.usage.model_dump())
+            except MemosError as exc:
+                yield _sse({"error": {"message": exc.message, "type": "server_error"}})
+            if include_usage and usage is not None:
+                yield _sse({**base, "choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    return [product, openai]
+
+
+def _chat(context: ApiContext) -> ChatService:
+    if context.chat is None:
+        raise ChatUnavailableError("no chat model is configured (llm.backend is 'none')")
+    return context.chat
+
+
+def _params(
+    context: ApiContext,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    stop: tuple[str, ...] = (),
+    seed: int | None = None,
+) -> SamplingParams:
+    chat = context.config.chat
+    tokens = max_tokens or chat.default_max_tokens
+    if tokens > chat.max_tokens_limit:
+        raise BadRequestError(f"max_tokens is {tokens}; the limit is {chat.max_tokens_limit}")
+    return SamplingParams(
+        max_tokens=tokens,
+        temperature=chat.default_temperature if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        stop=stop,
+        seed=seed,
+    )
+
+
+def _product_turn(
+    req: ProductChatRequest, context: ApiContext, who: Caller
+) -> tuple[ChatTurn, bool]:
+    limits = context.config.limits
+    if req.top_k > limits.max_top_k:
+        raise BadRequestError(f"top_k is {req.top_k}; the limit is {limits.max_top_k}")
+    user_id = context.access.act_as(who, req.user_id)
+    readable = req.readable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+    cubes = context.access.cubes_for(user_id, readable, write=False, caller=who)
+    write_cube: str | None = None
+    if req.add_message_on_answer:
+        writable = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        write_cube = context.access.cubes_for(user_id, writable, write=True, caller=who)[0]
+    history: list[Message] = []
+    for message in req.history or []:
+        text, _ = message_text(message)
+        if text.strip():
+            history.append(Message(role=message.role, content=text))
+    if context.chat is not None:
+        context.chat.model.check_model(req.model_name_or_path)
+    turn = ChatTurn(
+        query=req.query,
+        user_id=user_id,
+        readable_cubes=cubes,
+        write_cube=write_cube,
+        history=history,
+        system_prompt=req.system_prompt,
+        top_k=req.top_k,
+        relativity=req.relativity,
+        cube_filters=cube_filters(req.filter, cubes),
+        session_id=req.session_id,
+        params=_params(context, req.max_tokens, req.temperature, req.top_p),
+        model=req.model_name_or_path,
+    )
+    return turn, write_cube is not None
+
+
+def _openai_turn(
+    req: OpenAIChatRequest,
+    context: ApiContext,
+    user_id: str,
+    cube: str,
+    write_cube: str | None,
+) -> ChatTurn:
+    last = req.messages[-1]
+    if last.role != "user" or not last.text().strip():
+        raise BadRequestError("the last message must be a non-empty user message")
+    system = "\n\n".join(m.text() for m in req.messages if m.role in ("system", "developer"))
+    history = [
+        Message(role=m.role, content=m.text())  # type: ignore[arg-type]
+        for m in req.messages[:-1]
+        if m.role in ("user", "assistant", "tool") and m.text().strip()
+    ]
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    return ChatTurn(
+        query=last.text(),
+        user_id=user_id,
+        readable_cubes=[cube],
+        write_cube=write_cube,
+        history=history,
+        system_prompt=system or None,
+        params=_params(
+            context,
+            req.max_completion_tokens or req.max_tokens,
+            req.temperature,
+            req.top_p,
+            stop,
+            req.seed,
+        ),
+        model=req.model,
+    )
+
+
+def _writable(context: ApiContext, user_id: str, cube: str, who: Caller) -> str | None:
+    """The cube when the caller may write it; read-only grants answer without writing."""
+    try:
+        return context.access.cubes_for(user_id, [cube], write=True, caller=who)[0]
+    except ForbiddenError:
+        return None
+
+
+def _extras(prepared: PreparedChat, include_prompt: bool) -> dict[str, Any]:
+    extras: dict[str, Any] = {
+        "memory_ids": [m.id for m in prepared.memories],
+        "activation_memory_ids": [m.id for m in prepared.hot],
+        "adapter": prepared.request.adapter.name if prepared.request.adapter else None,
+    }
+    if include_prompt:
+        extras["prompt"] = prepared.prompt
+    return extras
+
+
+def _openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+        "prompt_tokens_details": {"cached_tokens": usage.get("cached_tokens", 0)},
+    }
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -1,0 +1,374 @@
+"""Hugging Face transformers as a `ChatModel`: the CPU backend (SmolLM2 by default).
+
+Activation memory lives here on CPU: the KV cache of a request's stable prefix (a cube's hot
+memories in the system prompt) is computed once, kept in memory and on disk, and reused as a
+`DynamicCache`. Prompts are always tokenised as prefix ids + suffix ids, with or without a
+cache, so the cache can only change how fast an answer comes, never which tokens it has.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memos_ray.models.chat import (
+    Adapter,
+    ChatModel,
+    ChatRequest,
+    Delta,
+    FinishReason,
+    Generation,
+    LLMError,
+    Message,
+    PrefixWarmup,
+    Usage,
+    collect,
+)
+
+logger = logging.getLogger("memos_ray.llm")
+
+
+class _Prompt:
+    """Token ids of a rendered request, split where its cacheable prefix ends."""
+
+    def __init__(self, prefix: list[int], suffix: list[int]) -> None:
+        self.prefix = prefix
+        self.suffix = suffix
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prefix + self.suffix
+
+
+class _TokenQueue:
+    """A generate() streamer: the first put is the prompt, later puts are new tokens."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[int | None] = queue.Queue()
+        self._prompt_seen = False
+        self.first_token_at: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        for token in value.reshape(-1).tolist():
+            self.queue.put(int(token))
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+class TransformersChatModel(ChatModel):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        served_name: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        threads: int | None = None,
+        kv_cache_dir: Path | None = None,
+        max_prefix_caches: int = 8,
+        max_context_tokens: int | None = None,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._name = served_name
+        self._device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(model_path), dtype=getattr(torch, dtype)
+        ).to(self._device)
+        self.model.eval()
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
+        self.max_context_tokens = min(max_context_tokens or limit, limit)
+        self._lock = threading.Lock()
+        self._adapters: dict[str, str] = {}
+        self._caches: OrderedDict[str, Any] = OrderedDict()
+        self._max_caches = max_prefix_caches
+        self._kv_dir = kv_cache_dir
+        # Disk caches are only valid for these exact weights.
+        self._fingerprint = hashlib.sha256(
+            f"{Path(model_path).resolve()}|{dtype}|{self.model.config.to_json_string()}".encode()
+        ).hexdigest()[:16]
+
+    # -- ChatModel -------------------------------------------------------------------------
+
+    @property
+    def model_names(self) -> list[str]:
+        return [self._name]
+
+    def count_tokens(self, messages: tuple[Message, ...] | list[Message]) -> int:
+        return len(self._prompt(tuple(messages), 0).ids)
+
+    def generate(self, request: ChatRequest) -> Generation:
+        return collect(self.stream(request), self._name)
+
+    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+        self.check_model(request.model)
+        prompt = self._prompt(request.messages, request.prefix_messages)
+        params = request.params
+        if len(prompt.ids) + params.max_tokens > self.max_context_tokens:
+            raise _context_error(len(prompt.ids), params.max_tokens, self.max_context_tokens)
+        with self._lock:
+            yield from self._stream_locked(request, prompt)
+
+    def warm_prefix(self, request: ChatRequest) -> PrefixWarmup:
+        prompt = self._prompt(request.messages, request.prefix_messages)
+        if not prompt.prefix:
+            return PrefixWarmup(tokens=0, seconds=0.0, computed=False)
+        start = time.perf_counter()
+        with self._lock:
+            self._use_adapter(request.adapter)
+            _, computed = self._prefix_cache(prompt.prefix, request.adapter)
+        return PrefixWarmup(
+            tokens=len(prompt.prefix), seconds=time.perf_counter() - start, computed=computed
+        )
+
+    def close(self) -> None:
+        self._caches.clear()
+
+    # -- prompt ----------------------------------------------------------------------------
+
+    def render(self, messages: tuple[Message, ...], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages],
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+        )
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _prompt(self, messages: tuple[Message, ...], prefix_messages: int) -> _Prompt:
+        full = self.render(messages, True)
+        if 0 < prefix_messages < len(messages):
+            head = self.render(messages[:prefix_messages], False)
+            if full.startswith(head):
+                return _Prompt(self._encode(head), self._encode(full[len(head) :]))
+            logger.warning("chat template does not render the prefix alone; no prefix cache")
+        return _Prompt([], self._encode(full))
+
+    # -- generation ------------------------------------------------------------------------
+
+    def _stream_locked(self, request: ChatRequest, prompt: _Prompt) -> Iterator[Delta]:
+        started = time.perf_counter()
+        self._use_adapter(request.adapter)
+        cache = None
+        cached = 0
+        if prompt.prefix and prompt.suffix:
+            stored, _ = self._prefix_cache(prompt.prefix, request.adapter)
+            # generate() extends the cache it is given: keep the stored prefix intact.
+            cache = copy.deepcopy(stored)
+            cached = len(prompt.prefix)
+        ids = torch.tensor([prompt.ids], device=self._device)
+        streamer = _TokenQueue()
+        cancel = threading.Event()
+        kwargs = self._generate_kwargs(request, ids, streamer, cancel)
+        if cache is not None:
+            kwargs["cache"] = cache
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**kwargs)
+            except BaseException as exc:
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="hf-generate", daemon=True)
+        worker.start()
+        generated: list[int] = []
+        emitted = ""
+        ttft: float | None = None
+        stops = request.params.stop
+        try:
+            while True:
+                token = streamer.queue.get()
+                if token is None:
+                    break
+                generated.append(token)
+                if ttft is None:
+                    ttft = (streamer.first_token_at or time.perf_counter()) - started
+                text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                if text.endswith("\ufffd"):
+                    continue  # half of a multi-byte character: wait for the rest
+                visible = _visible(text, stops, final=False)
+                if len(visible) > len(emitted):
+                    piece = visible[len(emitted) :]
+                    emitted = visible
+                    yield Delta(text=piece, ttft_s=ttft)
+        finally:
+            cancel.set()
+            worker.join()
+        if failure:
+            raise LLMError(f"generation failed: {failure[0]!r}") from failure[0]
+        final = _visible(self.tokenizer.decode(generated, skip_special_tokens=True), stops, True)
+        eos = set(_eos_ids(self.model, self.tokenizer))
+        finish: FinishReason = "stop"
+        if len(generated) >= request.params.max_tokens and generated[-1] not in eos:
+            finish = "length"
+        yield Delta(
+            text=final[len(emitted) :],
+            finish_reason=finish,
+            usage=Usage(
+                prompt_tokens=len(prompt.ids),
+                completion_tokens=len(generated),
+                cached_tokens=cached,
+            ),
+            ttft_s=ttft,
+        )
+
+    def _generate_kwargs(
+        self,
+        request: ChatRequest,
+        ids: torch.Tensor,
+        streamer: _TokenQueue,
+        cancel: threading.Event,
+    ) -> dict[str, Any]:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Cancelled(StoppingCriteria):
+            """Ends generation when the consumer went away (client disconnected)."""
+
+            def __call__(self, input_ids: torch.Tensor, scores: Any, **_: Any) -> torch.Tensor:
+                return torch.full(
+                    (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=ids.device
+                )
+
+        params = request.params
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "max_new_tokens": params.max_tokens,
+            "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([Cancelled()]),
+            "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        }
+        if params.temperature == 0:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        return kwargs
+
+    # -- prefix KV caches ------------------------------------------------------------------
+
+    def _prefix_cache(self, prefix: list[int], adapter: Adapter | None) -> tuple[Any, bool]:
+        """The stored cache of `prefix` (memory, then disk, else computed now)."""
+        key = hashlib.sha256(
+            f"{self._fingerprint}|{adapter.name if adapter else ''}|{prefix}".encode()
+        ).hexdigest()[:32]
+        cache = self._caches.get(key)
+        if cache is not None:
+            self._caches.move_to_end(key)
+            return cache, False
+        cache = self._load_cache(key, len(prefix))
+        computed = cache is None
+        if cache is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.model.config)
+            with torch.inference_mode():
+                self.model(
+                    input_ids=torch.tensor([prefix], device=self._device),
+                    cache=cache,
+                    use_cache=True,
+                )
+            self._save_cache(key, cache)
+        self._caches[key] = cache
+        while len(self._caches) > self._max_caches:
+            self._caches.popitem(last=False)
+        return cache, computed
+
+    def _save_cache(self, key: str, cache: Any) -> None:
+        if self._kv_dir is None:
+            return
+        self._kv_dir.mkdir(parents=True, exist_ok=True)
+        layers = [(layer.keys.cpu(), layer.values.cpu()) for layer in cache.layers]
+        tmp = self._kv_dir / f".{key}.{os.getpid()}.tmp"
+        torch.save(layers, tmp)
+        os.replace(tmp, self._kv_dir / f"{key}.pt")
+
+    def _load_cache(self, key: str, length: int) -> Any:
+        if self._kv_dir is None or not (self._kv_dir / f"{key}.pt").is_file():
+            return None
+        from transformers import DynamicCache
+
+        try:
+            layers = torch.load(self._kv_dir / f"{key}.pt", weights_only=True)
+        except Exception:  # a torn or foreign file: recompute rather than fail the chat
+            logger.warning("unreadable KV cache file %s; recomputing", key)
+            return None
+        cache = DynamicCache(config=self.model.config)
+        for index, (keys, values) in enumerate(layers):
+            cache.update(keys.to(self._device), values.to(self._device), index)
+        if cache.get_seq_length() != length:
+            return None
+        return cache
+
+    # -- LoRA ------------------------------------------------------------------------------
+
+    def _use_adapter(self, adapter: Adapter | None) -> None:
+        if adapter is None:
+            if self._adapters:
+                self.model.disable_adapters()
+            return
+        if adapter.name not in self._adapters:
+            try:
+                self.model.load_adapter(adapter.path, adapter_name=adapter.name)
+            except Exception as exc:
+                raise LLMError(f"cannot load LoRA adapter {adapter.name}: {exc}") from exc
+            self._adapters[adapter.name] = adapter.path
+        self.model.set_adapter(adapter.name)
+        self.model.enable_adapters()
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    if ids is None:
+        return []
+    return list(ids) if isinstance(ids, list | tuple) else [int(ids)]
+
+
+def _visible(text: str, stops: tuple[str, ...], final: bool) -> str:
+    """Text up to the first stop string; mid-stream, hold back what may start one."""
+    if not stops:
+        return text
+    cuts = [at for at in (text.find(stop) for stop in stops) if at >= 0]
+    if cuts:
+        return text[: min(cuts)]
+    if final:
+        return text
+    return text[: max(0, len(text) - max(len(stop) for stop in stops) + 1)]
+
+
+def _context_error(prompt: int, max_tokens: int, limit: int) -> Exception:
+    from memos_ray.errors import BadRequestError
+
+    return BadRequestError(
+        f"prompt ({prompt} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
+        f"context of {limit} tokens"
+    )
