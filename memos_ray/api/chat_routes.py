@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.convert import message_text
-from memos_ray.api.routes import cube_filters
+from memos_ray.api.routes import filters_by_cube
 from memos_ray.chat import ChatService, ChatTurn, PreparedChat
 from memos_ray.errors import BadRequestError, ForbiddenError, MemosError, NotFoundError
 from memos_ray.models.chat import Message, ReasoningSplitter, SamplingParams
@@ -273,7 +273,7 @@ def _product_turn(
         system_prompt=req.system_prompt,
         top_k=req.top_k,
         relativity=req.relativity,
-        cube_filters=cube_filters(req.filter, cubes),
+        cube_filters=filters_by_cube(req.filter, cubes),
         session_id=req.session_id,
         params=_params(context, req.max_tokens, req.temperature, req.top_p),
         model=req.model_name_or_path,

@@ -103,7 +103,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         user_id = context.access.act_as(who, req.user_id)
         requested = req.readable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
         cubes = context.access.cubes_for(user_id, requested, write=False, caller=who)
-        cube_filters = cube_filters(req.filter, cubes)
+        cube_filters = filters_by_cube(req.filter, cubes)
         memory_types = _memory_types(req.search_memory_type)
         results = context.service.search(
             req.query,
@@ -259,7 +259,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
     return [health, product, admin]
 
 
-def cube_filters(raw: dict[str, Any] | None, cubes: list[str]) -> dict[str, FilterExpr | None]:
+def filters_by_cube(raw: dict[str, Any] | None, cubes: list[str]) -> dict[str, FilterExpr | None]:
     """A filter keyed by cube ids applies per cube; any other filter applies to all cubes."""
     if raw and all(k in cubes for k in raw) and all(isinstance(v, dict) for v in raw.values()):
         return {c: parse_filter(raw.get(c)) for c in cubes}

@@ -16,7 +16,8 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ class TransformersChatModel(ChatModel):
         limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
         self.max_context_tokens = min(max_context_tokens or limit, limit)
         self._lock = threading.Lock()
-        self._adapters: dict[str, str] = {}
+        self._peft: Any = None
         self._caches: OrderedDict[str, Any] = OrderedDict()
         self._max_caches = max_prefix_caches
         self._kv_dir = kv_cache_dir
@@ -135,8 +136,8 @@ class TransformersChatModel(ChatModel):
             return PrefixWarmup(tokens=0, seconds=0.0, computed=False)
         start = time.perf_counter()
         with self._lock:
-            self._use_adapter(request.adapter)
-            _, computed = self._prefix_cache(prompt.prefix, request.adapter)
+            model, adapter_scope = self._use_adapter(request.adapter)
+            _, computed = self._prefix_cache(prompt.prefix, request.adapter, model, adapter_scope)
         return PrefixWarmup(
             tokens=len(prompt.prefix), seconds=time.perf_counter() - start, computed=computed
         )
@@ -169,11 +170,11 @@ class TransformersChatModel(ChatModel):
 
     def _stream_locked(self, request: ChatRequest, prompt: _Prompt) -> Iterator[Delta]:
         started = time.perf_counter()
-        self._use_adapter(request.adapter)
+        model, adapter_scope = self._use_adapter(request.adapter)
         cache = None
         cached = 0
         if prompt.prefix and prompt.suffix:
-            stored, _ = self._prefix_cache(prompt.prefix, request.adapter)
+            stored, _ = self._prefix_cache(prompt.prefix, request.adapter, model, adapter_scope)
             # generate() extends the cache it is given: keep the stored prefix intact.
             cache = copy.deepcopy(stored)
             cached = len(prompt.prefix)
@@ -187,8 +188,8 @@ class TransformersChatModel(ChatModel):
 
         def run() -> None:
             try:
-                with torch.inference_mode():
-                    self.model.generate(**kwargs)
+                with torch.inference_mode(), adapter_scope():
+                    model.generate(**kwargs)
             except BaseException as exc:
                 failure.append(exc)
                 streamer.end()
@@ -274,7 +275,13 @@ class TransformersChatModel(ChatModel):
 
     # -- prefix KV caches ------------------------------------------------------------------
 
-    def _prefix_cache(self, prefix: list[int], adapter: Adapter | None) -> tuple[Any, bool]:
+    def _prefix_cache(
+        self,
+        prefix: list[int],
+        adapter: Adapter | None,
+        model: Any,
+        adapter_scope: Callable[[], AbstractContextManager[Any]],
+    ) -> tuple[Any, bool]:
         """The stored cache of `prefix` (memory, then disk, else computed now)."""
         key = hashlib.sha256(
             f"{self._fingerprint}|{adapter.name if adapter else ''}|{prefix}".encode()
@@ -289,8 +296,8 @@ class TransformersChatModel(ChatModel):
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self.model.config)
-            with torch.inference_mode():
-                self.model(
+            with torch.inference_mode(), adapter_scope():
+                model(
                     input_ids=torch.tensor([prefix], device=self._device),
                     cache=cache,
                     use_cache=True,
@@ -329,19 +336,33 @@ class TransformersChatModel(ChatModel):
 
     # -- LoRA ------------------------------------------------------------------------------
 
-    def _use_adapter(self, adapter: Adapter | None) -> None:
+    def _use_adapter(
+        self, adapter: Adapter | None
+    ) -> tuple[Any, Callable[[], AbstractContextManager[Any]]]:
+        """The model to call and the context to call it in, for this adapter (or none).
+
+        PEFT's own model wrapper is used (transformers' adapter methods need a newer PEFT);
+        wrapping injects LoRA layers into the base model, so without an adapter they are
+        switched off for the call.
+        """
         if adapter is None:
-            if self._adapters:
-                self.model.disable_adapters()
-            return
-        if adapter.name not in self._adapters:
-            try:
-                self.model.load_adapter(adapter.path, adapter_name=adapter.name)
-            except Exception as exc:
-                raise LLMError(f"cannot load LoRA adapter {adapter.name}: {exc}") from exc
-            self._adapters[adapter.name] = adapter.path
-        self.model.set_adapter(adapter.name)
-        self.model.enable_adapters()
+            if self._peft is None:
+                return self.model, nullcontext
+            return self.model, self._peft.disable_adapter
+        try:
+            if self._peft is None:
+                from peft import PeftModel
+
+                self._peft = PeftModel.from_pretrained(
+                    self.model, adapter.path, adapter_name=adapter.name
+                )
+                self._peft.eval()
+            elif adapter.name not in self._peft.peft_config:
+                self._peft.load_adapter(adapter.path, adapter_name=adapter.name)
+        except Exception as exc:
+            raise LLMError(f"cannot load LoRA adapter {adapter.name}: {exc}") from exc
+        self._peft.set_adapter(adapter.name)
+        return self._peft, nullcontext
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -33,7 +33,9 @@ TURNS = [
 @pytest.fixture(scope="module")
 def serve_config(tmp_path_factory: pytest.TempPathFactory) -> MemosConfig:
     data_dir: Path = tmp_path_factory.mktemp("serve-data")
-    return MemosConfig(data_dir=data_dir, embedder={"num_cpus": 0.5}).resolved()
+    return MemosConfig(
+        data_dir=data_dir, embedder={"num_cpus": 0.5}, llm={"backend": "none"}
+    ).resolved()
 
 
 @pytest.fixture(scope="module")
