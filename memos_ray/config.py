@@ -192,9 +192,14 @@ class OpenAILLMConfig(_Strict):
     base_url: str
     api_key: SecretStr | None = None
     model: str
-    timeout_s: float = Field(default=120.0, gt=0)
-    connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Other names the endpoint serves that requests may ask for (e.g. LoRA adapters).
+    extra_models: list[str] = Field(default_factory=list)
+    read_timeout_s: float = Field(default=120.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
+    # The server's KV block size (vLLM: 16 on GPU, 128 on CPU): prefix-cache warm-up
+    # reports a prefix as computed only when a whole block was new.
+    cache_block_tokens: int = Field(default=16, ge=1)
 
 
 class NoLLMConfig(_Strict):

@@ -104,9 +104,11 @@ def build_chat_model(config: MemosConfig) -> ChatModel | None:
             llm.base_url,
             model=llm.model,
             api_key=llm.api_key.get_secret_value() if llm.api_key else None,
-            timeout_s=llm.timeout_s,
+            extra_models=llm.extra_models,
+            read_timeout_s=llm.read_timeout_s,
             connect_timeout_s=llm.connect_timeout_s,
             max_retries=llm.max_retries,
+            cache_block_tokens=llm.cache_block_tokens,
         )
     return None
 

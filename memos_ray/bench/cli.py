@@ -29,7 +29,8 @@ def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | N
     )
     if data_dir.exists() and any(data_dir.iterdir()):
         raise SystemExit(f"memos-ray bench: data dir {data_dir} is not empty")
-    config = load_config({"data_dir": str(data_dir), "admin_key": None})
+    # Retrieval, latency and ingest need no chat model: leave its replica out.
+    config = load_config({"data_dir": str(data_dir), "admin_key": None, "llm": {"backend": "none"}})
     print(f"starting memos-ray on the embedded defaults in {config.data_dir} ...", flush=True)
     with local_service(config, port=free_port()) as url:
         print(f"service ready at {url}", flush=True)
@@ -284,6 +285,10 @@ def add_bench_parser(sub: Any) -> None:
     latency.add_argument("--out", default="bench-results/latency.json")
     _service_args(latency)
     latency.set_defaults(func=cmd_latency)
+
+    from memos_ray.bench.activation import add_activation_parser
+
+    add_activation_parser(kinds)
 
     ingest = kinds.add_parser("ingest", help="/product/add throughput vs the embedder's own")
     ingest.add_argument("--memories", type=int, default=4000)
