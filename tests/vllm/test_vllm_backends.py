@@ -217,3 +217,87 @@ def test_engine_backend_in_vllm_venv(
     assert out["prefixed"]["usage"]["cached_tokens"] >= CPU_BLOCK
     assert out["lora"]["model"] == "test-lora" and out["lora"]["text"] != gen["text"]
     assert out["unknown_model_error"] == "UnknownModelError"
+
+
+@pytest.mark.ray
+def test_memos_chat_route_through_vllm(
+    ray_cluster: None, server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """memos-ray's Serve app with vLLM as its remote backend: the activation prefix (the cube's
+    hot memories) is served from vLLM's prefix cache on the second question."""
+    import httpx
+    from ray import serve
+
+    from deployments.app import build_from_config
+    from memos_ray.config import MemosConfig
+    from memos_ray.launcher import wait_ready
+    from memos_ray.runtime import stop_embedded
+    from memos_ray.stores.local import free_port
+
+    config = MemosConfig(
+        data_dir=tmp_path_factory.mktemp("vllm-chat-data"),
+        embedder={"num_cpus": 0.5},
+        llm={
+            "backend": "openai",
+            "base_url": f"{server.base_url}/v1",
+            "model": vllm_env.SERVED_NAME,
+            "cache_block_tokens": CPU_BLOCK,
+        },
+    ).resolved()
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        serve.run(build_from_config(config), name="memos-vllm", route_prefix="/")
+        wait_ready(url)
+        facts = [
+            {"role": "user", "content": f"Reminder {i}: locker {i} holds {i * 4} blue folders."}
+            for i in range(30)
+        ]
+        facts.append({"role": "user", "content": "My grey cat is called Miso."})
+        added = httpx.post(
+            f"{url}/product/add",
+            json={"user_id": "vllm-user", "async_mode": "sync", "messages": facts},
+            timeout=120,
+        )
+        assert added.status_code == 200, added.text
+
+        def ask(query: str) -> dict[str, Any]:
+            response = httpx.post(
+                f"{url}/product/chat/complete",
+                json={
+                    "user_id": "vllm-user",
+                    "query": query,
+                    "temperature": 0,
+                    "max_tokens": 16,
+                    "add_message_on_answer": False,
+                    "include_prompt": True,
+                },
+                timeout=120,
+            )
+            assert response.status_code == 200, response.text
+            return response.json()["data"]
+
+        first = ask("What is my cat called?")
+        assert "Miso" in first["prompt"][0]["content"] and first["response"].strip()
+        second = ask("How many folders are in locker 3?")
+        assert second["prompt"][0] == first["prompt"][0]  # the same activation prefix
+        assert second["usage"]["cached_tokens"] >= CPU_BLOCK
+        openai = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={
+                "model": vllm_env.SERVED_NAME,
+                "user": "vllm-user",
+                "messages": [{"role": "user", "content": "What is my cat called?"}],
+                "temperature": 0,
+                "max_tokens": 16,
+            },
+            headers={"X-Memos-Write-Back": "false"},
+            timeout=120,
+        )
+        assert openai.status_code == 200, openai.text
+        assert openai.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= CPU_BLOCK
+    finally:
+        serve.delete("memos-vllm")
+        serve.shutdown()
+        stop_embedded(config)
