@@ -49,6 +49,11 @@ def _llm_deployment(config: MemosConfig) -> Application | None:
     llm = config.llm
     if not isinstance(llm, TransformersLLMConfig | VLLMConfig):
         return None
+    if isinstance(llm, TransformersLLMConfig) and llm.model is None:
+        # Fail here, with the install command, rather than in replicas Serve keeps restarting.
+        from memos_ray.models import smollm2
+
+        smollm2.gguf_dir()
     options: dict[str, Any] = {
         "max_ongoing_requests": llm.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": llm.num_cpus, "num_gpus": llm.num_gpus},
