@@ -91,6 +91,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Streams the answer as it comes; the memories used are listed after it."""
+    cubes = [args.cube] if args.cube else None
+    fields: dict[str, Any] = {"add_message_on_answer": not args.no_write_back}
+    if args.max_tokens:
+        fields["max_tokens"] = args.max_tokens
+    with _client(args) as client:
+        for frame in client.chat_stream(args.user, " ".join(args.query), cubes, **fields):
+            if frame["type"] == "text":
+                print(frame["data"], end="", flush=True)
+            elif frame["type"] == "error":
+                print(f"\nerror: {frame['data']}", file=sys.stderr)
+                return 1
+            elif frame["type"] == "end":
+                used = frame["data"].get("memory_ids") or []
+                print(f"\n[{len(used)} memories retrieved]", file=sys.stderr)
+    return 0
+
+
 def cmd_create_cube(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print(client.create_cube(args.owner, args.cube_id, args.name))
@@ -141,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--top-k", type=int, default=10)
     search.add_argument("query", nargs="+")
     search.set_defaults(func=cmd_search)
+
+    chat = sub.add_parser("chat", help="ask a question answered with the user's memories")
+    http_opts(chat)
+    chat.add_argument("--user", required=True)
+    chat.add_argument("--cube")
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument(
+        "--no-write-back", action="store_true", help="do not remember the question and answer"
+    )
+    chat.add_argument("query", nargs="+")
+    chat.set_defaults(func=cmd_chat)
 
     cube = sub.add_parser("create-cube", help="create a cube owned by a user")
     http_opts(cube)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -45,16 +49,21 @@ class MemosClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            self._raise(response)
+        body = response.json()
+        return body.get("data", body) if isinstance(body, dict) else body
+
+    @staticmethod
+    def _raise(response: httpx.Response) -> None:
         try:
             body = response.json()
         except ValueError:
             body = {"message": response.text}
-        if response.status_code >= 400:
-            error = _BY_STATUS.get(response.status_code, MemosError)
-            exc = error(str(body.get("message", response.reason_phrase)))
-            exc.status_code = response.status_code
-            raise exc
-        return body.get("data", body) if isinstance(body, dict) else body
+        error = _BY_STATUS.get(response.status_code, MemosError)
+        exc = error(str(body.get("message", response.reason_phrase)))
+        exc.status_code = response.status_code
+        raise exc
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/health")
@@ -78,6 +87,42 @@ class MemosClient:
         if cube_ids:
             body["readable_cube_ids"] = cube_ids
         return self._call("POST", "/product/search", json=body)
+
+    def chat(
+        self, user_id: str, query: str, cube_ids: list[str] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """`/product/chat/complete`: `{response, reasoning, memory_ids, usage, ...}`."""
+        body = {"user_id": user_id, "query": query, **fields}
+        if cube_ids:
+            body["readable_cube_ids"] = cube_ids
+        return self._call("POST", "/product/chat/complete", json=body)
+
+    def chat_stream(
+        self, user_id: str, query: str, cube_ids: list[str] | None = None, **fields: Any
+    ) -> Iterator[dict[str, Any]]:
+        """`/product/chat/stream` frames: `{"type": "text"|"reasoning"|"error"|"end", "data"}`."""
+        body = {"user_id": user_id, "query": query, **fields}
+        if cube_ids:
+            body["readable_cube_ids"] = cube_ids
+        with self._http.stream("POST", "/product/chat/stream", json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._raise(response)
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[len("data: ") :])
+
+    def set_adapter(self, user_id: str, cube_id: str, folder: str | Path) -> dict[str, Any]:
+        """Upload a LoRA adapter saved by PEFT (`save_pretrained`) as the cube's adapter."""
+        folder = Path(folder)
+        body = {
+            "user_id": user_id,
+            "adapter_config": json.loads((folder / "adapter_config.json").read_text()),
+            "weights_base64": base64.b64encode(
+                (folder / "adapter_model.safetensors").read_bytes()
+            ).decode(),
+        }
+        return self._call("PUT", f"/product/cubes/{cube_id}/adapter", json=body)
 
     def get_memory(self, user_id: str, cube_id: str | None = None, **fields: Any) -> Any:
         body = {"user_id": user_id, "mem_cube_id": cube_id, **fields}

@@ -100,6 +100,8 @@ class TransformersChatModel(ChatModel):
         limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
         self.max_context_tokens = min(max_context_tokens or limit, limit)
         self._lock = threading.Lock()
+        # A fast tokenizer shared by threads can fail ("Already borrowed"): one user at a time.
+        self._tokenizer_lock = threading.Lock()
         self._peft: Any = None
         self._caches: OrderedDict[str, Any] = OrderedDict()
         self._max_caches = max_prefix_caches
@@ -148,14 +150,20 @@ class TransformersChatModel(ChatModel):
     # -- prompt ----------------------------------------------------------------------------
 
     def render(self, messages: tuple[Message, ...], generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages],
-            tokenize=False,
-            add_generation_prompt=generation_prompt,
-        )
+        with self._tokenizer_lock:
+            return self.tokenizer.apply_chat_template(
+                [m.model_dump() for m in messages],
+                tokenize=False,
+                add_generation_prompt=generation_prompt,
+            )
 
     def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _decode(self, ids: list[int]) -> str:
+        with self._tokenizer_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _prompt(self, messages: tuple[Message, ...], prefix_messages: int) -> _Prompt:
         full = self.render(messages, True)
@@ -208,7 +216,7 @@ class TransformersChatModel(ChatModel):
                 generated.append(token)
                 if ttft is None:
                     ttft = (streamer.first_token_at or time.perf_counter()) - started
-                text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                text = self._decode(generated)
                 if text.endswith("\ufffd"):
                     continue  # half of a multi-byte character: wait for the rest
                 visible = _visible(text, stops, final=False)
@@ -221,7 +229,7 @@ class TransformersChatModel(ChatModel):
             worker.join()
         if failure:
             raise LLMError(f"generation failed: {failure[0]!r}") from failure[0]
-        final = _visible(self.tokenizer.decode(generated, skip_special_tokens=True), stops, True)
+        final = _visible(self._decode(generated), stops, True)
         eos = set(_eos_ids(self.model, self.tokenizer))
         finish: FinishReason = "stop"
         if len(generated) >= request.params.max_tokens and generated[-1] not in eos:

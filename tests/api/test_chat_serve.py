@@ -208,3 +208,40 @@ def test_cube_with_lora_adapter_answers_differently(
         timeout=30,
     )
     assert bad.status_code == 400
+
+
+def test_python_client_and_cli_chat(
+    chat_url: str, capsys: pytest.CaptureFixture[str], smollm2_dir: Path, tmp_path: Path
+) -> None:
+    from memos_ray.cli import main
+    from memos_ray.client import MemosClient
+    from memos_ray.errors import BadRequestError
+
+    with MemosClient(chat_url) as client:
+        done = client.chat(USER, "What is my cat called?", add_message_on_answer=False, **GREEDY)
+        frames = list(
+            client.chat_stream(
+                USER, "What is my cat called?", add_message_on_answer=False, **GREEDY
+            )
+        )
+        assert "".join(f["data"] for f in frames if f["type"] == "text").strip() == done["response"]
+        with pytest.raises(BadRequestError):
+            client.chat(USER, "hello", max_tokens=100_000)
+        _tiny_adapter(smollm2_dir, tmp_path / "adapter")
+        info = client.set_adapter("cli-user", "cli-user", tmp_path / "adapter")
+        assert info["peft_type"] == "LORA"
+    code = main(
+        [
+            "chat",
+            "--url",
+            chat_url,
+            "--user",
+            USER,
+            "--no-write-back",
+            "--max-tokens",
+            "8",
+            "What is my cat called?",
+        ]
+    )
+    out = capsys.readouterr()
+    assert code == 0 and out.out.strip() and "memories retrieved" in out.err
