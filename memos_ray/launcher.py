@@ -66,6 +66,10 @@ def local_service(
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(port)
         os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(port + 1)
+        # Serve keeps a stopping direct-ingress replica up for 30 s so that external load
+        # balancers notice; a local service has none, and Ctrl-C then took over 30 s.
+        # In-flight requests still finish (the deployment's graceful shutdown timeout).
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
         proxy_port = free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
     import ray
     from ray import serve
