@@ -229,11 +229,13 @@ class ChatService:
 
 
 def render_memories(items: Sequence[MemoryItem]) -> str:
-    return "\n".join(f"- [{_when(m)}] {m.memory}" for m in items)
+    return "\n".join(f"- {_dated(m)}" for m in items)
 
 
-def _when(item: MemoryItem) -> str:
-    for source in item.metadata.sources:
-        if source.chat_time:
-            return source.chat_time[:16].replace("T", " ")
-    return item.metadata.created_at[:10]
+def _dated(item: MemoryItem) -> str:
+    """The memory's text with its date, unless the text already shows the turn's time."""
+    times = [s.chat_time for s in item.metadata.sources if s.chat_time]
+    if times and times[0] in item.memory:
+        return item.memory
+    when = times[0][:16].replace("T", " ") if times else item.metadata.created_at[:10]
+    return f"[{when}] {item.memory}"

@@ -167,6 +167,8 @@ class TransformersLLMConfig(_LLMDeploymentConfig):
     threads: int | None = Field(default=None, ge=1)
     # Prefix KV caches kept in memory per replica (least recently used go first).
     max_prefix_caches: int = Field(default=8, ge=1)
+    # Disk budget of saved prefix caches (reloaded after a restart); 0 keeps them in memory only.
+    kv_cache_disk_mb: int = Field(default=2048, ge=0)
     max_context_tokens: int | None = Field(default=None, ge=16)
 
 

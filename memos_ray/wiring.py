@@ -81,6 +81,7 @@ def build_chat_model(config: MemosConfig) -> ChatModel | None:
             threads=llm.threads or os.cpu_count(),
             kv_cache_dir=models_dir / "kv-cache",
             max_prefix_caches=llm.max_prefix_caches,
+            kv_cache_disk_bytes=llm.kv_cache_disk_mb << 20,
             max_context_tokens=llm.max_context_tokens,
         )
     if isinstance(llm, VLLMConfig):

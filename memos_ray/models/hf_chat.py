@@ -85,6 +85,7 @@ class TransformersChatModel(ChatModel):
         kv_cache_dir: Path | None = None,
         max_prefix_caches: int = 8,
         max_context_tokens: int | None = None,
+        kv_cache_disk_bytes: int = 2 << 30,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,7 +106,8 @@ class TransformersChatModel(ChatModel):
         self._peft: Any = None
         self._caches: OrderedDict[str, Any] = OrderedDict()
         self._max_caches = max_prefix_caches
-        self._kv_dir = kv_cache_dir
+        self._kv_dir = kv_cache_dir if kv_cache_disk_bytes > 0 else None
+        self._kv_disk_bytes = kv_cache_disk_bytes
         # Disk caches are only valid for these exact weights.
         self._fingerprint = hashlib.sha256(
             f"{Path(model_path).resolve()}|{dtype}|{self.model.config.to_json_string()}".encode()
@@ -324,14 +326,34 @@ class TransformersChatModel(ChatModel):
         tmp = self._kv_dir / f".{key}.{os.getpid()}.tmp"
         torch.save(layers, tmp)
         os.replace(tmp, self._kv_dir / f"{key}.pt")
+        self._prune_disk()
+
+    def _prune_disk(self) -> None:
+        """Keep the saved caches within their byte budget, least recently used out first."""
+        assert self._kv_dir is not None
+        files = []
+        for path in self._kv_dir.glob("*.pt"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # another replica pruned it
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self._kv_disk_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
 
     def _load_cache(self, key: str, length: int) -> Any:
         if self._kv_dir is None or not (self._kv_dir / f"{key}.pt").is_file():
             return None
         from transformers import DynamicCache
 
+        path = self._kv_dir / f"{key}.pt"
         try:
-            layers = torch.load(self._kv_dir / f"{key}.pt", weights_only=True)
+            layers = torch.load(path, weights_only=True)
+            os.utime(path)  # recently used: pruned last
         except Exception:  # a torn or foreign file: recompute rather than fail the chat
             logger.warning("unreadable KV cache file %s; recomputing", key)
             return None

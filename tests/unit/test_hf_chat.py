@@ -81,3 +81,25 @@ def test_stream_matches_generate_and_stops(model: TransformersChatModel) -> None
 def test_unknown_model_is_refused(model: TransformersChatModel) -> None:
     with pytest.raises(UnknownModelError):
         model.generate(_request("hi").model_copy(update={"model": "gpt-17"}))
+
+
+def test_saved_caches_stay_within_their_disk_budget(
+    model: TransformersChatModel, smollm2_dir: Path, tmp_path: Path
+) -> None:
+    model.warm_prefix(_request("Anything?"))
+    one = max(p.stat().st_size for p in model._kv_dir.glob("*.pt"))
+    small = TransformersChatModel(
+        smollm2_dir, served_name="smol", kv_cache_dir=tmp_path, kv_cache_disk_bytes=one + one // 2
+    )
+    other = Message(role="system", content=f"Other memories.\n{FACTS}")
+    small.warm_prefix(_request("Anything?"))
+    first = {p.name for p in tmp_path.glob("*.pt")}
+    small.warm_prefix(
+        ChatRequest(
+            messages=(other, Message(role="user", content="Anything?")),
+            params=SamplingParams(max_tokens=4, temperature=0),
+            prefix_messages=1,
+        )
+    )
+    kept = {p.name for p in tmp_path.glob("*.pt")}
+    assert len(first) == 1 and len(kept) == 1 and kept != first  # the older one went
