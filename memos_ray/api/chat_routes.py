@@ -10,12 +10,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Header
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.convert import message_text
+from memos_ray.api.deps import dependencies
 from memos_ray.api.routes import filters_by_cube
 from memos_ray.chat import ChatService, ChatTurn, PreparedChat
 from memos_ray.errors import BadRequestError, ForbiddenError, MemosError, NotFoundError
@@ -39,17 +40,7 @@ class AdapterUpload(BaseModel):
 
 
 def build_chat_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
-    def ctx() -> ApiContext:
-        return get_context()
-
-    def caller(
-        context: Annotated[ApiContext, Depends(ctx)],
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> Caller:
-        return context.access.authenticate(authorization)
-
-    Ctx = Annotated[ApiContext, Depends(ctx)]
-    Who = Annotated[Caller, Depends(caller)]
+    Ctx, Who = dependencies(get_context)
 
     product = APIRouter(prefix="/product")
 

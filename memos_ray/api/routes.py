@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header
+from fastapi import APIRouter, Body
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.convert import windows_from_request
+from memos_ray.api.deps import dependencies
 from memos_ray.api.wire import bucket, edge_json, item_json
 from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem
 from memos_ray.domain.tenancy import Access
@@ -36,17 +37,7 @@ EMPTY_BUCKETS = ("pref_mem", "tool_mem", "skill_mem")
 
 
 def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
-    def ctx() -> ApiContext:
-        return get_context()
-
-    def caller(
-        context: Annotated[ApiContext, Depends(ctx)],
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> Caller:
-        return context.access.authenticate(authorization)
-
-    Ctx = Annotated[ApiContext, Depends(ctx)]
-    Who = Annotated[Caller, Depends(caller)]
+    Ctx, Who = dependencies(get_context)
 
     health = APIRouter()
 
