@@ -41,11 +41,17 @@ def unit_payload(item: MemoryItem, seq: int) -> dict[str, Any]:
     a strong cue: "what did Ann adopt?"), without the rendered timestamps, which would
     pollute keyword scores; `seq` orders a session's turns (arrival order, nanoseconds).
     """
-    turns = [s for s in item.metadata.sources if s.content]
+    if "mode:fine" in item.metadata.tags:
+        # A distilled fact: its own words are what to match, not the turns it came from.
+        turns = []
+    else:
+        turns = [s for s in item.metadata.sources if s.content]
     # A repeated message merged into one memory is indexed once.
     said = dict.fromkeys(f"{s.name}: {s.content}" if s.name else str(s.content) for s in turns)
     text = "\n".join(said)
     first = turns[0] if turns else None
+    if first is None:
+        first = next((s for s in item.metadata.sources if s.chat_time), None)
     return {
         TEXT: text or item.memory,
         SPEAKER: (first.name or "") if first else "",

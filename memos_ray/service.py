@@ -26,7 +26,7 @@ from memos_ray.memory.search import DedupMode, rrf_fuse, select
 from memos_ray.memory.turn_ranking import first_stage, head, late_rerank
 from memos_ray.models.embedder import Embedder
 from memos_ray.models.reranker import RerankCandidate, Reranker
-from memos_ray.ranking import TEXT, CubeIndexCache, IndexedCube, unit_payload
+from memos_ray.ranking import SEQ, TEXT, CubeIndexCache, IndexedCube, unit_payload
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.vector.base import LateScores, VectorFilter, VectorRecord, VectorStore
 
@@ -120,33 +120,17 @@ class MemoryService:
                     session_id=session_id,
                     memory_type=window.memory_type,
                     sources=list(window.sources),
-                    tags=["mode:fast", *tags],
+                    tags=list(dict.fromkeys([f"mode:{window.mode}", *window.tags, *tags])),
                     info=item_info,
+                    key=window.key,
+                    background=window.background,
                 ),
             )
         existing = self.graph.existing_ids(cube_id, list(items))
         new = [item for item_id, item in items.items() if item_id not in existing]
         if new:
             seq = time.time_ns()
-            payloads = [_payload(item, seq + position) for position, item in enumerate(new)]
-            # Vectors and keywords describe what was said (`speaker: content`), not the
-            # rendered memory line, whose timestamps would only add noise to both.
-            texts = [str(p[TEXT]) for p in payloads]
-            encoded = self.embedder.encode(texts)
-            tokens = encoded.tokens or [None] * len(new)
-            # Built from values this method just made: skip re-validating 384 floats a record.
-            records = [
-                VectorRecord.model_construct(
-                    id=item.id,
-                    dense=vec.tolist(),
-                    sparse=document_vector(text),
-                    payload=payload,
-                    tokens=tok,
-                )
-                for item, text, payload, vec, tok in zip(
-                    new, texts, payloads, encoded.dense, tokens, strict=True
-                )
-            ]
+            records = self._records(new, [seq + position for position in range(len(new))])
             self.graph.upsert_nodes(cube_id, new)
             try:
                 self.vectors.upsert(cube_id, records)
@@ -157,6 +141,47 @@ class MemoryService:
                 self._indexes.invalidate(cube_id)
         duplicates = self.graph.get_nodes([cube_id], [i for i in items if i in existing])
         return AddOutcome(stored=new, duplicates=duplicates)
+
+    def _records(self, items: Sequence[MemoryItem], seqs: Sequence[int]) -> list[VectorRecord]:
+        payloads = [_payload(item, seq) for item, seq in zip(items, seqs, strict=True)]
+        # Vectors and keywords describe what was said (`speaker: content`), not the
+        # rendered memory line, whose timestamps would only add noise to both.
+        texts = [str(p[TEXT]) for p in payloads]
+        encoded = self.embedder.encode(texts)
+        tokens = encoded.tokens or [None] * len(items)
+        # Built from values this method just made: skip re-validating 384 floats a record.
+        return [
+            VectorRecord.model_construct(
+                id=item.id,
+                dense=vec.tolist(),
+                sparse=document_vector(text),
+                payload=payload,
+                tokens=tok,
+            )
+            for item, text, payload, vec, tok in zip(
+                items, texts, payloads, encoded.dense, tokens, strict=True
+            )
+        ]
+
+    def update_items(self, cube_id: str, items: Sequence[MemoryItem]) -> None:
+        """Rewrite stored items whose text or metadata changed (status, sources, history).
+
+        Vectors first: search reads them, so a failure after that leaves the graph (the
+        inspectable record) one step behind rather than search showing a stale status.
+        """
+        if not items:
+            return
+        old = {
+            r.id: r.payload.get(SEQ) for r in self.vectors.retrieve(cube_id, [i.id for i in items])
+        }
+        now = time.time_ns()
+        seqs = [int(old.get(item.id) or now + n) for n, item in enumerate(items)]
+        records = self._records(items, seqs)
+        try:
+            self.vectors.upsert(cube_id, records)
+        finally:
+            self._indexes.invalidate(cube_id)
+        self.graph.upsert_nodes(cube_id, items)
 
     def delete(self, cube_id: str, ids: Sequence[str]) -> list[str]:
         """Remove every trace (vectors first: a half-done delete is never searchable)."""

@@ -29,6 +29,11 @@ class Window:
     memory_type: MemoryType
     sources: list[SourceMessage]
     file_ids: list[str] = field(default_factory=list)
+    # Set by the fine reader: a short title, the window's summary, the LLM's tags.
+    key: str | None = None
+    background: str = ""
+    tags: tuple[str, ...] = ()
+    mode: str = "fast"
 
 
 def render_turn(turn: Turn) -> str:

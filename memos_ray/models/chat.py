@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,6 +69,9 @@ class ChatRequest(BaseModel):
     # The first `prefix_messages` messages form a stable prefix (activation memory): a
     # backend may keep its KV cache and reuse it; the output must not change because of it.
     prefix_messages: int = Field(default=0, ge=0)
+    # A JSON schema the answer must follow: backends with guided decoding enforce it,
+    # others ignore it (callers parse leniently either way).
+    response_schema: dict[str, Any] | None = None
 
 
 class Usage(BaseModel):

@@ -148,6 +148,8 @@ class OpenAIChatModel(ChatModel):
         self._adapters: set[str] = set()
         self._adapter_lock = threading.Lock()
         self._tokenize: bool | None = None  # None: not tried yet
+        # Guided JSON decoding (`response_format`), until the server refuses it once.
+        self._structured = True
 
     @property
     def model_names(self) -> list[str]:
@@ -231,6 +233,11 @@ class OpenAIChatModel(ChatModel):
             body["seed"] = params.seed
         if stream:
             body["stream_options"] = {"include_usage": True}
+        if request.response_schema is not None and self._structured:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": request.response_schema},
+            }
         return body
 
     def _target(self, request: ChatRequest) -> str:
@@ -297,7 +304,15 @@ class OpenAIChatModel(ChatModel):
 
     def _generate(self, request: ChatRequest) -> Generation:
         body = self._body(request, stream=False)
-        data = self._post_json("/v1/chat/completions", body)
+        try:
+            data = self._post_json("/v1/chat/completions", body)
+        except BadRequestError:
+            if "response_format" not in body:
+                raise
+            # The server has no guided decoding: ask without it (the caller parses leniently).
+            self._structured = False
+            body.pop("response_format")
+            data = self._post_json("/v1/chat/completions", body)
         try:
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""

@@ -1,0 +1,194 @@
+"""Fine-mode MemReader: an LLM distils a conversation window into self-contained memories.
+
+Built for models that get JSON wrong: the answer is parsed leniently and repaired
+(`json_repair`), validated against `Extraction`, and on failure the model is asked again
+with the error; the caller keeps the raw window when every attempt fails, so a bad answer
+never loses what was said. Relative dates left in the answer are resolved against the
+window's time (`dates`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from memos_ray.domain.memory import MemoryType
+from memos_ray.memory.dates import resolve_relative_dates
+from memos_ray.memory.json_repair import JSONRepairError, parse_json
+from memos_ray.memory.reader import Window
+from memos_ray.models.chat import ChatModel, ChatRequest, Message, SamplingParams, Usage
+
+logger = logging.getLogger("memos_ray.fine")
+
+_TYPES = {"UserMemory": MemoryType.USER, "LongTermMemory": MemoryType.LONG_TERM}
+
+
+class ExtractedMemory(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    key: str = ""
+    memory_type: str = "LongTermMemory"
+    value: str = Field(min_length=1)
+    tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lenient(cls, data: Any) -> Any:
+        """Accept the shapes small models produce: other field names, a bare string."""
+        if isinstance(data, str):
+            return {"value": data}
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for alias in ("memory", "text", "content", "fact"):
+            if not data.get("value") and isinstance(data.get(alias), str):
+                data["value"] = data[alias]
+        if "memory_type" not in data and isinstance(data.get("type"), str):
+            data["memory_type"] = data["type"]
+        if isinstance(data.get("tags"), str):
+            data["tags"] = [t.strip() for t in data["tags"].split(",") if t.strip()]
+        if isinstance(data.get("value"), str):
+            data["value"] = data["value"].strip()
+        return data
+
+    @property
+    def type(self) -> MemoryType:
+        return _TYPES.get(self.memory_type, MemoryType.LONG_TERM)
+
+
+class Extraction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    memories: list[ExtractedMemory] = Field(default_factory=list)
+    summary: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lenient(cls, data: Any) -> Any:
+        if isinstance(data, list):
+            return {"memories": data}
+        if isinstance(data, dict) and "memories" not in data:
+            for alias in ("memory_list", "facts", "items"):
+                if isinstance(data.get(alias), list):
+                    return {**data, "memories": data[alias]}
+            if "value" in data or "memory" in data:
+                return {"memories": [data]}
+        return data
+
+
+EXTRACTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "memories": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string"},
+                    "memory_type": {"enum": ["UserMemory", "LongTermMemory"]},
+                    "value": {"type": "string"},
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                },
+                "required": ["key", "memory_type", "value", "tags"],
+            },
+        },
+        "summary": {"type": "string"},
+    },
+    "required": ["memories", "summary"],
+}
+
+SYSTEM_PROMPT = (
+    "You turn a conversation into memories for a personal assistant.\n"
+    "Write each memory as one self-contained fact in the third person: use people's names "
+    "instead of pronouns, and absolute dates instead of relative ones (each line shows when "
+    "it was said).\n"
+    'memory_type is "UserMemory" for facts about the user, otherwise "LongTermMemory".\n'
+    "Answer with JSON only, in this shape:\n"
+    '{"memories": [{"key": "short title", "memory_type": "UserMemory", "value": "the fact", '
+    '"tags": ["topic"]}], "summary": "one sentence about the conversation"}\n'
+    'Return {"memories": [], "summary": ""} if nothing is worth remembering.'
+)
+
+
+@dataclass
+class FineResult:
+    memories: list[ExtractedMemory]
+    summary: str
+    error: str | None
+    attempts: int
+    usage: Usage = field(default_factory=Usage)
+    calls: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+class FineReader:
+    def __init__(self, model: ChatModel, *, max_attempts: int = 2, max_tokens: int = 512) -> None:
+        self.model = model
+        self.max_attempts = max_attempts
+        self.max_tokens = max_tokens
+
+    def extract(self, window: Window) -> FineResult:
+        messages: list[Message] = [
+            Message(role="system", content=SYSTEM_PROMPT),
+            Message(role="user", content=f"Conversation:\n{window.text}"),
+        ]
+        usage = Usage()
+        error = "no attempt made"
+        calls = 0
+        for attempt in range(1, self.max_attempts + 1):
+            request = ChatRequest(
+                messages=tuple(messages),
+                params=SamplingParams(max_tokens=self.max_tokens, temperature=0),
+                response_schema=EXTRACTION_SCHEMA,
+            )
+            generation = self.model.generate(request)
+            calls += 1
+            usage = _add(usage, generation.usage)
+            try:
+                extraction = Extraction.model_validate(parse_json(generation.text))
+            except (JSONRepairError, ValidationError) as exc:
+                error = f"attempt {attempt}: {_short(exc)}"
+                logger.info("fine extraction unreadable (%s)", error)
+                messages += [
+                    Message(role="assistant", content=generation.text),
+                    Message(
+                        role="user",
+                        content=f"That was not valid JSON ({_short(exc)}). "
+                        "Answer again with the JSON object only.",
+                    ),
+                ]
+                continue
+            said_at = next((s.chat_time for s in window.sources if s.chat_time), None)
+            memories = [
+                m.model_copy(update={"value": resolve_relative_dates(m.value, said_at)})
+                for m in extraction.memories
+                if m.value.strip()
+            ]
+            return FineResult(
+                memories=memories,
+                summary=resolve_relative_dates(extraction.summary.strip(), said_at),
+                error=None,
+                attempts=attempt,
+                usage=usage,
+                calls=calls,
+            )
+        return FineResult([], "", error, self.max_attempts, usage, calls)
+
+
+def _add(total: Usage, more: Usage) -> Usage:
+    return Usage(
+        prompt_tokens=total.prompt_tokens + more.prompt_tokens,
+        completion_tokens=total.completion_tokens + more.completion_tokens,
+        cached_tokens=total.cached_tokens + more.cached_tokens,
+    )
+
+
+def _short(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:200] + "..."
