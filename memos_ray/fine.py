@@ -1,0 +1,277 @@
+"""Fine mode: LLM-distilled memories, merged with or superseding what the cube holds.
+
+Per window: extract (FineReader). A window whose extraction fails is stored raw with the
+error recorded, so nothing said is lost. Each extracted memory then meets the cube:
+- the same text already there (same id, no LLM call): its sources join the stored one;
+- near neighbours by vector similarity are shown to the LLM, which judges `duplicate`
+  (merged into the old one) or `contradiction` (the old one is archived, with a `history`
+  entry and a `MERGED_TO` edge to the new one); anything else is stored as new.
+An unreadable judgement counts as "unrelated": the new memory is stored, the old one kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from memos_ray.domain.memory import (
+    Edge,
+    EdgeType,
+    HistoryEntry,
+    MemoryItem,
+    MemoryStatus,
+    iso,
+    memory_id_for,
+    utc_now,
+)
+from memos_ray.memory.fine_reader import FineReader
+from memos_ray.memory.json_repair import JSONRepairError, parse_json
+from memos_ray.memory.reader import Window
+from memos_ray.models.chat import ChatModel, ChatRequest, Message, SamplingParams, Usage
+from memos_ray.service import TEXT_TYPES, MemoryService
+from memos_ray.stores.vector.base import VectorFilter
+
+logger = logging.getLogger("memos_ray.fine")
+
+Relation = Literal["duplicate", "contradiction", "unrelated"]
+
+JUDGE_PROMPT = (
+    "You compare a new memory with existing memories of the same person.\n"
+    'Answer with JSON only: {"relation": "duplicate" | "contradiction" | "unrelated", '
+    '"index": <number of the existing memory it concerns, or -1>}.\n'
+    "duplicate: it says the same thing as an existing memory.\n"
+    "contradiction: it and an existing memory cannot both be true now; the new one is newer.\n"
+    "unrelated: anything else."
+)
+
+JUDGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "relation": {"enum": ["duplicate", "contradiction", "unrelated"]},
+        "index": {"type": "integer"},
+    },
+    "required": ["relation", "index"],
+}
+
+
+class Judgement(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    relation: Relation = "unrelated"
+    index: int = -1
+
+
+@dataclass
+class FineOutcome:
+    """What one fine add did, for the response and for token accounting."""
+
+    stored: list[MemoryItem] = field(default_factory=list)
+    merged: list[MemoryItem] = field(default_factory=list)
+    archived: list[MemoryItem] = field(default_factory=list)
+    raw_kept: list[MemoryItem] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+    def count(self, usage: Usage, calls: int = 1) -> None:
+        self.calls += calls
+        self.usage = Usage(
+            prompt_tokens=self.usage.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens + usage.completion_tokens,
+            cached_tokens=self.usage.cached_tokens + usage.cached_tokens,
+        )
+
+
+class FineService:
+    def __init__(
+        self,
+        memory: MemoryService,
+        model: ChatModel,
+        *,
+        max_attempts: int = 2,
+        max_tokens: int = 512,
+        similarity: float = 0.75,
+        candidates: int = 4,
+    ) -> None:
+        self.memory = memory
+        self.model = model
+        self.reader = FineReader(model, max_attempts=max_attempts, max_tokens=max_tokens)
+        self.similarity = similarity
+        self.candidates = candidates
+        # One consolidation at a time per cube: two adds must not both miss each other.
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, cube_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(cube_id, threading.Lock())
+
+    def add(
+        self,
+        cube_id: str,
+        user_id: str,
+        windows: Sequence[Window],
+        session_id: str = "default_session",
+        tags: Sequence[str] = (),
+        info: Mapping[str, Any] | None = None,
+    ) -> FineOutcome:
+        outcome = FineOutcome()
+        for window in windows:
+            result = self.reader.extract(window)
+            outcome.count(result.usage, result.calls)
+            if result.failed or not result.memories:
+                self._keep_raw(
+                    cube_id, user_id, window, result.error, session_id, tags, info, outcome
+                )
+                continue
+            for extracted in result.memories:
+                fine = Window(
+                    text=extracted.value,
+                    memory_type=extracted.type,
+                    sources=window.sources,
+                    file_ids=window.file_ids,
+                    key=extracted.key or None,
+                    background=result.summary,
+                    tags=tuple(extracted.tags),
+                    mode="fine",
+                )
+                with self._lock(cube_id):
+                    self._consolidate(cube_id, user_id, fine, session_id, tags, info, outcome)
+        return outcome
+
+    def _keep_raw(
+        self,
+        cube_id: str,
+        user_id: str,
+        window: Window,
+        error: str | None,
+        session_id: str,
+        tags: Sequence[str],
+        info: Mapping[str, Any] | None,
+        outcome: FineOutcome,
+    ) -> None:
+        """The window as a fast-mode memory; a failed extraction is recorded on it."""
+        extra = dict(info or {})
+        if error:
+            extra["fine_error"] = error
+            outcome.errors.append(error)
+        raw_tags = [*tags, "fine:failed"] if error else list(tags)
+        added = self.memory.add_windows(cube_id, user_id, [window], session_id, raw_tags, extra)
+        outcome.raw_kept.extend(added.stored or added.duplicates)
+
+    def _consolidate(
+        self,
+        cube_id: str,
+        user_id: str,
+        fine: Window,
+        session_id: str,
+        tags: Sequence[str],
+        info: Mapping[str, Any] | None,
+        outcome: FineOutcome,
+    ) -> None:
+        same = self.memory.get_by_ids([cube_id], [memory_id_for(cube_id, fine.text)])
+        if same:
+            outcome.merged.append(self._merge(cube_id, same[0], fine, "same text added again"))
+            return
+        neighbours = self._neighbours(cube_id, fine.text)
+        judgement = self._judge(fine.text, neighbours, outcome) if neighbours else Judgement()
+        target = neighbours[judgement.index] if 0 <= judgement.index < len(neighbours) else None
+        if judgement.relation == "duplicate" and target is not None:
+            outcome.merged.append(self._merge(cube_id, target, fine, f"duplicate: {fine.text}"))
+            return
+        added = self.memory.add_windows(cube_id, user_id, [fine], session_id, tags, info)
+        outcome.stored.extend(added.stored)
+        if judgement.relation == "contradiction" and target is not None and added.stored:
+            new = added.stored[0]
+            outcome.archived.append(self.archive(cube_id, target, new.id, "contradicted"))
+
+    def _neighbours(self, cube_id: str, text: str) -> list[MemoryItem]:
+        """Active fine memories of the cube close to `text`, most similar first."""
+        vector = self.memory.query_embedder.embed([text])[0]
+        hits = self.memory.vectors.search_dense(
+            [cube_id],
+            vector.tolist(),
+            self.candidates,
+            VectorFilter(memory_types=list(TEXT_TYPES), statuses=[MemoryStatus.ACTIVATED]),
+        )
+        close = [h.id for h in hits if h.score >= self.similarity]
+        items = self.memory.get_by_ids([cube_id], close)
+        return [i for i in items if "mode:fine" in i.metadata.tags]
+
+    def _judge(self, text: str, neighbours: list[MemoryItem], outcome: FineOutcome) -> Judgement:
+        listing = "\n".join(f"{n}. {item.memory}" for n, item in enumerate(neighbours))
+        request = ChatRequest(
+            messages=(
+                Message(role="system", content=JUDGE_PROMPT),
+                Message(role="user", content=f"New: {text}\nExisting:\n{listing}"),
+            ),
+            params=SamplingParams(max_tokens=64, temperature=0),
+            response_schema=JUDGE_SCHEMA,
+        )
+        generation = self.model.generate(request)
+        outcome.count(generation.usage)
+        try:
+            return Judgement.model_validate(parse_json(generation.text))
+        except (JSONRepairError, ValidationError) as exc:
+            logger.info("unreadable judgement, storing the memory as new: %s", exc)
+            return Judgement()
+
+    def _merge(self, cube_id: str, target: MemoryItem, fine: Window, reason: str) -> MemoryItem:
+        """The new memory's provenance joins the stored one; its text stays."""
+        meta = target.metadata
+        sources = list(meta.sources)
+        sources.extend(s for s in fine.sources if s not in sources)
+        history = [
+            *meta.history,
+            HistoryEntry(
+                version=meta.version, memory=target.memory, updated_at=iso(utc_now()), reason=reason
+            ),
+        ]
+        merged = target.model_copy(
+            update={
+                "metadata": meta.model_copy(
+                    update={
+                        "sources": sources,
+                        "tags": list(dict.fromkeys([*meta.tags, *fine.tags])),
+                        "version": meta.version + 1,
+                        "updated_at": iso(utc_now()),
+                        "history": history,
+                    }
+                )
+            }
+        )
+        self.memory.update_items(cube_id, [merged])
+        return merged
+
+    def archive(self, cube_id: str, old: MemoryItem, new_id: str | None, reason: str) -> MemoryItem:
+        """Archive `old` (kept, no longer searched), pointing at what replaced it."""
+        meta = old.metadata
+        history = [
+            *meta.history,
+            HistoryEntry(
+                version=meta.version, memory=old.memory, updated_at=iso(utc_now()), reason=reason
+            ),
+        ]
+        archived = old.model_copy(
+            update={
+                "metadata": meta.model_copy(
+                    update={
+                        "status": MemoryStatus.ARCHIVED,
+                        "version": meta.version + 1,
+                        "updated_at": iso(utc_now()),
+                        "history": history,
+                    }
+                )
+            }
+        )
+        self.memory.update_items(cube_id, [archived])
+        if new_id is not None:
+            self.memory.graph.add_edges(
+                cube_id, [Edge(source=old.id, target=new_id, type=EdgeType.MERGED_TO)]
+            )
+        return archived
