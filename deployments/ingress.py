@@ -17,6 +17,7 @@ from memos_ray.config import MemosConfig, OpenAILLMConfig
 from memos_ray.errors import MemosError
 from memos_ray.memory.adapters import AdapterStore
 from memos_ray.service import MemoryService
+from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.tenancy import AccessControl
 
 logger = logging.getLogger("ray.serve")
@@ -87,6 +88,7 @@ class MemosIngress:
             if self._context is None:
                 from deployments.embedder import HandleEmbedder
                 from memos_ray.wiring import (
+                    build_fine_service,
                     build_query_embedder,
                     build_ray_stores,
                     build_reranker,
@@ -104,14 +106,17 @@ class MemosIngress:
                     query_embedder=build_query_embedder(config),
                 )
                 admin_key = config.admin_key.get_secret_value() if config.admin_key else None
-                access = AccessControl(build_tenancy_store(config), admin_key)
+                tenancy = build_tenancy_store(config)
+                access = AccessControl(tenancy, admin_key)
+                chat = self._chat(service, tenancy)
+                fine = build_fine_service(config, service, chat.model, tenancy) if chat else None
                 self._context = ApiContext(
-                    config, service, access, __version__, chat=self._chat(service)
+                    config, service, access, __version__, chat=chat, fine=fine
                 )
                 self._error = None
         return self._context
 
-    def _chat(self, service: MemoryService) -> ChatService | None:
+    def _chat(self, service: MemoryService, tenancy: TenancyStore) -> ChatService | None:
         from deployments.llm import HandleChatModel
         from memos_ray.wiring import build_chat_model
 
@@ -122,7 +127,7 @@ class MemosIngress:
         if model is None:
             return None
         adapters = AdapterStore(config.data_path("adapters"))
-        return ChatService(service, model, config.chat, config.reader, adapters)
+        return ChatService(service, model, config.chat, config.reader, adapters, tenancy)
 
     def check_health(self) -> None:
         if self._error is not None:

@@ -29,9 +29,11 @@ from memos_ray.models.chat import (
     Generation,
     Message,
     SamplingParams,
+    Usage,
     split_reasoning,
 )
 from memos_ray.service import MemoryService, SearchOptions
+from memos_ray.stores.sql.base import TenancyStore
 
 logger = logging.getLogger("memos_ray.chat")
 
@@ -83,8 +85,11 @@ class ChatService:
         config: ChatConfig,
         reader: ReaderConfig,
         adapters: AdapterStore,
+        ledger: TenancyStore | None = None,
     ) -> None:
         self.memory = memory
+        # Where each answer's tokens are counted, against the cube whose memories it used.
+        self.ledger = ledger
         self.model = model
         self.config = config
         self.reader = reader
@@ -161,6 +166,7 @@ class ChatService:
     ) -> ChatAnswer:
         prepared = prepared or self.prepare(turn)
         generation = self.model.generate(prepared.request)
+        self._count(turn, generation.usage)
         response, reasoning = split_reasoning(generation.text)
         if write_back:
             self.write_back(turn, response)
@@ -173,10 +179,17 @@ class ChatService:
         parts: list[str] = []
         for delta in self.model.stream(prepared.request):
             parts.append(delta.text)
+            if delta.usage is not None:
+                self._count(turn, delta.usage)
             yield delta
         if write_back:
             response, _ = split_reasoning("".join(parts))
             self.write_back(turn, response)
+
+    def _count(self, turn: ChatTurn, usage: Usage) -> None:
+        if self.ledger is not None:
+            cube = turn.readable_cubes[0]
+            self.ledger.record_llm_usage(cube, usage.prompt_tokens, usage.completion_tokens)
 
     def write_back(self, turn: ChatTurn, response: str) -> None:
         """Remember the exchange in the writable cube, then re-warm its activation prefix."""

@@ -241,6 +241,21 @@ class ChatConfig(_Strict):
     openai_write_back: bool = True
 
 
+class FineConfig(_Strict):
+    """Fine mode: an LLM distils windows of turns into memories (sync adds with mode fine)."""
+
+    # Turns per extraction call: enough context to resolve who said what about whom.
+    window_messages: int = Field(default=8, ge=1)
+    window_chars: int = Field(default=4000, ge=100)
+    # Attempts per window before its raw text is kept instead (with the error recorded).
+    max_attempts: int = Field(default=2, ge=1)
+    max_tokens: int = Field(default=512, ge=16)
+    # Stored fine memories at least this similar (cosine) are shown to the LLM, which judges
+    # duplicate (merge) or contradiction (archive the old one).
+    similarity: float = Field(default=0.6, ge=-1, le=1)
+    candidates: int = Field(default=4, ge=1)
+
+
 class LimitsConfig(_Strict):
     max_message_bytes: int = Field(default=1_000_000, ge=1)
     max_messages: int = Field(default=10_000, ge=1)
@@ -282,6 +297,7 @@ class MemosConfig(BaseSettings):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     llm: LLMConfig = Field(default_factory=TransformersLLMConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
+    fine: FineConfig = Field(default_factory=FineConfig)
 
     @property
     def auth_enabled(self) -> bool:

@@ -34,6 +34,7 @@ from memos_ray.memory.json_repair import JSONRepairError, parse_json
 from memos_ray.memory.reader import Window
 from memos_ray.models.chat import ChatModel, ChatRequest, Message, SamplingParams, Usage
 from memos_ray.service import TEXT_TYPES, MemoryService
+from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.vector.base import VectorFilter
 
 logger = logging.getLogger("memos_ray.fine")
@@ -75,6 +76,8 @@ class FineOutcome:
     archived: list[MemoryItem] = field(default_factory=list)
     raw_kept: list[MemoryItem] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # True when the cube was over its token budget: windows stored in fast mode.
+    paused: bool = False
     calls: int = 0
     usage: Usage = field(default_factory=Usage)
 
@@ -95,11 +98,14 @@ class FineService:
         *,
         max_attempts: int = 2,
         max_tokens: int = 512,
-        similarity: float = 0.75,
+        similarity: float = 0.6,
         candidates: int = 4,
+        ledger: TenancyStore | None = None,
     ) -> None:
         self.memory = memory
         self.model = model
+        # Where LLM tokens are counted per cube, and budgets read.
+        self.ledger = ledger
         self.reader = FineReader(model, max_attempts=max_attempts, max_tokens=max_tokens)
         self.similarity = similarity
         self.candidates = candidates
@@ -121,6 +127,36 @@ class FineService:
         info: Mapping[str, Any] | None = None,
     ) -> FineOutcome:
         outcome = FineOutcome()
+        if self.ledger is not None and self.ledger.llm_usage(cube_id).over_budget:
+            # Over budget: the adds still land, in fast mode, marked so they can be redone.
+            outcome.paused = True
+            added = self.memory.add_windows(
+                cube_id, user_id, windows, session_id, [*tags, "fine:paused"], info
+            )
+            outcome.raw_kept.extend([*added.stored, *added.duplicates])
+            return outcome
+        try:
+            self._add(cube_id, user_id, windows, session_id, tags, info, outcome)
+        finally:
+            if self.ledger is not None and outcome.calls:
+                self.ledger.record_llm_usage(
+                    cube_id,
+                    outcome.usage.prompt_tokens,
+                    outcome.usage.completion_tokens,
+                    outcome.calls,
+                )
+        return outcome
+
+    def _add(
+        self,
+        cube_id: str,
+        user_id: str,
+        windows: Sequence[Window],
+        session_id: str,
+        tags: Sequence[str],
+        info: Mapping[str, Any] | None,
+        outcome: FineOutcome,
+    ) -> None:
         for window in windows:
             result = self.reader.extract(window)
             outcome.count(result.usage, result.calls)
@@ -142,7 +178,6 @@ class FineService:
                 )
                 with self._lock(cube_id):
                     self._consolidate(cube_id, user_id, fine, session_id, tags, info, outcome)
-        return outcome
 
     def _keep_raw(
         self,

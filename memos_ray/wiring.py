@@ -19,6 +19,7 @@ from memos_ray.config import (
     TransformersLLMConfig,
     VLLMConfig,
 )
+from memos_ray.fine import FineService
 from memos_ray.models.chat import ChatModel
 from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
 from memos_ray.models.reranker import EmbeddingReranker, Reranker
@@ -112,6 +113,21 @@ def build_chat_model(config: MemosConfig) -> ChatModel | None:
             cache_block_tokens=llm.cache_block_tokens,
         )
     return None
+
+
+def build_fine_service(
+    config: MemosConfig, service: MemoryService, model: ChatModel, ledger: TenancyStore
+) -> FineService:
+    fine = config.fine
+    return FineService(
+        service,
+        model,
+        max_attempts=fine.max_attempts,
+        max_tokens=fine.max_tokens,
+        similarity=fine.similarity,
+        candidates=fine.candidates,
+        ledger=ledger,
+    )
 
 
 def build_tenancy_store(config: MemosConfig) -> TenancyStore:

@@ -19,6 +19,7 @@ from memos_ray.api.convert import message_text
 from memos_ray.api.deps import dependencies
 from memos_ray.api.routes import filters_by_cube
 from memos_ray.chat import ChatService, ChatTurn, PreparedChat
+from memos_ray.domain.tenancy import LLMUsage
 from memos_ray.errors import BadRequestError, ForbiddenError, MemosError, NotFoundError
 from memos_ray.models.chat import Message, ReasoningSplitter, SamplingParams
 from memos_ray.schemas.chat import OpenAIChatRequest, ProductChatRequest
@@ -37,6 +38,22 @@ class AdapterUpload(BaseModel):
     # PEFT's adapter_config.json and adapter_model.safetensors (base64).
     adapter_config: dict[str, Any]
     weights_base64: str = Field(min_length=1)
+
+
+class BudgetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = None
+    # None lifts the budget; over it, fine extraction pauses (adds land in fast mode).
+    budget_tokens: int | None = Field(default=None, ge=0)
+
+
+def _usage_json(usage: LLMUsage) -> dict[str, Any]:
+    return {
+        **usage.model_dump(),
+        "total_tokens": usage.total_tokens,
+        "over_budget": usage.over_budget,
+    }
 
 
 def build_chat_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
@@ -110,6 +127,22 @@ def build_chat_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]
         if not chat.adapters.delete(cube_id):
             raise NotFoundError(f"cube {cube_id!r} has no adapter")
         return ok({"cube_id": cube_id}, "Adapter deleted")
+
+    @product.get("/cubes/{cube_id}/llm_usage")
+    def get_llm_usage(
+        cube_id: str, context: Ctx, who: Who, user_id: str | None = None
+    ) -> dict[str, Any]:
+        acting = context.access.act_as(who, user_id or who.user_id)
+        context.access.cubes_for(acting, [cube_id], write=False, caller=who)
+        usage = context.access.tenancy.llm_usage(cube_id)
+        return ok(_usage_json(usage), "LLM usage of the cube")
+
+    @product.put("/cubes/{cube_id}/llm_budget")
+    def put_llm_budget(cube_id: str, req: BudgetRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        acting = context.access.act_as(who, req.user_id or who.user_id)
+        context.access.cubes_for(acting, [cube_id], write=True, caller=who)
+        usage = context.access.tenancy.set_llm_budget(cube_id, req.budget_tokens)
+        return ok(_usage_json(usage), "Budget set")
 
     openai = APIRouter(prefix="/v1")
 

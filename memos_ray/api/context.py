@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig
+from memos_ray.fine import FineService
 from memos_ray.service import MemoryService
 from memos_ray.tenancy import AccessControl
 
@@ -18,3 +19,5 @@ class ApiContext:
     version: str
     # None when no chat model is configured (llm.backend "none").
     chat: ChatService | None = None
+    # Fine mode (LLM extraction); None without a chat model: fine adds run in fast mode.
+    fine: FineService | None = None

@@ -14,10 +14,12 @@ from memos_ray.api.context import ApiContext
 from memos_ray.api.convert import windows_from_request
 from memos_ray.api.deps import dependencies
 from memos_ray.api.wire import bucket, edge_json, item_json
+from memos_ray.config import ReaderConfig
 from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem
 from memos_ray.domain.tenancy import Access
 from memos_ray.errors import BadRequestError, NotFoundError
 from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
+from memos_ray.memory.reader import Window
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.product import (
     AddRequest,
@@ -56,7 +58,16 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         user_id = context.access.act_as(who, req.user_id)
         requested = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
         cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
-        windows = windows_from_request(req, context.config.reader, context.config.limits)
+        fine = req.mode == "fine" and req.async_mode == "sync" and context.fine is not None
+        reader = context.config.reader
+        if fine:
+            reader = ReaderConfig(
+                window_messages=context.config.fine.window_messages,
+                window_chars=context.config.fine.window_chars,
+            )
+        windows = windows_from_request(req, reader, context.config.limits)
+        if fine:
+            return _add_fine(req, context, user_id, cubes, windows)
         added: list[dict[str, Any]] = []
         stored = duplicates = 0
         for cube_id in cubes:
@@ -71,19 +82,15 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
             stored += len(outcome.stored)
             duplicates += len(outcome.duplicates)
             for item in [*outcome.stored, *outcome.duplicates]:
-                added.append(
-                    {
-                        "memory": item.memory,
-                        "memory_id": item.id,
-                        "memory_type": str(item.metadata.memory_type),
-                        "cube_id": cube_id,
-                    }
-                )
+                added.append(_added(item, cube_id))
         message = f"Memory added: {stored} stored, {duplicates} duplicates skipped"
         if req.async_mode == "async":
             message += " (async mode runs synchronously until the scheduler exists)"
         if req.mode == "fine":
-            message += "; fine mode is not available yet, stored in fast mode"
+            if req.async_mode == "async":
+                message += "; fine mode runs with async_mode sync only, stored in fast mode"
+            else:
+                message += "; fine mode needs an LLM (llm.backend is none), stored in fast mode"
         return ok(added, message)
 
     @product.post("/search")
@@ -248,6 +255,57 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         return ok(granted.model_dump(mode="json"), "Access granted")
 
     return [health, product, admin]
+
+
+def _added(item: MemoryItem, cube_id: str, action: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "memory": item.memory,
+        "memory_id": item.id,
+        "memory_type": str(item.metadata.memory_type),
+        "cube_id": cube_id,
+    }
+    if action is not None:
+        entry["action"] = action
+    return entry
+
+
+def _add_fine(
+    req: AddRequest, context: ApiContext, user_id: str, cubes: list[str], windows: list[Window]
+) -> dict[str, Any]:
+    """Sync fine add: each entry says what happened (`added`, `merged`, `raw`)."""
+    assert context.fine is not None
+    added: list[dict[str, Any]] = []
+    counts = {"added": 0, "merged": 0, "archived": 0, "raw": 0, "failed": 0, "calls": 0}
+    paused = False
+    for cube_id in cubes:
+        outcome = context.fine.add(
+            cube_id,
+            user_id,
+            windows,
+            session_id=req.session_id or "default_session",
+            tags=req.custom_tags or (),
+            info=req.info,
+        )
+        added += [_added(i, cube_id, "added") for i in outcome.stored]
+        added += [_added(i, cube_id, "merged") for i in outcome.merged]
+        added += [_added(i, cube_id, "raw") for i in outcome.raw_kept]
+        counts["added"] += len(outcome.stored)
+        counts["merged"] += len(outcome.merged)
+        counts["archived"] += len(outcome.archived)
+        counts["raw"] += len(outcome.raw_kept)
+        counts["failed"] += len(outcome.errors)
+        counts["calls"] += outcome.calls
+        paused = paused or outcome.paused
+    message = (
+        f"Memory added (fine): {counts['added']} extracted, {counts['merged']} merged into "
+        f"existing memories, {counts['archived']} archived as contradicted, {counts['raw']} "
+        f"kept raw; {counts['calls']} LLM calls"
+    )
+    if counts["failed"]:
+        message += f"; extraction failed for {counts['failed']} windows (their raw text is kept)"
+    if paused:
+        message += "; fine extraction paused: the cube is over its LLM token budget"
+    return ok(added, message)
 
 
 def filters_by_cube(raw: dict[str, Any] | None, cubes: list[str]) -> dict[str, FilterExpr | None]:

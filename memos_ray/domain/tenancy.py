@@ -39,3 +39,24 @@ class Grant(BaseModel):
     cube_id: str
     user_id: str
     access: Access
+
+
+class LLMUsage(BaseModel):
+    """LLM tokens spent for a cube (extraction, judgements, chat) and its optional budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cube_id: str
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # None: no limit. Over it, fine extraction pauses (adds are stored in fast mode).
+    budget_tokens: int | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget_tokens is not None and self.total_tokens >= self.budget_tokens

@@ -333,3 +333,24 @@ def test_plain_postgres_url_schemes_use_psycopg(postgres_url: str) -> None:
             s.ensure_user(f"plain-{uuid.uuid4().hex}")
         finally:
             s.close()
+
+
+def test_llm_usage_accumulates_atomically(store: SQLTenancyStore) -> None:
+    assert store.llm_usage("fresh-cube").total_tokens == 0
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: store.record_llm_usage("busy", 10, 3), range(40)))
+    usage = store.llm_usage("busy")
+    assert (usage.calls, usage.prompt_tokens, usage.completion_tokens) == (40, 400, 120)
+    assert usage.budget_tokens is None and not usage.over_budget
+
+
+def test_llm_budget_set_lifted_and_kept_by_counting(store: SQLTenancyStore) -> None:
+    assert store.set_llm_budget("budgeted", 100).budget_tokens == 100
+    store.record_llm_usage("budgeted", 80, 30)
+    usage = store.llm_usage("budgeted")
+    assert usage.budget_tokens == 100 and usage.over_budget
+    assert store.set_llm_budget("budgeted", None).budget_tokens is None
+    assert not store.llm_usage("budgeted").over_budget
+    assert store.llm_usage("budgeted").total_tokens == 110
+    with pytest.raises(BadRequestError):
+        store.set_llm_budget("budgeted", -1)

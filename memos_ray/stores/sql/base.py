@@ -1,10 +1,10 @@
-"""The relational store role: users, API keys, cubes and grants."""
+"""The relational store role: users, API keys, cubes, grants and LLM token accounting."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from memos_ray.domain.tenancy import Access, Cube, Grant, User
+from memos_ray.domain.tenancy import Access, Cube, Grant, LLMUsage, User
 
 
 class TenancyStore(ABC):
@@ -47,6 +47,20 @@ class TenancyStore(ABC):
     @abstractmethod
     def cubes_of(self, user_id: str) -> list[Cube]:
         """Cubes the user owns."""
+
+    @abstractmethod
+    def record_llm_usage(
+        self, cube_id: str, prompt_tokens: int, completion_tokens: int, calls: int = 1
+    ) -> LLMUsage:
+        """Add to the cube's counts atomically (several replicas count at once)."""
+
+    @abstractmethod
+    def llm_usage(self, cube_id: str) -> LLMUsage:
+        """The cube's counts; zeros when nothing was spent yet."""
+
+    @abstractmethod
+    def set_llm_budget(self, cube_id: str, budget_tokens: int | None) -> LLMUsage:
+        """Set (or, with None, lift) the cube's token budget."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -7,6 +7,7 @@ PostgreSQL round-trip them identically and they sort as strings.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     ForeignKey,
@@ -86,3 +87,16 @@ class GrantRow(Base):
         ForeignKey("users.user_id", ondelete="CASCADE"), index=True
     )
     access: Mapped[str] = mapped_column(String(8))
+
+
+class LLMUsageRow(Base):
+    """Running LLM token counts per cube; updated with one atomic increment per call."""
+
+    __tablename__ = "llm_usage"
+
+    cube_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    budget_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[str] = mapped_column(String(_TS_LEN))

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from memos_ray.domain.memory import iso, utc_now
-from memos_ray.domain.tenancy import Access, Cube, Grant, User
+from memos_ray.domain.tenancy import Access, Cube, Grant, LLMUsage, User
 from memos_ray.errors import (
     BadRequestError,
     ConfigError,
@@ -45,6 +45,7 @@ from memos_ray.stores.sql.models import (
     Base,
     CubeRow,
     GrantRow,
+    LLMUsageRow,
     UserRow,
 )
 
@@ -98,6 +99,16 @@ def _valid_id(value: object) -> bool:
 
 def _user(row: UserRow) -> User:
     return User(user_id=row.user_id, created_at=row.created_at)
+
+
+def _usage(row: LLMUsageRow) -> LLMUsage:
+    return LLMUsage(
+        cube_id=row.cube_id,
+        calls=row.calls,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        budget_tokens=row.budget_tokens,
+    )
 
 
 def _cube(row: CubeRow) -> Cube:
@@ -330,6 +341,68 @@ class SQLTenancyStore(TenancyStore):
         stmt = select(CubeRow).where(CubeRow.owner_id == user_id).order_by(CubeRow.cube_id)
         with self._txn() as s:
             return [_cube(row) for row in s.scalars(stmt)]
+
+    # --- LLM token accounting ------------------------------------------------------------
+
+    def record_llm_usage(
+        self, cube_id: str, prompt_tokens: int, completion_tokens: int, calls: int = 1
+    ) -> LLMUsage:
+        _check_id("cube_id", cube_id)
+        if min(prompt_tokens, completion_tokens, calls) < 0:
+            raise BadRequestError("token counts cannot be negative")
+        stmt = self._insert(LLMUsageRow).values(
+            cube_id=cube_id,
+            calls=calls,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            updated_at=iso(utc_now()),
+        )
+        table = LLMUsageRow.__table__
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["cube_id"],
+            set_={
+                "calls": table.c.calls + calls,
+                "prompt_tokens": table.c.prompt_tokens + prompt_tokens,
+                "completion_tokens": table.c.completion_tokens + completion_tokens,
+                "updated_at": iso(utc_now()),
+            },
+        )
+        with self._txn() as s:
+            s.execute(stmt)
+            row = s.get(LLMUsageRow, cube_id, populate_existing=True)
+            assert row is not None
+            return _usage(row)
+
+    def llm_usage(self, cube_id: str) -> LLMUsage:
+        if not _valid_id(cube_id):
+            return LLMUsage(cube_id=str(cube_id))
+        with self._txn() as s:
+            row = s.get(LLMUsageRow, cube_id)
+            return _usage(row) if row is not None else LLMUsage(cube_id=cube_id)
+
+    def set_llm_budget(self, cube_id: str, budget_tokens: int | None) -> LLMUsage:
+        _check_id("cube_id", cube_id)
+        if budget_tokens is not None and budget_tokens < 0:
+            raise BadRequestError("budget_tokens cannot be negative")
+        stmt = (
+            self._insert(LLMUsageRow)
+            .values(
+                cube_id=cube_id,
+                calls=0,
+                prompt_tokens=0,
+                completion_tokens=0,
+                budget_tokens=budget_tokens,
+                updated_at=iso(utc_now()),
+            )
+            .on_conflict_do_update(
+                index_elements=["cube_id"], set_={"budget_tokens": budget_tokens}
+            )
+        )
+        with self._txn() as s:
+            s.execute(stmt)
+            row = s.get(LLMUsageRow, cube_id, populate_existing=True)
+            assert row is not None
+            return _usage(row)
 
     def close(self) -> None:
         self._engine.dispose()
