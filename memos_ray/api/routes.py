@@ -11,24 +11,28 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from memos_ray.api.context import ApiContext
-from memos_ray.api.convert import windows_from_request
+from memos_ray.api.convert import message_text, windows_from_request
 from memos_ray.api.deps import dependencies
 from memos_ray.api.wire import bucket, edge_json, item_json
 from memos_ray.config import ReaderConfig
 from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem
 from memos_ray.domain.tenancy import Access
-from memos_ray.errors import BadRequestError, NotFoundError
+from memos_ray.errors import BadRequestError, MemosError, NotFoundError
+from memos_ray.feedback import FeedbackService, recover
 from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
 from memos_ray.memory.reader import Window
+from memos_ray.models.chat import Message
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.product import (
     AddRequest,
     CreateCubeRequest,
     CreateUserRequest,
     DeleteMemoryRequest,
+    FeedbackRequest,
     GetAllRequest,
     GetMemoryRequest,
     GrantRequest,
+    RecoverRequest,
     SearchData,
     SearchRequest,
 )
@@ -223,6 +227,47 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
             f"Deleted {count} memories",
         )
 
+    @product.post("/feedback")
+    def feedback(req: FeedbackRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        if not req.feedback_content.strip():
+            raise BadRequestError("feedback_content is empty")
+        if context.fine is None:
+            raise ServiceUnavailableError("feedback needs an LLM (llm.backend is 'none')")
+        user_id = context.access.act_as(who, req.user_id)
+        requested = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        cube_id = context.access.cubes_for(user_id, requested, write=True, caller=who)[0]
+        history = [
+            Message(role=m.role, content=text)
+            for m in req.history or []
+            if (text := message_text(m)[0]).strip()
+        ]
+        outcome = FeedbackService(context.fine).apply(
+            cube_id,
+            user_id,
+            req.feedback_content,
+            history=history,
+            retrieved_ids=req.retrieved_memory_ids or [],
+            corrected_answer=req.corrected_answer,
+            feedback_time=req.feedback_time,
+            session_id=req.session_id or "default_session",
+        )
+        message = "Feedback applied"
+        if req.async_mode == "async":
+            message += " (async mode runs synchronously until the scheduler exists)"
+        if outcome.error:
+            message += "; the LLM's decision was unreadable, the feedback is kept as a memory"
+        return ok({"answer": outcome.answer, "record": outcome.record()}, message)
+
+    @product.post("/recover_memory")
+    def recover_memory(req: RecoverRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        user_id = context.access.act_as(who, req.user_id)
+        requested = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
+        recovered: list[dict[str, Any]] = []
+        for cube_id in cubes:
+            recovered += [item_json(i) for i in recover(context.service, cube_id, req.memory_ids)]
+        return ok({"recovered": recovered}, f"Recovered {len(recovered)} memories")
+
     @product.post("/create_cube")
     def create_cube(req: CreateCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
         owner = context.access.act_as(who, req.owner_id)
@@ -255,6 +300,10 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         return ok(granted.model_dump(mode="json"), "Access granted")
 
     return [health, product, admin]
+
+
+class ServiceUnavailableError(MemosError):
+    status_code = 503
 
 
 def _added(item: MemoryItem, cube_id: str, action: str | None = None) -> dict[str, Any]:

@@ -136,3 +136,26 @@ class GrantRequest(BaseModel):
     cube_id: str = Field(min_length=1, max_length=128)
     user_id: str = Field(min_length=1, max_length=128)
     access: Literal["read", "write"]
+
+
+class FeedbackRequest(_Request):
+    user_id: str = Field(min_length=1, max_length=128)
+    session_id: str | None = None
+    history: list[ChatMessage] | None = None
+    retrieved_memory_ids: list[str] | None = None
+    feedback_content: str = Field(min_length=1, max_length=100_000)
+    feedback_time: str | None = None
+    writable_cube_ids: list[str] | None = None
+    mem_cube_id: str | None = None
+    async_mode: Literal["async", "sync"] = "sync"
+    corrected_answer: str | None = None
+    info: dict[str, Any] | None = None
+
+
+class RecoverRequest(_Request):
+    """memos-ray's: archived or deleted memories back to active."""
+
+    user_id: str = Field(min_length=1, max_length=128)
+    memory_ids: list[str] = Field(min_length=1, max_length=1000)
+    writable_cube_ids: list[str] | None = None
+    mem_cube_id: str | None = None
