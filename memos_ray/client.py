@@ -112,6 +112,10 @@ class MemosClient:
                 if line.startswith("data: "):
                     yield json.loads(line[len("data: ") :])
 
+    def llm_usage(self, user_id: str, cube_id: str) -> dict[str, Any]:
+        """LLM calls and tokens spent for the cube, and its budget."""
+        return self._call("GET", f"/product/cubes/{cube_id}/llm_usage", params={"user_id": user_id})
+
     def set_adapter(self, user_id: str, cube_id: str, folder: str | Path) -> dict[str, Any]:
         """Upload a LoRA adapter saved by PEFT (`save_pretrained`) as the cube's adapter."""
         folder = Path(folder)

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,38 @@ def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | N
     )
     if data_dir.exists() and any(data_dir.iterdir()):
         raise SystemExit(f"memos-ray bench: data dir {data_dir} is not empty")
-    # Retrieval, latency and ingest need no chat model: leave its replica out.
-    config = load_config({"data_dir": str(data_dir), "admin_key": None, "llm": {"backend": "none"}})
-    print(f"starting memos-ray on the embedded defaults in {config.data_dir} ...", flush=True)
-    with local_service(config, port=free_port()) as url:
-        print(f"service ready at {url}", flush=True)
-        yield url, config
+    # Retrieval, latency and ingest need no chat model (leave its replica out), except fine
+    # mode, which extracts with a remote OpenAI-compatible endpoint.
+    llm: dict[str, Any] = {"backend": "none"}
+    with ExitStack() as stack:
+        if getattr(args, "mode", "fast") == "fine":
+            llm = _fine_llm(args, data_dir, stack)
+        config = load_config({"data_dir": str(data_dir), "admin_key": None, "llm": llm})
+        print(f"starting memos-ray on the embedded defaults in {config.data_dir} ...", flush=True)
+        with local_service(config, port=free_port()) as url:
+            print(f"service ready at {url}", flush=True)
+            yield url, config
+
+
+def _fine_llm(args: argparse.Namespace, data_dir: Path, stack: ExitStack) -> dict[str, Any]:
+    """The extraction model: --llm-url, or (--vllm) SmolLM2 on vLLM's CPU build, started here."""
+    if args.llm_url:
+        return {"backend": "openai", "base_url": args.llm_url, "model": args.llm_model}
+    if not args.vllm:
+        raise SystemExit("memos-ray bench: --mode fine needs --llm-url URL or --vllm")
+    from memos_ray import vllm_env
+    from memos_ray.models import smollm2
+
+    model_dir = smollm2.hf_dir(data_dir / "models")
+    print("starting vLLM (CPU build) with SmolLM2 for extraction ...", flush=True)
+    server = stack.enter_context(vllm_env.VLLMServer(model_dir, data_dir / "vllm.log"))
+    print(f"vLLM ready at {server.base_url} in {server.startup_s:.0f} s", flush=True)
+    return {
+        "backend": "openai",
+        "base_url": f"{server.base_url}/v1",
+        "model": vllm_env.SERVED_NAME,
+        "cache_block_tokens": 128,
+    }
 
 
 def _report(figures: dict[str, Any], path: Path) -> None:
@@ -73,6 +99,7 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             extra=extra,
             resume=args.resume,
+            mode=args.mode,
         )
     figures["machine"] = _machine()
     _report(figures, Path(args.figures or f"{args.out}.figures.json"))
@@ -261,6 +288,19 @@ def add_bench_parser(sub: Any) -> None:
             help="search de-duplication (default: the API's default, mmr)",
         )
         p.add_argument("--limit", type=int, help="only the first N cubes")
+        p.add_argument(
+            "--mode",
+            choices=["fast", "fine"],
+            default="fast",
+            help="add mode; fine extracts with an LLM (--llm-url or --vllm)",
+        )
+        p.add_argument("--llm-url", help="fine mode: an OpenAI-compatible base URL (.../v1)")
+        p.add_argument("--llm-model", default="SmolLM2-135M-Instruct", help="with --llm-url")
+        p.add_argument(
+            "--vllm",
+            action="store_true",
+            help="fine mode: start SmolLM2 on vLLM's CPU build (memos-ray vllm-env)",
+        )
         p.add_argument(
             "--resume",
             action="store_true",

@@ -33,7 +33,7 @@ def ranked_turn_ids(search_data: dict[str, Any], cube_id: str) -> list[str]:
     return list(seen)
 
 
-def ingest_cube(client: MemosClient, cube: BenchCube, workers: int = 4) -> int:
+def ingest_cube(client: MemosClient, cube: BenchCube, workers: int = 4, mode: str = "fast") -> int:
     """One /product/add per session (sync), sessions in parallel; returns memories stored."""
     try:
         client.create_cube(BENCH_USER, cube.cube_id, cube.cube_id)
@@ -63,6 +63,7 @@ def ingest_cube(client: MemosClient, cube: BenchCube, workers: int = 4) -> int:
             cube_id=cube.cube_id,
             session_id=session.session_id,
             async_mode="sync",
+            mode=mode,
         )
         return len(added)
 
@@ -104,6 +105,7 @@ def run_retrieval_bench(
     log: Callable[[str], None] = print,
     extra: dict[str, Any] | None = None,
     resume: bool = False,
+    mode: str = "fast",
 ) -> dict[str, Any]:
     """`extra`: more /product/search fields (e.g. dedup), for ablations.
 
@@ -120,13 +122,18 @@ def run_retrieval_bench(
         cubes = [c for c in cubes if not all(q.qid in done for q in c.questions)]
         log(f"resuming: {before - len(cubes)} cubes already answered in {out}")
     turns = memories = questions = short = 0
+    llm = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
     ingest_s = 0.0
     latencies: list[float] = []
     started = time.perf_counter()
     with out.open("a" if resume else "w") as sink:
         for index, cube in enumerate(cubes, start=1):
             t0 = time.perf_counter()
-            stored = ingest_cube(client, cube)
+            stored = ingest_cube(client, cube, mode=mode)
+            if mode == "fine":
+                usage = client.llm_usage(BENCH_USER, cube.cube_id)
+                for key in llm:
+                    llm[key] += usage[key]
             t1 = time.perf_counter()
             results = search_cube(client, cube, top_k, extra=extra)
             t2 = time.perf_counter()
@@ -161,4 +168,15 @@ def run_retrieval_bench(
         else None,
         "total_seconds": round(time.perf_counter() - started, 1),
         "results": str(out),
+        "mode": mode,
+        **(
+            {
+                "llm": llm,
+                "llm_per_100_turns": {
+                    k: round(100 * v / turns, 1) if turns else None for k, v in llm.items()
+                },
+            }
+            if mode == "fine"
+            else {}
+        ),
     }
