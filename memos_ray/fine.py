@@ -76,6 +76,8 @@ class FineOutcome:
     archived: list[MemoryItem] = field(default_factory=list)
     raw_kept: list[MemoryItem] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # The LLM's one-line summaries of the windows it read.
+    summaries: list[str] = field(default_factory=list)
     # True when the cube was over its token budget: windows stored in fast mode.
     paused: bool = False
     calls: int = 0
@@ -165,6 +167,8 @@ class FineService:
                     cube_id, user_id, window, result.error, session_id, tags, info, outcome
                 )
                 continue
+            if result.summary:
+                outcome.summaries.append(result.summary)
             for extracted in result.memories:
                 fine = Window(
                     text=extracted.value,

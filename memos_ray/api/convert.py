@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from memos_ray.config import LimitsConfig, ReaderConfig
 from memos_ray.errors import BadRequestError, PayloadTooLargeError
+from memos_ray.memory.documents import Document, decode_file_data, parse_document
 from memos_ray.memory.reader import Turn, Window, fast_windows, text_memory
 from memos_ray.schemas.messages import ChatMessage, FilePart, ImagePart, TextPart
 from memos_ray.schemas.product import AddRequest
@@ -31,6 +32,8 @@ def message_text(message: ChatMessage) -> tuple[str, tuple[str, ...]]:
         elif isinstance(part, ImagePart):
             pieces.append(f"[image: {part.image_url.url}]")
         elif isinstance(part, FilePart):
+            if part.file.file_data:
+                continue  # the file itself is stored as a document (documents_from_request)
             name = part.file.filename or part.file.file_id or "file"
             pieces.append(f"[file: {name}]")
             if part.file.file_id:
@@ -38,8 +41,32 @@ def message_text(message: ChatMessage) -> tuple[str, tuple[str, ...]]:
     return "\n".join(p for p in pieces if p), tuple(file_ids)
 
 
+def documents_from_request(req: AddRequest, limits: LimitsConfig) -> list[Document]:
+    """Files sent inline (`file` parts with `file_data`): parsed into text now."""
+    documents: list[Document] = []
+    if not isinstance(req.messages, list):
+        return documents
+    for message in req.messages:
+        if isinstance(message.content, str) or not message.content:
+            continue
+        for part in message.content:
+            if not isinstance(part, FilePart) or not part.file.file_data:
+                continue
+            name = part.file.filename or part.file.file_id or "document"
+            data, mime = decode_file_data(part.file.file_data)
+            if len(data) > limits.max_message_bytes:
+                raise PayloadTooLargeError(
+                    f"file {name} is {len(data)} bytes; the limit is "
+                    f"{limits.max_message_bytes} bytes"
+                )
+            text = parse_document(name, data, mime)
+            if text.strip():
+                documents.append(Document(name=name, text=text, file_id=part.file.file_id))
+    return documents
+
+
 def windows_from_request(
-    req: AddRequest, reader: ReaderConfig, limits: LimitsConfig
+    req: AddRequest, reader: ReaderConfig, limits: LimitsConfig, *, allow_empty: bool = False
 ) -> list[Window]:
     windows: list[Window] = []
     for text, what in ((req.memory_content, "memory_content"),):
@@ -72,6 +99,6 @@ def windows_from_request(
                 )
             )
         windows.extend(fast_windows(turns, reader.window_messages, reader.window_chars))
-    if not windows:
+    if not windows and not allow_empty:
         raise BadRequestError("messages is empty: nothing to remember")
     return windows

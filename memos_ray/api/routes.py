@@ -11,14 +11,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from memos_ray.api.context import ApiContext
-from memos_ray.api.convert import message_text, windows_from_request
+from memos_ray.api.convert import documents_from_request, message_text, windows_from_request
 from memos_ray.api.deps import dependencies
 from memos_ray.api.wire import bucket, edge_json, item_json
 from memos_ray.config import ReaderConfig
+from memos_ray.document_memory import add_documents
 from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem
 from memos_ray.domain.tenancy import Access
 from memos_ray.errors import BadRequestError, MemosError, NotFoundError
 from memos_ray.feedback import FeedbackService, recover
+from memos_ray.memory.documents import Document
 from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
 from memos_ray.memory.reader import Window
 from memos_ray.models.chat import Message
@@ -69,10 +71,14 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                 window_messages=context.config.fine.window_messages,
                 window_chars=context.config.fine.window_chars,
             )
-        windows = windows_from_request(req, reader, context.config.limits)
+        documents = documents_from_request(req, context.config.limits)
+        windows = windows_from_request(
+            req, reader, context.config.limits, allow_empty=bool(documents)
+        )
+        docs = _add_documents(req, context, user_id, cubes, documents, fine)
         if fine:
-            return _add_fine(req, context, user_id, cubes, windows)
-        added: list[dict[str, Any]] = []
+            return _add_fine(req, context, user_id, cubes, windows, docs)
+        added: list[dict[str, Any]] = list(docs)
         stored = duplicates = 0
         for cube_id in cubes:
             outcome = context.service.add_windows(
@@ -318,12 +324,43 @@ def _added(item: MemoryItem, cube_id: str, action: str | None = None) -> dict[st
     return entry
 
 
+def _add_documents(
+    req: AddRequest,
+    context: ApiContext,
+    user_id: str,
+    cubes: list[str],
+    documents: list[Document],
+    fine: bool,
+) -> list[dict[str, Any]]:
+    """Inline files: chunks (RawFileMemory) and, in fine mode, what the LLM read in them."""
+    entries: list[dict[str, Any]] = []
+    for cube_id in cubes if documents else []:
+        outcome = add_documents(
+            context.service,
+            cube_id,
+            user_id,
+            documents,
+            fine=context.fine if fine else None,
+            session_id=req.session_id or "default_session",
+            tags=req.custom_tags or (),
+            info=req.info,
+        )
+        entries += [_added(i, cube_id, "document") for i in outcome.chunks]
+        entries += [_added(i, cube_id, "added") for i in [*outcome.fine, *outcome.summaries]]
+    return entries
+
+
 def _add_fine(
-    req: AddRequest, context: ApiContext, user_id: str, cubes: list[str], windows: list[Window]
+    req: AddRequest,
+    context: ApiContext,
+    user_id: str,
+    cubes: list[str],
+    windows: list[Window],
+    documents: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Sync fine add: each entry says what happened (`added`, `merged`, `raw`)."""
+    """Sync fine add: each entry says what happened (`added`, `merged`, `raw`, `document`)."""
     assert context.fine is not None
-    added: list[dict[str, Any]] = []
+    added: list[dict[str, Any]] = list(documents)
     counts = {"added": 0, "merged": 0, "archived": 0, "raw": 0, "failed": 0, "calls": 0}
     paused = False
     for cube_id in cubes:

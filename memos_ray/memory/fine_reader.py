@@ -136,7 +136,7 @@ class FineReader:
     def extract(self, window: Window) -> FineResult:
         messages: list[Message] = [
             Message(role="system", content=SYSTEM_PROMPT),
-            Message(role="user", content=f"Conversation:\n{window.text}"),
+            Message(role="user", content=f"{_kind(window)}:\n{window.text}"),
         ]
         usage = Usage()
         error = "no attempt made"
@@ -179,6 +179,10 @@ class FineReader:
                 calls=calls,
             )
         return FineResult([], "", error, self.max_attempts, usage, calls)
+
+
+def _kind(window: Window) -> str:
+    return "Document" if window.memory_type == MemoryType.RAW_FILE else "Conversation"
 
 
 def _add(total: Usage, more: Usage) -> Usage:

@@ -6,6 +6,7 @@ what the service does with given model answers, not what a model would answer.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -212,3 +213,129 @@ def test_feedback_input_is_checked(api: tuple[httpx.Client, Script]) -> None:
         http.post("/product/recover_memory", json={"user_id": "x", "memory_ids": []}).status_code
         == 422
     )
+
+
+def _pdf(lines: list[str]) -> bytes:
+    """A minimal one-page PDF (Helvetica text): a real file for pypdf to parse."""
+    text = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({line}) '" for line in lines) + " ET"
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        "/Resources << /Font << /F1 5 0 R >> >> >>",
+        f"<< /Length {len(text)} >>\nstream\n{text}\nendstream",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return out
+
+
+def _file_message(name: str, data: bytes, mime: str, note: str = "Here is a file.") -> dict:
+    encoded = base64.b64encode(data).decode()
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": note},
+            {
+                "type": "file",
+                "file": {"file_data": f"data:{mime};base64,{encoded}", "filename": name},
+            },
+        ],
+    }
+
+
+def _graph(http: httpx.Client, user: str) -> tuple[dict[str, dict], list[tuple[str, str, str]]]:
+    data = http.post("/product/get_all", json={"user_id": user, "memory_type": "text_mem"}).json()
+    graph = data["data"][0]["memories"][0]
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    return nodes, [(e["source"], e["target"], e["type"]) for e in graph["edges"]]
+
+
+def test_markdown_and_pdf_files_become_linked_chunks(api: tuple[httpx.Client, Script]) -> None:
+    http, _ = api
+    paragraphs = [
+        f"Section {n}. " + f"The zephyrine protocol step {n} uses valve {n}. " * 30
+        for n in range(3)
+    ]
+    markdown = "\n\n".join(paragraphs).encode()
+    added = http.post(
+        "/product/add",
+        json={
+            "user_id": "doc-user",
+            "async_mode": "sync",
+            "messages": [_file_message("manual.md", markdown, "text/markdown")],
+        },
+    )
+    assert added.status_code == 200, added.text
+    chunks = [e for e in added.json()["data"] if e.get("action") == "document"]
+    assert len(chunks) == 3 and {c["memory_type"] for c in chunks} == {"RawFileMemory"}
+    nodes, edges = _graph(http, "doc-user")
+    ids = [c["memory_id"] for c in chunks]
+    assert (ids[0], ids[1], "FOLLOWING") in edges and (ids[1], ids[0], "PRECEDING") in edges
+    assert nodes[ids[0]]["metadata"]["sources"][0]["doc_path"] == "manual.md"
+
+    pdf = _pdf(["Quarterly report of the Ostrava plant.", "Output rose by 12 percent."])
+    added = http.post(
+        "/product/add",
+        json={
+            "user_id": "doc-user",
+            "async_mode": "sync",
+            "messages": [_file_message("q3.pdf", pdf, "application/pdf")],
+        },
+    )
+    assert added.status_code == 200, added.text
+    [pdf_chunk] = [e for e in added.json()["data"] if e.get("action") == "document"]
+    assert "Ostrava plant" in pdf_chunk["memory"]
+    assert _search(http, "doc-user", "Ostrava plant output")[0] == pdf_chunk["memory_id"]
+
+
+def test_fine_mode_links_what_it_read_to_the_chunk(api: tuple[httpx.Client, Script]) -> None:
+    http, script = api
+    script.extract.append(
+        json.dumps(
+            {
+                "memories": [{"value": "The Ostrava plant output rose by 12 percent."}],
+                "summary": "A plant report.",
+            }
+        )
+    )
+    pdf = _pdf(["Quarterly report of the Ostrava plant.", "Output rose by 12 percent."])
+    added = http.post(
+        "/product/add",
+        json={
+            "user_id": "fine-doc",
+            "async_mode": "sync",
+            "mode": "fine",
+            "messages": [_file_message("q3.pdf", pdf, "application/pdf", note="")],
+        },
+    )
+    assert added.status_code == 200, added.text
+    entries = added.json()["data"]
+    [chunk] = [e["memory_id"] for e in entries if e.get("action") == "document"]
+    facts = [e for e in entries if e["action"] == "added"]
+    fact = next(e["memory_id"] for e in facts if e["memory"].startswith("The Ostrava"))
+    summary = next(e["memory_id"] for e in facts if e["memory"].startswith("Summary of q3.pdf"))
+    _, edges = _graph(http, "fine-doc")
+    assert (fact, chunk, "MATERIAL") in edges and (summary, chunk, "SUMMARY") in edges
+
+
+def test_unsupported_or_broken_files_are_refused(api: tuple[httpx.Client, Script]) -> None:
+    http, _ = api
+    for message in (
+        _file_message("x.zip", b"PK\x03\x04zipdata", "application/zip"),
+        _file_message("broken.pdf", b"%PDF-1.4 not really a pdf", "application/pdf"),
+    ):
+        response = http.post(
+            "/product/add", json={"user_id": "doc-bad", "async_mode": "sync", "messages": [message]}
+        )
+        assert response.status_code == 400, response.text
