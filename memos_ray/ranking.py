@@ -69,12 +69,21 @@ class IndexedCube:
     sessions: np.ndarray
     positions: dict[str, int]
 
+    @property
+    def type_set(self) -> set[str]:
+        """Memory types present (text, tool, document chunks share one index)."""
+        cached = getattr(self, "_type_set", None)
+        if cached is None:
+            cached = set(self.memory_types.tolist())
+            object.__setattr__(self, "_type_set", cached)
+        return cached
+
     def allowed(
         self, memory_types: Sequence[str] | None, ids: Sequence[str] | None
     ) -> np.ndarray | None:
         """A mask of the units a search may return; None when all are."""
         mask: np.ndarray | None = None
-        if memory_types is not None:
+        if memory_types is not None and not self.type_set <= set(memory_types):
             mask = np.isin(self.memory_types, list(memory_types))
         if ids is not None:
             by_id = np.zeros(len(self.payloads), bool)
@@ -141,12 +150,13 @@ class CubeIndexCache:
         self,
         vectors: VectorStore,
         params: RankingParams,
-        memory_types: Sequence[str],
+        memory_types: Sequence[str] | None = None,
         max_cubes: int = 64,
     ) -> None:
         self._vectors = vectors
         self._params = params
-        self._memory_types = list(memory_types)
+        # None: every type is indexed; searches pick theirs with a mask.
+        self._memory_types = list(memory_types) if memory_types is not None else None
         self._max = max_cubes
         self._entries: OrderedDict[str, IndexedCube] = OrderedDict()
         self._lock = threading.Lock()

@@ -17,6 +17,7 @@ from memos_ray.domain.memory import (
     MemoryItem,
     MemoryMetadata,
     MemoryStatus,
+    MemoryType,
     memory_id_for,
 )
 from memos_ray.memory.filters import FilterExpr
@@ -36,6 +37,7 @@ VISIBLE_STATUSES: tuple[str, ...] = (
     MemoryStatus.ARCHIVED,
 )
 TEXT_TYPES: tuple[str, ...] = tuple(str(t) for t in TEXT_MEMORY_TYPES)
+TOOL_TYPES: tuple[str, ...] = (str(MemoryType.TOOL_SCHEMA), str(MemoryType.TOOL_TRAJECTORY))
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class MemoryService:
         self._indexes = CubeIndexCache(
             vectors,
             self.search_config.ranking,
-            TEXT_TYPES,
+            None,
             self.search_config.index_max_cubes,
         )
 
@@ -265,6 +267,12 @@ class MemoryService:
         futures = {cube: self._pool.submit(one, cube) for cube in cubes}
         return {cube: fut.result() for cube, fut in futures.items()}
 
+    def has_types(self, cube_id: str, memory_types: Sequence[str]) -> bool:
+        """Whether the cube holds any active memory of these types (from its cached index)."""
+        if self.search_config.ranker != "turns":
+            return True
+        return bool(self._indexes.get(cube_id).type_set & set(memory_types))
+
     def _rank_cube(
         self,
         query: str,
@@ -280,10 +288,11 @@ class MemoryService:
         the cached index stale, it is rebuilt and the ranking runs once more.
         """
         params = self.search_config.ranking
+        types = list(options.memory_types or TEXT_TYPES)
         allowed_ids: list[str] | None = None
         if filter is not None:
             allowed_ids = self.graph.find_ids(
-                cube_id, filter, memory_types=TEXT_TYPES, statuses=[MemoryStatus.ACTIVATED]
+                cube_id, filter, memory_types=types, statuses=[MemoryStatus.ACTIVATED]
             )
             if not allowed_ids:
                 return []
@@ -296,7 +305,7 @@ class MemoryService:
                     cube = self._indexes.get(cube_id, late.revision)
                     continue
                 return []
-            allowed = cube.allowed(options.memory_types, allowed_ids)
+            allowed = cube.allowed(types, allowed_ids)
             if allowed is not None and not allowed.any():
                 return []
             score = first_stage(index, query, query_dense, options.reference_time, params, allowed)

@@ -6,6 +6,7 @@ from memos_ray.config import LimitsConfig, ReaderConfig
 from memos_ray.errors import BadRequestError, PayloadTooLargeError
 from memos_ray.memory.documents import Document, decode_file_data, parse_document
 from memos_ray.memory.reader import Turn, Window, fast_windows, text_memory
+from memos_ray.memory.tools import ToolMessage, schema_windows, trajectory_windows
 from memos_ray.schemas.messages import ChatMessage, FilePart, ImagePart, TextPart
 from memos_ray.schemas.product import AddRequest
 
@@ -63,6 +64,25 @@ def documents_from_request(req: AddRequest, limits: LimitsConfig) -> list[Docume
             if text.strip():
                 documents.append(Document(name=name, text=text, file_id=part.file.file_id))
     return documents
+
+
+def tool_windows_from_request(req: AddRequest) -> list[Window]:
+    """Tool schemas (`tools`) and trajectories (assistant tool calls with their results)."""
+    windows = schema_windows(req.tools or [])
+    if isinstance(req.messages, list) and any(m.tool_calls for m in req.messages):
+        messages = [
+            ToolMessage(
+                role=m.role,
+                content=message_text(m)[0],
+                message_id=m.message_id,
+                chat_time=m.chat_time,
+                tool_call_id=m.tool_call_id,
+                tool_calls=tuple(m.tool_calls or ()),
+            )
+            for m in req.messages
+        ]
+        windows += trajectory_windows(messages)
+    return windows
 
 
 def windows_from_request(

@@ -11,7 +11,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from memos_ray.api.context import ApiContext
-from memos_ray.api.convert import documents_from_request, message_text, windows_from_request
+from memos_ray.api.convert import (
+    documents_from_request,
+    message_text,
+    tool_windows_from_request,
+    windows_from_request,
+)
 from memos_ray.api.deps import dependencies
 from memos_ray.api.wire import bucket, edge_json, item_json
 from memos_ray.config import ReaderConfig
@@ -38,7 +43,7 @@ from memos_ray.schemas.product import (
     SearchData,
     SearchRequest,
 )
-from memos_ray.service import SearchOptions
+from memos_ray.service import TOOL_TYPES, SearchOptions
 from memos_ray.tenancy import Caller
 
 EMPTY_BUCKETS = ("pref_mem", "tool_mem", "skill_mem")
@@ -72,10 +77,23 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                 window_chars=context.config.fine.window_chars,
             )
         documents = documents_from_request(req, context.config.limits)
+        tools = tool_windows_from_request(req)
         windows = windows_from_request(
-            req, reader, context.config.limits, allow_empty=bool(documents)
+            req, reader, context.config.limits, allow_empty=bool(documents or tools)
         )
         docs = _add_documents(req, context, user_id, cubes, documents, fine)
+        for cube_id in cubes if tools else []:
+            tool_outcome = context.service.add_windows(
+                cube_id,
+                user_id,
+                tools,
+                session_id=req.session_id or "default_session",
+                tags=req.custom_tags or (),
+                info=req.info,
+            )
+            docs += [
+                _added(i, cube_id, "tool") for i in [*tool_outcome.stored, *tool_outcome.duplicates]
+            ]
         if fine:
             return _add_fine(req, context, user_id, cubes, windows, docs)
         added: list[dict[str, Any]] = list(docs)
@@ -131,6 +149,20 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         payload["text_mem"] = [bucket(c, results[c]) for c in cubes]
         for name in EMPTY_BUCKETS:
             payload[name] = [bucket(c, []) for c in cubes]
+        with_tools = [c for c in cubes if context.service.has_types(c, TOOL_TYPES)]
+        if req.search_tool_memory and req.tool_mem_top_k and with_tools:
+            tools = context.service.search(
+                req.query,
+                {c: cube_filters[c] for c in with_tools},
+                SearchOptions(
+                    top_k=req.tool_mem_top_k,
+                    relativity=req.relativity,
+                    dedup="no",
+                    memory_types=TOOL_TYPES,
+                    reference_time=req.reference_time,
+                ),
+            )
+            payload["tool_mem"] = [bucket(c, tools.get(c, [])) for c in cubes]
         message = "Search completed successfully"
         if req.mode != "fast":
             message += f"; {req.mode} mode needs an LLM and ran as fast mode"

@@ -30,6 +30,8 @@ class AddRequest(_Request):
     memory_content: str | None = None
     doc_path: str | None = None
     source: str | None = None
+    # memos-ray's: tool definitions (OpenAI format) to keep as ToolSchemaMemory.
+    tools: list[dict[str, Any]] | None = None
 
 
 class AddedMemory(BaseModel):

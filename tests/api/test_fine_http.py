@@ -339,3 +339,74 @@ def test_unsupported_or_broken_files_are_refused(api: tuple[httpx.Client, Script
             "/product/add", json={"user_id": "doc-bad", "async_mode": "sync", "messages": [message]}
         )
         assert response.status_code == 400, response.text
+
+
+def test_tool_schemas_and_trajectories_are_searchable(api: tuple[httpx.Client, Script]) -> None:
+    http, _ = api
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    messages = [
+        {"role": "user", "content": "What's the weather in Lisbon?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "call-1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Lisbon, PT"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call-1", "content": "Error: unknown city 'Lisbon, PT'"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "call-2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Lisbon"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call-2", "content": "18 C, sunny"},
+        {"role": "assistant", "content": "It is 18 C and sunny in Lisbon."},
+    ]
+    added = http.post(
+        "/product/add",
+        json={"user_id": "agent", "async_mode": "sync", "messages": messages, "tools": tools},
+    )
+    assert added.status_code == 200, added.text
+    kinds = {e["memory_type"] for e in added.json()["data"] if e.get("action") == "tool"}
+    assert kinds == {"ToolSchemaMemory", "ToolTrajectoryMemory"}
+    [trajectory] = [
+        e["memory"] for e in added.json()["data"] if e["memory_type"] == "ToolTrajectoryMemory"
+    ]
+    assert "Result: failure" in trajectory and "unknown city" in trajectory
+    found = http.post(
+        "/product/search",
+        json={"user_id": "agent", "query": "weather tool for a city", "relativity": 0},
+    ).json()["data"]
+    tool_hits = found["tool_mem"][0]["memories"]
+    assert {m["metadata"]["memory_type"] for m in tool_hits} == {
+        "ToolSchemaMemory",
+        "ToolTrajectoryMemory",
+    }
+    assert all(
+        m["metadata"]["memory_type"] not in ("ToolSchemaMemory", "ToolTrajectoryMemory")
+        for m in found["text_mem"][0]["memories"]
+    )
+    plain = http.post(
+        "/product/search",
+        json={"user_id": "agent", "query": "weather", "search_tool_memory": False},
+    ).json()["data"]
+    assert plain["tool_mem"][0]["memories"] == []

@@ -42,8 +42,10 @@ def test_units_are_ordered_by_session_then_arrival() -> None:
     both = cube.allowed(["UserMemory"], ["a2", "c1", "unknown"])
     assert both is not None and both.tolist() == [False, False, True, False, False]
     assert cube.allowed(None, None) is None
+    # Types covering every indexed unit need no mask.
+    assert cube.allowed(["UserMemory", "LongTermMemory", "ToolSchemaMemory"], None) is None
 
 
 def test_an_empty_cube_indexes() -> None:
     cube = index_cube([], np.zeros((0, 8), np.float32), [], "", RankingParams())
-    assert cube.index.size == 0 and cube.allowed(["UserMemory"], None) is not None
+    assert cube.index.size == 0 and cube.allowed(["UserMemory"], None) is None
