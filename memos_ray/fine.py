@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -34,6 +34,10 @@ from memos_ray.memory.json_repair import JSONRepairError, parse_json
 from memos_ray.memory.reader import Window
 from memos_ray.models.chat import ChatModel, ChatRequest, Message, SamplingParams, Usage
 from memos_ray.service import TEXT_TYPES, MemoryService
+
+if TYPE_CHECKING:
+    from memos_ray.preferences import PreferenceService
+from memos_ray.stores.preference.base import Preference
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.vector.base import VectorFilter
 
@@ -76,6 +80,8 @@ class FineOutcome:
     archived: list[MemoryItem] = field(default_factory=list)
     raw_kept: list[MemoryItem] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Preferences stored (explicit, or implicit ones seen often enough).
+    preferences: list[Preference] = field(default_factory=list)
     # The LLM's one-line summaries of the windows it read.
     summaries: list[str] = field(default_factory=list)
     # True when the cube was over its token budget: windows stored in fast mode.
@@ -103,11 +109,14 @@ class FineService:
         similarity: float = 0.6,
         candidates: int = 4,
         ledger: TenancyStore | None = None,
+        preferences: PreferenceService | None = None,
     ) -> None:
         self.memory = memory
         self.model = model
         # Where LLM tokens are counted per cube, and budgets read.
         self.ledger = ledger
+        # Where extracted preferences go (None: they are dropped).
+        self.preferences = preferences
         self.reader = FineReader(model, max_attempts=max_attempts, max_tokens=max_tokens)
         self.similarity = similarity
         self.candidates = candidates
@@ -169,6 +178,7 @@ class FineService:
                 continue
             if result.summary:
                 outcome.summaries.append(result.summary)
+            before = len(outcome.stored) + len(outcome.merged)
             for extracted in result.memories:
                 fine = Window(
                     text=extracted.value,
@@ -182,6 +192,17 @@ class FineService:
                 )
                 with self._lock(cube_id):
                     self._consolidate(cube_id, user_id, fine, session_id, tags, info, outcome)
+            if self.preferences is not None and result.preferences:
+                made = [*outcome.stored, *outcome.merged][before:]
+                done = self.preferences.add_extracted(
+                    cube_id,
+                    user_id,
+                    result.preferences,
+                    window.sources,
+                    session_id,
+                    [item.id for item in made],
+                )
+                outcome.preferences += done.stored
 
     def _keep_raw(
         self,

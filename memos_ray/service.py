@@ -95,6 +95,7 @@ class MemoryService:
         session_id: str = "default_session",
         tags: Sequence[str] = (),
         info: Mapping[str, Any] | None = None,
+        status: MemoryStatus = MemoryStatus.ACTIVATED,
     ) -> AddOutcome:
         """Store windows as memories; an identical text already in the cube is not stored again.
 
@@ -126,6 +127,7 @@ class MemoryService:
                     info=item_info,
                     key=window.key,
                     background=window.background,
+                    status=status,
                 ),
             )
         existing = self.graph.existing_ids(cube_id, list(items))

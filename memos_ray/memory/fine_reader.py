@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -59,10 +59,38 @@ class ExtractedMemory(BaseModel):
         return _TYPES.get(self.memory_type, MemoryType.LONG_TERM)
 
 
+class ExtractedPreference(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    preference: str = Field(min_length=1)
+    # explicit: the user said it; implicit: inferred from what the user did or chose.
+    kind: Literal["explicit", "implicit"] = "explicit"
+    topic: str = ""
+    reasoning: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lenient(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"preference": data}
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for alias in ("value", "text", "content"):
+            if not data.get("preference") and isinstance(data.get(alias), str):
+                data["preference"] = data[alias]
+        kind = str(data.get("kind") or data.get("type") or "explicit").lower()
+        data["kind"] = "implicit" if kind.startswith("implicit") else "explicit"
+        if isinstance(data.get("preference"), str):
+            data["preference"] = data["preference"].strip()
+        return data
+
+
 class Extraction(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     memories: list[ExtractedMemory] = Field(default_factory=list)
+    preferences: list[ExtractedPreference] = Field(default_factory=list)
     summary: str = ""
 
     @model_validator(mode="before")
@@ -95,9 +123,21 @@ EXTRACTION_SCHEMA: dict[str, Any] = {
                 "required": ["key", "memory_type", "value", "tags"],
             },
         },
+        "preferences": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "preference": {"type": "string"},
+                    "kind": {"enum": ["explicit", "implicit"]},
+                    "topic": {"type": "string"},
+                },
+                "required": ["preference", "kind", "topic"],
+            },
+        },
         "summary": {"type": "string"},
     },
-    "required": ["memories", "summary"],
+    "required": ["memories", "preferences", "summary"],
 }
 
 SYSTEM_PROMPT = (
@@ -106,10 +146,13 @@ SYSTEM_PROMPT = (
     "instead of pronouns, and absolute dates instead of relative ones (each line shows when "
     "it was said).\n"
     'memory_type is "UserMemory" for facts about the user, otherwise "LongTermMemory".\n'
+    "Also list the user's preferences: explicit ones the user states (likes, dislikes, "
+    "wishes), and implicit ones shown by what the user chooses or does.\n"
     "Answer with JSON only, in this shape:\n"
     '{"memories": [{"key": "short title", "memory_type": "UserMemory", "value": "the fact", '
-    '"tags": ["topic"]}], "summary": "one sentence about the conversation"}\n'
-    'Return {"memories": [], "summary": ""} if nothing is worth remembering.'
+    '"tags": ["topic"]}], "preferences": [{"preference": "Melanie prefers tea to coffee", '
+    '"kind": "explicit", "topic": "drinks"}], "summary": "one sentence about the conversation"}\n'
+    'Return {"memories": [], "preferences": [], "summary": ""} if nothing is worth remembering.'
 )
 
 
@@ -121,6 +164,7 @@ class FineResult:
     attempts: int
     usage: Usage = field(default_factory=Usage)
     calls: int = 0
+    preferences: list[ExtractedPreference] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -177,6 +221,7 @@ class FineReader:
                 attempts=attempt,
                 usage=usage,
                 calls=calls,
+                preferences=[p for p in extraction.preferences if p.preference],
             )
         return FineResult([], "", error, self.max_attempts, usage, calls)
 
