@@ -28,6 +28,21 @@ from memos_ray.stores.local import _die_with_parent, _port_free, free_port
 
 logger = logging.getLogger(__name__)
 
+# `python -m milvus_lite server`, except that SIGTERM (stop(), or the owner's death) and
+# SIGINT shut it down cleanly: it drains requests and closes its database. Plain SIGTERM
+# would kill it at once, and SIGINT is ignored when the owner ignores it (Ray workers do).
+_SERVE = """
+import signal, sys
+from milvus_lite.cmdline import main
+def _stop(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, _stop)
+signal.signal(signal.SIGINT, _stop)
+sys.argv[0] = "milvus-lite"
+sys.exit(main())
+"""
+
 
 class MilvusLiteServer:
     """`python -m milvus_lite server` on `host:port`, its data and log under `data_dir`.
@@ -90,7 +105,7 @@ class MilvusLiteServer:
     def _launch(self) -> None:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         args = [
-            sys.executable, "-m", "milvus_lite", "server",
+            sys.executable, "-c", _SERVE, "server",
             "--data-dir", str(self.data_dir.resolve()),
             "--host", self.host,
             "--port", str(self.port),
@@ -132,22 +147,17 @@ class MilvusLiteServer:
             return False
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGINT first: the server then drains requests and closes its database (segments
-        flushed, so the next start replays no log). SIGTERM, then SIGKILL, if it lingers."""
+        """SIGTERM: the server drains requests and closes its database (segments flushed,
+        so the next start replays no log). SIGKILL if it is still there after `timeout_s`."""
         proc = self._proc
         if proc is None:
             return
-        for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0)):
-            if proc.poll() is not None:
-                break
-            self._signal(sig)
-            try:
-                proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
         if proc.poll() is None:
-            self._kill()
+            self._signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._kill()
         self._proc = None
 
     def _signal(self, sig: signal.Signals) -> None:
