@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -49,6 +50,9 @@ _BATCH = 500
 _RRF_K = 60
 _STRONG = "Strong"
 _NOT_LOADED = 101  # Milvus's CollectionNotLoaded
+_CONNECT_FAILED = 2  # pymilvus: the server cannot be reached
+# How long a call waits for an unreachable server (a supervised restart takes ~1-2 s).
+_RECONNECT_S = 20.0
 _ANALYZER: dict[str, Any] = {
     "tokenizer": "standard",
     "filter": ["lowercase", {"type": "stop", "stop_words": sorted(STOPWORDS)}],
@@ -102,6 +106,11 @@ def _milvus_errors(action: str) -> Iterator[None]:
         raise StoreError(f"Milvus could not {action}: {exc}") from exc
 
 
+def _unreachable(exc: MilvusException) -> bool:
+    text = str(exc.message)
+    return exc.code == _CONNECT_FAILED or "UNAVAILABLE" in text or "unavailable" in text
+
+
 def _not_loaded(exc: MilvusException) -> bool:
     """A server restarted since we loaded the collection: it comes back released."""
     return exc.code == _NOT_LOADED or "call load()" in str(exc.message)
@@ -138,16 +147,26 @@ class MilvusPreferenceStore(PreferenceStore):
         return self._dim
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
-        """One Milvus call; if the server restarted under us (collection released), load
-        the collection again and retry once."""
+        """One Milvus call that rides out a server restart: while the server is unreachable
+        it retries (every call here is idempotent) for up to `_RECONNECT_S`, and a server
+        that came back has the collection released, so it is loaded again."""
+        deadline = time.monotonic() + _RECONNECT_S
+        delay, loads, load = 0.05, 0, False
         with _milvus_errors(action):
-            try:
-                return fn()
-            except MilvusException as exc:
-                if not _not_loaded(exc):
-                    raise
-                self._client.load_collection(self._collection)
-                return fn()
+            while True:
+                try:
+                    if load:
+                        self._client.load_collection(self._collection)
+                        load = False
+                    return fn()
+                except MilvusException as exc:
+                    if _not_loaded(exc) and loads < 3:
+                        loads, load = loads + 1, True
+                    elif _unreachable(exc) and time.monotonic() < deadline:
+                        time.sleep(delay)
+                        delay = min(2 * delay, 1.0)
+                    else:
+                        raise
 
     # -- schema ---------------------------------------------------------------------------
 
