@@ -16,6 +16,7 @@ from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig, OpenAILLMConfig
 from memos_ray.errors import MemosError
 from memos_ray.memory.adapters import AdapterStore
+from memos_ray.preferences import PreferenceService
 from memos_ray.service import MemoryService
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.tenancy import AccessControl
@@ -89,6 +90,7 @@ class MemosIngress:
                 from deployments.embedder import HandleEmbedder
                 from memos_ray.wiring import (
                     build_fine_service,
+                    build_preferences,
                     build_query_embedder,
                     build_ray_stores,
                     build_reranker,
@@ -108,15 +110,31 @@ class MemosIngress:
                 admin_key = config.admin_key.get_secret_value() if config.admin_key else None
                 tenancy = build_tenancy_store(config)
                 access = AccessControl(tenancy, admin_key)
-                chat = self._chat(service, tenancy)
-                fine = build_fine_service(config, service, chat.model, tenancy) if chat else None
+                preferences = build_preferences(config, service, in_ray=True)
+                chat = self._chat(service, tenancy, preferences)
+                fine = (
+                    build_fine_service(config, service, chat.model, tenancy, preferences)
+                    if chat
+                    else None
+                )
                 self._context = ApiContext(
-                    config, service, access, __version__, chat=chat, fine=fine
+                    config,
+                    service,
+                    access,
+                    __version__,
+                    chat=chat,
+                    fine=fine,
+                    preferences=preferences,
                 )
                 self._error = None
         return self._context
 
-    def _chat(self, service: MemoryService, tenancy: TenancyStore) -> ChatService | None:
+    def _chat(
+        self,
+        service: MemoryService,
+        tenancy: TenancyStore,
+        preferences: PreferenceService | None,
+    ) -> ChatService | None:
         from deployments.llm import HandleChatModel
         from memos_ray.wiring import build_chat_model
 
@@ -127,7 +145,9 @@ class MemosIngress:
         if model is None:
             return None
         adapters = AdapterStore(config.data_path("adapters"))
-        return ChatService(service, model, config.chat, config.reader, adapters, tenancy)
+        return ChatService(
+            service, model, config.chat, config.reader, adapters, tenancy, preferences
+        )
 
     def check_health(self) -> None:
         if self._error is not None:

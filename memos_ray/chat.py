@@ -32,7 +32,9 @@ from memos_ray.models.chat import (
     Usage,
     split_reasoning,
 )
+from memos_ray.preferences import PreferenceService, preference_string
 from memos_ray.service import MemoryService, SearchOptions
+from memos_ray.stores.preference.base import Preference
 from memos_ray.stores.sql.base import TenancyStore
 
 logger = logging.getLogger("memos_ray.chat")
@@ -56,6 +58,8 @@ class ChatTurn:
     session_id: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     model: str | None = None
+    include_preference: bool = True
+    pref_top_k: int = 6
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class PreparedChat:
     request: ChatRequest
     memories: list[MemoryItem]
     hot: list[MemoryItem]
+    preferences: list[Preference] = field(default_factory=list)
 
     @property
     def prompt(self) -> list[dict[str, str]]:
@@ -86,8 +91,10 @@ class ChatService:
         reader: ReaderConfig,
         adapters: AdapterStore,
         ledger: TenancyStore | None = None,
+        preferences: PreferenceService | None = None,
     ) -> None:
         self.memory = memory
+        self.preferences = preferences
         # Where each answer's tokens are counted, against the cube whose memories it used.
         self.ledger = ledger
         self.model = model
@@ -119,6 +126,11 @@ class ChatService:
         retrieved = [m for cube in cubes for m in found.get(cube, []) if m.id not in hot_ids]
         retrieved.sort(key=lambda m: -(m.metadata.relativity or 0.0))
         retrieved = retrieved[: turn.top_k]
+        preferences: list[Preference] = []
+        if self.preferences is not None and turn.include_preference and turn.pref_top_k:
+            found_prefs = self.preferences.search(cubes, turn.query, turn.pref_top_k)
+            preferences = [p for cube in cubes for p in found_prefs.get(cube, [])]
+            preferences = preferences[: turn.pref_top_k]
         messages: list[Message] = []
         if slot:
             block = render_memories(retrieved) or "(no memories found)"
@@ -131,6 +143,8 @@ class ChatService:
             user = turn.query
             if retrieved:
                 user = f"Memories related to this message:\n{render_memories(retrieved)}\n\n{user}"
+        if preferences:
+            user = f"The user's preferences:\n{preference_string(preferences)}\n\n{user}"
         history = list(turn.history)[-self.config.max_history :] if self.config.max_history else []
         messages.extend(history)
         messages.append(Message(role="user", content=user))
@@ -141,7 +155,7 @@ class ChatService:
             adapter=self.adapters.get(primary),
             prefix_messages=0 if slot else 1,
         )
-        return PreparedChat(request=request, memories=retrieved, hot=hot)
+        return PreparedChat(request=request, memories=retrieved, hot=hot, preferences=preferences)
 
     def hot_memories(self, cube_id: str) -> list[MemoryItem]:
         """The cube's newest memories within the activation budget, oldest first."""

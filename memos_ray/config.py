@@ -59,6 +59,34 @@ class QdrantConfig(_Strict):
 VectorConfig = Annotated[QdrantEdgeConfig | QdrantConfig, Field(discriminator="backend")]
 
 
+class MilvusLiteConfig(_Strict):
+    """Embedded preference store: Milvus Lite (`milvus-lite server` under Ray, so every
+    process shares it; a plain file in a single process)."""
+
+    backend: Literal["milvus_lite"] = "milvus_lite"
+    # Relative to data_dir unless absolute.
+    path: str = "milvus"
+    collection: str = "memos_preferences"
+
+
+class MilvusConfig(_Strict):
+    backend: Literal["milvus"] = "milvus"
+    uri: str
+    token: SecretStr | None = None
+    collection: str = "memos_preferences"
+
+
+class NoPreferenceConfig(_Strict):
+    """No preference memory: `pref_mem` stays empty, extracted preferences are dropped."""
+
+    backend: Literal["none"] = "none"
+
+
+PreferenceStoreConfig = Annotated[
+    MilvusLiteConfig | MilvusConfig | NoPreferenceConfig, Field(discriminator="backend")
+]
+
+
 class SQLConfig(_Strict):
     # None means SQLite under data_dir.
     url: SecretStr | None = None
@@ -254,6 +282,9 @@ class FineConfig(_Strict):
     # duplicate (merge) or contradiction (archive the old one).
     similarity: float = Field(default=0.6, ge=-1, le=1)
     candidates: int = Field(default=4, ge=1)
+    # An implicit preference is kept once this many occasions (windows) showed it.
+    implicit_evidence: int = Field(default=2, ge=1)
+    preference_similarity: float = Field(default=0.75, ge=-1, le=1)
 
 
 class LimitsConfig(_Strict):
@@ -289,6 +320,7 @@ class MemosConfig(BaseSettings):
     graph: GraphConfig = Field(default_factory=FalkorDBConfig)
     vector: VectorConfig = Field(default_factory=QdrantEdgeConfig)
     sql: SQLConfig = Field(default_factory=SQLConfig)
+    preference: PreferenceStoreConfig = Field(default_factory=MilvusLiteConfig)
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     reranker: RerankerConfig = Field(default_factory=RerankerConfig)
     reader: ReaderConfig = Field(default_factory=ReaderConfig)

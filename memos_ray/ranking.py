@@ -41,11 +41,12 @@ def unit_payload(item: MemoryItem, seq: int) -> dict[str, Any]:
     a strong cue: "what did Ann adopt?"), without the rendered timestamps, which would
     pollute keyword scores; `seq` orders a session's turns (arrival order, nanoseconds).
     """
-    if "mode:fine" in item.metadata.tags:
-        # A distilled fact: its own words are what to match, not the turns it came from.
-        turns = []
-    else:
+    if "mode:fast" in item.metadata.tags:
         turns = [s for s in item.metadata.sources if s.content]
+    else:
+        # Distilled facts, preferences, tool trajectories, document chunks: their own words
+        # are what to match, not the messages they came from.
+        turns = []
     # A repeated message merged into one memory is indexed once.
     said = dict.fromkeys(f"{s.name}: {s.content}" if s.name else str(s.content) for s in turns)
     text = "\n".join(said)

@@ -105,7 +105,12 @@ def falkordb_actor(config: MemosConfig):  # type: ignore[no-untyped-def]
 def stop_embedded(config: MemosConfig) -> None:
     """Stop the embedded stores of this data dir cleanly (data flushed), then drop the actors."""
     suffix = actor_suffix(config)
-    for name, method in ((f"memos-vector-{suffix}", "close"), (f"memos-falkordb-{suffix}", "stop")):
+    actors = (
+        (f"memos-vector-{suffix}", "close"),
+        (f"memos-falkordb-{suffix}", "stop"),
+        (f"memos-milvus-{suffix}", "stop"),
+    )
+    for name, method in actors:
         try:
             actor = ray.get_actor(name, namespace=config.serving.namespace)
         except ValueError:

@@ -12,7 +12,9 @@ from types import TracebackType
 from memos_ray.config import (
     FalkorDBConfig,
     MemosConfig,
+    MilvusConfig,
     Neo4jConfig,
+    NoPreferenceConfig,
     OpenAILLMConfig,
     QdrantConfig,
     QdrantEdgeConfig,
@@ -23,6 +25,7 @@ from memos_ray.fine import FineService
 from memos_ray.models.chat import ChatModel
 from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
 from memos_ray.models.reranker import EmbeddingReranker, Reranker
+from memos_ray.preferences import PreferenceService
 from memos_ray.service import MemoryService
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.falkordb import falkordb_graph_store
@@ -116,7 +119,11 @@ def build_chat_model(config: MemosConfig) -> ChatModel | None:
 
 
 def build_fine_service(
-    config: MemosConfig, service: MemoryService, model: ChatModel, ledger: TenancyStore
+    config: MemosConfig,
+    service: MemoryService,
+    model: ChatModel,
+    ledger: TenancyStore,
+    preferences: PreferenceService | None = None,
 ) -> FineService:
     fine = config.fine
     return FineService(
@@ -127,6 +134,46 @@ def build_fine_service(
         similarity=fine.similarity,
         candidates=fine.candidates,
         ledger=ledger,
+        preferences=preferences,
+    )
+
+
+def build_preferences(
+    config: MemosConfig, service: MemoryService, *, in_ray: bool
+) -> PreferenceService | None:
+    """The preference store: inside Ray an embedded Milvus Lite is a server owned by a named
+    actor (every replica shares it); in one plain process it is a file."""
+    cfg = config.preference
+    if isinstance(cfg, NoPreferenceConfig):
+        return None
+    from memos_ray.preferences import PreferenceService
+    from memos_ray.stores.preference.milvus import MilvusPreferenceStore
+
+    if isinstance(cfg, MilvusConfig):
+        token = cfg.token.get_secret_value() if cfg.token else None
+        uri, collection = cfg.uri, cfg.collection
+    else:
+        folder = config.data_path(cfg.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        token, collection = None, cfg.collection
+        if in_ray:
+            import ray
+
+            from memos_ray.runtime import actor_suffix
+            from memos_ray.stores.preference.milvus_server import milvus_lite_actor
+
+            actor = milvus_lite_actor(
+                f"memos-milvus-{actor_suffix(config)}", config.serving.namespace, folder
+            )
+            uri = ray.get(actor.uri.remote())
+        else:
+            uri = str(folder / "preferences.db")
+    store = MilvusPreferenceStore(config.embedder.dim, uri=uri, token=token, collection=collection)
+    return PreferenceService(
+        service,
+        store,
+        implicit_evidence=config.fine.implicit_evidence,
+        similarity=config.fine.preference_similarity,
     )
 
 
@@ -221,8 +268,11 @@ class LocalStack(AbstractContextManager["LocalStack"]):
             build_reranker(config),
             config.search,
         )
+        self.preferences = build_preferences(config, self.service, in_ray=False)
 
     def close(self) -> None:
+        if self.preferences is not None:
+            self.preferences.store.close()
         self.service.close()
         self.tenancy.close()
         if self._falkordb is not None:

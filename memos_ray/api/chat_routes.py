@@ -301,6 +301,8 @@ def _product_turn(
         session_id=req.session_id,
         params=_params(context, req.max_tokens, req.temperature, req.top_p),
         model=req.model_name_or_path,
+        include_preference=req.include_preference,
+        pref_top_k=req.pref_top_k,
     )
     return turn, write_cube is not None
 
@@ -353,6 +355,7 @@ def _extras(prepared: PreparedChat, include_prompt: bool) -> dict[str, Any]:
     extras: dict[str, Any] = {
         "memory_ids": [m.id for m in prepared.memories],
         "activation_memory_ids": [m.id for m in prepared.hot],
+        "preference_ids": [p.id for p in prepared.preferences],
         "adapter": prepared.request.adapter.name if prepared.request.adapter else None,
     }
     if include_prompt:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig
 from memos_ray.fine import FineService
+from memos_ray.preferences import PreferenceService
 from memos_ray.service import MemoryService
 from memos_ray.tenancy import AccessControl
 
@@ -21,3 +22,5 @@ class ApiContext:
     chat: ChatService | None = None
     # Fine mode (LLM extraction); None without a chat model: fine adds run in fast mode.
     fine: FineService | None = None
+    # Preference memory (Milvus); None when switched off.
+    preferences: PreferenceService | None = None

@@ -18,7 +18,7 @@ from memos_ray.api.convert import (
     windows_from_request,
 )
 from memos_ray.api.deps import dependencies
-from memos_ray.api.wire import bucket, edge_json, item_json
+from memos_ray.api.wire import bucket, edge_json, item_json, preference_bucket
 from memos_ray.config import ReaderConfig
 from memos_ray.document_memory import add_documents
 from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem
@@ -29,6 +29,7 @@ from memos_ray.memory.documents import Document
 from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
 from memos_ray.memory.reader import Window
 from memos_ray.models.chat import Message
+from memos_ray.preferences import preference_note, preference_string
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.product import (
     AddRequest,
@@ -149,6 +150,12 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         payload["text_mem"] = [bucket(c, results[c]) for c in cubes]
         for name in EMPTY_BUCKETS:
             payload[name] = [bucket(c, []) for c in cubes]
+        if req.include_preference and req.pref_top_k and context.preferences is not None:
+            found = context.preferences.search(cubes, req.query, req.pref_top_k)
+            payload["pref_mem"] = [preference_bucket(c, found.get(c, [])) for c in cubes]
+            every = [p for c in cubes for p in found.get(c, [])]
+            payload["pref_note"] = preference_note(every)
+            payload["pref_string"] = preference_string(every)
         with_tools = [c for c in cubes if context.service.has_types(c, TOOL_TYPES)]
         if req.search_tool_memory and req.tool_mem_top_k and with_tools:
             tools = context.service.search(

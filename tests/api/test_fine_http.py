@@ -17,8 +17,10 @@ import pytest
 from memos_ray import __version__
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
+from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig
 from memos_ray.fine import FineService
+from memos_ray.memory.adapters import AdapterStore
 from memos_ray.models.chat import ChatRequest
 from memos_ray.models.embedder import SentenceTransformerEmbedder
 from memos_ray.tenancy import AccessControl
@@ -34,16 +36,20 @@ class Script:
     extract: list[str] = field(default_factory=list)
     judge: list[str] = field(default_factory=list)
     feedback: list[str] = field(default_factory=list)
+    chat: list[str] = field(default_factory=list)
+    chat_requests: list[ChatRequest] = field(default_factory=list)
 
     def __call__(self, request: ChatRequest) -> str:
         system = request.messages[0].content
-        queue = (
-            self.extract
-            if system.startswith("You turn a conversation")
-            else self.judge
-            if system.startswith("You compare")
-            else self.feedback
-        )
+        if system.startswith("You turn a conversation"):
+            queue = self.extract
+        elif system.startswith("You compare"):
+            queue = self.judge
+        elif system.startswith("The user corrects"):
+            queue = self.feedback
+        else:
+            queue = self.chat
+            self.chat_requests.append(request)
         assert queue, f"no scripted answer left for: {system[:40]}"
         return queue.pop(0)
 
@@ -55,9 +61,27 @@ def api(
     config = MemosConfig(data_dir=tmp_path_factory.mktemp("feedback")).resolved()
     script = Script()
     with LocalStack(config, embedder=embedder) as stack:
-        fine = FineService(stack.service, ScriptedChatModel(script), ledger=stack.tenancy)
+        model = ScriptedChatModel(script)
+        fine = FineService(
+            stack.service, model, ledger=stack.tenancy, preferences=stack.preferences
+        )
+        chat = ChatService(
+            stack.service,
+            model,
+            config.chat,
+            config.reader,
+            AdapterStore(config.data_path("adapters")),
+            stack.tenancy,
+            stack.preferences,
+        )
         context = ApiContext(
-            config, stack.service, AccessControl(stack.tenancy, None), __version__, fine=fine
+            config,
+            stack.service,
+            AccessControl(stack.tenancy, None),
+            __version__,
+            chat=chat,
+            fine=fine,
+            preferences=stack.preferences,
         )
         with (
             serve_in_thread(create_app(lambda: context)) as url,
@@ -410,3 +434,77 @@ def test_tool_schemas_and_trajectories_are_searchable(api: tuple[httpx.Client, S
         json={"user_id": "agent", "query": "weather", "search_tool_memory": False},
     ).json()["data"]
     assert plain["tool_mem"][0]["memories"] == []
+
+
+def _with_preferences(facts: list[str], preferences: list[dict]) -> str:
+    memories = [{"value": v, "memory_type": "UserMemory"} for v in facts]
+    return json.dumps({"memories": memories, "preferences": preferences, "summary": ""})
+
+
+def test_preferences_reach_search_and_the_chat_prompt(api: tuple[httpx.Client, Script]) -> None:
+    http, script = api
+    script.extract.append(
+        _with_preferences(
+            ["Rosa booked a flight to Oslo."],
+            [{"preference": "Rosa prefers aisle seats on flights", "kind": "explicit"}],
+        )
+    )
+    assert _add_fine(http, "rosa", "Book me to Oslo, aisle seat as always!").status_code == 200
+    found = http.post(
+        "/product/search", json={"user_id": "rosa", "query": "which seat should I book?"}
+    ).json()["data"]
+    [pref] = found["pref_mem"][0]["memories"]
+    assert pref["memory"] == "Rosa prefers aisle seats on flights"
+    assert pref["metadata"]["preference_type"] == "explicit_preference"
+    assert "aisle seats" in found["pref_string"] and found["pref_note"]
+    # Not asked for: not searched.
+    off = http.post(
+        "/product/search",
+        json={"user_id": "rosa", "query": "seat", "include_preference": False},
+    ).json()["data"]
+    assert off["pref_mem"][0]["memories"] == []
+
+    script.chat.append("An aisle seat, as you like.")
+    answer = http.post(
+        "/product/chat/complete",
+        json={
+            "user_id": "rosa",
+            "query": "Which seat should I pick?",
+            "include_prompt": True,
+            "add_message_on_answer": False,
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    assert data["response"] == "An aisle seat, as you like." and data["preference_ids"] == [
+        pref["id"]
+    ]
+    assert "Rosa prefers aisle seats on flights" in data["prompt"][-1]["content"]
+
+
+def test_implicit_preference_needs_a_second_occasion(api: tuple[httpx.Client, Script]) -> None:
+    http, script = api
+    implicit = [{"preference": "Theo chooses vegetarian dishes", "kind": "implicit"}]
+    script.extract.append(_with_preferences(["Theo ordered the lentil curry."], implicit))
+    _add_fine(http, "theo", "I'll have the lentil curry.")
+    first = http.post(
+        "/product/search", json={"user_id": "theo", "query": "what food does Theo like"}
+    )
+    assert first.json()["data"]["pref_mem"][0]["memories"] == []  # one choice is not a habit
+    graph = http.post("/product/get_all", json={"user_id": "theo"}).json()["data"][0]
+    observed = [
+        n
+        for n in graph["memories"][0]["nodes"]
+        if n["metadata"]["memory_type"] == "PreferenceMemory"
+    ]
+    assert [n["metadata"]["status"] for n in observed] == ["resolving"]
+
+    script.extract.append(_with_preferences(["Theo ordered a veggie burger."], implicit))
+    script.judge.append('{"relation": "unrelated", "index": -1}')
+    _add_fine(http, "theo", "A veggie burger for me, please.")
+    second = http.post(
+        "/product/search", json={"user_id": "theo", "query": "what food does Theo like"}
+    )
+    [pref] = second.json()["data"]["pref_mem"][0]["memories"]
+    assert pref["metadata"]["preference_type"] == "implicit_preference"
+    assert pref["memory"] == "Theo chooses vegetarian dishes"
