@@ -96,6 +96,20 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                 _added(i, cube_id, "tool") for i in [*tool_outcome.stored, *tool_outcome.duplicates]
             ]
         if fine:
+            if context.config.fine.keep_turns:
+                turns = windows_from_request(
+                    req, context.config.reader, context.config.limits, allow_empty=True
+                )
+                for cube_id in cubes if turns else []:
+                    kept = context.service.add_windows(
+                        cube_id,
+                        user_id,
+                        turns,
+                        session_id=req.session_id or "default_session",
+                        tags=req.custom_tags or (),
+                        info=req.info,
+                    )
+                    docs += [_added(i, cube_id, "turn") for i in [*kept.stored, *kept.duplicates]]
             return _add_fine(req, context, user_id, cubes, windows, docs)
         added: list[dict[str, Any]] = list(docs)
         stored = duplicates = 0

@@ -35,7 +35,10 @@ def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | N
     with ExitStack() as stack:
         if getattr(args, "mode", "fast") == "fine":
             llm = _fine_llm(args, data_dir, stack)
-        config = load_config({"data_dir": str(data_dir), "admin_key": None, "llm": llm})
+        overrides: dict[str, Any] = {"data_dir": str(data_dir), "admin_key": None, "llm": llm}
+        if getattr(args, "keep_turns", False):
+            overrides["fine"] = {"keep_turns": True}
+        config = load_config(overrides)
         print(f"starting memos-ray on the embedded defaults in {config.data_dir} ...", flush=True)
         with local_service(config, port=free_port()) as url:
             print(f"service ready at {url}", flush=True)
@@ -293,6 +296,11 @@ def add_bench_parser(sub: Any) -> None:
             choices=["fast", "fine"],
             default="fast",
             help="add mode; fine extracts with an LLM (--llm-url or --vllm)",
+        )
+        p.add_argument(
+            "--keep-turns",
+            action="store_true",
+            help="fine mode: also store each turn as in fast mode (fine.keep_turns)",
         )
         p.add_argument("--llm-url", help="fine mode: an OpenAI-compatible base URL (.../v1)")
         p.add_argument("--llm-model", default="SmolLM2-135M-Instruct", help="with --llm-url")
