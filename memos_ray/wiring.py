@@ -162,8 +162,11 @@ def build_preferences(
             from memos_ray.runtime import actor_suffix
             from memos_ray.stores.preference.milvus_server import milvus_lite_actor
 
+            # The same folder the single-process file mode opens: either sees the other's data.
             actor = milvus_lite_actor(
-                f"memos-milvus-{actor_suffix(config)}", config.serving.namespace, folder
+                f"memos-milvus-{actor_suffix(config)}",
+                config.serving.namespace,
+                folder / "preferences.db",
             )
             uri = ray.get(actor.uri.remote())
         else:

@@ -158,6 +158,12 @@ class VLLMEngineChatModel(ChatModel):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         p = request.params
+        extra: dict[str, Any] = {}
+        if request.response_schema is not None:
+            # Guided decoding: the answer is valid JSON for the schema by construction.
+            from vllm.sampling_params import StructuredOutputsParams
+
+            extra["structured_outputs"] = StructuredOutputsParams(json=request.response_schema)
         return SamplingParams(
             max_tokens=max_tokens or p.max_tokens,
             temperature=p.temperature,
@@ -165,6 +171,7 @@ class VLLMEngineChatModel(ChatModel):
             stop=list(p.stop) or None,
             seed=p.seed,
             output_kind=RequestOutputKind[kind],
+            **extra,
         )
 
     def _outputs(

@@ -22,19 +22,22 @@ GREEDY = {"temperature": 0, "max_tokens": 12}
 
 
 @pytest.fixture(scope="module")
-def chat_url(
-    ray_cluster: None, tmp_path_factory: pytest.TempPathFactory, llm_models_dir: Path
-) -> Iterator[str]:
+def chat_config(tmp_path_factory: pytest.TempPathFactory, llm_models_dir: Path) -> MemosConfig:
+    return MemosConfig(
+        data_dir=tmp_path_factory.mktemp("chat-data"),
+        embedder={"num_cpus": 0.5},
+        llm={"backend": "transformers", "models_dir": str(llm_models_dir)},
+    ).resolved()
+
+
+@pytest.fixture(scope="module")
+def chat_url(ray_cluster: None, chat_config: MemosConfig) -> Iterator[str]:
     from ray import serve
 
     from deployments.app import build_from_config
     from memos_ray.runtime import stop_embedded
 
-    config = MemosConfig(
-        data_dir=tmp_path_factory.mktemp("chat-data"),
-        embedder={"num_cpus": 0.5},
-        llm={"backend": "transformers", "models_dir": str(llm_models_dir)},
-    ).resolved()
+    config = chat_config
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
@@ -245,3 +248,49 @@ def test_python_client_and_cli_chat(
     )
     out = capsys.readouterr()
     assert code == 0 and out.out.strip() and "memories retrieved" in out.err
+
+
+def test_preferences_written_elsewhere_reach_search_and_chat(
+    chat_url: str, chat_config: MemosConfig
+) -> None:
+    """The replica and this test process share the Milvus Lite server the Ray actor owns."""
+    import ray
+
+    from memos_ray.models.embedder import SentenceTransformerEmbedder
+    from memos_ray.stores.preference.base import Preference
+    from memos_ray.stores.preference.milvus import MilvusPreferenceStore
+
+    user = "pref-user"
+    httpx.post(
+        f"{chat_url}/product/add",
+        json={"user_id": user, "async_mode": "sync", "messages": "I fly to Oslo in May."},
+        timeout=60,
+    )
+    from memos_ray.runtime import actor_suffix
+
+    actor = ray.get_actor(
+        f"memos-milvus-{actor_suffix(chat_config)}", namespace=chat_config.serving.namespace
+    )
+    store = MilvusPreferenceStore(384, uri=ray.get(actor.uri.remote()))
+    text = "Prefers aisle seats on long flights"
+    vector = SentenceTransformerEmbedder().embed([text])
+    store.upsert(
+        user,
+        [Preference(id="p-aisle", cube_id=user, user_id=user, kind="explicit", preference=text)],
+        vector,
+    )
+    found = httpx.post(
+        f"{chat_url}/product/search",
+        json={"user_id": user, "query": "which seat on the plane?"},
+        timeout=60,
+    ).json()["data"]
+    assert [m["memory"] for m in found["pref_mem"][0]["memories"]] == [text]
+    answer = _chat(
+        chat_url,
+        "complete",
+        user_id=user,
+        query="Which seat should I book?",
+        include_prompt=True,
+        add_message_on_answer=False,
+    ).json()["data"]
+    assert answer["preference_ids"] == ["p-aisle"] and text in answer["prompt"][-1]["content"]

@@ -57,6 +57,18 @@ def main() -> None:
         if adapter_dir:
             lora = req.model_copy(update={"adapter": Adapter(name="test-lora", path=adapter_dir)})
             out["lora"] = model.generate(lora).model_dump()
+        schema = {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+            "required": ["city", "country"],
+        }
+        guided = req.model_copy(
+            update={
+                "response_schema": schema,
+                "params": SamplingParams(max_tokens=64, temperature=0),
+            }
+        )
+        out["guided"] = model.generate(guided).model_dump()
         try:
             model.generate(req.model_copy(update={"model": "nope"}))
         except Exception as exc:

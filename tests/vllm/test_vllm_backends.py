@@ -217,6 +217,9 @@ def test_engine_backend_in_vllm_venv(
     assert out["prefixed"]["usage"]["cached_tokens"] >= CPU_BLOCK
     assert out["lora"]["model"] == "test-lora" and out["lora"]["text"] != gen["text"]
     assert out["unknown_model_error"] == "UnknownModelError"
+    # Guided decoding: valid JSON with the schema's keys, straight from the engine.
+    guided = json.loads(out["guided"]["text"])
+    assert set(guided) == {"city", "country"}
 
 
 @pytest.mark.ray
@@ -301,3 +304,17 @@ def test_memos_chat_route_through_vllm(
         serve.delete("memos-vllm")
         serve.shutdown()
         stop_embedded(config)
+
+
+def test_guided_json_through_the_server(client: OpenAIChatModel) -> None:
+    """`response_schema` becomes `response_format` and the server enforces it."""
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+    }
+    request = QUESTION.model_copy(
+        update={"response_schema": schema, "params": SamplingParams(max_tokens=64, temperature=0)}
+    )
+    answer = json.loads(client.generate(request).text)
+    assert set(answer) == {"city", "country"}
