@@ -17,7 +17,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from memos_ray.domain.memory import (
-    HistoryEntry,
     MemoryItem,
     MemoryStatus,
     MemoryType,
@@ -228,25 +227,7 @@ def set_status(
     memory: MemoryService, cube_id: str, item: MemoryItem, status: MemoryStatus, reason: str
 ) -> MemoryItem:
     """A new status with a history entry holding the version it leaves."""
-    meta = item.metadata
-    history = [
-        *meta.history,
-        HistoryEntry(
-            version=meta.version, memory=item.memory, updated_at=iso(utc_now()), reason=reason
-        ),
-    ]
-    changed = item.model_copy(
-        update={
-            "metadata": meta.model_copy(
-                update={
-                    "status": status,
-                    "version": meta.version + 1,
-                    "updated_at": iso(utc_now()),
-                    "history": history,
-                }
-            )
-        }
-    )
+    changed = item.revised(reason, status=status)
     memory.update_items(cube_id, [changed])
     return changed
 

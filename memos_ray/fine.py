@@ -22,12 +22,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from memos_ray.domain.memory import (
     Edge,
     EdgeType,
-    HistoryEntry,
     MemoryItem,
     MemoryStatus,
-    iso,
     memory_id_for,
-    utc_now,
 )
 from memos_ray.memory.fine_reader import FineReader
 from memos_ray.memory.json_repair import JSONRepairError, parse_json
@@ -286,49 +283,15 @@ class FineService:
         meta = target.metadata
         sources = list(meta.sources)
         sources.extend(s for s in fine.sources if s not in sources)
-        history = [
-            *meta.history,
-            HistoryEntry(
-                version=meta.version, memory=target.memory, updated_at=iso(utc_now()), reason=reason
-            ),
-        ]
-        merged = target.model_copy(
-            update={
-                "metadata": meta.model_copy(
-                    update={
-                        "sources": sources,
-                        "tags": list(dict.fromkeys([*meta.tags, *fine.tags])),
-                        "version": meta.version + 1,
-                        "updated_at": iso(utc_now()),
-                        "history": history,
-                    }
-                )
-            }
+        merged = target.revised(
+            reason, sources=sources, tags=list(dict.fromkeys([*meta.tags, *fine.tags]))
         )
         self.memory.update_items(cube_id, [merged])
         return merged
 
     def archive(self, cube_id: str, old: MemoryItem, new_id: str | None, reason: str) -> MemoryItem:
         """Archive `old` (kept, no longer searched), pointing at what replaced it."""
-        meta = old.metadata
-        history = [
-            *meta.history,
-            HistoryEntry(
-                version=meta.version, memory=old.memory, updated_at=iso(utc_now()), reason=reason
-            ),
-        ]
-        archived = old.model_copy(
-            update={
-                "metadata": meta.model_copy(
-                    update={
-                        "status": MemoryStatus.ARCHIVED,
-                        "version": meta.version + 1,
-                        "updated_at": iso(utc_now()),
-                        "history": history,
-                    }
-                )
-            }
-        )
+        archived = old.revised(reason, status=MemoryStatus.ARCHIVED)
         self.memory.update_items(cube_id, [archived])
         if new_id is not None:
             self.memory.graph.add_edges(

@@ -122,6 +122,21 @@ class MemoryItem(BaseModel):
     def content_hash(self) -> str:
         return content_hash(self.memory)
 
+    def revised(self, reason: str, **metadata: Any) -> MemoryItem:
+        """A new version: `metadata` fields changed, the version it leaves kept in history."""
+        meta = self.metadata
+        now = iso(utc_now())
+        entry = HistoryEntry(
+            version=meta.version, memory=self.memory, updated_at=now, reason=reason
+        )
+        changes = {
+            **metadata,
+            "version": meta.version + 1,
+            "updated_at": now,
+            "history": [*meta.history, entry],
+        }
+        return self.model_copy(update={"metadata": meta.model_copy(update=changes)})
+
 
 class Edge(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=True)
