@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-import time
 from pathlib import Path
 
 import ray
 
 from memos_ray.config import FalkorDBConfig, MemosConfig
 from memos_ray.stores.local import FalkorDBServer
+from memos_ray.stores.supervisor import Supervisor
 
 
 def actor_suffix(config: MemosConfig) -> str:
@@ -39,44 +38,11 @@ class FalkorDBServerActor:
             redis_port=config.redis_port,
             bolt_port=config.bolt_port,
         )
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._poll_s = poll_s
-        self.restarts = 0
-        started = threading.Event()
-        failure: list[BaseException] = []
-        threading.Thread(
-            target=self._supervise, args=(started, failure), name="falkordb-supervisor", daemon=True
-        ).start()
-        started.wait()
-        if failure:
-            raise failure[0]
-
-    def _supervise(self, started: threading.Event, failure: list[BaseException]) -> None:
-        try:
-            self._server.start()
-        except BaseException as exc:
-            failure.append(exc)
-            started.set()
-            return
-        started.set()
-        while True:
-            time.sleep(self._poll_s)
-            with self._lock:
-                if self._stopping:
-                    return
-                if self._server.is_running():
-                    continue
-                logger.error("FalkorDB server exited unexpectedly; restarting it")
-                try:
-                    self._server.start()
-                    self.restarts += 1
-                except Exception:
-                    logger.exception("FalkorDB restart failed; trying again")
+        self._supervisor = Supervisor(self._server, "FalkorDB", poll_s)
 
     def bolt_uri(self) -> str:
-        with self._lock:
-            if not self._server.is_running() and not self._stopping:
+        with self._supervisor.lock:
+            if not self._server.is_running() and not self._supervisor.stopping:
                 self._server.start()
             return self._server.bolt_uri
 
@@ -84,12 +50,10 @@ class FalkorDBServerActor:
         return self._server.pid
 
     def restart_count(self) -> int:
-        return self.restarts
+        return self._supervisor.restarts
 
     def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            self._server.stop()
+        self._supervisor.stop()
 
 
 def falkordb_actor(config: MemosConfig):  # type: ignore[no-untyped-def]

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +24,7 @@ from ray.actor import ActorHandle
 
 from memos_ray.errors import StoreError
 from memos_ray.stores.local import _die_with_parent, _port_free, free_port
+from memos_ray.stores.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -206,45 +206,12 @@ class MilvusLiteServerActor:
         self, data_dir: str, host: str = "127.0.0.1", port: int | None = None, poll_s: float = 0.5
     ) -> None:
         self._server = MilvusLiteServer(Path(data_dir), host=host, port=port)
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._poll_s = poll_s
-        self.restarts = 0
-        started = threading.Event()
-        failure: list[BaseException] = []
-        threading.Thread(
-            target=self._supervise, args=(started, failure), name="milvus-supervisor", daemon=True
-        ).start()
-        started.wait()
-        if failure:
-            raise failure[0]
-
-    def _supervise(self, started: threading.Event, failure: list[BaseException]) -> None:
-        try:
-            self._server.start()
-        except BaseException as exc:
-            failure.append(exc)
-            started.set()
-            return
-        started.set()
-        while True:
-            time.sleep(self._poll_s)
-            with self._lock:
-                if self._stopping:
-                    return
-                if self._server.is_running():
-                    continue
-                logger.error("Milvus Lite server exited unexpectedly; restarting it")
-                try:
-                    self._server.start()
-                    self.restarts += 1
-                except Exception:
-                    logger.exception("Milvus Lite restart failed; trying again")
+        self._supervisor = Supervisor(self._server, "Milvus Lite", poll_s)
 
     def uri(self) -> str:
         """The server's http:// URI; waits for a restart in progress to finish."""
-        with self._lock:
-            if self._stopping:
+        with self._supervisor.lock:
+            if self._supervisor.stopping:
                 raise StoreError("Milvus Lite server was stopped")
             return self._server.uri
 
@@ -252,12 +219,10 @@ class MilvusLiteServerActor:
         return self._server.pid
 
     def restart_count(self) -> int:
-        return self.restarts
+        return self._supervisor.restarts
 
     def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            self._server.stop()
+        self._supervisor.stop()
 
 
 def milvus_lite_actor(name: str, namespace: str, data_dir: Path) -> ActorHandle:
