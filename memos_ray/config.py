@@ -282,8 +282,9 @@ class FineConfig(_Strict):
     # duplicate (merge) or contradiction (archive the old one).
     similarity: float = Field(default=0.6, ge=-1, le=1)
     candidates: int = Field(default=4, ge=1)
-    # Also store each turn as in fast mode: distilled facts answer "what", the turns keep the
-    # exact words (turn-level recall measured 0.81 vs 0.39 R@10 with SmolLM2 facts alone).
+    # Also store each turn as in fast mode, beside the distilled facts (which cite whole
+    # windows): with SmolLM2 as the extractor, LoCoMo turn-level R@10 was 0.45 for the facts
+    # alone, 0.77 with the turns kept, 0.81 in fast mode (README, Benchmarks).
     keep_turns: bool = False
     # An implicit preference is kept once this many occasions (windows) showed it.
     implicit_evidence: int = Field(default=2, ge=1)
