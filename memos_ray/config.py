@@ -291,6 +291,27 @@ class FineConfig(_Strict):
     preference_similarity: float = Field(default=0.75, ge=-1, le=1)
 
 
+class SchedulerConfig(_Strict):
+    """Per-cube scheduler actors and their durable task log (stores/sql/tasks.py)."""
+
+    # Unfinished tasks a cube may hold; beyond it adds answer 429 with Retry-After.
+    queue_limit: int = Field(default=1000, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+    max_backoff_s: float = Field(default=60.0, ge=0)
+    # An actor with nothing to do for this long ends itself; the next task brings it back.
+    idle_exit_s: float = Field(default=300.0, ge=1)
+    # Task label -> "module:function", added to (or replacing) the built-in handlers.
+    handlers: dict[str, str] = Field(default_factory=dict)
+
+    def handler_paths(self) -> dict[str, str]:
+        return {**BUILTIN_HANDLERS, **self.handlers}
+
+
+# Built-in task handlers by label (filled as the scheduler's task kinds land).
+BUILTIN_HANDLERS: dict[str, str] = {}
+
+
 class LimitsConfig(_Strict):
     max_message_bytes: int = Field(default=1_000_000, ge=1)
     max_messages: int = Field(default=10_000, ge=1)
@@ -334,6 +355,7 @@ class MemosConfig(BaseSettings):
     llm: LLMConfig = Field(default_factory=TransformersLLMConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     fine: FineConfig = Field(default_factory=FineConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
 
     @property
     def auth_enabled(self) -> bool:

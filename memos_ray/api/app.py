@@ -96,7 +96,11 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
 
     @app.exception_handler(MemosError)
     async def memos_error(request: Request, exc: MemosError) -> JSONResponse:
-        return _error(request, exc.status_code, exc.message, type(exc).__name__)
+        response = _error(request, exc.status_code, exc.message, type(exc).__name__)
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
     false,
 )
@@ -99,4 +100,34 @@ class LLMUsageRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     budget_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[str] = mapped_column(String(_TS_LEN))
+
+
+class TaskRow(Base):
+    """A scheduler task: recorded before the caller hears of it, updated as it runs."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('waiting', 'in_progress', 'completed', 'failed')", name="task_state"
+        ),
+    )
+
+    # Arrival order: a cube's tasks run in this order.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    cube_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), index=True)
+    user_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), index=True)
+    label: Mapped[str] = mapped_column(String(32))
+    # JSON text: what the handler needs (memory ids, feedback, ...).
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The `task_id` the caller sent (one add may make several tasks); None when absent.
+    request_task_id: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
+    not_before: Mapped[str] = mapped_column(String(_TS_LEN))
+    created_at: Mapped[str] = mapped_column(String(_TS_LEN))
     updated_at: Mapped[str] = mapped_column(String(_TS_LEN))

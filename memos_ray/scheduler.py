@@ -1,0 +1,210 @@
+"""Per-cube schedulers: one Ray actor per cube runs that cube's tasks, in order, one at a time.
+
+The queue itself is the task log in the relational store (`stores/sql/tasks.py`): a task
+is recorded before the caller hears of it, so an actor (or the whole service) can die at
+any point and its successor picks up where it stopped. Handlers are looked up by label
+from import paths (`scheduler.handlers`), so deployments can add their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ray
+
+from memos_ray.config import MemosConfig
+from memos_ray.stores.sql.tasks import SQLTaskStore, Task, TaskStore
+
+logger = logging.getLogger("memos_ray.scheduler")
+
+Handler = Callable[[Task, "HandlerContext"], "dict[str, Any] | None"]
+
+
+class HandlerContext:
+    """What handlers may use; built on first use in the scheduler's process."""
+
+    def __init__(self, config: MemosConfig) -> None:
+        self.config = config
+
+
+def load_handler(path: str) -> Handler:
+    module, _, name = path.partition(":")
+    handler = getattr(importlib.import_module(module), name, None)
+    if not callable(handler):
+        raise ValueError(f"scheduler handler {path!r} is not a callable module:function")
+    return handler
+
+
+class CubeScheduler:
+    """Runs one cube's tasks: claim the oldest, run its handler, record the outcome.
+
+    A failure is retried after `backoff_s * 2**(attempt-1)` (capped) until the task's
+    `max_attempts`, then it stays `failed` (dead letter) with the error, and the cube moves on.
+    """
+
+    def __init__(
+        self,
+        cube_id: str,
+        tasks: TaskStore,
+        handlers: Mapping[str, Handler],
+        context: HandlerContext,
+        *,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+    ) -> None:
+        self.cube_id = cube_id
+        self.tasks = tasks
+        self.handlers = handlers
+        self.context = context
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+
+    def step(self) -> Task | None:
+        task = self.tasks.claim(self.cube_id)
+        if task is None:
+            return None
+        handler = self.handlers.get(task.label)
+        try:
+            if handler is None:
+                raise ValueError(f"no handler for task label {task.label!r}")
+            result = handler(task, self.context)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            retry: float | None = None
+            if handler is not None and task.attempts < task.max_attempts:
+                retry = min(self.backoff_s * 2 ** (task.attempts - 1), self.max_backoff_s)
+            logger.warning(
+                "task %s (%s) of cube %s failed on attempt %d: %s",
+                task.task_id,
+                task.label,
+                self.cube_id,
+                task.attempts,
+                error,
+            )
+            return self.tasks.fail(task.task_id, error, retry)
+        return self.tasks.complete(task.task_id, result)
+
+    def drain(self) -> int:
+        """Run every task runnable now; returns how many ran."""
+        ran = 0
+        while self.step() is not None:
+            ran += 1
+        return ran
+
+
+def scheduler_name(config: MemosConfig, cube_id: str) -> str:
+    from memos_ray.runtime import actor_suffix
+
+    return f"memos-sched-{actor_suffix(config)}-{hashlib.sha1(cube_id.encode()).hexdigest()[:16]}"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class CubeSchedulerActor:
+    """Owns one cube's scheduler loop. Ray restarts it if it dies; on start it requeues
+    what its predecessor left in progress. After `idle_exit_s` with nothing to do it ends
+    itself (for good: the next submit creates it again)."""
+
+    def __init__(self, config: MemosConfig, cube_id: str) -> None:
+        from memos_ray.wiring import build_tenancy_store
+
+        sched = config.scheduler
+        self._tasks = SQLTaskStore(build_tenancy_store(config).engine)
+        handlers = {label: load_handler(path) for label, path in sched.handler_paths().items()}
+        self._core = CubeScheduler(
+            cube_id,
+            self._tasks,
+            handlers,
+            HandlerContext(config),
+            backoff_s=sched.retry_backoff_s,
+            max_backoff_s=sched.max_backoff_s,
+        )
+        self._idle_exit_s = sched.idle_exit_s
+        self._wake = threading.Event()
+        requeued = self._tasks.requeue_unfinished(cube_id)
+        if requeued:
+            logger.info("cube %s: %d unfinished tasks requeued", cube_id, requeued)
+        self._thread = threading.Thread(target=self._loop, name="cube-scheduler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        idle_since = time.monotonic()
+        while True:
+            try:
+                ran = self._core.drain()
+                wait = self._tasks.next_runnable_in_s(self._core.cube_id)
+            except Exception:
+                logger.exception("scheduler loop of cube %s failed; retrying", self._core.cube_id)
+                ran, wait = 0, 1.0
+            if ran:
+                idle_since = time.monotonic()
+            idle = wait is None and time.monotonic() - idle_since > self._idle_exit_s
+            if idle and self._tasks.pending(self._core.cube_id) == 0:
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
+            self._wake.wait(timeout=min(wait if wait is not None else 1.0, 1.0))
+            self._wake.clear()
+
+    def notify(self) -> int:
+        """New work was recorded: run it now. Returns the cube's pending count."""
+        self._wake.set()
+        return self._tasks.pending(self._core.cube_id)
+
+    def ping(self) -> str:
+        return self._core.cube_id
+
+
+class SchedulerClient:
+    """The service side: record a task, then wake (or create) the cube's scheduler."""
+
+    def __init__(self, config: MemosConfig, tasks: TaskStore) -> None:
+        self.config = config
+        self.tasks = tasks
+
+    def actor(self, cube_id: str) -> Any:
+        return CubeSchedulerActor.options(  # type: ignore[attr-defined]
+            name=scheduler_name(self.config, cube_id),
+            namespace=self.config.serving.namespace,
+            get_if_exists=True,
+            lifetime="detached",
+        ).remote(self.config, cube_id)
+
+    def submit(
+        self,
+        cube_id: str,
+        user_id: str,
+        label: str,
+        payload: dict[str, Any],
+        *,
+        request_task_id: str | None = None,
+    ) -> Task:
+        sched = self.config.scheduler
+        task = self.tasks.enqueue(
+            cube_id,
+            user_id,
+            label,
+            payload,
+            request_task_id=request_task_id,
+            max_attempts=sched.max_attempts,
+            queue_limit=sched.queue_limit,
+        )
+        self.wake(cube_id)
+        return task
+
+    def wake(self, cube_id: str) -> None:
+        try:
+            self.actor(cube_id).notify.remote()
+        except Exception:  # recorded already: a later wake or resume runs it
+            logger.warning("could not wake the scheduler of cube %s", cube_id, exc_info=True)
+
+    def resume_all(self) -> int:
+        """After a restart: wake the scheduler of every cube with unfinished tasks."""
+        cubes = self.tasks.cubes_with_pending()
+        for cube_id in cubes:
+            self.wake(cube_id)
+        return len(cubes)
