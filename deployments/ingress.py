@@ -17,8 +17,10 @@ from memos_ray.config import MemosConfig, OpenAILLMConfig
 from memos_ray.errors import MemosError
 from memos_ray.memory.adapters import AdapterStore
 from memos_ray.preferences import PreferenceService
+from memos_ray.scheduler import SchedulerClient
 from memos_ray.service import MemoryService
 from memos_ray.stores.sql.base import TenancyStore
+from memos_ray.stores.sql.tasks import SQLTaskStore
 from memos_ray.tenancy import AccessControl
 
 logger = logging.getLogger("ray.serve")
@@ -117,6 +119,10 @@ class MemosIngress:
                     if chat
                     else None
                 )
+                scheduler = SchedulerClient(config, SQLTaskStore(tenancy.engine))
+                resumed = scheduler.resume_all()
+                if resumed:
+                    logger.info("memos-ray: resumed unfinished tasks of %d cubes", resumed)
                 self._context = ApiContext(
                     config,
                     service,
@@ -125,6 +131,7 @@ class MemosIngress:
                     chat=chat,
                     fine=fine,
                     preferences=preferences,
+                    scheduler=scheduler,
                 )
                 self._error = None
         return self._context

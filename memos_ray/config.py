@@ -308,8 +308,11 @@ class SchedulerConfig(_Strict):
         return {**BUILTIN_HANDLERS, **self.handlers}
 
 
-# Built-in task handlers by label (filled as the scheduler's task kinds land).
-BUILTIN_HANDLERS: dict[str, str] = {}
+# Built-in task handlers by label.
+BUILTIN_HANDLERS: dict[str, str] = {
+    "mem_read": "memos_ray.scheduler_tasks:mem_read",
+    "activation_refresh": "memos_ray.scheduler_tasks:activation_refresh",
+}
 
 
 class LimitsConfig(_Strict):
@@ -322,6 +325,8 @@ class LimitsConfig(_Strict):
 class ServingConfig(_Strict):
     # Ray namespace of the named actors that own embedded stores.
     namespace: str = "memos"
+    # The Serve application's name: scheduler actors reach its model deployments by it.
+    app_name: str = "memos"
     max_ongoing_requests: int = Field(default=64, ge=1)
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, gt=0)

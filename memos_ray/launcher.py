@@ -87,7 +87,7 @@ def local_service(
             http_options={"host": host, "port": proxy_port},
             logging_config={"enable_access_log": False},
         )
-        serve.run(build_from_config(config), name="memos", route_prefix="/")
+        serve.run(build_from_config(config), name=config.serving.app_name, route_prefix="/")
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         wait_ready(url)
         yield url

@@ -27,10 +27,21 @@ Handler = Callable[[Task, "HandlerContext"], "dict[str, Any] | None"]
 
 
 class HandlerContext:
-    """What handlers may use; built on first use in the scheduler's process."""
+    """What handlers may use; the services are built on first use in the scheduler's process
+    and reach the models through the Serve app's deployments."""
 
     def __init__(self, config: MemosConfig) -> None:
         self.config = config
+        self._services: Any = None
+        self._lock = threading.Lock()
+
+    def services(self) -> Any:
+        with self._lock:
+            if self._services is None:
+                from memos_ray.scheduler_tasks import build_task_services
+
+                self._services = build_task_services(self.config)
+            return self._services
 
 
 def load_handler(path: str) -> Handler:

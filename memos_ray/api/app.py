@@ -15,6 +15,7 @@ from memos_ray import __version__
 from memos_ray.api.chat_routes import build_chat_routers
 from memos_ray.api.context import ApiContext
 from memos_ray.api.routes import build_routers
+from memos_ray.api.scheduler_routes import build_scheduler_routers
 from memos_ray.errors import MemosError
 from memos_ray.schemas.envelope import error_body
 
@@ -91,7 +92,12 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
         version=version,
         description="Memory operating system for LLM agents (MemOS REST dialect).",
     )
-    for router in [*build_routers(get_context), *build_chat_routers(get_context)]:
+    routers = [
+        *build_routers(get_context),
+        *build_chat_routers(get_context),
+        *build_scheduler_routers(get_context),
+    ]
+    for router in routers:
         app.include_router(router)
 
     @app.exception_handler(MemosError)

@@ -8,6 +8,7 @@ from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig
 from memos_ray.fine import FineService
 from memos_ray.preferences import PreferenceService
+from memos_ray.scheduler import SchedulerClient
 from memos_ray.service import MemoryService
 from memos_ray.tenancy import AccessControl
 
@@ -24,3 +25,5 @@ class ApiContext:
     fine: FineService | None = None
     # Preference memory (Milvus); None when switched off.
     preferences: PreferenceService | None = None
+    # Per-cube scheduler actors (inside Ray); None runs async work inline.
+    scheduler: SchedulerClient | None = None

@@ -21,7 +21,7 @@ from memos_ray.api.deps import dependencies
 from memos_ray.api.wire import bucket, edge_json, item_json, preference_bucket
 from memos_ray.config import ReaderConfig
 from memos_ray.document_memory import add_documents
-from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem
+from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem, memory_id_for
 from memos_ray.domain.tenancy import Access
 from memos_ray.errors import BadRequestError, MemosError, NotFoundError
 from memos_ray.feedback import FeedbackService, recover
@@ -113,6 +113,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
             return _add_fine(req, context, user_id, cubes, windows, docs)
         added: list[dict[str, Any]] = list(docs)
         stored = duplicates = 0
+        queued = _queue_fine_reads(req, context, user_id, cubes, windows)
         for cube_id in cubes:
             outcome = context.service.add_windows(
                 cube_id,
@@ -125,15 +126,15 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
             stored += len(outcome.stored)
             duplicates += len(outcome.duplicates)
             for item in [*outcome.stored, *outcome.duplicates]:
-                added.append(_added(item, cube_id))
+                entry = _added(item, cube_id)
+                if cube_id in queued:
+                    entry["task_id"] = queued[cube_id]
+                added.append(entry)
         message = f"Memory added: {stored} stored, {duplicates} duplicates skipped"
-        if req.async_mode == "async":
-            message += " (async mode runs synchronously until the scheduler exists)"
-        if req.mode == "fine":
-            if req.async_mode == "async":
-                message += "; fine mode runs with async_mode sync only, stored in fast mode"
-            else:
-                message += "; fine mode needs an LLM (llm.backend is none), stored in fast mode"
+        if queued:
+            message += f"; fine extraction queued as tasks {sorted(queued.values())}"
+        elif req.mode == "fine":
+            message += "; fine mode needs an LLM (llm.backend is none), stored in fast mode"
         return ok(added, message)
 
     @product.post("/search")
@@ -312,7 +313,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         )
         message = "Feedback applied"
         if req.async_mode == "async":
-            message += " (async mode runs synchronously until the scheduler exists)"
+            message += " (feedback runs synchronously)"
         if outcome.error:
             message += "; the LLM's decision was unreadable, the feedback is kept as a memory"
         return ok({"answer": outcome.answer, "record": outcome.record()}, message)
@@ -363,6 +364,31 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
 
 class ServiceUnavailableError(MemosError):
     status_code = 503
+
+
+def _queue_fine_reads(
+    req: AddRequest, context: ApiContext, user_id: str, cubes: list[str], windows: list[Window]
+) -> dict[str, str]:
+    """Async adds (MemOS's default) with an LLM and a scheduler: record a `mem_read` task per
+    cube for the fast memories about to be stored (their ids are known from their text), so
+    the scheduler distils them later. Recorded first: a full queue refuses the add (429)
+    before anything is written."""
+    if (
+        req.async_mode != "async"
+        or req.mode == "fast"
+        or context.scheduler is None
+        or context.fine is None
+        or not windows
+    ):
+        return {}
+    queued: dict[str, str] = {}
+    for cube_id in cubes:
+        ids = list(dict.fromkeys(memory_id_for(cube_id, w.text) for w in windows))
+        task = context.scheduler.submit(
+            cube_id, user_id, "mem_read", {"memory_ids": ids}, request_task_id=req.task_id
+        )
+        queued[cube_id] = task.task_id
+    return queued
 
 
 def _added(item: MemoryItem, cube_id: str, action: str | None = None) -> dict[str, Any]:

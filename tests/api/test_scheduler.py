@@ -6,11 +6,13 @@ so the order and count of what was applied can be read back.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from memos_ray.config import MemosConfig
@@ -142,3 +144,117 @@ def test_queue_limit_refuses_without_dropping(config: MemosConfig, client: Sched
     assert refused > 0 and len(accepted) >= 3
     done = _wait_done(client, cube)
     assert {t.task_id for t in done} == {t.task_id for t in accepted}
+
+
+def test_tasks_left_by_a_stopped_service_complete_after_restart(
+    client: SchedulerClient, config: MemosConfig
+) -> None:
+    import ray
+
+    cube = "restarted"
+    for n in range(20):
+        client.submit(cube, "u", "slow_record", {"n": n, "sleep": 0.1})
+    time.sleep(0.3)
+    # The service stops: its scheduler is gone for good (no Ray restart), tasks stay queued.
+    actor = ray.get_actor(scheduler_name(config, cube), namespace=config.serving.namespace)
+    ray.kill(actor, no_restart=True)
+    time.sleep(0.5)
+    left = client.tasks.pending(cube)
+    assert left > 0
+    # A new service starts: it resumes every cube with unfinished tasks.
+    fresh = SchedulerClient(config, SQLTaskStore(build_tenancy_store(config).engine))
+    assert fresh.resume_all() >= 1
+    done = _wait_done(fresh, cube)
+    assert {t.state for t in done} == {"completed"}
+    assert sorted(n for _, n in _applied(config, cube)) == list(range(20))
+
+
+@pytest.fixture(scope="module")
+def api(client: SchedulerClient, config: MemosConfig, embedder) -> Iterator[httpx.Client]:
+    """The HTTP API with this scheduler, on embedded stores in the same data dir."""
+    from memos_ray import __version__
+    from memos_ray.api.app import create_app
+    from memos_ray.api.context import ApiContext
+    from memos_ray.fine import FineService
+    from memos_ray.tenancy import AccessControl
+    from memos_ray.wiring import LocalStack
+    from tests.fixtures.scripted_model import ScriptedChatModel
+    from tests.fixtures.servers import serve_in_thread
+
+    api_config = config.model_copy(
+        update={
+            "data_dir": config.data_dir / "api",
+            "scheduler": config.scheduler.model_copy(
+                update={
+                    "queue_limit": 2,
+                    "handlers": {
+                        **HANDLERS,
+                        "mem_read": "tests.fixtures.task_handlers:slow_record",
+                    },
+                }
+            ),
+        }
+    )
+    with LocalStack(api_config, embedder=embedder) as stack:
+        scheduler = SchedulerClient(api_config, SQLTaskStore(stack.tenancy.engine))
+        fine = FineService(stack.service, ScriptedChatModel([]))
+        context = ApiContext(
+            api_config,
+            stack.service,
+            AccessControl(stack.tenancy, None),
+            __version__,
+            fine=fine,
+            scheduler=scheduler,
+        )
+        with (
+            serve_in_thread(create_app(lambda: context)) as url,
+            httpx.Client(base_url=url, timeout=60) as http,
+        ):
+            yield http
+
+
+def test_async_add_queues_work_and_says_429_when_full(api: httpx.Client) -> None:
+    def add(n: int) -> httpx.Response:
+        return api.post(
+            "/product/add",
+            json={
+                "user_id": "busy",
+                "messages": f"note {n}: " + "words " * 5,
+                "task_id": f"req-{n}",
+            },
+        )
+
+    first = add(0)
+    assert first.status_code == 200, first.text
+    [entry] = first.json()["data"]
+    assert entry["task_id"] and "queued" in first.json()["message"]
+    responses = [add(n) for n in range(1, 6)]
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused and int(refused[0].headers["Retry-After"]) > 0
+    assert "queued" in refused[0].json()["message"]
+    status = api.get("/product/scheduler/status", params={"user_id": "busy", "task_id": "req-0"})
+    assert [t["task_id"] for t in status.json()["data"]["tasks"]] == [entry["task_id"]]
+    waited = api.post(
+        "/product/scheduler/wait",
+        json={"user_name": "busy", "user_id": "busy", "timeout_seconds": 30},
+    )
+    assert waited.json()["data"]["pending"] == 0 and not waited.json()["data"]["timed_out"]
+
+
+def test_dead_letter_is_visible_through_the_status_api(
+    api: httpx.Client, client: SchedulerClient
+) -> None:
+    # The API has its own data dir, hence its own task log: the failing task goes there.
+    api_config = client.config.model_copy(update={"data_dir": client.config.data_dir / "api"})
+    scheduler = SchedulerClient(api_config, SQLTaskStore(build_tenancy_store(api_config).engine))
+    bad = scheduler.submit("doomed", "doomed", "fail", {"n": 7})
+    _wait_done(scheduler, "doomed")
+    data = api.get("/product/scheduler/status", params={"user_id": "doomed"}).json()["data"]
+    [task] = data["tasks"]
+    assert task["task_id"] == bad.task_id and task["state"] == "failed" and task["attempts"] == 3
+    assert "handler refuses task 7" in task["error"] and data["summary"] == {"failed": 1}
+    stream = api.get("/product/scheduler/stream", params={"user_id": "doomed"})
+    frames = [
+        json.loads(line[6:]) for line in stream.text.splitlines() if line.startswith("data: ")
+    ]
+    assert frames[0]["data"]["state"] == "failed" and frames[-1]["type"] == "end"

@@ -1,0 +1,118 @@
+"""Built-in scheduler task handlers (labels in `config.BUILTIN_HANDLERS`).
+
+Each runs in a cube's scheduler actor and must be idempotent: a task interrupted by a crash
+runs again from the start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from memos_ray.chat import ChatService
+from memos_ray.config import MemosConfig
+from memos_ray.domain.memory import Edge, EdgeType, MemoryStatus
+from memos_ray.fine import FineService
+from memos_ray.memory.reader import Turn, fast_windows
+from memos_ray.scheduler import HandlerContext
+from memos_ray.service import MemoryService
+from memos_ray.stores.sql.tasks import Task
+
+
+@dataclass
+class TaskServices:
+    memory: MemoryService
+    fine: FineService | None
+    chat: ChatService | None
+
+
+def build_task_services(config: MemosConfig) -> TaskServices:
+    """Stores as the ingress has them; models through the Serve app's deployment handles."""
+    from ray import serve
+
+    from deployments.embedder import HandleEmbedder
+    from deployments.llm import HandleChatModel
+    from memos_ray.config import OpenAILLMConfig, TransformersLLMConfig, VLLMConfig
+    from memos_ray.memory.adapters import AdapterStore
+    from memos_ray.wiring import (
+        build_chat_model,
+        build_fine_service,
+        build_preferences,
+        build_ray_stores,
+        build_reranker,
+        build_tenancy_store,
+    )
+
+    app = config.serving.app_name
+    graph, vectors = build_ray_stores(config)
+    embedder = HandleEmbedder(
+        serve.get_deployment_handle("EmbedderDeployment", app_name=app), config.embedder.dim
+    )
+    memory = MemoryService(graph, vectors, embedder, build_reranker(config), config.search)
+    tenancy = build_tenancy_store(config)
+    model: Any = None
+    if isinstance(config.llm, TransformersLLMConfig | VLLMConfig):
+        model = HandleChatModel(serve.get_deployment_handle("LLMDeployment", app_name=app))
+    elif isinstance(config.llm, OpenAILLMConfig):
+        model = build_chat_model(config)
+    if model is None:
+        return TaskServices(memory, None, None)
+    preferences = build_preferences(config, memory, in_ray=True)
+    fine = build_fine_service(config, memory, model, tenancy, preferences)
+    adapters = AdapterStore(config.data_path("adapters"))
+    chat = ChatService(memory, model, config.chat, config.reader, adapters, tenancy, preferences)
+    return TaskServices(memory, fine, chat)
+
+
+def mem_read(task: Task, context: HandlerContext) -> dict[str, Any]:
+    """Fine extraction of fast memories stored by an async add; they are then archived,
+    each pointing (MERGED_TO) at what was read from it, so their ids stay resolvable."""
+    services: TaskServices = context.services()
+    if services.fine is None:
+        raise RuntimeError("mem_read needs an LLM (llm.backend is 'none')")
+    cube = task.cube_id
+    items = services.memory.get_by_ids([cube], list(task.payload.get("memory_ids") or []))
+    fresh = [
+        i
+        for i in items
+        if i.metadata.status == MemoryStatus.ACTIVATED and "mode:fast" in i.metadata.tags
+    ]
+    if not fresh:
+        return {"read": 0, "skipped": len(items)}
+    turns = [
+        Turn(
+            role=s.role or "user",
+            content=s.content or item.memory,
+            chat_time=s.chat_time,
+            message_id=s.message_id,
+            name=s.name,
+        )
+        for item in fresh
+        for s in (item.metadata.sources or [])
+        if (s.content or "").strip()
+    ]
+    fine_cfg = context.config.fine
+    windows = fast_windows(turns, fine_cfg.window_messages, fine_cfg.window_chars)
+    session = fresh[0].metadata.session_id
+    outcome = services.fine.add(cube, task.user_id, windows, session_id=session)
+    made = [*outcome.stored, *outcome.merged]
+    if made and not outcome.errors:
+        for item in fresh:
+            archived = services.fine.archive(cube, item, None, f"read by task {task.task_id}")
+            services.memory.graph.add_edges(
+                cube, [Edge(source=archived.id, target=m.id, type=EdgeType.MERGED_TO) for m in made]
+            )
+    return {
+        "read": len(fresh),
+        "fine_memory_ids": [m.id for m in made],
+        "errors": outcome.errors,
+        "llm_calls": outcome.calls,
+    }
+
+
+def activation_refresh(task: Task, context: HandlerContext) -> dict[str, Any]:
+    """Recompute the KV cache of the cube's activation prefix (its newest memories)."""
+    services: TaskServices = context.services()
+    if services.chat is None:
+        return {"tokens": 0}
+    return {"tokens": services.chat.warm(task.cube_id, task.payload.get("system_prompt"))}
