@@ -294,3 +294,51 @@ def test_preferences_written_elsewhere_reach_search_and_chat(
         add_message_on_answer=False,
     ).json()["data"]
     assert answer["preference_ids"] == ["p-aisle"] and text in answer["prompt"][-1]["content"]
+
+
+def test_async_add_is_distilled_later_by_the_cube_scheduler(chat_url: str) -> None:
+    """MemOS's default async add: fast memories now, fine ones later from the cube's
+    scheduler actor (real SmolLM2 through the LLM deployment); first ids stay resolvable."""
+    user = "async-user"
+    added = httpx.post(
+        f"{chat_url}/product/add",
+        json={
+            "user_id": user,
+            "messages": [
+                {"role": "user", "content": "I moved to Lisbon in March and I teach chemistry."},
+                {"role": "assistant", "content": "Lisbon and chemistry, lovely!"},
+            ],
+        },
+        timeout=60,
+    )
+    assert added.status_code == 200, added.text
+    entries = added.json()["data"]
+    task_ids = {e["task_id"] for e in entries}
+    assert len(task_ids) == 1 and len(entries) == 2
+    waited = httpx.post(
+        f"{chat_url}/product/scheduler/wait",
+        json={"user_name": user, "user_id": user, "timeout_seconds": 300},
+        timeout=320,
+    ).json()["data"]
+    assert waited["pending"] == 0 and waited["failed"] == 0
+    status = httpx.get(
+        f"{chat_url}/product/scheduler/status", params={"user_id": user}, timeout=30
+    ).json()["data"]
+    [task] = status["tasks"]
+    assert task["state"] == "completed" and task["label"] == "mem_read"
+    result = task["result"]
+    graph = httpx.post(f"{chat_url}/product/get_all", json={"user_id": user}, timeout=30).json()
+    edges = {(e["source"], e["target"]) for e in graph["data"][0]["memories"][0]["edges"]}
+    for entry in entries:
+        first = httpx.get(
+            f"{chat_url}/product/get_memory/{entry['memory_id']}",
+            params={"user_id": user},
+            timeout=30,
+        )
+        assert first.status_code == 200  # the id returned first stays resolvable
+        status_now = first.json()["data"]["metadata"]["status"]
+        if result["fine_memory_ids"] and not result["errors"]:
+            assert status_now == "archived"
+            assert {(entry["memory_id"], f) for f in result["fine_memory_ids"]} <= edges
+        else:  # extraction failed: the fast memory stays as it was, nothing lost
+            assert status_now == "activated"
