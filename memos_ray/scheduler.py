@@ -52,6 +52,37 @@ def load_handler(path: str) -> Handler:
     return handler
 
 
+class SchedulerMetrics:
+    """Prometheus metrics through Ray's metrics API (scraped with the Ray dashboard's)."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self.finished = metrics.Counter(
+            "memos_scheduler_tasks",
+            description="Scheduler tasks finished, by label and outcome.",
+            tag_keys=("label", "outcome"),
+        )
+        self.seconds = metrics.Histogram(
+            "memos_scheduler_task_seconds",
+            description="Time a scheduler task's handler ran.",
+            boundaries=[0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300],
+            tag_keys=("label",),
+        )
+        self.queued = metrics.Gauge(
+            "memos_scheduler_queue_length",
+            description="Unfinished tasks of a cube.",
+            tag_keys=("cube",),
+        )
+
+    def task(self, label: str, outcome: str, seconds: float) -> None:
+        self.finished.inc(1, tags={"label": label, "outcome": outcome})
+        self.seconds.observe(seconds, tags={"label": label})
+
+    def queue(self, cube_id: str, length: int) -> None:
+        self.queued.set(length, tags={"cube": cube_id})
+
+
 class CubeScheduler:
     """Runs one cube's tasks: claim the oldest, run its handler, record the outcome.
 
@@ -68,7 +99,9 @@ class CubeScheduler:
         *,
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.cube_id = cube_id
         self.tasks = tasks
         self.handlers = handlers
@@ -81,6 +114,7 @@ class CubeScheduler:
         if task is None:
             return None
         handler = self.handlers.get(task.label)
+        started = time.monotonic()
         try:
             if handler is None:
                 raise ValueError(f"no handler for task label {task.label!r}")
@@ -98,7 +132,12 @@ class CubeScheduler:
                 task.attempts,
                 error,
             )
+            if self.metrics is not None:
+                outcome = "retry" if retry is not None else "dead_letter"
+                self.metrics.task(task.label, outcome, time.monotonic() - started)
             return self.tasks.fail(task.task_id, error, retry)
+        if self.metrics is not None:
+            self.metrics.task(task.label, "completed", time.monotonic() - started)
         return self.tasks.complete(task.task_id, result)
 
     def drain(self) -> int:
@@ -134,6 +173,7 @@ class CubeSchedulerActor:
             HandlerContext(config),
             backoff_s=sched.retry_backoff_s,
             max_backoff_s=sched.max_backoff_s,
+            metrics=SchedulerMetrics(),
         )
         self._idle_exit_s = sched.idle_exit_s
         self._wake = threading.Event()
@@ -149,6 +189,9 @@ class CubeSchedulerActor:
             try:
                 ran = self._core.drain()
                 wait = self._tasks.next_runnable_in_s(self._core.cube_id)
+                if self._core.metrics is not None:
+                    cube = self._core.cube_id
+                    self._core.metrics.queue(cube, self._tasks.pending(cube))
             except Exception:
                 logger.exception("scheduler loop of cube %s failed; retrying", self._core.cube_id)
                 ran, wait = 0, 1.0
