@@ -50,7 +50,8 @@ def _fine_llm(args: argparse.Namespace, data_dir: Path, stack: ExitStack) -> dic
     if args.llm_url:
         return {"backend": "openai", "base_url": args.llm_url, "model": args.llm_model}
     if not args.vllm:
-        raise SystemExit("memos-ray bench: --mode fine needs --llm-url URL or --vllm")
+        # The embedded default: SmolLM2 with transformers in the LLM deployment.
+        return {"backend": "transformers"}
     from memos_ray import vllm_env
     from memos_ray.models import smollm2
 
@@ -295,7 +296,8 @@ def add_bench_parser(sub: Any) -> None:
             "--mode",
             choices=["fast", "fine"],
             default="fast",
-            help="add mode; fine extracts with an LLM (--llm-url or --vllm)",
+            help="add mode; fine extracts with an LLM (SmolLM2 in the service by default, "
+            "or --llm-url, --vllm)",
         )
         p.add_argument(
             "--keep-turns",
@@ -335,8 +337,10 @@ def add_bench_parser(sub: Any) -> None:
     latency.set_defaults(func=cmd_latency)
 
     from memos_ray.bench.activation import add_activation_parser
+    from memos_ray.bench.async_add import add_async_add_parser
 
     add_activation_parser(kinds)
+    add_async_add_parser(kinds)
 
     ingest = kinds.add_parser("ingest", help="/product/add throughput vs the embedder's own")
     ingest.add_argument("--memories", type=int, default=4000)
