@@ -258,3 +258,32 @@ def test_dead_letter_is_visible_through_the_status_api(
         json.loads(line[6:]) for line in stream.text.splitlines() if line.startswith("data: ")
     ]
     assert frames[0]["data"]["state"] == "failed" and frames[-1]["type"] == "end"
+
+
+def test_idle_scheduler_exits_and_comes_back_on_demand(
+    client: SchedulerClient, config: MemosConfig
+) -> None:
+    import ray
+
+    quick = SchedulerClient(
+        config.model_copy(
+            update={"scheduler": config.scheduler.model_copy(update={"idle_exit_s": 1.0})}
+        ),
+        client.tasks,
+    )
+    cube = "idle"
+    quick.submit(cube, "u", "record", {"n": 1})
+    _wait_done(quick, cube)
+    name = scheduler_name(config, cube)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=config.serving.namespace)
+        except ValueError:
+            break  # gone
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the idle scheduler did not exit")
+    quick.submit(cube, "u", "record", {"n": 2})
+    _wait_done(quick, cube)
+    assert [n for _, n in _applied(config, cube)] == [1, 2]
