@@ -133,8 +133,9 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         message = f"Memory added: {stored} stored, {duplicates} duplicates skipped"
         if queued:
             message += f"; fine extraction queued as tasks {sorted(queued.values())}"
-        elif req.mode == "fine":
-            message += "; fine mode needs an LLM (llm.backend is none), stored in fast mode"
+        elif req.mode == "fine" or (req.async_mode == "async" and req.mode != "fast"):
+            why = "no chat model is configured" if context.fine is None else "no scheduler runs"
+            message += f"; stored in fast mode at once ({why}, so no fine extraction)"
         return ok(added, message)
 
     @product.post("/search")

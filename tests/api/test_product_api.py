@@ -105,9 +105,10 @@ def test_exact_duplicates_are_stored_once(open_api: RunningApi) -> None:
     assert count(open_api, user) == 2
 
 
-def test_async_mode_is_accepted_and_says_it_ran_synchronously(open_api: RunningApi) -> None:
+def test_async_add_without_a_model_stores_fast_memories_at_once(open_api: RunningApi) -> None:
     body = add(open_api, new_user(), CONVERSATION, async_mode="async")
-    assert "synchronously" in body["message"]
+    assert "stored in fast mode at once" in body["message"] and "no chat model" in body["message"]
+    assert body["data"] and all("task_id" not in entry for entry in body["data"])
 
 
 def test_relativity_threshold_and_top_k(open_api: RunningApi) -> None:
