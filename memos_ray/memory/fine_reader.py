@@ -97,14 +97,34 @@ class Extraction(BaseModel):
     @classmethod
     def _lenient(cls, data: Any) -> Any:
         if isinstance(data, list):
-            return {"memories": data}
+            data = {"memories": data}
         if isinstance(data, dict) and "memories" not in data:
             for alias in ("memory_list", "facts", "items"):
                 if isinstance(data.get(alias), list):
-                    return {**data, "memories": data[alias]}
-            if "value" in data or "memory" in data:
-                return {"memories": [data]}
+                    data = {**data, "memories": data[alias]}
+                    break
+            else:
+                if "value" in data or "memory" in data:
+                    data = {"memories": [data]}
+        if isinstance(data, dict):
+            # One malformed entry (a small model's half-written item) must not sink the rest.
+            data = dict(data)
+            for key, fields in (("memories", _VALUE_FIELDS), ("preferences", _PREF_FIELDS)):
+                if isinstance(data.get(key), list):
+                    data[key] = [e for e in data[key] if _has_text(e, fields)]
         return data
+
+
+_VALUE_FIELDS = ("value", "memory", "text", "content", "fact")
+_PREF_FIELDS = ("preference", "value", "text", "content")
+
+
+def _has_text(entry: Any, fields: tuple[str, ...]) -> bool:
+    if isinstance(entry, str):
+        return bool(entry.strip())
+    return isinstance(entry, dict) and any(
+        isinstance(entry.get(f), str) and entry[f].strip() for f in fields
+    )
 
 
 EXTRACTION_SCHEMA: dict[str, Any] = {

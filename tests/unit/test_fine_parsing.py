@@ -40,6 +40,10 @@ def test_extraction_accepts_the_shapes_small_models_write() -> None:
         loose.memories[0].tags == ["sport", "health"]
         and str(loose.memories[0].type) == "UserMemory"
     )
+    partial = Extraction.model_validate(
+        {"memories": [{"value": "Ann runs."}, {"key": "half", "memory_type": "User"}, 7]}
+    )
+    assert [m.value for m in partial.memories] == ["Ann runs."]  # the broken entries are dropped
     prefs = Extraction.model_validate({"preferences": [{"text": "likes tea", "type": "Implicit"}]})
     assert (
         prefs.preferences[0].kind == "implicit" and prefs.preferences[0].preference == "likes tea"
