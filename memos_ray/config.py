@@ -282,10 +282,11 @@ class FineConfig(_Strict):
     # duplicate (merge) or contradiction (archive the old one).
     similarity: float = Field(default=0.6, ge=-1, le=1)
     candidates: int = Field(default=4, ge=1)
-    # Also store each turn as in fast mode, beside the distilled facts (which cite whole
-    # windows): with SmolLM2 as the extractor, LoCoMo turn-level R@10 was 0.45 for the facts
-    # alone, 0.77 with the turns kept, 0.81 in fast mode (README, Benchmarks).
-    keep_turns: bool = False
+    # Keep each turn searchable beside the distilled facts (sync fine adds store them too; an
+    # async add's fast memories stay active, the facts linked to them by MATERIAL). False
+    # makes the facts replace the turns (archived, MERGED_TO). With SmolLM2 as the extractor,
+    # LoCoMo turn-level R@10 was 0.45 for the facts alone, 0.77 with the turns, 0.81 fast.
+    keep_turns: bool = True
     # An implicit preference is kept once this many occasions (windows) showed it.
     implicit_evidence: int = Field(default=2, ge=1)
     preference_similarity: float = Field(default=0.75, ge=-1, le=1)

@@ -95,13 +95,23 @@ def mem_read(task: Task, context: HandlerContext) -> dict[str, Any]:
     windows = fast_windows(turns, fine_cfg.window_messages, fine_cfg.window_chars)
     session = fresh[0].metadata.session_id
     outcome = services.fine.add(cube, task.user_id, windows, session_id=session)
-    made = [*outcome.stored, *outcome.merged]
+    made = list({m.id: m for m in [*outcome.stored, *outcome.merged]}.values())
     if made and not outcome.errors:
-        for item in fresh:
-            archived = services.fine.archive(cube, item, None, f"read by task {task.task_id}")
-            services.memory.graph.add_edges(
-                cube, [Edge(source=archived.id, target=m.id, type=EdgeType.MERGED_TO) for m in made]
-            )
+        if context.config.fine.keep_turns:
+            # The turns stay searchable; each fact links to the turns it was read from.
+            edges = [
+                Edge(source=m.id, target=item.id, type=EdgeType.MATERIAL)
+                for m in made
+                for item in fresh
+            ]
+            services.memory.graph.add_edges(cube, edges)
+        else:
+            for item in fresh:
+                archived = services.fine.archive(cube, item, None, f"read by task {task.task_id}")
+                services.memory.graph.add_edges(
+                    cube,
+                    [Edge(source=archived.id, target=m.id, type=EdgeType.MERGED_TO) for m in made],
+                )
     return {
         "read": len(fresh),
         "fine_memory_ids": [m.id for m in made],

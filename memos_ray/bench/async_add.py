@@ -103,4 +103,4 @@ def add_async_add_parser(kinds: Any) -> None:
     p.add_argument("--api-key", default=None, help="for --url")
     p.add_argument("--data-dir", help="data dir of the started service (default: a new temp dir)")
     p.add_argument("--out", default="bench-results/async-add.json")
-    p.set_defaults(func=cmd_async_add, mode="fine", keep_turns=False)
+    p.set_defaults(func=cmd_async_add, mode="fine", facts_only=False)

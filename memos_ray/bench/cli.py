@@ -36,8 +36,8 @@ def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | N
         if getattr(args, "mode", "fast") == "fine":
             llm = _fine_llm(args, data_dir, stack)
         overrides: dict[str, Any] = {"data_dir": str(data_dir), "admin_key": None, "llm": llm}
-        if getattr(args, "keep_turns", False):
-            overrides["fine"] = {"keep_turns": True}
+        if getattr(args, "facts_only", False):
+            overrides["fine"] = {"keep_turns": False}
         config = load_config(overrides)
         print(f"starting memos-ray on the embedded defaults in {config.data_dir} ...", flush=True)
         with local_service(config, port=free_port()) as url:
@@ -300,9 +300,9 @@ def add_bench_parser(sub: Any) -> None:
             "or --llm-url, --vllm)",
         )
         p.add_argument(
-            "--keep-turns",
+            "--facts-only",
             action="store_true",
-            help="fine mode: also store each turn as in fast mode (fine.keep_turns)",
+            help="fine mode: the distilled facts replace the turns (fine.keep_turns false)",
         )
         p.add_argument("--llm-url", help="fine mode: an OpenAI-compatible base URL (.../v1)")
         p.add_argument("--llm-model", default="SmolLM2-135M-Instruct", help="with --llm-url")

@@ -58,7 +58,10 @@ class Script:
 def api(
     tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder
 ) -> Iterator[tuple[httpx.Client, Script]]:
-    config = MemosConfig(data_dir=tmp_path_factory.mktemp("feedback")).resolved()
+    # Facts replace turns here, so each add's entries are exactly what the LLM wrote.
+    config = MemosConfig(
+        data_dir=tmp_path_factory.mktemp("feedback"), fine={"keep_turns": False}
+    ).resolved()
     script = Script()
     with LocalStack(config, embedder=embedder) as stack:
         model = ScriptedChatModel(script)
