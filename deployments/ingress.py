@@ -14,7 +14,7 @@ from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
 from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig, OpenAILLMConfig
-from memos_ray.errors import MemosError
+from memos_ray.errors import ServiceUnavailableError
 from memos_ray.memory.adapters import AdapterStore
 from memos_ray.preferences import PreferenceService
 from memos_ray.scheduler import SchedulerClient
@@ -34,10 +34,6 @@ _replica: MemosIngress | None = None
 def register_replica(replica: MemosIngress) -> None:
     global _replica
     _replica = replica
-
-
-class ServiceUnavailableError(MemosError):
-    status_code = 503
 
 
 def current_context() -> ApiContext:

@@ -138,7 +138,7 @@ class ChatService:
             user = turn.query
         else:
             if hot:
-                system = f"{system}\n\n# What you remember (most recent)\n{render_memories(hot)}"
+                system = activation_prompt(system, hot)
             messages.append(Message(role="system", content=system))
             user = turn.query
             if retrieved:
@@ -228,7 +228,7 @@ class ChatService:
         hot = self.hot_memories(cube_id)
         if not hot:
             return 0
-        content = f"{system}\n\n# What you remember (most recent)\n{render_memories(hot)}"
+        content = activation_prompt(system, hot)
         request = ChatRequest(
             messages=(Message(role="system", content=content), Message(role="user", content="")),
             params=SamplingParams(max_tokens=1, temperature=0),
@@ -253,6 +253,11 @@ class ChatService:
                     self._warming.discard(cube_id)
 
         threading.Thread(target=run, name="activation-warm", daemon=True).start()
+
+
+def activation_prompt(system: str, hot: Sequence[MemoryItem]) -> str:
+    """The cached prefix: the system prompt, then the cube's newest memories."""
+    return f"{system}\n\n# What you remember (most recent)\n{render_memories(hot)}"
 
 
 def render_memories(items: Sequence[MemoryItem]) -> str:

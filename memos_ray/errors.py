@@ -41,6 +41,12 @@ class PayloadTooLargeError(MemosError):
     status_code = 413
 
 
+class ServiceUnavailableError(MemosError):
+    """A part the request needs is not running or not configured (starting, no LLM, ...)."""
+
+    status_code = 503
+
+
 class StoreError(MemosError):
     """A backing store failed; nothing the caller did wrong."""
 

@@ -17,18 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from memos_ray.api.context import ApiContext
 from memos_ray.api.convert import message_text
 from memos_ray.api.deps import dependencies
-from memos_ray.api.routes import filters_by_cube
+from memos_ray.api.routes import filters_by_cube, requested_cubes
 from memos_ray.chat import ChatService, ChatTurn, PreparedChat
 from memos_ray.domain.tenancy import LLMUsage
-from memos_ray.errors import BadRequestError, ForbiddenError, MemosError, NotFoundError
+from memos_ray.errors import (
+    BadRequestError,
+    ForbiddenError,
+    MemosError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from memos_ray.models.chat import Message, ReasoningSplitter, SamplingParams
 from memos_ray.schemas.chat import OpenAIChatRequest, ProductChatRequest
 from memos_ray.schemas.envelope import ok
 from memos_ray.tenancy import Caller
-
-
-class ChatUnavailableError(MemosError):
-    status_code = 503
 
 
 class AdapterUpload(BaseModel):
@@ -243,7 +245,7 @@ def build_chat_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]
 
 def _chat(context: ApiContext) -> ChatService:
     if context.chat is None:
-        raise ChatUnavailableError("no chat model is configured (llm.backend is 'none')")
+        raise ServiceUnavailableError("no chat model is configured (llm.backend is 'none')")
     return context.chat
 
 
@@ -275,11 +277,11 @@ def _product_turn(
     if req.top_k > limits.max_top_k:
         raise BadRequestError(f"top_k is {req.top_k}; the limit is {limits.max_top_k}")
     user_id = context.access.act_as(who, req.user_id)
-    readable = req.readable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+    readable = requested_cubes(req.readable_cube_ids, req.mem_cube_id)
     cubes = context.access.cubes_for(user_id, readable, write=False, caller=who)
     write_cube: str | None = None
     if req.add_message_on_answer:
-        writable = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        writable = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
         write_cube = context.access.cubes_for(user_id, writable, write=True, caller=who)[0]
     history: list[Message] = []
     for message in req.history or []:

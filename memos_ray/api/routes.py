@@ -23,7 +23,7 @@ from memos_ray.config import ReaderConfig
 from memos_ray.document_memory import add_documents
 from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem, memory_id_for
 from memos_ray.domain.tenancy import Access
-from memos_ray.errors import BadRequestError, MemosError, NotFoundError
+from memos_ray.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from memos_ray.feedback import FeedbackService, recover
 from memos_ray.memory.documents import Document
 from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
@@ -68,7 +68,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
     @product.post("/add")
     def add(req: AddRequest, context: Ctx, who: Who) -> dict[str, Any]:
         user_id = context.access.act_as(who, req.user_id)
-        requested = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
         cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
         fine = req.mode == "fine" and req.async_mode == "sync" and context.fine is not None
         reader = context.config.reader
@@ -144,7 +144,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         if req.top_k > limits.max_top_k:
             raise BadRequestError(f"top_k is {req.top_k}; the limit is {limits.max_top_k}")
         user_id = context.access.act_as(who, req.user_id)
-        requested = req.readable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        requested = requested_cubes(req.readable_cube_ids, req.mem_cube_id)
         cubes = context.access.cubes_for(user_id, requested, write=False, caller=who)
         cube_filters = filters_by_cube(req.filter, cubes)
         memory_types = _memory_types(req.search_memory_type)
@@ -269,7 +269,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
     @product.post("/delete_memory")
     def delete_memory(req: DeleteMemoryRequest, context: Ctx, who: Who) -> dict[str, Any]:
         user_id = context.access.act_as(who, req.user_id or who.user_id)
-        requested = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
         cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
         selector: FilterExpr | None = None
         if req.filter:
@@ -295,7 +295,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         if context.fine is None:
             raise ServiceUnavailableError("feedback needs an LLM (llm.backend is 'none')")
         user_id = context.access.act_as(who, req.user_id)
-        requested = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
         cube_id = context.access.cubes_for(user_id, requested, write=True, caller=who)[0]
         history = [
             Message(role=m.role, content=text)
@@ -322,7 +322,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
     @product.post("/recover_memory")
     def recover_memory(req: RecoverRequest, context: Ctx, who: Who) -> dict[str, Any]:
         user_id = context.access.act_as(who, req.user_id)
-        requested = req.writable_cube_ids or ([req.mem_cube_id] if req.mem_cube_id else None)
+        requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
         cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
         recovered: list[dict[str, Any]] = []
         for cube_id in cubes:
@@ -361,10 +361,6 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         return ok(granted.model_dump(mode="json"), "Access granted")
 
     return [health, product, admin]
-
-
-class ServiceUnavailableError(MemosError):
-    status_code = 503
 
 
 def _queue_fine_reads(
@@ -472,6 +468,11 @@ def _add_fine(
     if paused:
         message += "; fine extraction paused: the cube is over its LLM token budget"
     return ok(added, message)
+
+
+def requested_cubes(cube_ids: list[str] | None, mem_cube_id: str | None) -> list[str] | None:
+    """The cube list of a request; MemOS's deprecated `mem_cube_id` stands for both lists."""
+    return cube_ids or ([mem_cube_id] if mem_cube_id else None)
 
 
 def filters_by_cube(raw: dict[str, Any] | None, cubes: list[str]) -> dict[str, FilterExpr | None]:

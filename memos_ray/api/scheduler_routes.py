@@ -15,14 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import dependencies
-from memos_ray.errors import BadRequestError, MemosError
+from memos_ray.errors import BadRequestError, ServiceUnavailableError
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.schemas.envelope import ok
 from memos_ray.stores.sql.tasks import Task
-
-
-class SchedulerUnavailableError(MemosError):
-    status_code = 503
 
 
 class WaitRequest(BaseModel):
@@ -103,7 +99,7 @@ def build_scheduler_routers(get_context: Callable[[], ApiContext]) -> list[APIRo
 
 def _scheduler(context: ApiContext) -> SchedulerClient:
     if context.scheduler is None:
-        raise SchedulerUnavailableError("no scheduler runs here (the service is not on Ray)")
+        raise ServiceUnavailableError("no scheduler runs here (the service is not on Ray)")
     return context.scheduler
 
 
