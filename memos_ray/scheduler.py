@@ -23,6 +23,9 @@ from memos_ray.stores.sql.tasks import SQLTaskStore, Task, TaskStore
 
 logger = logging.getLogger("memos_ray.scheduler")
 
+# How often an actor with an empty queue looks at the task log anyway.
+_IDLE_POLL_S = 5.0
+
 Handler = Callable[[Task, "HandlerContext"], "dict[str, Any] | None"]
 
 
@@ -189,7 +192,7 @@ class CubeSchedulerActor:
             try:
                 ran = self._core.drain()
                 wait = self._tasks.next_runnable_in_s(self._core.cube_id)
-                if self._core.metrics is not None:
+                if ran and self._core.metrics is not None:
                     cube = self._core.cube_id
                     self._core.metrics.queue(cube, self._tasks.pending(cube))
             except Exception:
@@ -201,7 +204,8 @@ class CubeSchedulerActor:
             if idle and self._tasks.pending(self._core.cube_id) == 0:
                 ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
                 return
-            self._wake.wait(timeout=min(wait if wait is not None else 1.0, 1.0))
+            # Nothing waiting: submit wakes us; the slow poll only covers a lost wake-up.
+            self._wake.wait(timeout=min(wait, 1.0) if wait is not None else _IDLE_POLL_S)
             self._wake.clear()
 
     def notify(self) -> int:
