@@ -86,26 +86,39 @@ class SentenceTransformerEmbedder(Embedder):
         return np.asarray(vectors, dtype=np.float32)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
+        """One forward pass per batch through the model's own modules, longest texts first
+        (less padding). Not `model.encode(output_value=None)`: its per-text output dicts
+        changed shape between sentence-transformers releases and broke on 6.0."""
+        import torch
+
         model = self._load()
         if not texts:
             return Encoded(np.zeros((0, self.dim), dtype=np.float32), [])
-        outputs = model.encode(
-            list(texts),
-            batch_size=self._batch_size,
-            output_value=None,
-            normalize_embeddings=True,
-            convert_to_numpy=False,
-            show_progress_bar=False,
-        )
-        dense = np.stack([o["sentence_embedding"].float().numpy() for o in outputs])
-        return Encoded(dense.astype(np.float32), [_token_rows(o) for o in outputs])
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        dense = np.zeros((len(texts), self.dim), dtype=np.float32)
+        tokens: list[np.ndarray] = [np.zeros((0, self.dim), dtype=np.float16)] * len(texts)
+        # `preprocess` from sentence-transformers 6.1 on, `tokenize` before (deprecated since).
+        prepare = getattr(model, "preprocess", None) or model.tokenize
+        with torch.inference_mode():
+            for start in range(0, len(order), self._batch_size):
+                idx = order[start : start + self._batch_size]
+                features = prepare([texts[i] for i in idx])
+                features = {
+                    k: v.to(model.device) for k, v in features.items() if torch.is_tensor(v)
+                }
+                out = model(features)
+                pooled = torch.nn.functional.normalize(out["sentence_embedding"].float(), dim=-1)
+                dense[idx] = pooled.cpu().numpy()
+                # Token rows are normalised on the device and cross to the host as float16.
+                rows = torch.nn.functional.normalize(out["token_embeddings"].float(), dim=-1)
+                rows = rows.half().cpu().numpy()
+                lengths = out["attention_mask"].sum(dim=1).tolist()
+                for j, i in enumerate(idx):
+                    tokens[i] = _attended(rows[j], int(lengths[j]))
+        return Encoded(dense, tokens)
 
 
-def _token_rows(output: dict) -> np.ndarray:  # type: ignore[type-arg]
-    """Attended tokens minus [CLS]/[SEP], unit length, float16 (storage is what they cost)."""
-    length = int(output["attention_mask"].sum())
-    vectors = output["token_embeddings"][:length].float().numpy()
-    if length > 2:
-        vectors = vectors[1 : length - 1]
-    vectors = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
-    return vectors.astype(np.float16)
+def _attended(rows: np.ndarray, length: int) -> np.ndarray:
+    """Attended tokens minus [CLS]/[SEP] (unit rows, float16: storage is what they cost)."""
+    rows = rows[:length]
+    return np.ascontiguousarray(rows[1 : length - 1] if length > 2 else rows)
