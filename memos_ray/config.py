@@ -302,6 +302,10 @@ class SchedulerConfig(_Strict):
     max_backoff_s: float = Field(default=60.0, ge=0)
     # An actor with nothing to do for this long ends itself; the next task brings it back.
     idle_exit_s: float = Field(default=300.0, ge=1)
+    # Cubes that may run a task at the same time, cluster-wide (each cube runs one at a time).
+    max_concurrent_cubes: int = Field(default=32, ge=1)
+    # Tasks a cube runs before handing its slot back, so busy cubes take turns.
+    burst: int = Field(default=16, ge=1)
     # Task label -> "module:function", added to (or replacing) the built-in handlers.
     handlers: dict[str, str] = Field(default_factory=dict)
 
@@ -313,6 +317,8 @@ class SchedulerConfig(_Strict):
 BUILTIN_HANDLERS: dict[str, str] = {
     "mem_read": "memos_ray.scheduler_tasks:mem_read",
     "activation_refresh": "memos_ray.scheduler_tasks:activation_refresh",
+    "pref_add": "memos_ray.scheduler_tasks:pref_add",
+    "mem_feedback": "memos_ray.scheduler_tasks:mem_feedback",
 }
 
 

@@ -121,6 +121,17 @@ class FeedbackOutcome:
         }
 
 
+class FeedbackTask(BaseModel):
+    """The payload of a `mem_feedback` task: the feedback request, minus who and where."""
+
+    feedback_content: str
+    history: list[Message] = Field(default_factory=list)
+    retrieved_memory_ids: list[str] = Field(default_factory=list)
+    corrected_answer: str | None = None
+    feedback_time: str | None = None
+    session_id: str = "default_session"
+
+
 class FeedbackService:
     def __init__(self, fine: FineService, candidates: int = 5) -> None:
         self.fine = fine

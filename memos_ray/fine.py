@@ -24,9 +24,10 @@ from memos_ray.domain.memory import (
     EdgeType,
     MemoryItem,
     MemoryStatus,
+    SourceMessage,
     memory_id_for,
 )
-from memos_ray.memory.fine_reader import FineReader
+from memos_ray.memory.fine_reader import ExtractedPreference, FineReader
 from memos_ray.memory.json_repair import JSONRepairError, parse_json
 from memos_ray.memory.reader import Window
 from memos_ray.models.chat import ChatModel, ChatRequest, Message, SamplingParams, Usage
@@ -68,6 +69,15 @@ class Judgement(BaseModel):
     index: int = -1
 
 
+class PreferenceBatch(BaseModel):
+    """Preferences read from one window, with what a preference store needs beside them."""
+
+    preferences: list[ExtractedPreference]
+    sources: list[SourceMessage]
+    memory_ids: list[str]
+    session_id: str = "default_session"
+
+
 @dataclass
 class FineOutcome:
     """What one fine add did, for the response and for token accounting."""
@@ -79,6 +89,9 @@ class FineOutcome:
     errors: list[str] = field(default_factory=list)
     # Preferences stored (explicit, or implicit ones seen often enough).
     preferences: list[Preference] = field(default_factory=list)
+    # Preferences read but not stored, for a FineService without a preference service:
+    # the caller stores them (the scheduler does so in its own `pref_add` task).
+    unstored_preferences: list[PreferenceBatch] = field(default_factory=list)
     # The LLM's one-line summaries of the windows it read.
     summaries: list[str] = field(default_factory=list)
     # True when the cube was over its token budget: windows stored in fast mode.
@@ -189,8 +202,17 @@ class FineService:
                 )
                 with self._lock(cube_id):
                     self._consolidate(cube_id, user_id, fine, session_id, tags, info, outcome)
-            if self.preferences is not None and result.preferences:
-                made = [*outcome.stored, *outcome.merged][before:]
+            made = [*outcome.stored, *outcome.merged][before:]
+            if self.preferences is None and result.preferences:
+                outcome.unstored_preferences.append(
+                    PreferenceBatch(
+                        preferences=result.preferences,
+                        sources=list(window.sources),
+                        memory_ids=[item.id for item in made],
+                        session_id=session_id,
+                    )
+                )
+            elif self.preferences is not None and result.preferences:
                 done = self.preferences.add_extracted(
                     cube_id,
                     user_id,

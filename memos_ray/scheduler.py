@@ -13,6 +13,7 @@ import importlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ logger = logging.getLogger("memos_ray.scheduler")
 
 # How often an actor with an empty queue looks at the task log anyway.
 _IDLE_POLL_S = 5.0
+# How often a cube with work asks the gate again when every slot is taken.
+_GATE_POLL_S = 0.2
 
 Handler = Callable[[Task, "HandlerContext"], "dict[str, Any] | None"]
 
@@ -33,10 +36,27 @@ class HandlerContext:
     """What handlers may use; the services are built on first use in the scheduler's process
     and reach the models through the Serve app's deployments."""
 
-    def __init__(self, config: MemosConfig) -> None:
+    def __init__(self, config: MemosConfig, tasks: TaskStore | None = None) -> None:
         self.config = config
+        self.tasks = tasks
         self._services: Any = None
         self._lock = threading.Lock()
+
+    def follow_up(self, task: Task, label: str, payload: dict[str, Any]) -> Task:
+        """Queue more work for the task's cube, once: its id derives from the task's, so a
+        handler re-run after a crash finds the follow-up it queued before. Never refused for
+        a full queue (the work was accepted already); the cube's loop runs it in turn."""
+        if self.tasks is None:
+            raise RuntimeError("this handler context has no task log")
+        return self.tasks.enqueue(
+            task.cube_id,
+            task.user_id,
+            label,
+            payload,
+            request_task_id=task.request_task_id,
+            max_attempts=self.config.scheduler.max_attempts,
+            task_id=uuid.uuid5(uuid.NAMESPACE_OID, f"{task.task_id}/{label}").hex,
+        )
 
     def services(self) -> Any:
         with self._lock:
@@ -143,12 +163,76 @@ class CubeScheduler:
             self.metrics.task(task.label, "completed", time.monotonic() - started)
         return self.tasks.complete(task.task_id, result)
 
-    def drain(self) -> int:
-        """Run every task runnable now; returns how many ran."""
+    def drain(self, limit: int | None = None) -> int:
+        """Run the tasks runnable now (at most `limit`); returns how many ran."""
         ran = 0
-        while self.step() is not None:
+        while (limit is None or ran < limit) and self.step() is not None:
             ran += 1
         return ran
+
+
+class Slots:
+    """At most `limit` holders; a freed slot goes to the longest-waiting asker, not to
+    whoever asks first after. A holder not renewed for `lease_s` is presumed gone (its actor
+    was killed); a refused asker that stops asking for `waiter_ttl_s` loses its place."""
+
+    def __init__(self, limit: int, lease_s: float = 900.0, waiter_ttl_s: float = 5.0) -> None:
+        self.limit = limit
+        self.lease_s = lease_s
+        self.waiter_ttl_s = waiter_ttl_s
+        self.holders: dict[str, float] = {}
+        self.waiting: dict[str, float] = {}  # in the order they first asked
+
+    def acquire(self, key: str, now: float) -> bool:
+        self.holders = {k: t for k, t in self.holders.items() if now - t < self.lease_s}
+        self.waiting = {k: t for k, t in self.waiting.items() if now - t < self.waiter_ttl_s}
+        if key in self.holders:
+            self.holders[key] = now
+            return True
+        free = self.limit - len(self.holders)
+        line = list(self.waiting)
+        room = free > len(line) if key not in self.waiting else key in line[:free]
+        if free > 0 and room:
+            self.waiting.pop(key, None)
+            self.holders[key] = now
+            return True
+        self.waiting[key] = now  # joins the line, or keeps its place in it
+        return False
+
+    def release(self, key: str) -> None:
+        self.holders.pop(key, None)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class SchedulerGate:
+    """How many cubes run a task at once, cluster-wide (`scheduler.max_concurrent_cubes`).
+
+    A slot belongs to a cube, so a restarted scheduler of that cube takes its own slot back.
+    If the gate itself restarts it starts empty: the cap may be exceeded briefly, no task lost.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._slots = Slots(limit)
+
+    def acquire(self, cube_id: str) -> bool:
+        return self._slots.acquire(cube_id, time.monotonic())
+
+    def release(self, cube_id: str) -> None:
+        self._slots.release(cube_id)
+
+    def holders(self) -> list[str]:
+        return sorted(self._slots.holders)
+
+
+def scheduler_gate(config: MemosConfig) -> Any:
+    from memos_ray.runtime import actor_suffix
+
+    return SchedulerGate.options(  # type: ignore[attr-defined]
+        name=f"memos-sched-gate-{actor_suffix(config)}",
+        namespace=config.serving.namespace,
+        get_if_exists=True,
+        lifetime="detached",
+    ).remote(config.scheduler.max_concurrent_cubes)
 
 
 def scheduler_name(config: MemosConfig, cube_id: str) -> str:
@@ -173,12 +257,14 @@ class CubeSchedulerActor:
             cube_id,
             self._tasks,
             handlers,
-            HandlerContext(config),
+            HandlerContext(config, self._tasks),
             backoff_s=sched.retry_backoff_s,
             max_backoff_s=sched.max_backoff_s,
             metrics=SchedulerMetrics(),
         )
         self._idle_exit_s = sched.idle_exit_s
+        self._burst = sched.burst
+        self._gate = scheduler_gate(config)
         self._wake = threading.Event()
         requeued = self._tasks.requeue_unfinished(cube_id)
         if requeued:
@@ -186,12 +272,26 @@ class CubeSchedulerActor:
         self._thread = threading.Thread(target=self._loop, name="cube-scheduler", daemon=True)
         self._thread.start()
 
+    def _run_burst(self) -> tuple[int, float | None]:
+        """Up to `burst` tasks under one of the gate's slots, then the slot goes back so
+        that other cubes get their turn; without a slot, look again shortly."""
+        cube = self._core.cube_id
+        wait = self._tasks.next_runnable_in_s(cube)
+        if wait != 0:
+            return 0, wait
+        if not ray.get(self._gate.acquire.remote(cube)):
+            return 0, _GATE_POLL_S
+        try:
+            ran = self._core.drain(self._burst)
+        finally:
+            self._gate.release.remote(cube)
+        return ran, self._tasks.next_runnable_in_s(cube)
+
     def _loop(self) -> None:
         idle_since = time.monotonic()
         while True:
             try:
-                ran = self._core.drain()
-                wait = self._tasks.next_runnable_in_s(self._core.cube_id)
+                ran, wait = self._run_burst()
                 if ran and self._core.metrics is not None:
                     cube = self._core.cube_id
                     self._core.metrics.queue(cube, self._tasks.pending(cube))
@@ -204,6 +304,8 @@ class CubeSchedulerActor:
             if idle and self._tasks.pending(self._core.cube_id) == 0:
                 ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
                 return
+            if wait == 0:
+                continue  # more to run: ask the gate again (waiting cubes go first)
             # Nothing waiting: submit wakes us; the slow poll only covers a lost wake-up.
             self._wake.wait(timeout=min(wait, 1.0) if wait is not None else _IDLE_POLL_S)
             self._wake.clear()

@@ -12,8 +12,10 @@ from typing import Any
 from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import Edge, EdgeType, MemoryStatus
-from memos_ray.fine import FineService
+from memos_ray.feedback import FeedbackService, FeedbackTask
+from memos_ray.fine import FineService, PreferenceBatch
 from memos_ray.memory.reader import Turn, fast_windows
+from memos_ray.preferences import PreferenceService
 from memos_ray.scheduler import HandlerContext
 from memos_ray.service import MemoryService
 from memos_ray.stores.sql.tasks import Task
@@ -22,8 +24,11 @@ from memos_ray.stores.sql.tasks import Task
 @dataclass
 class TaskServices:
     memory: MemoryService
+    # Without a preference service: extracted preferences go to a `pref_add` task, so a
+    # preference store outage retries only that write, not the LLM's reading.
     fine: FineService | None
     chat: ChatService | None
+    preferences: PreferenceService | None = None
 
 
 def build_task_services(config: MemosConfig) -> TaskServices:
@@ -58,10 +63,10 @@ def build_task_services(config: MemosConfig) -> TaskServices:
     if model is None:
         return TaskServices(memory, None, None)
     preferences = build_preferences(config, memory, in_ray=True)
-    fine = build_fine_service(config, memory, model, tenancy, preferences)
+    fine = build_fine_service(config, memory, model, tenancy, None)
     adapters = AdapterStore(config.data_path("adapters"))
     chat = ChatService(memory, model, config.chat, config.reader, adapters, tenancy, preferences)
-    return TaskServices(memory, fine, chat)
+    return TaskServices(memory, fine, chat, preferences)
 
 
 def mem_read(task: Task, context: HandlerContext) -> dict[str, Any]:
@@ -112,12 +117,61 @@ def mem_read(task: Task, context: HandlerContext) -> dict[str, Any]:
                     cube,
                     [Edge(source=archived.id, target=m.id, type=EdgeType.MERGED_TO) for m in made],
                 )
+    follow_ups: list[str] = []
+    if outcome.unstored_preferences:
+        batches = [b.model_dump(mode="json") for b in outcome.unstored_preferences]
+        follow_ups.append(context.follow_up(task, "pref_add", {"batches": batches}).task_id)
     return {
         "read": len(fresh),
         "fine_memory_ids": [m.id for m in made],
         "errors": outcome.errors,
         "llm_calls": outcome.calls,
+        "follow_up_task_ids": follow_ups,
     }
+
+
+def pref_add(task: Task, context: HandlerContext) -> dict[str, Any]:
+    """Store preferences a reading found (explicit ones at once, implicit ones as
+    observations until seen on enough occasions). Idempotent: preferences are keyed by
+    their text, observations by the messages they came from."""
+    services: TaskServices = context.services()
+    batches = [PreferenceBatch.model_validate(b) for b in task.payload.get("batches") or []]
+    if services.preferences is None:
+        return {"stored": 0, "observed": 0, "skipped": "no preference store is configured"}
+    stored: list[str] = []
+    observed = 0
+    for batch in batches:
+        done = services.preferences.add_extracted(
+            task.cube_id,
+            task.user_id,
+            batch.preferences,
+            batch.sources,
+            batch.session_id,
+            batch.memory_ids,
+        )
+        stored += [p.id for p in done.stored]
+        observed += len(done.observed)
+    return {"stored": len(stored), "preference_ids": stored, "observed": observed}
+
+
+def mem_feedback(task: Task, context: HandlerContext) -> dict[str, Any]:
+    """A user's correction, applied as the synchronous route would (`FeedbackService`);
+    what it wrote is keyed by content, so a re-run after a crash adds nothing twice."""
+    services: TaskServices = context.services()
+    if services.fine is None:
+        raise RuntimeError("mem_feedback needs an LLM (llm.backend is 'none')")
+    request = FeedbackTask.model_validate(task.payload)
+    outcome = FeedbackService(services.fine).apply(
+        task.cube_id,
+        task.user_id,
+        request.feedback_content,
+        history=request.history,
+        retrieved_ids=request.retrieved_memory_ids,
+        corrected_answer=request.corrected_answer,
+        feedback_time=request.feedback_time,
+        session_id=request.session_id,
+    )
+    return {"answer": outcome.answer, "record": outcome.record(), "error": outcome.error}
 
 
 def activation_refresh(task: Task, context: HandlerContext) -> dict[str, Any]:

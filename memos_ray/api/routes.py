@@ -24,7 +24,7 @@ from memos_ray.document_memory import add_documents
 from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem, memory_id_for
 from memos_ray.domain.tenancy import Access
 from memos_ray.errors import BadRequestError, NotFoundError, ServiceUnavailableError
-from memos_ray.feedback import FeedbackService, recover
+from memos_ray.feedback import FeedbackService, FeedbackTask, recover
 from memos_ray.memory.documents import Document
 from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
 from memos_ray.memory.reader import Window
@@ -302,6 +302,26 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
             for m in req.history or []
             if (text := message_text(m)[0]).strip()
         ]
+        if req.async_mode == "async" and context.scheduler is not None:
+            # Recorded before the answer; the cube's scheduler applies it in order with the
+            # cube's other writes. Poll /product/scheduler/status for its record.
+            task = context.scheduler.submit(
+                cube_id,
+                user_id,
+                "mem_feedback",
+                FeedbackTask(
+                    feedback_content=req.feedback_content,
+                    history=history,
+                    retrieved_memory_ids=req.retrieved_memory_ids or [],
+                    corrected_answer=req.corrected_answer,
+                    feedback_time=req.feedback_time,
+                    session_id=req.session_id or "default_session",
+                ).model_dump(mode="json"),
+            )
+            return ok(
+                {"task_id": task.task_id, "state": task.state},
+                f"Feedback queued as task {task.task_id}",
+            )
         outcome = FeedbackService(context.fine).apply(
             cube_id,
             user_id,
@@ -314,7 +334,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         )
         message = "Feedback applied"
         if req.async_mode == "async":
-            message += " (feedback runs synchronously)"
+            message += " (no scheduler runs, so synchronously)"
         if outcome.error:
             message += "; the LLM's decision was unreadable, the feedback is kept as a memory"
         return ok({"answer": outcome.answer, "record": outcome.record()}, message)

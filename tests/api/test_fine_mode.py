@@ -189,3 +189,50 @@ def test_real_model_runs_fine_mode_without_losing_anything(
     # Either distilled memories or the raw window with the error: never nothing.
     assert outcome.stored or outcome.merged or outcome.raw_kept
     assert stack.service.get_page(cube)[1] >= 1
+
+
+def test_preferences_left_to_a_pref_add_task_are_stored_once(stack: LocalStack) -> None:
+    """Without a preference service FineService hands the preferences back; the scheduler's
+    `pref_add` handler stores them, and running it again (a retry) changes nothing."""
+    from memos_ray.scheduler import HandlerContext
+    from memos_ray.scheduler_tasks import TaskServices, pref_add
+    from memos_ray.stores.sql.tasks import Task
+
+    assert stack.preferences is not None
+    cube = _cube()
+    answer = json.dumps(
+        {
+            "memories": [{"value": "Rosa booked a flight to Oslo.", "memory_type": "UserMemory"}],
+            "preferences": [{"preference": "Rosa prefers aisle seats", "kind": "explicit"}],
+            "summary": "",
+        }
+    )
+    outcome = FineService(stack.service, ScriptedChatModel([answer])).add(
+        cube, "rosa", _window("Book me Oslo, aisle seat as always.", speaker="Rosa")
+    )
+    assert outcome.preferences == [] and not stack.preferences.search([cube], "seats", 5)[cube]
+    [batch] = outcome.unstored_preferences
+    assert batch.memory_ids == [outcome.stored[0].id]
+    context = HandlerContext(stack.config)
+    context._services = TaskServices(stack.service, None, None, stack.preferences)
+    task = Task(
+        task_id="t1",
+        cube_id=cube,
+        user_id="rosa",
+        label="pref_add",
+        payload={"batches": [batch.model_dump(mode="json")]},
+        state="in_progress",
+        attempts=1,
+        max_attempts=3,
+        seq=1,
+        not_before="",
+        created_at="",
+        updated_at="",
+    )
+    first = pref_add(task, context)
+    again = pref_add(task, context)
+    assert first["stored"] == again["stored"] == 1
+    assert first["preference_ids"] == again["preference_ids"]
+    [found] = stack.preferences.search([cube], "which seat does Rosa like", 5)[cube]
+    assert found.preference == "Rosa prefers aisle seats"
+    assert found.source_memory_ids == [outcome.stored[0].id]

@@ -11,7 +11,9 @@ import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +30,7 @@ HANDLERS = {
     "slow_record": "tests.fixtures.task_handlers:slow_record",
     "fail": "tests.fixtures.task_handlers:always_fail",
     "interval": "tests.fixtures.task_handlers:interval",
+    "spawn": "tests.fixtures.task_handlers:spawn_then_fail_once",
 }
 
 
@@ -177,9 +180,13 @@ def test_tasks_left_by_a_stopped_service_complete_after_restart(
     assert sorted(n for _, n in _applied(config, cube)) == list(range(20))
 
 
-@pytest.fixture(scope="module")
-def api(client: SchedulerClient, config: MemosConfig, embedder) -> Iterator[httpx.Client]:
-    """The HTTP API with this scheduler, on embedded stores in the same data dir."""
+@contextmanager
+def _api(
+    config: MemosConfig, embedder: Any, folder: str, queue_limit: int
+) -> Iterator[httpx.Client]:
+    """The HTTP API with its own scheduler, on embedded stores in a folder of the data dir.
+    `mem_read` is the logging handler (no LLM reads anything); `mem_feedback` the real one
+    over a scripted model (see tests/fixtures/scripted_model.py)."""
     from memos_ray import __version__
     from memos_ray.api.app import create_app
     from memos_ray.api.context import ApiContext
@@ -191,14 +198,11 @@ def api(client: SchedulerClient, config: MemosConfig, embedder) -> Iterator[http
 
     api_config = config.model_copy(
         update={
-            "data_dir": config.data_dir / "api",
+            "data_dir": config.data_dir / folder,
             "scheduler": config.scheduler.model_copy(
                 update={
-                    "queue_limit": 2,
-                    "handlers": {
-                        **HANDLERS,
-                        "mem_read": "tests.fixtures.task_handlers:slow_record",
-                    },
+                    "queue_limit": queue_limit,
+                    "handlers": {**HANDLERS, "mem_read": "tests.fixtures.task_handlers:record"},
                 }
             ),
         }
@@ -219,6 +223,90 @@ def api(client: SchedulerClient, config: MemosConfig, embedder) -> Iterator[http
             httpx.Client(base_url=url, timeout=60) as http,
         ):
             yield http
+
+
+@pytest.fixture(scope="module")
+def api(client: SchedulerClient, config: MemosConfig, embedder: Any) -> Iterator[httpx.Client]:
+    """A small queue limit (2), to see 429s."""
+    with _api(config, embedder, "api", queue_limit=2) as http:
+        yield http
+
+
+def test_200_concurrent_http_adds_are_read_in_order_once(
+    client: SchedulerClient, config: MemosConfig, embedder: Any
+) -> None:
+    """Through HTTP: each async add is acknowledged with its task, every task runs once, in
+    the order the service recorded them, and every fast memory is there."""
+    with _api(config, embedder, "api-wide", queue_limit=1000) as http:
+
+        def add(n: int) -> dict[str, Any]:
+            response = http.post(
+                "/product/add",
+                json={"user_id": "crowd", "messages": f"crowd note {n}: item {n * 7919}"},
+            )
+            assert response.status_code == 200, response.text
+            [entry] = response.json()["data"]
+            return entry
+
+        with ThreadPoolExecutor(8) as pool:
+            entries = list(pool.map(add, range(200)))
+        waited = http.post(
+            "/product/scheduler/wait",
+            json={"user_name": "crowd", "user_id": "crowd", "timeout_seconds": 120},
+        ).json()["data"]
+        assert waited["pending"] == 0 and not waited["timed_out"]
+        api_config = config.model_copy(update={"data_dir": config.data_dir / "api-wide"})
+        tasks = SQLTaskStore(build_tenancy_store(api_config).engine).find(
+            cube_id="crowd", limit=1000
+        )
+        assert {t.state for t in tasks} == {"completed"} and len(tasks) == 200
+        assert {t.task_id for t in tasks} == {e["task_id"] for e in entries}
+        # Each task reads the memory its add stored.
+        by_task = {t.task_id: t.payload["memory_ids"] for t in tasks}
+        assert all(by_task[e["task_id"]] == [e["memory_id"]] for e in entries)
+        applied = [task_id for task_id, _ in _applied(api_config, "crowd")]
+        assert applied == [t.task_id for t in sorted(tasks, key=lambda t: t.seq)]
+        stored = http.post("/product/get_memory", json={"user_id": "crowd"})
+        memories = stored.json()["data"]["text_mem"][0]["memories"]
+        assert {m["id"] for m in memories} == {e["memory_id"] for e in entries}
+
+
+def test_cube_concurrency_is_capped_cluster_wide(config: MemosConfig) -> None:
+    """max_concurrent_cubes=2: never more than two cubes run at once (logged intervals),
+    yet every task of six cubes completes."""
+    capped = config.model_copy(
+        update={
+            "data_dir": config.data_dir / "capped",
+            "scheduler": config.scheduler.model_copy(update={"max_concurrent_cubes": 2}),
+        }
+    )
+    capped.data_dir.mkdir(parents=True, exist_ok=True)
+    sched = SchedulerClient(capped, SQLTaskStore(build_tenancy_store(capped).engine))
+    cubes = [f"capped-{i}" for i in range(6)]
+    for n in range(2):
+        for cube in cubes:
+            sched.submit(cube, "u", "interval", {"n": n, "sleep": 0.3})
+    for cube in cubes:
+        assert {t.state for t in _wait_done(sched, cube)} == {"completed"}
+    rows = [line.split() for line in (capped.data_dir / "intervals.log").read_text().splitlines()]
+    spans = [(float(a), float(b)) for _, a, b in rows]
+    assert len(spans) == 12
+    busiest = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+    assert busiest == 2, busiest
+
+
+def test_follow_up_tasks_are_queued_once(client: SchedulerClient, config: MemosConfig) -> None:
+    """A handler that queues a follow-up and then dies is run again: the follow-up it
+    queued the first time is found, not queued twice."""
+    cube = "follow"
+    first = client.submit(cube, "u", "spawn", {"n": 1})
+    done = _wait_done(client, cube)
+    [parent] = [t for t in done if t.task_id == first.task_id]
+    children = [t for t in done if t.task_id != first.task_id]
+    assert parent.state == "completed" and parent.attempts == 2  # failed once after queuing
+    assert len(children) == 1 and children[0].label == "record"
+    assert children[0].state == "completed"
+    assert [n for _, n in _applied(config, cube)] == [101]
 
 
 def test_async_add_queues_work_and_says_429_when_full(api: httpx.Client) -> None:

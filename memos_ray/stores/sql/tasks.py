@@ -68,8 +68,12 @@ class TaskStore(ABC):
         request_task_id: str | None = None,
         max_attempts: int = 3,
         queue_limit: int | None = None,
+        task_id: str | None = None,
     ) -> Task:
-        """Record a waiting task; QueueFullError when the cube already has `queue_limit`."""
+        """Record a waiting task; QueueFullError when the cube already has `queue_limit`.
+
+        With a `task_id` the call is idempotent: a task already recorded under that id is
+        returned as it stands (a handler re-run after a crash queues its follow-ups once)."""
 
     @abstractmethod
     def claim(self, cube_id: str) -> Task | None:
@@ -145,10 +149,15 @@ class SQLTaskStore(TaskStore):
         request_task_id: str | None = None,
         max_attempts: int = 3,
         queue_limit: int | None = None,
+        task_id: str | None = None,
     ) -> Task:
         now = iso(utc_now())
 
         def go(s: Session) -> Task:
+            if task_id is not None:
+                found = s.scalars(select(TaskRow).where(TaskRow.task_id == task_id)).first()
+                if found is not None:
+                    return _task(found)
             if queue_limit is not None:
                 count = s.scalar(
                     select(func.count())
@@ -162,7 +171,7 @@ class SQLTaskStore(TaskStore):
                         retry_after_s=5,
                     )
             row = TaskRow(
-                task_id=uuid.uuid4().hex,
+                task_id=task_id or uuid.uuid4().hex,
                 cube_id=cube_id,
                 user_id=user_id,
                 label=label,
