@@ -53,9 +53,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from memos_ray.launcher import local_service
 
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     with local_service(config, host, port, dashboard=True, log_to_driver=args.verbose) as url:
+        # Again: `ray.init` installs its own SIGTERM handler, which ends the process at once
+        # (no Serve shutdown, embedded stores left to die with it).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
         mode = "API keys required" if config.auth_enabled else "OPEN (no auth, loopback only)"
         print(f"memos-ray is up at {url}  [{mode}]  data: {config.data_dir}")
         print("Ctrl-C (or SIGTERM) stops it; memories are kept in the data dir.", flush=True)
