@@ -324,9 +324,13 @@ def test_async_add_is_distilled_later_by_the_cube_scheduler(chat_url: str) -> No
     status = httpx.get(
         f"{chat_url}/product/scheduler/status", params={"user_id": user}, timeout=30
     ).json()["data"]
-    [task] = status["tasks"]
-    assert task["state"] == "completed" and task["label"] == "mem_read"
+    [task] = [t for t in status["tasks"] if t["label"] == "mem_read"]
+    assert task["state"] == "completed"
     result = task["result"]
+    # Preferences it read (if any) were stored by their own pref_add task.
+    others = [t for t in status["tasks"] if t["task_id"] != task["task_id"]]
+    assert [t["task_id"] for t in others] == result["follow_up_task_ids"]
+    assert all(t["label"] == "pref_add" and t["state"] == "completed" for t in others)
     graph = httpx.post(f"{chat_url}/product/get_all", json={"user_id": user}, timeout=30).json()
     edges = {(e["source"], e["target"]) for e in graph["data"][0]["memories"][0]["edges"]}
     for entry in entries:
@@ -341,3 +345,45 @@ def test_async_add_is_distilled_later_by_the_cube_scheduler(chat_url: str) -> No
         assert first.json()["data"]["metadata"]["status"] == "activated"
         if result["fine_memory_ids"] and not result["errors"]:
             assert {(f, entry["memory_id"]) for f in result["fine_memory_ids"]} <= edges
+
+
+def test_async_feedback_is_applied_by_the_cube_scheduler(chat_url: str) -> None:
+    """async_mode="async" feedback is recorded as a `mem_feedback` task and applied by the
+    cube's scheduler (real SmolLM2); whatever it decided, the memory it concerned is kept."""
+    user = "feedback-async"
+    added = httpx.post(
+        f"{chat_url}/product/add",
+        json={"user_id": user, "async_mode": "sync", "messages": "I live in Porto."},
+        timeout=60,
+    ).json()["data"]
+    queued = httpx.post(
+        f"{chat_url}/product/feedback",
+        json={
+            "user_id": user,
+            "async_mode": "async",
+            "feedback_content": "That is outdated: I moved from Porto to Braga.",
+            "retrieved_memory_ids": [added[0]["memory_id"]],
+        },
+        timeout=60,
+    )
+    assert queued.status_code == 200, queued.text
+    task_id = queued.json()["data"]["task_id"]
+    waited = httpx.post(
+        f"{chat_url}/product/scheduler/wait",
+        json={"user_name": user, "user_id": user, "timeout_seconds": 300},
+        timeout=320,
+    ).json()["data"]
+    assert waited["pending"] == 0 and waited["failed"] == 0
+    status = httpx.get(
+        f"{chat_url}/product/scheduler/status", params={"user_id": user}, timeout=30
+    ).json()["data"]
+    [task] = status["tasks"]
+    assert task["task_id"] == task_id and task["label"] == "mem_feedback"
+    assert task["state"] == "completed"
+    assert set(task["result"]["record"]) == {"add", "update", "delete"}
+    kept = httpx.get(
+        f"{chat_url}/product/get_memory/{added[0]['memory_id']}",
+        params={"user_id": user},
+        timeout=30,
+    )
+    assert kept.status_code == 200
