@@ -25,6 +25,9 @@ class MemoryType(StrEnum):
     TOOL_TRAJECTORY = "ToolTrajectoryMemory"
     SKILL = "SkillMemory"
     PREFERENCE = "PreferenceMemory"
+    # A node of the topic tree built by reorganisation: a key and a summary over the
+    # memories below it (PARENT edges). Not a text memory: never searched or listed as one.
+    TOPIC = "TopicMemory"
 
 
 TEXT_MEMORY_TYPES: tuple[MemoryType, ...] = (

@@ -115,6 +115,10 @@ class SentenceTransformerEmbedder(Embedder):
                 lengths = out["attention_mask"].sum(dim=1).tolist()
                 for j, i in enumerate(idx):
                     tokens[i] = _attended(rows[j], int(lengths[j]))
+        if tokens[0].shape[-1] != self.dim:
+            # A projection head (a Dense module) changes only the pooled vector: token rows
+            # of another width cannot be scored against it, so this model gives none.
+            return Encoded(dense)
         return Encoded(dense, tokens)
 
 

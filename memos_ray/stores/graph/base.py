@@ -71,5 +71,9 @@ class GraphStore(ABC):
         """Number of nodes in the cube."""
 
     @abstractmethod
+    def cube_ids(self) -> list[str]:
+        """Every cube that holds at least one node, sorted (bulk jobs over all cubes)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""

@@ -459,6 +459,14 @@ class Neo4jGraphStore(GraphStore):
         )
         return int(rows[0]["total"]) if rows else 0
 
+    def cube_ids(self) -> list[str]:
+        rows = self._run(
+            f"MATCH (n:{LABEL}) RETURN DISTINCT n.cube_id AS cube ORDER BY cube",
+            {},
+            what="cube_ids",
+        )
+        return [str(row["cube"]) for row in rows if row["cube"] is not None]
+
     def close(self) -> None:
         try:
             self._driver.close()

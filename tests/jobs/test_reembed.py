@@ -1,0 +1,238 @@
+"""jobs.reembed: a cube moves to a new embedding model and dimension and stays searchable.
+
+The "new model" is real and local: all-MiniLM-L6-v2 with a fixed orthogonal projection
+384 -> 256 appended as a sentence-transformers Dense module, saved to a temp folder. Its
+vectors differ from MiniLM's in values and dimension, so a query embedded with the wrong
+model against the wrong store fails outright (dimension check) instead of ranking quietly
+worse.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memos_ray.config import MemosConfig, NoLLMConfig, NoPreferenceConfig
+from memos_ray.domain.memory import MemoryStatus, MemoryType, SourceMessage
+from memos_ray.memory.reader import Window
+from memos_ray.models.embedder import SentenceTransformerEmbedder, default_model_path
+from memos_ray.reembed import CubeMover, ReembedParams, ReembedReport
+from memos_ray.service import MemoryService, SearchOptions
+from memos_ray.spaces import (
+    EmbeddingSpace,
+    SpaceRegistry,
+    SpaceResolver,
+    SpaceStores,
+    default_space,
+    space_embedder,
+    space_for_model,
+)
+from memos_ray.wiring import LocalStack
+
+FACTS = [
+    "Alice's cat is called Tom.",
+    "Alice lives in Berlin.",
+    "Bob drives a red Toyota.",
+    "Dana's hobby is pottery.",
+    "The quarterly report is due on Friday.",
+    "Kubernetes clusters need regular upgrades.",
+]
+NEW_DIM = 256
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceTransformerEmbedder:
+    model = SentenceTransformerEmbedder()
+    model.embed(["warm up"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def projected_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM plus a seeded orthogonal 384 -> 256 projection, as a local model folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    base = SentenceTransformer(default_model_path(), device="cpu")
+    basis, _ = torch.linalg.qr(
+        torch.randn(384, NEW_DIM, generator=torch.Generator().manual_seed(7))
+    )
+    head = Dense(
+        384,
+        NEW_DIM,
+        bias=False,
+        activation_function=torch.nn.Identity(),
+        init_weight=basis.T.contiguous(),
+    )
+    path = tmp_path_factory.mktemp("minilm-proj256")
+    SentenceTransformer(modules=[*base, head], device="cpu").save(str(path))
+    return path
+
+
+def _config(data_dir: Path) -> MemosConfig:
+    return MemosConfig(
+        data_dir=data_dir, llm=NoLLMConfig(), preference=NoPreferenceConfig()
+    ).resolved()
+
+
+def _fact(text: str) -> Window:
+    source = SourceMessage(type="doc", content=text)
+    return Window(text=text, memory_type=MemoryType.USER, sources=[source], mode="fine")
+
+
+def _top(service: MemoryService, cube: str, query: str) -> list[str]:
+    hits = service.search(query, {cube: None}, SearchOptions(relativity=0, top_k=3))
+    return [h.memory for h in hits[cube]]
+
+
+def test_move_step_by_step_never_stops_search(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder, projected_model: Path
+) -> None:
+    config = _config(tmp_path)
+    with LocalStack(config, embedder=embedder) as stack:
+        graph, registry = stack.service.graph, SpaceRegistry(stack.tenancy.engine)
+        stores = SpaceStores(config, stack.service.vectors, in_ray=False)
+        resolver = SpaceResolver(config, graph, registry, stores, embedder)
+        target = space_for_model(config, str(projected_model), NEW_DIM)
+        assert target.location != default_space(config).location
+        new_model = space_embedder(config, target)
+        mover = CubeMover(graph, registry, stores, new_model, target, default_space(config))
+        cube = "moving"
+        before = resolver.service_for(cube)
+        ids = {t: before.add_windows(cube, "u", [_fact(t)]).stored[0].id for t in FACTS}
+
+        # Copied beside the old vectors: the cube still lives in the old space.
+        report = ReembedReport(cube_id=cube, target=target)
+        source = mover.begin(cube, report)
+        assert source == default_space(config) and registry.get(cube).state == "migrating"
+        mover.copy(cube, source, report)
+        assert report.copied == len(FACTS) and report.rounds == 2  # the second finds nothing
+        assert resolver.space_of(cube) == source and resolver.service_for(cube) is before
+        assert _top(before, cube, "What is the name of Alice's cat?")[0] == FACTS[0]
+        new_store = stores.store(target)
+        [record] = new_store.retrieve(cube, [ids[FACTS[0]]])
+        assert len(record.dense) == NEW_DIM
+        assert float(np.dot(record.dense, new_model.embed([FACTS[0]])[0])) > 0.999
+
+        # Writes that land in the old space during the move: an add, an archive, a delete.
+        late = "Alice bought a blue bicycle yesterday."
+        late_id = before.add_windows(cube, "u", [_fact(late)]).stored[0].id
+        [berlin] = before.get_by_ids([cube], [ids[FACTS[1]]])
+        before.update_items(cube, [berlin.revised("moved", status=MemoryStatus.ARCHIVED)])
+        before.delete(cube, [ids[FACTS[5]]])
+
+        mover.switch(cube, source, report)
+        after = resolver.service_for(cube)
+        assert resolver.space_of(cube) == target and after.vectors is new_store
+        assert after.embedder.dim == NEW_DIM  # queries are now embedded with the new model
+        assert _top(after, cube, "Who has a bicycle?")[0] == late
+        assert FACTS[1] not in _top(after, cube, "Where does Alice live?")
+        assert new_store.retrieve(cube, [ids[FACTS[5]]]) == []
+
+        # After the switch: a write through the new space, and a late one through the old.
+        fresh = "Alice started learning Japanese."
+        after.add_windows(cube, "u", [_fact(fresh)])
+        [toyota] = after.get_by_ids([cube], [ids[FACTS[2]]])
+        after.update_items(cube, [toyota.revised("sold", status=MemoryStatus.ARCHIVED)])
+        [pottery] = before.get_by_ids([cube], [ids[FACTS[3]]])
+        before.update_items(cube, [pottery.revised("tagged", tags=["craft"])])
+
+        mover.cleanup(cube, source, report)
+        assert report.state == "moved" and source is not None
+        assert stack.service.vectors.count(cube) == 0  # the old vectors are gone
+        assert _top(after, cube, "Which language is Alice learning?")[0] == fresh
+        kept = {r.id: r.payload for r in new_store.retrieve(cube, [*ids.values(), late_id])}
+        assert kept[ids[FACTS[2]]]["status"] == MemoryStatus.ARCHIVED  # not overwritten
+        assert '"craft"' in kept[ids[FACTS[3]]]["item"]  # the late write came over
+        assert new_store.count(cube) == len(FACTS) - 1 + 2  # one deleted, two added
+        assert late_id in kept
+
+        # In two runs: "copy" leaves the cube where it is, the next run resumes the move.
+        other = "phased"
+        before.add_windows(other, "u", [_fact(FACTS[0])])
+        copy_only = ReembedParams(phase="copy", grace_s=0)
+        phased = CubeMover(graph, registry, stores, new_model, target, source, copy_only)
+        assert phased.move(other).state == "migrating" and resolver.space_of(other) == source
+        assert new_store.count(other) == stack.service.vectors.count(other) == 1
+        finish = ReembedParams(grace_s=0)
+        finished = CubeMover(graph, registry, stores, new_model, target, source, finish).move(other)
+        assert finished.state == "moved" and finished.copied == 0 and finished.removed_old == 1
+        assert resolver.space_of(other) == target
+        stores.close()
+
+
+@pytest.fixture(scope="module")
+def ray_config(
+    tmp_path_factory: pytest.TempPathFactory, ray_cluster: None
+) -> Iterator[MemosConfig]:
+    from memos_ray.runtime import stop_embedded
+
+    config = _config(tmp_path_factory.mktemp("reembed-ray"))
+    yield config
+    stop_embedded(config)
+
+
+@pytest.mark.ray
+def test_job_moves_cubes_and_is_idempotent(
+    ray_config: MemosConfig, embedder: SentenceTransformerEmbedder, projected_model: Path
+) -> None:
+    from jobs.reembed import run
+    from memos_ray.spaces import stop_space_store
+    from memos_ray.wiring import build_ray_stores, build_tenancy_store
+
+    graph, vectors = build_ray_stores(ray_config)
+    service = MemoryService(graph, vectors, embedder)
+    cubes = [f"re-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    for cube in cubes:
+        for text in FACTS:
+            service.add_windows(cube, "u", [_fact(text)])
+    target = space_for_model(ray_config, str(projected_model), NEW_DIM)
+    params = ReembedParams(grace_s=0)
+    registry = SpaceRegistry(build_tenancy_store(ray_config).engine)
+    stores = SpaceStores(ray_config, vectors, in_ray=True)
+    try:
+        summary = run(ray_config, cubes, False, target, params, concurrency=1)
+        assert summary["errors"] == 0 and summary["moved"] == 2
+        assert summary["copied"] == summary["removed_old"] == 2 * len(FACTS)
+        assert summary["config_for_new_cubes"]["embedder"]["dim"] == NEW_DIM
+        resolver = SpaceResolver(ray_config, graph, registry, stores, embedder)
+        for cube in cubes:
+            assert registry.active(cube, default_space(ray_config)) == target
+            assert vectors.count(cube) == 0 and stores.store(target).count(cube) == len(FACTS)
+            assert _top(resolver.service_for(cube), cube, "Who drives a Toyota?")[0] == FACTS[2]
+
+        again = run(ray_config, cubes, False, target, params, concurrency=1)
+        assert again["moved"] == 0 and again["already_in_target"] == 2 and again["copied"] == 0
+    finally:
+        service.close()
+        stop_space_store(ray_config, target)
+
+
+def test_cli_refuses_a_wrong_dimension(
+    tmp_path: Path, projected_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.reembed import main
+
+    code = main(
+        [
+            *("--cube", "c", "--data-dir", str(tmp_path)),
+            *("--model", str(projected_model), "--dim", "300"),
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert code == 2 and "256-dimensional" in out["error"]
+    assert not any(tmp_path.iterdir())  # nothing was opened, nothing moved
+
+
+def test_space_of_the_configured_model_is_the_configured_store(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    assert space_for_model(config, "", 384) == default_space(config)
+    other = space_for_model(config, "/models/e5-small", 384)
+    assert other.location.startswith("qdrant-edge-spaces/e5-small-384-")
+    assert other == EmbeddingSpace(model="/models/e5-small", dim=384, location=other.location)
