@@ -292,6 +292,27 @@ class FineConfig(_Strict):
     preference_similarity: float = Field(default=0.75, ge=-1, le=1)
 
 
+class ReorganizeConfig(_Strict):
+    """Reorganisation (jobs.reorganize and the scheduler's `mem_organize` task)."""
+
+    # Cosine at or above which two memories with the same anchors are one (the same as
+    # search's MMR duplicate threshold; MiniLM paraphrases score 0.94-0.97).
+    near_duplicate: float = Field(default=0.92, ge=0, le=1)
+    # No-LLM rule: same key and at least this similar means the newer value supersedes.
+    key_similarity: float = Field(default=0.5, ge=-1, le=1)
+    # "config": judge contradictions with the configured LLM (if any); "none": rules only.
+    llm: Literal["config", "none"] = "config"
+    judge_similarity: float = Field(default=0.6, ge=-1, le=1)
+    judge_candidates: int = Field(default=4, ge=1)
+    max_llm_calls: int = Field(default=200, ge=0)
+    leaf_size: int = Field(default=20, ge=2)
+    branching: int = Field(default=8, ge=2)
+    seed: int = 0
+    # Conversation turns (fast mode) are records of what was said when: by default they
+    # are placed in the tree but never merged or archived.
+    include_turns: bool = False
+
+
 class SchedulerConfig(_Strict):
     """Per-cube scheduler actors and their durable task log (stores/sql/tasks.py)."""
 
@@ -306,6 +327,9 @@ class SchedulerConfig(_Strict):
     max_concurrent_cubes: int = Field(default=32, ge=1)
     # Tasks a cube runs before handing its slot back, so busy cubes take turns.
     burst: int = Field(default=16, ge=1)
+    # After a `mem_read` stored new memories, queue a `mem_organize` of the cube (one at a
+    # time: not while another is waiting).
+    organize_after_read: bool = True
     # Task label -> "module:function", added to (or replacing) the built-in handlers.
     handlers: dict[str, str] = Field(default_factory=dict)
 
@@ -319,6 +343,7 @@ BUILTIN_HANDLERS: dict[str, str] = {
     "activation_refresh": "memos_ray.scheduler_tasks:activation_refresh",
     "pref_add": "memos_ray.scheduler_tasks:pref_add",
     "mem_feedback": "memos_ray.scheduler_tasks:mem_feedback",
+    "mem_organize": "memos_ray.scheduler_tasks:mem_organize",
 }
 
 
@@ -368,6 +393,7 @@ class MemosConfig(BaseSettings):
     chat: ChatConfig = Field(default_factory=ChatConfig)
     fine: FineConfig = Field(default_factory=FineConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    reorganize: ReorganizeConfig = Field(default_factory=ReorganizeConfig)
 
     @property
     def auth_enabled(self) -> bool:

@@ -21,11 +21,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from memos_ray.config import ReorganizeConfig as ReorganizeParams
 from memos_ray.domain.memory import Edge, EdgeType, MemoryItem, MemoryStatus, MemoryType
 from memos_ray.fine import JUDGE_PROMPT, JUDGE_SCHEMA, Judgement
 from memos_ray.memory.json_repair import JSONRepairError, parse_json
@@ -45,29 +45,6 @@ from memos_ray.stores.vector.base import VectorFilter
 from memos_ray.topics import TopicTreeWriter
 
 logger = logging.getLogger("memos_ray.reorganize")
-
-
-class ReorganizeParams(BaseModel):
-    """Knobs of one reorganisation run (what `config.reorganize` would hold)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Cosine at or above which two memories with the same anchors are one (the same as
-    # search's MMR duplicate threshold; MiniLM paraphrases score 0.94-0.97).
-    near_duplicate: float = Field(default=0.92, ge=0, le=1)
-    # No-LLM rule: same key and at least this similar means the newer value supersedes.
-    key_similarity: float = Field(default=0.5, ge=-1, le=1)
-    # "config": judge contradictions with the configured LLM (if any); "none": rules only.
-    llm: Literal["config", "none"] = "config"
-    judge_similarity: float = Field(default=0.6, ge=-1, le=1)
-    judge_candidates: int = Field(default=4, ge=1)
-    max_llm_calls: int = Field(default=200, ge=0)
-    leaf_size: int = Field(default=20, ge=2)
-    branching: int = Field(default=8, ge=2)
-    seed: int = 0
-    # Conversation turns (fast mode) are records of what was said when: by default they
-    # are placed in the tree but never merged or archived.
-    include_turns: bool = False
 
 
 class MergeRecord(BaseModel):

@@ -118,6 +118,14 @@ def mem_read(task: Task, context: HandlerContext) -> dict[str, Any]:
                     [Edge(source=archived.id, target=m.id, type=EdgeType.MERGED_TO) for m in made],
                 )
     follow_ups: list[str] = []
+    tasks = context.tasks
+    if (
+        made
+        and context.config.scheduler.organize_after_read
+        and tasks is not None
+        and not tasks.waiting_with_label(cube, "mem_organize")
+    ):
+        follow_ups.append(context.follow_up(task, "mem_organize", {}).task_id)
     if outcome.unstored_preferences:
         batches = [b.model_dump(mode="json") for b in outcome.unstored_preferences]
         follow_ups.append(context.follow_up(task, "pref_add", {"batches": batches}).task_id)
@@ -180,3 +188,27 @@ def activation_refresh(task: Task, context: HandlerContext) -> dict[str, Any]:
     if services.chat is None:
         return {"tokens": 0}
     return {"tokens": services.chat.warm(task.cube_id, task.payload.get("system_prompt"))}
+
+
+def mem_organize(task: Task, context: HandlerContext) -> dict[str, Any]:
+    """Reorganise the cube (`jobs.reorganize`'s work for one cube): merge duplicates, archive
+    contradicted facts, bring the topic tree up to date. Idempotent: a run over an organised
+    cube changes nothing. A failed run raises, so the scheduler retries it."""
+    from memos_ray.reorganize import Reorganizer
+
+    services: TaskServices = context.services()
+    params = context.config.reorganize.model_copy(update=task.payload.get("params") or {})
+    model = services.fine.model if services.fine is not None else None
+    ledger = services.fine.ledger if services.fine is not None else None
+    report = Reorganizer(services.memory, params, model, ledger).run(task.cube_id)
+    if report.error is not None:
+        raise RuntimeError(report.error)
+    return {
+        "merged": len(report.merged),
+        "archived": len(report.archived),
+        "topics": report.topics,
+        "topics_created": len(report.topics_created),
+        "topics_removed": len(report.topics_removed),
+        "parents_added": report.parents_added,
+        "llm_calls": report.llm_calls,
+    }

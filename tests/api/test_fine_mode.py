@@ -236,3 +236,50 @@ def test_preferences_left_to_a_pref_add_task_are_stored_once(stack: LocalStack) 
     [found] = stack.preferences.search([cube], "which seat does Rosa like", 5)[cube]
     assert found.preference == "Rosa prefers aisle seats"
     assert found.source_memory_ids == [outcome.stored[0].id]
+
+
+def test_mem_organize_task_merges_duplicates_and_builds_the_tree_once(stack: LocalStack) -> None:
+    """The scheduler's `mem_organize` handler on real stores (rules only, no LLM): an exact
+    duplicate written differently is archived into the older memory, every memory gets one
+    topic parent, and a second run (a retry) changes nothing."""
+    from memos_ray.domain.memory import MemoryType
+    from memos_ray.memory.reader import Window
+    from memos_ray.scheduler import HandlerContext
+    from memos_ray.scheduler_tasks import TaskServices, mem_organize
+    from memos_ray.stores.sql.tasks import Task
+
+    cube = _cube()
+    texts = ["Rosa lives in Oslo.", "Rosa plays the cello.", "rosa lives in oslo"]
+    for text in texts:  # one by one: the first is the older
+        window = Window(text=text, memory_type=MemoryType.USER, sources=[], mode="fine")
+        stack.service.add_windows(cube, "rosa", [window])
+    rules_only = stack.config.reorganize.model_copy(update={"llm": "none"})
+    context = HandlerContext(stack.config.model_copy(update={"reorganize": rules_only}))
+    context._services = TaskServices(stack.service, None, None)
+    task = Task(
+        task_id="o1",
+        cube_id=cube,
+        user_id="rosa",
+        label="mem_organize",
+        payload={},
+        state="in_progress",
+        attempts=1,
+        max_attempts=3,
+        seq=1,
+        not_before="",
+        created_at="",
+        updated_at="",
+    )
+    first = mem_organize(task, context)
+    assert first["merged"] == 1 and first["topics"] >= 1
+    again = mem_organize(task, context)
+    assert again["merged"] == again["archived"] == again["topics_created"] == 0
+    items, edges = stack.service.get_graph(cube)
+    by_text = {i.memory: i for i in items}
+    assert by_text["rosa lives in oslo"].metadata.status == MemoryStatus.ARCHIVED
+    assert by_text["Rosa lives in Oslo."].metadata.status == MemoryStatus.ACTIVATED
+    active = {i.id for i in items if i.metadata.status == MemoryStatus.ACTIVATED}
+    parents = [e.target for e in edges if e.type == "PARENT" and e.target in active]
+    assert sorted(parents) == sorted(
+        active - {i.id for i in items if i.metadata.memory_type == MemoryType.TOPIC}
+    )

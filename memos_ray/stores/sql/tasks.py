@@ -115,6 +115,10 @@ class TaskStore(ABC):
         """Cubes with unfinished tasks (a restarted service resumes them)."""
 
     @abstractmethod
+    def waiting_with_label(self, cube_id: str, label: str) -> bool:
+        """Whether a task of that label waits to run in the cube (work that coalesces)."""
+
+    @abstractmethod
     def next_runnable_in_s(self, cube_id: str) -> float | None:
         """Seconds until the cube's next waiting task may run (0 if now); None if none."""
 
@@ -300,6 +304,21 @@ class SQLTaskStore(TaskStore):
         def go(s: Session) -> list[str]:
             rows = s.scalars(select(TaskRow.cube_id).where(TaskRow.state.in_(PENDING)).distinct())
             return sorted(rows)
+
+        return self._run(go)
+
+    def waiting_with_label(self, cube_id: str, label: str) -> bool:
+        def go(s: Session) -> bool:
+            found = s.scalar(
+                select(TaskRow.seq)
+                .where(
+                    TaskRow.cube_id == cube_id,
+                    TaskRow.label == label,
+                    TaskRow.state == "waiting",
+                )
+                .limit(1)
+            )
+            return found is not None
 
         return self._run(go)
 
