@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,9 +20,14 @@ from memos_ray.models.embedder import Embedder, Encoded, SentenceTransformerEmbe
 class EmbedderDeployment:
     def __init__(self, config: EmbedderConfig) -> None:
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
+        self._config = config
         self._embedder = SentenceTransformerEmbedder(
             config.model, device=config.device, batch_size=config.batch_size
         )
+        # Other models by name, loaded on first use (cubes moved to another embedding space
+        # by jobs.reembed; see memos_ray/spaces.py). Few: one per space in the registry.
+        self._others: dict[str, SentenceTransformerEmbedder] = {}
+        self._others_lock = threading.Lock()
         if self._embedder.dim != config.dim:
             raise ConfigError(
                 f"embedder.dim is {config.dim} but the model gives {self._embedder.dim}"
@@ -46,14 +52,43 @@ class EmbedderDeployment:
     def dim(self) -> int:
         return self._embedder.dim
 
+    def encode_with(self, model: str, texts: list[str]) -> Encoded:
+        """`texts` encoded by another model ("" is the packaged all-MiniLM-L6-v2). A sync
+        method runs in Serve's thread pool: loading a model does not block the event loop
+        that batches the configured model's requests."""
+        return self._model(model).encode(texts)
+
+    def _model(self, model: str) -> SentenceTransformerEmbedder:
+        if model == (self._config.model or ""):
+            return self._embedder
+        with self._others_lock:
+            embedder = self._others.get(model)
+            if embedder is None:
+                cfg = self._config
+                embedder = SentenceTransformerEmbedder(
+                    model or None, device=cfg.device, batch_size=cfg.batch_size
+                )
+                self._others[model] = embedder
+        return embedder
+
 
 class HandleEmbedder(Embedder):
-    """The Embedder interface over the deployment handle, for sync code in worker threads."""
+    """The Embedder interface over the deployment handle, for sync code in worker threads.
 
-    def __init__(self, handle: DeploymentHandle, dim: int, batch_threshold: int = 8) -> None:
+    With `model`, texts go to that model (`encode_with`) instead of the configured one.
+    """
+
+    def __init__(
+        self,
+        handle: DeploymentHandle,
+        dim: int,
+        batch_threshold: int = 8,
+        model: str | None = None,
+    ) -> None:
         self._handle = handle
         self._dim = dim
         self._threshold = batch_threshold
+        self._model = model
 
     @property
     def dim(self) -> int:
@@ -65,6 +100,8 @@ class HandleEmbedder(Embedder):
     def encode(self, texts: Sequence[str]) -> Encoded:
         if not texts:
             return Encoded(np.zeros((0, self._dim), dtype=np.float32), [])
+        if self._model is not None:
+            return self._handle.encode_with.remote(self._model, list(texts)).result()
         if len(texts) >= self._threshold:
             return self._handle.embed_many.remote(list(texts)).result()
         parts: list[Encoded] = [

@@ -19,6 +19,7 @@ from memos_ray.memory.adapters import AdapterStore
 from memos_ray.preferences import PreferenceService
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.service import MemoryService
+from memos_ray.space_routing import SpaceRouter, route_spaces
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.sql.tasks import SQLTaskStore
 from memos_ray.tenancy import AccessControl
@@ -96,17 +97,26 @@ class MemosIngress:
                 )
 
                 config = self._config
+                handle = self._embedder_handle
                 graph, vectors = build_ray_stores(config)
-                service = MemoryService(
+                configured = MemoryService(
                     graph,
                     vectors,
-                    HandleEmbedder(self._embedder_handle, config.embedder.dim),
+                    HandleEmbedder(handle, config.embedder.dim),
                     build_reranker(config),
                     config.search,
                     query_embedder=build_query_embedder(config),
                 )
                 admin_key = config.admin_key.get_secret_value() if config.admin_key else None
                 tenancy = build_tenancy_store(config)
+                # Each cube in its own embedding space (jobs.reembed moves cubes while this
+                # runs); other spaces' models are served by the embedder deployment too.
+                service = route_spaces(
+                    config,
+                    configured,
+                    tenancy.engine,
+                    lambda space: HandleEmbedder(handle, space.dim, model=space.model),
+                )
                 access = AccessControl(tenancy, admin_key)
                 preferences = build_preferences(config, service, in_ray=True)
                 chat = self._chat(service, tenancy, preferences)
@@ -134,7 +144,7 @@ class MemosIngress:
 
     def _chat(
         self,
-        service: MemoryService,
+        service: SpaceRouter,
         tenancy: TenancyStore,
         preferences: PreferenceService | None,
     ) -> ChatService | None:

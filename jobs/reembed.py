@@ -2,12 +2,15 @@
 
     python -m jobs.reembed --cube ID [--cube ID2 ...] | --all-cubes --model PATH_OR_NAME --dim N
         [--data-dir DIR] [--address RAY_ADDRESS] [--grace-s S] [--keep-old] [--concurrency N]
+        [--phase all|copy|finish]
 
 New vectors are written beside the old ones (a store of the target space), the cube's record
 is switched in one update, and the old vectors are deleted after a grace period: see
-`memos_ray.reembed`. Ends with one JSON line on stdout: totals, the config that makes new
-cubes start in the target space, and one report per cube. Running it again resumes a move
-that stopped half-way and leaves moved cubes alone.
+`memos_ray.reembed`. A running app follows the switch by itself (its services resolve each
+cube's space, `memos_ray.space_routing`): run the job on the app's cluster (`--address`, or
+`ray job submit`) while the app serves. Ends with one JSON line on stdout: totals, the
+config that makes new cubes start in the target space, and one report per cube. Running it
+again resumes a move that stopped half-way and leaves moved cubes alone.
 """
 
 from __future__ import annotations
@@ -96,21 +99,6 @@ def new_cube_config(config: MemosConfig, target: EmbeddingSpace) -> dict[str, An
     return {"embedder": {"model": target.model or None, "dim": target.dim}, "vector": vector}
 
 
-def release_space_stores(
-    config: MemosConfig, target: EmbeddingSpace, reports: list[dict[str, Any]]
-) -> None:
-    """Stop the shard actors of the spaces this job opened beside the configured store.
-
-    Nothing reads a space's shard between the phases of a two-phase move, and the redeploy
-    in between may open the target shard as the app's own store (one owner per shard).
-    """
-    from memos_ray.spaces import stop_space_store
-
-    spaces = {target} | {EmbeddingSpace(**r["source"]) for r in reports if r.get("source")}
-    for space in spaces:
-        stop_space_store(config, space)
-
-
 def check_model(config: MemosConfig, target: EmbeddingSpace) -> str | None:
     """Loads the model once here, so a wrong name or dimension fails before anything moves."""
     try:
@@ -134,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         "--phase",
         choices=["all", "copy", "finish"],
         default="all",
-        help="copy: new vectors beside the old only; finish: switch and clean up; all: both",
+        help="copy: new vectors beside the old only (the cube stays where it is); "
+        "finish: sync, switch and clean up; all: both",
     )
     args = parser.parse_args(argv)
     config = job_config(args.data_dir)
@@ -146,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     params = ReembedParams(
         phase=args.phase, grace_s=args.grace_s, keep_old=args.keep_old, batch_size=args.batch_size
     )
-    with ray_session(config, args.address) as started:
+    # On a cluster it started itself, the job stops every store it opened at the end (space
+    # shards included); on the app's cluster the app goes on using them.
+    with ray_session(config, args.address):
         summary = run(config, args.cubes, args.all_cubes, target, params, args.concurrency)
-        if started or params.phase != "all":
-            release_space_stores(config, target, summary["per_cube"])
     emit(summary)
     return 1 if summary["errors"] else 0
 

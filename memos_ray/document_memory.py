@@ -38,6 +38,26 @@ class DocumentOutcome:
     calls: int = 0
 
 
+def document_windows(document: Document, chunk_chars: int = 1500) -> list[Window]:
+    """A document's RawFileMemory chunks in reading order (shared with the bulk ingest job)."""
+    texts = chunk_text(document.text, chunk_chars)
+    return [
+        Window(
+            text=f"{document.name} ({n}/{len(texts)}):\n{chunk}",
+            memory_type=MemoryType.RAW_FILE,
+            sources=[
+                SourceMessage(
+                    type="file", doc_path=document.name, content=chunk, file_id=document.file_id
+                )
+            ],
+            file_ids=[document.file_id] if document.file_id else [],
+            tags=("document",),
+            mode="raw",
+        )
+        for n, chunk in enumerate(texts, start=1)
+    ]
+
+
 def add_documents(
     memory: MemoryService,
     cube_id: str,
@@ -52,22 +72,7 @@ def add_documents(
 ) -> DocumentOutcome:
     outcome = DocumentOutcome()
     for document in documents:
-        texts = chunk_text(document.text, chunk_chars)
-        windows = [
-            Window(
-                text=f"{document.name} ({n}/{len(texts)}):\n{chunk}",
-                memory_type=MemoryType.RAW_FILE,
-                sources=[
-                    SourceMessage(
-                        type="file", doc_path=document.name, content=chunk, file_id=document.file_id
-                    )
-                ],
-                file_ids=[document.file_id] if document.file_id else [],
-                tags=("document",),
-                mode="raw",
-            )
-            for n, chunk in enumerate(texts, start=1)
-        ]
+        windows = document_windows(document, chunk_chars)
         added = memory.add_windows(cube_id, user_id, windows, session_id, tags, info)
         by_id = {i.id: i for i in [*added.stored, *added.duplicates]}
         chunks = [by_id[memory_id_for(cube_id, w.text)] for w in windows]

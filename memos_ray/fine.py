@@ -271,10 +271,9 @@ class FineService:
 
     def _neighbours(self, cube_id: str, text: str) -> list[MemoryItem]:
         """Active fine memories of the cube close to `text`, most similar first."""
-        vector = self.memory.query_embedder.embed([text])[0]
-        hits = self.memory.vectors.search_dense(
-            [cube_id],
-            vector.tolist(),
+        hits = self.memory.nearest(
+            cube_id,
+            text,
             self.candidates,
             VectorFilter(memory_types=list(TEXT_TYPES), statuses=[MemoryStatus.ACTIVATED]),
         )

@@ -149,10 +149,9 @@ class PreferenceService:
                 update={"metadata": observation.metadata.model_copy(update={"info": info})}
             )
             self.memory.update_items(cube_id, [observation])
-        vector = self.memory.query_embedder.embed([extracted.preference])[0]
-        hits = self.memory.vectors.search_dense(
-            [cube_id],
-            vector.tolist(),
+        hits = self.memory.nearest(
+            cube_id,
+            extracted.preference,
             8,
             VectorFilter(
                 memory_types=[str(MemoryType.PREFERENCE)],

@@ -5,7 +5,8 @@
             the target store beside the old one (same id, payload and keyword vector), then
             synced again until a pass finds nothing new (adds made meanwhile).
 3. switch:  one registry update makes the target the cube's space; resolvers pick the new
-            store and embedder from their next request on.
+            store and embedder from their next request on (running services within
+            `spaces.SPACE_TTL_S`, the time they trust what they read of the registry).
 4. cleanup: after a grace period (for requests resolved before the switch), a last sync
             brings over what such late writers put in the old space, then the cube's old
             points are deleted.
@@ -40,12 +41,12 @@ class ReembedParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # "copy": new vectors beside the old, the cube stays in its space; "finish": sync, switch
-    # and clean up; "all": both. Two phases let services that read their space from config
-    # be redeployed on the target in between (see jobs/README.md).
+    # and clean up; "all": both. Splitting them only chooses when the switch happens.
     phase: Literal["all", "copy", "finish"] = "all"
     batch_size: int = Field(default=256, ge=1)
     # Seconds between the switch and deleting the old vectors: at least how long a service
-    # may keep using a cube's space after resolving it.
+    # may keep using a cube's space after resolving it (`spaces.SPACE_TTL_S` plus its
+    # longest single write: the space is resolved per store call).
     grace_s: float = Field(default=5.0, ge=0)
     max_rounds: int = Field(default=5, ge=1)
     # Keep the old vectors (a move back is then instant); they no longer follow writes.

@@ -68,6 +68,9 @@ def falkordb_actor(config: MemosConfig):  # type: ignore[no-untyped-def]
 
 def stop_embedded(config: MemosConfig) -> None:
     """Stop the embedded stores of this data dir cleanly (data flushed), then drop the actors."""
+    from memos_ray.spaces import stop_space_stores
+
+    stop_space_stores(config)  # the shards of cubes moved to other embedding spaces
     suffix = actor_suffix(config)
     actors = (
         (f"memos-vector-{suffix}", "close"),

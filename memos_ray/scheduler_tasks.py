@@ -39,6 +39,7 @@ def build_task_services(config: MemosConfig) -> TaskServices:
     from deployments.llm import HandleChatModel
     from memos_ray.config import OpenAILLMConfig, TransformersLLMConfig, VLLMConfig
     from memos_ray.memory.adapters import AdapterStore
+    from memos_ray.space_routing import route_spaces
     from memos_ray.wiring import (
         build_chat_model,
         build_fine_service,
@@ -50,11 +51,17 @@ def build_task_services(config: MemosConfig) -> TaskServices:
 
     app = config.serving.app_name
     graph, vectors = build_ray_stores(config)
-    embedder = HandleEmbedder(
-        serve.get_deployment_handle("EmbedderDeployment", app_name=app), config.embedder.dim
-    )
-    memory = MemoryService(graph, vectors, embedder, build_reranker(config), config.search)
+    handle = serve.get_deployment_handle("EmbedderDeployment", app_name=app)
+    embedder = HandleEmbedder(handle, config.embedder.dim)
+    configured = MemoryService(graph, vectors, embedder, build_reranker(config), config.search)
     tenancy = build_tenancy_store(config)
+    # Each cube in its current embedding space, as in the ingress (see memos_ray.spaces).
+    memory = route_spaces(
+        config,
+        configured,
+        tenancy.engine,  # type: ignore[attr-defined]
+        lambda space: HandleEmbedder(handle, space.dim, model=space.model),
+    )
     model: Any = None
     if isinstance(config.llm, TransformersLLMConfig | VLLMConfig):
         model = HandleChatModel(serve.get_deployment_handle("LLMDeployment", app_name=app))

@@ -25,11 +25,17 @@ from memos_ray.memory.keywords import document_vector, query_vector
 from memos_ray.memory.reader import Window
 from memos_ray.memory.search import DedupMode, rrf_fuse, select
 from memos_ray.memory.turn_ranking import first_stage, head, late_rerank
-from memos_ray.models.embedder import Embedder
+from memos_ray.models.embedder import Embedder, Encoded
 from memos_ray.models.reranker import RerankCandidate, Reranker
 from memos_ray.ranking import SEQ, TEXT, CubeIndexCache, IndexedCube, unit_payload
 from memos_ray.stores.graph.base import GraphStore
-from memos_ray.stores.vector.base import LateScores, VectorFilter, VectorRecord, VectorStore
+from memos_ray.stores.vector.base import (
+    LateScores,
+    VectorFilter,
+    VectorHit,
+    VectorRecord,
+    VectorStore,
+)
 
 VISIBLE_STATUSES: tuple[str, ...] = (
     MemoryStatus.ACTIVATED,
@@ -102,34 +108,7 @@ class MemoryService:
         Embedding happens before any write, and a failed vector write removes the graph
         nodes it followed, so a failure leaves nothing half-written.
         """
-        items: dict[str, MemoryItem] = {}
-        for window in windows:
-            item_id = memory_id_for(cube_id, window.text)
-            if item_id in items:
-                # The same text twice in one request (a repeated message): one memory that
-                # keeps every source, so no message loses its provenance.
-                sources = items[item_id].metadata.sources
-                sources.extend(s for s in window.sources if s not in sources)
-                continue
-            item_info = dict(info or {})
-            if window.file_ids:
-                item_info["file_ids"] = list(window.file_ids)
-            items[item_id] = MemoryItem(
-                id=item_id,
-                memory=window.text,
-                cube_id=cube_id,
-                metadata=MemoryMetadata(
-                    user_id=user_id,
-                    session_id=session_id,
-                    memory_type=window.memory_type,
-                    sources=list(window.sources),
-                    tags=list(dict.fromkeys([f"mode:{window.mode}", *window.tags, *tags])),
-                    info=item_info,
-                    key=window.key,
-                    background=window.background,
-                    status=status,
-                ),
-            )
+        items = items_for_windows(cube_id, user_id, windows, session_id, tags, info, status)
         existing = self.graph.existing_ids(cube_id, list(items))
         new = [item for item_id, item in items.items() if item_id not in existing]
         if new:
@@ -147,25 +126,7 @@ class MemoryService:
         return AddOutcome(stored=new, duplicates=duplicates)
 
     def _records(self, items: Sequence[MemoryItem], seqs: Sequence[int]) -> list[VectorRecord]:
-        payloads = [_payload(item, seq) for item, seq in zip(items, seqs, strict=True)]
-        # Vectors and keywords describe what was said (`speaker: content`), not the
-        # rendered memory line, whose timestamps would only add noise to both.
-        texts = [str(p[TEXT]) for p in payloads]
-        encoded = self.embedder.encode(texts)
-        tokens = encoded.tokens or [None] * len(items)
-        # Built from values this method just made: skip re-validating 384 floats a record.
-        return [
-            VectorRecord.model_construct(
-                id=item.id,
-                dense=vec.tolist(),
-                sparse=document_vector(text),
-                payload=payload,
-                tokens=tok,
-            )
-            for item, text, payload, vec, tok in zip(
-                items, texts, payloads, encoded.dense, tokens, strict=True
-            )
-        ]
+        return vector_records(items, seqs, self.embedder.encode([embedding_text(i) for i in items]))
 
     def update_items(self, cube_id: str, items: Sequence[MemoryItem]) -> None:
         """Rewrite stored items whose text or metadata changed (status, sources, history).
@@ -268,6 +229,14 @@ class MemoryService:
             return {cubes[0]: one(cubes[0])}
         futures = {cube: self._pool.submit(one, cube) for cube in cubes}
         return {cube: fut.result() for cube, fut in futures.items()}
+
+    def nearest(
+        self, cube_id: str, text: str, limit: int, filter: VectorFilter | None = None
+    ) -> list[VectorHit]:
+        """The cube's points closest to `text`, embedded as a query (one model per store:
+        callers never pair an embedder with a store themselves)."""
+        vector = self.query_embedder.embed([text])[0]
+        return self.vectors.search_dense([cube_id], vector.tolist(), limit, filter)
 
     def has_types(self, cube_id: str, memory_types: Sequence[str]) -> bool:
         """Whether the cube holds any active memory of these types (from its cached index)."""
@@ -486,6 +455,75 @@ class MemoryService:
         self._pool.shutdown(wait=False)
         self.graph.close()
         self.vectors.close()
+
+
+def items_for_windows(
+    cube_id: str,
+    user_id: str,
+    windows: Sequence[Window],
+    session_id: str = "default_session",
+    tags: Sequence[str] = (),
+    info: Mapping[str, Any] | None = None,
+    status: MemoryStatus = MemoryStatus.ACTIVATED,
+) -> dict[str, MemoryItem]:
+    """The memories one add of these windows stores, by id (shared with the bulk ingest job)."""
+    items: dict[str, MemoryItem] = {}
+    for window in windows:
+        item_id = memory_id_for(cube_id, window.text)
+        if item_id in items:
+            # The same text twice in one request (a repeated message): one memory that
+            # keeps every source, so no message loses its provenance.
+            sources = items[item_id].metadata.sources
+            sources.extend(s for s in window.sources if s not in sources)
+            continue
+        item_info = dict(info or {})
+        if window.file_ids:
+            item_info["file_ids"] = list(window.file_ids)
+        items[item_id] = MemoryItem(
+            id=item_id,
+            memory=window.text,
+            cube_id=cube_id,
+            metadata=MemoryMetadata(
+                user_id=user_id,
+                session_id=session_id,
+                memory_type=window.memory_type,
+                sources=list(window.sources),
+                tags=list(dict.fromkeys([f"mode:{window.mode}", *window.tags, *tags])),
+                info=item_info,
+                key=window.key,
+                background=window.background,
+                status=status,
+            ),
+        )
+    return items
+
+
+def embedding_text(item: MemoryItem) -> str:
+    """What vectors and keywords describe: what was said (`speaker: content`), not the
+    rendered memory line, whose timestamps would only add noise to both."""
+    return str(unit_payload(item, 0)[TEXT])
+
+
+def vector_records(
+    items: Sequence[MemoryItem], seqs: Sequence[int], encoded: Encoded
+) -> list[VectorRecord]:
+    """Vector points for items whose `embedding_text` was encoded (row i for item i)."""
+    payloads = [_payload(item, seq) for item, seq in zip(items, seqs, strict=True)]
+    texts = [str(p[TEXT]) for p in payloads]
+    tokens = encoded.tokens or [None] * len(items)
+    # Built from values made here: skip re-validating 384 floats a record.
+    return [
+        VectorRecord.model_construct(
+            id=item.id,
+            dense=vec.tolist(),
+            sparse=document_vector(text),
+            payload=payload,
+            tokens=tok,
+        )
+        for item, text, payload, vec, tok in zip(
+            items, texts, payloads, encoded.dense, tokens, strict=True
+        )
+    ]
 
 
 def _payload(item: MemoryItem, seq: int = 0) -> dict[str, Any]:

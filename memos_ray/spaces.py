@@ -6,51 +6,29 @@ default ones (another qdrant-edge shard or Qdrant collection), never mixed with 
 vectors of two models are not comparable and may differ in dimension.
 
 Which space each cube uses is durable state, a row per moved cube in the SQL store
-(`embedding_spaces`); a cube without a row is in the default space. Anything that embeds for
-a cube (a search query, an add) must use the cube's space: `SpaceResolver` answers that
-question and hands out a `MemoryService` per space.
+(`embedding_spaces`, see `memos_ray.space_registry`); a cube without a row is in the default
+space. Anything that embeds for a cube (a search query, an add) must use the cube's space:
+`SpaceResolver` answers that question and hands out a `MemoryService` per space; running
+services reach it through `space_routing.SpaceRouter`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from memos_ray.config import MemosConfig, QdrantConfig, QdrantEdgeConfig
-from memos_ray.domain.memory import iso, utc_now
-from memos_ray.errors import ConflictError, StoreError
 from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
+from memos_ray.models.reranker import Reranker
 from memos_ray.service import MemoryService
+from memos_ray.space_registry import CubeSpace, EmbeddingSpace, SpaceRegistry
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.vector.base import VectorStore
 
-SpaceState = Literal["active", "migrating"]
-
-
-class EmbeddingSpace(BaseModel):
-    """`location` names the vector store holding the space's vectors: a shard or local path
-    relative to the data dir, or a Qdrant collection (with a Qdrant url)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str = ""  # "" is the packaged all-MiniLM-L6-v2
-    dim: int = Field(ge=1)
-    location: str
-
-    @property
-    def slug(self) -> str:
-        name = self.model.rstrip("/").split("/")[-1] or "all-minilm-l6-v2"
-        base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
-        digest = hashlib.sha1(f"{self.model}\x00{self.dim}".encode()).hexdigest()[:8]
-        return f"{base}-{self.dim}-{digest}"
+logger = logging.getLogger("memos_ray.spaces")
 
 
 def configured_location(config: MemosConfig) -> str:
@@ -84,125 +62,6 @@ def space_for_model(config: MemosConfig, model: str, dim: int) -> EmbeddingSpace
     else:
         location = f"{default.location.rstrip('/')}-spaces/{slug}"
     return EmbeddingSpace(model=model, dim=dim, location=location)
-
-
-class CubeSpace(BaseModel):
-    cube_id: str
-    active: EmbeddingSpace
-    state: SpaceState = "active"
-    target: EmbeddingSpace | None = None
-    updated_at: str = ""
-
-
-_META = MetaData()
-SPACES_TABLE = Table(
-    "embedding_spaces",
-    _META,
-    Column("cube_id", String(128), primary_key=True),
-    Column("model", String(1024), nullable=False),
-    Column("dim", Integer, nullable=False),
-    Column("location", String(1024), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("target_model", String(1024)),
-    Column("target_dim", Integer),
-    Column("target_location", String(1024)),
-    Column("updated_at", String(32), nullable=False),
-)
-
-
-class SpaceRegistry:
-    """Per-cube space records in the SQL store; every change is one short transaction, so
-    the switch from old to new space is atomic for every reader."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        try:
-            _META.create_all(engine, checkfirst=True)
-        except SQLAlchemyError:
-            # Another process created it at the same moment (SQLite has no DDL lock).
-            _META.create_all(engine, checkfirst=True)
-
-    def get(self, cube_id: str) -> CubeSpace | None:
-        with self._guard("read"), self._engine.connect() as conn:
-            row = conn.execute(select(SPACES_TABLE).where(SPACES_TABLE.c.cube_id == cube_id))
-            found = row.mappings().first()
-        if found is None:
-            return None
-        target = None
-        if found["target_dim"] is not None:
-            target = EmbeddingSpace(
-                model=found["target_model"] or "",
-                dim=found["target_dim"],
-                location=found["target_location"],
-            )
-        return CubeSpace(
-            cube_id=cube_id,
-            active=EmbeddingSpace(
-                model=found["model"], dim=found["dim"], location=found["location"]
-            ),
-            state=found["state"],
-            target=target,
-            updated_at=found["updated_at"],
-        )
-
-    def active(self, cube_id: str, default: EmbeddingSpace) -> EmbeddingSpace:
-        record = self.get(cube_id)
-        return record.active if record is not None else default
-
-    def begin(self, cube_id: str, source: EmbeddingSpace, target: EmbeddingSpace) -> None:
-        """Record the move (idempotent: resuming the same move is fine, another is refused)."""
-        record = self.get(cube_id)
-        if record is not None and record.state == "migrating" and record.target != target:
-            raise ConflictError(
-                f"cube {cube_id} is already moving to {record.target}; finish that move first"
-            )
-        values = {
-            "model": source.model,
-            "dim": source.dim,
-            "location": source.location,
-            "state": "migrating",
-            "target_model": target.model,
-            "target_dim": target.dim,
-            "target_location": target.location,
-            "updated_at": iso(utc_now()),
-        }
-        self._upsert(cube_id, values, exists=record is not None)
-
-    def switch(self, cube_id: str, target: EmbeddingSpace) -> None:
-        """From now on the cube is in `target`: one UPDATE, seen by every reader at once."""
-        values = {
-            "model": target.model,
-            "dim": target.dim,
-            "location": target.location,
-            "state": "active",
-            "target_model": None,
-            "target_dim": None,
-            "target_location": None,
-            "updated_at": iso(utc_now()),
-        }
-        self._upsert(cube_id, values, exists=self.get(cube_id) is not None)
-
-    def _upsert(self, cube_id: str, values: dict[str, object], *, exists: bool) -> None:
-        with self._guard("write"), self._engine.begin() as conn:
-            if exists:
-                conn.execute(
-                    update(SPACES_TABLE).where(SPACES_TABLE.c.cube_id == cube_id).values(**values)
-                )
-            else:
-                try:
-                    conn.execute(insert(SPACES_TABLE).values(cube_id=cube_id, **values))
-                except IntegrityError as exc:
-                    raise ConflictError(f"cube {cube_id}: its space changed meanwhile") from exc
-
-    @staticmethod
-    @contextmanager
-    def _guard(what: str) -> Iterator[None]:
-        try:
-            yield
-        except (ConflictError, IntegrityError):
-            raise
-        except SQLAlchemyError as exc:
-            raise StoreError(f"embedding space registry {what} failed: {exc}") from exc
 
 
 def space_embedder(config: MemosConfig, space: EmbeddingSpace) -> Embedder:
@@ -269,8 +128,7 @@ def space_actor_name(config: MemosConfig, space: EmbeddingSpace) -> str:
 
 
 def stop_space_store(config: MemosConfig, space: EmbeddingSpace) -> None:
-    """Flush and stop the actor owning a space's shard (a job that started its own cluster
-    calls it before the cluster goes, as `runtime.stop_embedded` does for the default)."""
+    """Flush and stop the actor owning one space's shard."""
     if not isinstance(config.vector, QdrantEdgeConfig) or space == default_space(config):
         return
     import ray
@@ -283,6 +141,32 @@ def stop_space_store(config: MemosConfig, space: EmbeddingSpace) -> None:
         ray.get(actor.close.remote(), timeout=60)
     finally:
         ray.kill(actor, no_restart=True)
+
+
+def stop_space_stores(config: MemosConfig) -> None:
+    """Flush and stop every space shard actor of this data dir. `runtime.stop_embedded`
+    calls it, so whatever stops its stores (the app, a job that started its own cluster)
+    leaves no shard owned by an actor that outlives it."""
+    if not isinstance(config.vector, QdrantEdgeConfig):
+        return
+    import ray
+    from ray.util import list_named_actors
+
+    from memos_ray.runtime import actor_suffix
+
+    namespace = config.serving.namespace
+    prefix = f"memos-vector-{actor_suffix(config)}-"
+    for entry in list_named_actors(all_namespaces=True):
+        if entry["namespace"] != namespace or not entry["name"].startswith(prefix):
+            continue
+        try:
+            actor = ray.get_actor(entry["name"], namespace=namespace)
+        except ValueError:
+            continue
+        try:
+            ray.get(actor.close.remote(), timeout=60)
+        finally:
+            ray.kill(actor, no_restart=True)
 
 
 def _qdrant(config: MemosConfig, vector: QdrantConfig, space: EmbeddingSpace) -> VectorStore:
@@ -300,12 +184,26 @@ def _qdrant(config: MemosConfig, vector: QdrantConfig, space: EmbeddingSpace) ->
     return QdrantVectorStore(space.dim, path=path, collection=vector.collection)
 
 
+# How long a running service trusts what it read of the registry. A move's grace period
+# (`jobs.reembed --grace-s`, 5 s by default) must be longer than this plus the longest request.
+SPACE_TTL_S = 1.0
+# Per-cube entries a resolver keeps before starting afresh (each is a few hundred bytes).
+_MAX_CACHED = 100_000
+
+EmbedderFactory = Callable[[EmbeddingSpace], Embedder]
+
+
 class SpaceResolver:
     """What a service needs per cube: the cube's space, its store and its embedder.
 
     `service_for(cube)` returns a MemoryService bound to the cube's current space, so a
     caller that resolves per request searches with the old model until the switch and with
     the new one right after it. Stores and embedders are opened once per space.
+
+    A job reads the registry on every call (`ttl_s` 0). A running service passes `ttl_s`:
+    what it read is trusted that long, and while no cube has a record at all the default
+    space is answered without any per-cube query. A cube seen migrating gets its target
+    space opened (and its model warmed) in the background, so the switch finds it ready.
     """
 
     def __init__(
@@ -315,33 +213,126 @@ class SpaceResolver:
         registry: SpaceRegistry,
         stores: SpaceStores,
         default_embedder: Embedder,
+        *,
+        default_service: MemoryService | None = None,
+        embedder_for: EmbedderFactory | None = None,
+        reranker: Reranker | None = None,
+        ttl_s: float = 0.0,
     ) -> None:
         self.config = config
         self.graph = graph
         self.registry = registry
         self.default = default_space(config)
         self.stores = stores
+        self.reranker = reranker
+        self.ttl_s = ttl_s
         self._default_embedder = default_embedder
+        self._embedder_for = embedder_for
         self._services: dict[EmbeddingSpace, MemoryService] = {}
+        if default_service is not None:
+            self._services[self.default] = default_service
         self._lock = threading.Lock()
+        self._refresh = threading.Lock()
+        self._moved_until = 0.0
+        self._moved = True
+        self._cached: dict[str, tuple[float, EmbeddingSpace]] = {}
+        self._warming: set[EmbeddingSpace] = set()
+
+    @property
+    def default_service(self) -> MemoryService:
+        return self.service_in(self.default)
 
     def space_of(self, cube_id: str) -> EmbeddingSpace:
-        return self.registry.active(cube_id, self.default)
+        if self.ttl_s > 0 and not self._anything_moved():
+            return self.default
+        return self.spaces_of([cube_id])[cube_id]
+
+    def spaces_of(self, cube_ids: Sequence[str]) -> dict[str, EmbeddingSpace]:
+        """Each cube's current space, with one registry query for those not cached."""
+        if self.ttl_s <= 0:
+            records = self.registry.get_many(cube_ids)
+            return {c: records[c].active if c in records else self.default for c in cube_ids}
+        if not self._anything_moved():
+            return dict.fromkeys(cube_ids, self.default)
+        now = time.monotonic()
+        spaces: dict[str, EmbeddingSpace] = {}
+        for cube in cube_ids:
+            hit = self._cached.get(cube)
+            if hit is not None and hit[0] > now:
+                spaces[cube] = hit[1]
+        missing = [c for c in cube_ids if c not in spaces]
+        if missing:
+            records = self.registry.get_many(missing)
+            self._prefetch(records.values())
+            if len(self._cached) > _MAX_CACHED:
+                self._cached.clear()
+            for cube in missing:
+                space = records[cube].active if cube in records else self.default
+                self._cached[cube] = (now + self.ttl_s, space)
+                spaces[cube] = space
+        return {c: spaces[c] for c in cube_ids}
+
+    def _anything_moved(self) -> bool:
+        """Re-read at most once per ttl; a thread that finds another refreshing keeps the
+        answer it has rather than queueing behind the query."""
+        now = time.monotonic()
+        if now >= self._moved_until and self._refresh.acquire(blocking=False):
+            try:
+                self._moved = self.registry.any_moved()
+                self._moved_until = now + self.ttl_s
+            finally:
+                self._refresh.release()
+        return self._moved
 
     def service_for(self, cube_id: str) -> MemoryService:
         return self.service_in(self.space_of(cube_id))
 
     def service_in(self, space: EmbeddingSpace) -> MemoryService:
+        service = self._services.get(space)
+        if service is not None:
+            return service
         with self._lock:
             service = self._services.get(space)
             if service is None:
-                embedder = (
-                    self._default_embedder
-                    if (space.model, space.dim) == (self.default.model, self.default.dim)
-                    else space_embedder(self.config, space)
-                )
                 service = MemoryService(
-                    self.graph, self.stores.store(space), embedder, None, self.config.search
+                    self.graph,
+                    self.stores.store(space),
+                    self._embedder(space),
+                    self.reranker,
+                    self.config.search,
                 )
                 self._services[space] = service
             return service
+
+    def _embedder(self, space: EmbeddingSpace) -> Embedder:
+        if (space.model, space.dim) == (self.default.model, self.default.dim):
+            return self._default_embedder
+        if self._embedder_for is not None:
+            return self._embedder_for(space)
+        return space_embedder(self.config, space)
+
+    def _prefetch(self, records: Iterable[CubeSpace]) -> None:
+        for record in records:
+            target = record.target
+            if record.state != "migrating" or target is None:
+                continue
+            with self._lock:
+                if target in self._services or target in self._warming:
+                    continue
+                self._warming.add(target)
+            threading.Thread(
+                target=self._warm, args=(target,), name="memos-space-warm", daemon=True
+            ).start()
+
+    def _warm(self, space: EmbeddingSpace) -> None:
+        try:
+            service = self.service_in(space)
+            service.embedder.embed(["warm up"])
+            if service.query_embedder is not service.embedder:
+                service.query_embedder.embed(["warm up"])
+        except Exception:
+            # Not fatal: the first request in that space opens it again.
+            logger.warning("warming embedding space %s failed", space.slug, exc_info=True)
+        finally:
+            with self._lock:
+                self._warming.discard(space)

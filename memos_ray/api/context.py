@@ -10,13 +10,15 @@ from memos_ray.fine import FineService
 from memos_ray.preferences import PreferenceService
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.service import MemoryService
+from memos_ray.space_routing import SpaceRouter
 from memos_ray.tenancy import AccessControl
 
 
 @dataclass
 class ApiContext:
     config: MemosConfig
-    service: MemoryService
+    # A SpaceRouter in the served app: each cube's calls go to its embedding space.
+    service: MemoryService | SpaceRouter
     access: AccessControl
     version: str
     # None when no chat model is configured (llm.backend "none").

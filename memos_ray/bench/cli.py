@@ -338,9 +338,11 @@ def add_bench_parser(sub: Any) -> None:
 
     from memos_ray.bench.activation import add_activation_parser
     from memos_ray.bench.async_add import add_async_add_parser
+    from memos_ray.bench.ingest_job import add_ingest_job_parser
 
     add_activation_parser(kinds)
     add_async_add_parser(kinds)
+    add_ingest_job_parser(kinds)
 
     ingest = kinds.add_parser("ingest", help="/product/add throughput vs the embedder's own")
     ingest.add_argument("--memories", type=int, default=4000)

@@ -10,6 +10,7 @@ worse.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from memos_ray.memory.reader import Window
 from memos_ray.models.embedder import SentenceTransformerEmbedder, default_model_path
 from memos_ray.reembed import CubeMover, ReembedParams, ReembedReport
 from memos_ray.service import MemoryService, SearchOptions
+from memos_ray.space_routing import SpaceRouter
 from memos_ray.spaces import (
     EmbeddingSpace,
     SpaceRegistry,
@@ -52,9 +54,9 @@ def embedder() -> SentenceTransformerEmbedder:
     return model
 
 
-@pytest.fixture(scope="module")
-def projected_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MiniLM plus a seeded orthogonal 384 -> 256 projection, as a local model folder."""
+def save_projected_model(path: Path) -> Path:
+    """MiniLM plus a seeded orthogonal 384 -> 256 projection, saved as a local model folder
+    (also the "new model" of tests/api/test_reembed_live.py)."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense
@@ -70,9 +72,13 @@ def projected_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         activation_function=torch.nn.Identity(),
         init_weight=basis.T.contiguous(),
     )
-    path = tmp_path_factory.mktemp("minilm-proj256")
     SentenceTransformer(modules=[*base, head], device="cpu").save(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def projected_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_projected_model(tmp_path_factory.mktemp("minilm-proj256"))
 
 
 def _config(data_dir: Path) -> MemosConfig:
@@ -104,6 +110,11 @@ def test_move_step_by_step_never_stops_search(
         new_model = space_embedder(config, target)
         mover = CubeMover(graph, registry, stores, new_model, target, default_space(config))
         cube = "moving"
+        # As running services hold them: what they read is trusted for ttl_s, and "no cube
+        # was ever moved" is answered from that cache without any per-cube query.
+        trusting = SpaceResolver(config, graph, registry, stores, embedder, ttl_s=3600)
+        brief = SpaceResolver(config, graph, registry, stores, embedder, ttl_s=0.2)
+        assert trusting.space_of(cube) == brief.space_of(cube) == default_space(config)
         before = resolver.service_for(cube)
         ids = {t: before.add_windows(cube, "u", [_fact(t)]).stored[0].id for t in FACTS}
 
@@ -128,6 +139,9 @@ def test_move_step_by_step_never_stops_search(
         before.delete(cube, [ids[FACTS[5]]])
 
         mover.switch(cube, source, report)
+        assert trusting.space_of(cube) == source  # within its ttl: why cleanup waits
+        time.sleep(0.3)
+        assert brief.space_of(cube) == target  # its ttl passed: the switch is seen
         after = resolver.service_for(cube)
         assert resolver.space_of(cube) == target and after.vectors is new_store
         assert after.embedder.dim == NEW_DIM  # queries are now embedded with the new model
@@ -164,6 +178,20 @@ def test_move_step_by_step_never_stops_search(
         finished = CubeMover(graph, registry, stores, new_model, target, source, finish).move(other)
         assert finished.state == "moved" and finished.copied == 0 and finished.removed_old == 1
         assert resolver.space_of(other) == target
+
+        # The router a running service holds: one search over cubes of two spaces, each
+        # embedded with its own model; writes and direct store reads follow each cube.
+        router = SpaceRouter(resolver)
+        stays = "stays"
+        router.add_windows(stays, "u", [_fact(FACTS[2])])
+        assert stack.service.vectors.count(stays) == 1 and new_store.count(stays) == 0
+        options = SearchOptions(relativity=0, top_k=3)
+        found = router.search("Who has a bicycle?", {cube: None, stays: None}, options)
+        assert list(found) == [cube, stays]
+        assert found[cube][0].memory == late and found[stays][0].memory == FACTS[2]
+        assert router.vectors.count(cube) == new_store.count(cube)
+        [near] = router.nearest(cube, late, 1)
+        assert near.id == late_id  # embedded with the cube's 256-d model, not the default
         stores.close()
 
 
@@ -236,3 +264,17 @@ def test_space_of_the_configured_model_is_the_configured_store(tmp_path: Path) -
     other = space_for_model(config, "/models/e5-small", 384)
     assert other.location.startswith("qdrant-edge-spaces/e5-small-384-")
     assert other == EmbeddingSpace(model="/models/e5-small", dim=384, location=other.location)
+
+
+def test_the_router_offers_every_method_of_memory_service() -> None:
+    """Routes, chat, fine and preferences get a SpaceRouter in the served app: a method
+    added to MemoryService and not to the router would fail there only, so check here."""
+    import inspect
+
+    for name, method in inspect.getmembers(MemoryService, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        routed = getattr(SpaceRouter, name, None)
+        assert routed is not None, f"SpaceRouter has no {name}"
+        expected = list(inspect.signature(method).parameters)
+        assert list(inspect.signature(routed).parameters) == expected, name

@@ -1,0 +1,394 @@
+"""Bulk ingest as a Ray Data job: conversations or documents in, memories in the stores.
+
+    python -m jobs.ingest --format locomo|longmemeval|jsonl|parquet --input PATH [...]
+    ray job submit -- python -m jobs.ingest --config job.yaml --input PATH
+
+Read (one task per file) -> cut each cube into the memories the API's fast add would store,
+flagging those already stored -> embed on an actor pool -> write (graph, then vectors)
+through a Datasink. Ids are deterministic, so a re-run writes only what is missing. Without
+`--address` it starts a local Ray cluster and the embedded stores on the data dir, and stops
+what it started at the end. The last line on stdout is one JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.ingest_stages import MemorySink, WriteCounts, drop_stores, stores_for
+from memos_ray.config import MemosConfig, load_config
+from memos_ray.ingest.formats import FORMATS, BadRecord, Unit, input_files, read_units
+
+logger = logging.getLogger("jobs.ingest")
+
+# Shuffle partitions for JSONL / Parquet input: one per this many input bytes, at most MAX.
+GROUP_BYTES = 64 << 20
+MAX_PARTITIONS = 256
+
+
+class IngestArgs(BaseModel):
+    """Job arguments: CLI flags, or the `ingest:` section of `--config` (flags win)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["jsonl", "parquet", "locomo", "longmemeval"]
+    input: list[str] = Field(min_length=1)
+    # None: the service's data dir (MEMOS_DATA_DIR, default ~/.memos-ray).
+    data_dir: str | None = None
+    # None: start a local Ray cluster; "auto" or ray://...: join one (e.g. the service's).
+    address: str | None = None
+    # Owner of records that name no user; also the cube of records that name neither.
+    user_id: str = Field(default="ingest", min_length=1, max_length=128)
+    # Only the first N records (JSONL/Parquet) or conversations (LoCoMo/LongMemEval) per file.
+    limit: int | None = Field(default=None, ge=1)
+    embed_batch_size: int = Field(default=256, ge=1)
+    # Embedding actors: the pool grows from `actors` to `max_actors` under load.
+    actors: int = Field(default=1, ge=1)
+    max_actors: int | None = Field(default=None, ge=1)
+    num_gpus: float = Field(default=0.0, ge=0)
+    # Torch threads per embedding actor; None: the node's cores shared by the actors.
+    threads: int | None = Field(default=None, ge=1)
+    # Ray CPUs each embedding actor reserves; None: 1 on GPU, else as many as leave one
+    # CPU of the cluster to the other stages (or they could never run).
+    actor_cpus: float | None = Field(default=None, gt=0)
+    write_batch: int = Field(default=512, ge=1)
+    # Shuffle partitions grouping JSONL / Parquet records by cube (None: by input size).
+    partitions: int | None = Field(default=None, ge=1)
+    # Texts timed through the embedder alone (before and after the job); 0: skip.
+    ceiling_sample: int = Field(default=256, ge=0)
+    progress: bool = True
+    # MemosConfig overrides (stores, embedder, reader), as in the Serve app's `config`.
+    memos: dict[str, Any] = Field(default_factory=dict)
+
+
+class IngestSummary(BaseModel):
+    """Throughput is measured twice: over the whole pipeline (`memories_per_s`), and from
+    the moment the first embedding actor had its model loaded (`steady_memories_per_s`),
+    which is what the embedder's own figure (timed after warm-up) compares with."""
+
+    rows: int
+    bad_rows: int
+    cubes: int
+    memories_written: int
+    memories_skipped: int
+    edges: int
+    seconds: float
+    startup_seconds: float
+    memories_per_s: float
+    steady_memories_per_s: float
+    embedder_ceiling_per_s: float | None
+    ratio: float | None
+    ratio_overall: float | None
+    embedder_ceiling_before_per_s: float | None = None
+    embedder_ceiling_after_per_s: float | None = None
+    bad_examples: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def job_config(args: IngestArgs) -> MemosConfig:
+    overrides = dict(args.memos)
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    return load_config(overrides)
+
+
+# -- the embedder's own throughput ------------------------------------------------------------
+
+
+def sample_texts(args: IngestArgs, config: MemosConfig, files: list[Path]) -> list[str]:
+    """Texts the job will embed, read in the driver with the same cutting as the job."""
+    from memos_ray.ingest.cutting import cut_cube
+
+    by_cube: dict[str, list[Unit]] = {}
+    wanted = args.ceiling_sample
+    seen = 0
+    for index, path in enumerate(files):
+        for entry in read_units(path, index, args.format, args.user_id, args.limit):
+            if isinstance(entry, BadRecord):
+                continue
+            by_cube.setdefault(entry.cube_id, []).append(entry)
+            seen += max(len(entry.turns), 1)
+            if seen >= 2 * wanted:
+                break
+        if seen >= 2 * wanted:
+            break
+    reader = config.reader
+    texts = [
+        m.text
+        for cube_id, units in by_cube.items()
+        for m in cut_cube(cube_id, units, reader.window_messages, reader.window_chars).memories
+    ]
+    return texts[:wanted]
+
+
+class Ceiling:
+    """The embedder alone, in this process, on the job's texts: what ingest is measured by."""
+
+    def __init__(self, config: MemosConfig, threads: int) -> None:
+        import torch
+
+        from memos_ray.models.embedder import SentenceTransformerEmbedder
+
+        torch.set_num_threads(threads)
+        emb = config.embedder
+        self._embedder = SentenceTransformerEmbedder(
+            emb.model, device=emb.device, batch_size=emb.batch_size
+        )
+
+    def measure(self, texts: list[str], batch_size: int) -> float:
+        self._embedder.encode(texts[:64])  # warm-up
+        started = time.perf_counter()
+        for start in range(0, len(texts), batch_size):
+            self._embedder.encode(texts[start : start + batch_size])
+        return len(texts) / (time.perf_counter() - started)
+
+
+# -- the job ------------------------------------------------------------------------------
+
+
+def _embedded_owners(config: MemosConfig) -> dict[str, str]:
+    """Named actors owning this data dir's embedded engines, and how each is stopped."""
+    from memos_ray.config import FalkorDBConfig, QdrantEdgeConfig
+    from memos_ray.runtime import actor_suffix
+
+    suffix = actor_suffix(config)
+    owners: dict[str, str] = {}
+    if isinstance(config.vector, QdrantEdgeConfig):
+        owners[f"memos-vector-{suffix}"] = "close"
+    if isinstance(config.graph, FalkorDBConfig):
+        owners[f"memos-falkordb-{suffix}"] = "stop"
+    return owners
+
+
+def _running(name: str, namespace: str) -> bool:
+    import ray
+
+    try:
+        ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return False
+    return True
+
+
+def _stop_owners(names: list[str], methods: dict[str, str], namespace: str) -> None:
+    """Flush and stop the engines this job started (as `memos_ray.runtime.stop_embedded`)."""
+    import ray
+
+    for name in names:
+        try:
+            actor = ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            continue
+        try:
+            ray.get(getattr(actor, methods[name]).remote(), timeout=60)
+        finally:
+            ray.kill(actor, no_restart=True)
+
+
+def _pipeline(args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str) -> Any:
+    import ray
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    from jobs.ingest_stages import EmbedStage, UnitSource, cut_batch
+
+    ds = ray.data.read_datasource(
+        UnitSource([str(f) for f in files], args.format, args.user_id, args.limit)
+    )
+    cut_kwargs = {"config": config, "run_id": run_id}
+    if args.format in ("locomo", "longmemeval"):
+        # Rows are whole cubes already: one cube per task.
+        ds = ds.map_batches(cut_batch, batch_size=1, batch_format="pyarrow", fn_kwargs=cut_kwargs)
+    else:
+        # A cube's records may be anywhere in the input: bring each cube together (a hash
+        # shuffle, with one partition per GROUP_BYTES of input: Ray's default of 200 costs
+        # a minute of start-up on a small input).
+        size = sum(f.stat().st_size for f in files)
+        partitions = args.partitions or min(MAX_PARTITIONS, 1 + size // GROUP_BYTES)
+        ds = ds.groupby("cube_id", num_partitions=partitions).map_groups(
+            cut_batch, batch_format="pyarrow", fn_kwargs=cut_kwargs
+        )
+    # Embedding-sized blocks: embedding and writing then overlap batch by batch, and the
+    # write left after the last embedding is one batch, not a whole cube.
+    ds = ds.repartition(target_num_rows_per_block=args.embed_batch_size)
+    emb = config.embedder
+    cores = os.cpu_count() or 1
+    threads = args.threads or (None if args.num_gpus else max(1, cores // args.actors))
+    runtime_env = (
+        {"env_vars": {"OMP_WAIT_POLICY": emb.omp_wait_policy}} if emb.omp_wait_policy else None
+    )
+    pool = args.max_actors or args.actors
+    actor_cpus = args.actor_cpus
+    if actor_cpus is None:
+        spare = ray.cluster_resources().get("CPU", 1.0) - 1.0
+        actor_cpus = 1.0 if args.num_gpus else max(0.1, min(1.0, spare / pool))
+    return ds.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={
+            "model": emb.model,
+            "device": emb.device if not args.num_gpus else "cuda",
+            "batch_size": emb.batch_size,
+            "threads": threads,
+            "dim": emb.dim,
+        },
+        batch_size=args.embed_batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=args.actors, max_size=pool),
+        num_cpus=actor_cpus,
+        num_gpus=args.num_gpus or None,
+        runtime_env=runtime_env,
+    )
+
+
+def run_ingest(args: IngestArgs) -> IngestSummary:
+    """The whole job; joins a running Ray (tests, `--address`) or starts a local one."""
+    import ray
+
+    config = job_config(args)
+    files = input_files(args.input, args.format)
+    threads = args.threads or os.cpu_count() or 1
+    ceiling: Ceiling | None = None
+    texts: list[str] = []
+    before = after = None
+    if args.ceiling_sample:
+        texts = sample_texts(args, config, files)
+        if texts:
+            ceiling = Ceiling(config, threads)
+            before = ceiling.measure(texts, args.embed_batch_size)
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # "local": a new cluster even when `ray start` left one running on this machine;
+        # under `ray job submit`, RAY_ADDRESS names the cluster the job was submitted to.
+        ray.init(
+            address=args.address or os.environ.get("RAY_ADDRESS") or "local",
+            namespace=config.serving.namespace,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    owners = _embedded_owners(config)
+    started = [n for n in owners if not _running(n, config.serving.namespace)]
+    run_id = uuid.uuid4().hex
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = args.progress
+        stores_for(config, run_id)  # the store owners start here, once, before any worker
+        sink = MemorySink(config, run_id, args.write_batch)
+        began = time.time()
+        _pipeline(args, config, files, run_id).write_datasink(sink)
+        ended = time.time()
+    finally:
+        drop_stores(config)
+        try:
+            _stop_owners(started, owners, config.serving.namespace)
+        finally:
+            if owns_ray:
+                ray.shutdown()
+    if ceiling is not None:
+        after = ceiling.measure(texts, args.embed_batch_size)
+    return _summary(sink.totals, began, ended, before, after)
+
+
+def _summary(
+    totals: WriteCounts, began: float, ended: float, before: float | None, after: float | None
+) -> IngestSummary:
+    seconds = ended - began
+    startup = min(max(totals.ready_at - began, 0.0), seconds) if totals.ready_at else 0.0
+    rate = totals.written / seconds if seconds > 0 else 0.0
+    steady = totals.written / (seconds - startup) if seconds > startup else 0.0
+    measured = [m for m in (before, after) if m]
+    ceiling = sum(measured) / len(measured) if measured else None
+    has_ratio = bool(ceiling and totals.written)
+    return IngestSummary(
+        rows=totals.records,
+        bad_rows=totals.bad,
+        cubes=len(totals.cubes),
+        memories_written=totals.written,
+        memories_skipped=totals.skipped,
+        edges=len(totals.edges),
+        seconds=round(seconds, 3),
+        startup_seconds=round(startup, 3),
+        memories_per_s=round(rate, 2),
+        steady_memories_per_s=round(steady, 2),
+        embedder_ceiling_per_s=round(ceiling, 2) if ceiling else None,
+        ratio=round(steady / ceiling, 3) if has_ratio and ceiling else None,
+        ratio_overall=round(rate / ceiling, 3) if has_ratio and ceiling else None,
+        embedder_ceiling_before_per_s=round(before, 2) if before else None,
+        embedder_ceiling_after_per_s=round(after, 2) if after else None,
+        bad_examples=totals.bad_examples[:20],
+    )
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def _load_yaml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(ingest args, memos config) from a job config, or the memos config of a Serve config."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a mapping")
+    if "applications" in data:  # a Serve config: take the memos app's config
+        apps = data.get("applications") or []
+        memos = next((a.get("args", {}).get("config", {}) for a in apps), {})
+        return {}, memos or {}
+    return dict(data.get("ingest") or {}), dict(data.get("memos") or {})
+
+
+def parse_args(argv: list[str] | None = None) -> IngestArgs:
+    p = argparse.ArgumentParser(prog="python -m jobs.ingest", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--config",
+        help="YAML: `ingest:` (these options) and `memos:` (stores), "
+        "or a Serve config whose app config is used",
+    )
+    p.add_argument("--format", choices=FORMATS)
+    p.add_argument("--input", action="append", help="file or directory (repeatable)")
+    p.add_argument("--data-dir", help="data dir of the embedded stores (default MEMOS_DATA_DIR)")
+    p.add_argument("--address", help="Ray cluster to join ('auto': the local one's head)")
+    p.add_argument("--user-id", help="owner of records without user_id (default 'ingest')")
+    p.add_argument("--limit", type=int, help="first N records / conversations per file")
+    p.add_argument("--embed-batch-size", type=int, help="rows per embedding call (256)")
+    p.add_argument("--actors", type=int, help="embedding actors (1)")
+    p.add_argument("--max-actors", type=int, help="let the pool grow to this many")
+    p.add_argument("--num-gpus", type=float, help="GPUs per embedding actor (0)")
+    p.add_argument("--threads", type=int, help="torch threads per embedding actor")
+    p.add_argument("--actor-cpus", type=float, help="Ray CPUs reserved per embedding actor")
+    p.add_argument("--write-batch", type=int, help="rows per store write (512)")
+    p.add_argument("--partitions", type=int, help="JSONL/Parquet: cube shuffle partitions")
+    p.add_argument("--ceiling-sample", type=int, help="texts timed on the embedder alone (256)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    ns = p.parse_args(argv)
+    values, memos = _load_yaml(ns.config) if ns.config else ({}, {})
+    flags = {k: v for k, v in vars(ns).items() if k != "config" and v is not None}
+    values.update(flags)
+    values["memos"] = {**memos, **values.get("memos", {})}
+    try:
+        return IngestArgs.model_validate(values)
+    except ValueError as exc:
+        p.error(str(exc))
+        raise  # unreachable: error() exits
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    summary = run_ingest(parse_args(argv))
+    for bad in summary.bad_examples:
+        print(f"bad record {bad['source']}:{bad['line']}: {bad['error']}", file=sys.stderr)
+    sys.stdout.flush()
+    print(json.dumps(summary.model_dump()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
