@@ -91,6 +91,10 @@ class IngestSummary(BaseModel):
     ratio_overall: float | None
     embedder_ceiling_before_per_s: float | None = None
     embedder_ceiling_after_per_s: float | None = None
+    # CPU per text of the embedder alone (all its threads), and all CPU the driver spent
+    # timing it: a load-independent view for `memos-ray bench ingest-job`.
+    embedder_cpu_ms_per_text: float | None = None
+    ceiling_cpu_seconds: float = 0.0
     bad_examples: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -134,6 +138,7 @@ class Ceiling:
     """The embedder alone, in this process, on the job's texts: what ingest is measured by."""
 
     def __init__(self, config: MemosConfig, threads: int) -> None:
+        cpu = time.process_time()
         import torch
 
         from memos_ray.models.embedder import SentenceTransformerEmbedder
@@ -143,13 +148,21 @@ class Ceiling:
         self._embedder = SentenceTransformerEmbedder(
             emb.model, device=emb.device, batch_size=emb.batch_size
         )
+        # CPU time of this process (all threads) spent here, load included, so that a
+        # bench counting the job's CPU can leave it out; and per text while timed.
+        self.cpu_seconds = time.process_time() - cpu
+        self.cpu_per_text: list[float] = []
 
     def measure(self, texts: list[str], batch_size: int) -> float:
-        self._embedder.encode(texts[:64])  # warm-up
-        started = time.perf_counter()
+        cpu = time.process_time()
+        self._embedder.encode(texts[:64])  # warm-up (and the model load, the first time)
+        started, timed_cpu = time.perf_counter(), time.process_time()
         for start in range(0, len(texts), batch_size):
             self._embedder.encode(texts[start : start + batch_size])
-        return len(texts) / (time.perf_counter() - started)
+        wall = time.perf_counter() - started
+        self.cpu_per_text.append((time.process_time() - timed_cpu) / len(texts))
+        self.cpu_seconds += time.process_time() - cpu
+        return len(texts) / wall
 
 
 # -- the job ------------------------------------------------------------------------------
@@ -294,7 +307,12 @@ def run_ingest(args: IngestArgs) -> IngestSummary:
                 ray.shutdown()
     if ceiling is not None:
         after = ceiling.measure(texts, args.embed_batch_size)
-    return _summary(sink.totals, began, ended, before, after)
+    summary = _summary(sink.totals, began, ended, before, after)
+    if ceiling is not None and ceiling.cpu_per_text:
+        per_text = sum(ceiling.cpu_per_text) / len(ceiling.cpu_per_text)
+        summary.embedder_cpu_ms_per_text = round(per_text * 1000, 3)
+        summary.ceiling_cpu_seconds = round(ceiling.cpu_seconds, 3)
+    return summary
 
 
 def _summary(

@@ -67,7 +67,8 @@ class Stores:
         The job embeds with the configured model into the configured store only; writing a
         moved cube's memories there would hide them from its searches.
         """
-        from memos_ray.spaces import SpaceRegistry, default_space
+        from memos_ray.space_registry import SpaceRegistry
+        from memos_ray.spaces import default_space
 
         if self._spaces is None:
             self._spaces = SpaceRegistry(self.tenancy.engine)  # type: ignore[attr-defined]

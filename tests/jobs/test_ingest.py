@@ -156,7 +156,8 @@ def test_moved_cube_refused_and_a_running_apps_stores_reused(
     any more). The store owners of a running app (here: started by the test) are used and
     left running, as under `--address auto` beside `memos-ray serve`."""
     from memos_ray.runtime import stop_embedded
-    from memos_ray.spaces import SpaceRegistry, default_space, space_for_model
+    from memos_ray.space_registry import SpaceRegistry
+    from memos_ray.spaces import default_space, space_for_model
     from memos_ray.wiring import build_ray_stores, build_tenancy_store
 
     data_dir = tmp_path / "data"

@@ -194,3 +194,21 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
     assert args.memos == {"embedder": {"batch_size": 32}}
     with pytest.raises(SystemExit):
         parse_args(["--format", "csv", "--input", "x"])
+
+
+def test_bench_projection_arithmetic() -> None:
+    """The GPUs or the CPU side, whichever is slower, bound the projected time."""
+    from memos_ray.bench.ingest_job import projection
+
+    figures = {
+        "rows": 1000,
+        "memories_written": 990,
+        "job_cpu_ms_per_memory": 20.0,
+        "embedder_cpu_ms_per_text": 15.0,  # 5 ms a memory outside embedding
+    }
+    gpu_bound = projection(figures, 10_000_000, workers=2, gpu_rate=1000, cpu_cores=64)
+    assert gpu_bound["memories_per_s"] == 2000  # the CPU side could do 64 / 5 ms = 12,800
+    assert gpu_bound["seconds"] == 10_000_000 * 0.99 / 2000
+    cpu_bound = projection(figures, 10_000_000, workers=8, gpu_rate=10_000, cpu_cores=64)
+    assert cpu_bound["cpu_side_per_s"] == 12_800 and cpu_bound["memories_per_s"] == 12_800
+    assert cpu_bound["seconds"] == round(10_000_000 * 0.99 / 12_800, 1)
