@@ -41,10 +41,10 @@ def build_from_config(config: MemosConfig) -> Application:
         num_replicas=config.serving.ingress_replicas,
         max_ongoing_requests=config.serving.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.serving.ingress_num_cpus},
-    ).bind(config, embedder, _llm_deployment(config))
+    ).bind(config, embedder, llm_deployment(config))
 
 
-def _llm_deployment(config: MemosConfig) -> Application | None:
+def llm_deployment(config: MemosConfig) -> Application | None:
     """Model replicas for in-process backends; a remote endpoint needs none."""
     llm = config.llm
     if not isinstance(llm, TransformersLLMConfig | VLLMConfig):

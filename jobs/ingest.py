@@ -5,7 +5,8 @@
 
 Read (one task per file) -> cut each cube into the memories the API's fast add would store,
 flagging those already stored -> embed on an actor pool -> write (graph, then vectors)
-through a Datasink. Ids are deterministic, so a re-run writes only what is missing. Without
+through a Datasink. Ids are deterministic, so a re-run writes only what is missing. With
+`--fine`, a second pass sends fine windows to the LLM deployment (`jobs.ingest_fine`). Without
 `--address` it starts a local Ray cluster and the embedded stores on the data dir, and stops
 what it started at the end. The last line on stdout is one JSON summary.
 """
@@ -25,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.ingest_fine import FineCounts
 from jobs.ingest_stages import MemorySink, WriteCounts, drop_stores, stores_for
 from memos_ray.config import MemosConfig, load_config
 from memos_ray.ingest.formats import FORMATS, BadRecord, Unit, input_files, read_units
@@ -34,6 +36,8 @@ logger = logging.getLogger("jobs.ingest")
 # Shuffle partitions for JSONL / Parquet input: one per this many input bytes, at most MAX.
 GROUP_BYTES = 64 << 20
 MAX_PARTITIONS = 256
+# Ray CPUs each fine extraction actor holds.
+EXTRACT_CPUS = 0.1
 
 
 class IngestArgs(BaseModel):
@@ -67,14 +71,36 @@ class IngestArgs(BaseModel):
     # Texts timed through the embedder alone (before and after the job); 0: skip.
     ceiling_sample: int = Field(default=256, ge=0)
     progress: bool = True
+    # Fine extraction: a second pass through the LLM deployment (`fine.*` settings apply).
+    fine: bool = False
+    # The Serve app whose LLMDeployment reads the windows; None: the service's when it runs
+    # in this cluster, else one deployed for the job (`llm_replicas` replicas).
+    llm_app: str | None = None
+    llm_replicas: int | None = Field(default=None, ge=1)
+    # Extraction actors, and windows each keeps in flight to the LLM (its replicas batch them).
+    llm_actors: int = Field(default=1, ge=1)
+    llm_concurrency: int = Field(default=16, ge=1)
     # MemosConfig overrides (stores, embedder, reader), as in the Serve app's `config`.
     memos: dict[str, Any] = Field(default_factory=dict)
+
+
+class FineSummary(FineCounts):
+    """The fine pass: windows read by the LLM, and the memories they gave."""
+
+    memories_written: int = 0
+    memories_skipped: int = 0
+    edges: int = 0
+    seconds: float = 0.0
+    # Where the windows went: "serve:<app>" or "endpoint" (a remote OpenAI-style server).
+    llm: str = ""
 
 
 class IngestSummary(BaseModel):
     """Throughput is measured twice: over the whole pipeline (`memories_per_s`), and from
     the moment the first embedding actor had its model loaded (`steady_memories_per_s`),
-    which is what the embedder's own figure (timed after warm-up) compares with."""
+    which is what the embedder's own figure (timed after warm-up) compares with. With
+    `--fine`, rates and ratios are the fast pass's (bound by the embedder); the fine pass,
+    bound by the LLM, reports in `fine`, and the memory counts include its memories."""
 
     rows: int
     bad_rows: int
@@ -96,6 +122,7 @@ class IngestSummary(BaseModel):
     embedder_cpu_ms_per_text: float | None = None
     ceiling_cpu_seconds: float = 0.0
     bad_examples: list[dict[str, Any]] = Field(default_factory=list)
+    fine: FineSummary | None = None
 
 
 def job_config(args: IngestArgs) -> MemosConfig:
@@ -207,29 +234,35 @@ def _stop_owners(names: list[str], methods: dict[str, str], namespace: str) -> N
             ray.kill(actor, no_restart=True)
 
 
-def _pipeline(args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str) -> Any:
-    import ray
+def _cubes(args: IngestArgs, files: list[Path], cut: Any, cut_kwargs: dict[str, Any]) -> Any:
+    """The input read, and `cut` applied to each cube's records, all together."""
     import ray.data
-    from ray.data import ActorPoolStrategy
 
-    from jobs.ingest_stages import EmbedStage, UnitSource, cut_batch
+    from jobs.ingest_stages import UnitSource
 
     ds = ray.data.read_datasource(
         UnitSource([str(f) for f in files], args.format, args.user_id, args.limit)
     )
-    cut_kwargs = {"config": config, "run_id": run_id}
     if args.format in ("locomo", "longmemeval"):
         # Rows are whole cubes already: one cube per task.
-        ds = ds.map_batches(cut_batch, batch_size=1, batch_format="pyarrow", fn_kwargs=cut_kwargs)
-    else:
-        # A cube's records may be anywhere in the input: bring each cube together (a hash
-        # shuffle, with one partition per GROUP_BYTES of input: Ray's default of 200 costs
-        # a minute of start-up on a small input).
-        size = sum(f.stat().st_size for f in files)
-        partitions = args.partitions or min(MAX_PARTITIONS, 1 + size // GROUP_BYTES)
-        ds = ds.groupby("cube_id", num_partitions=partitions).map_groups(
-            cut_batch, batch_format="pyarrow", fn_kwargs=cut_kwargs
-        )
+        return ds.map_batches(cut, batch_size=1, batch_format="pyarrow", fn_kwargs=cut_kwargs)
+    # A cube's records may be anywhere in the input: bring each cube together (a hash
+    # shuffle, with one partition per GROUP_BYTES of input: Ray's default of 200 costs
+    # a minute of start-up on a small input).
+    size = sum(f.stat().st_size for f in files)
+    partitions = args.partitions or min(MAX_PARTITIONS, 1 + size // GROUP_BYTES)
+    return ds.groupby("cube_id", num_partitions=partitions).map_groups(
+        cut, batch_format="pyarrow", fn_kwargs=cut_kwargs
+    )
+
+
+def _embedded(args: IngestArgs, config: MemosConfig, ds: Any, reserved: float = 0.0) -> Any:
+    """`reserved`: CPUs the pipeline's other actors will hold (not free yet)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from jobs.ingest_stages import EmbedStage
+
     # Embedding-sized blocks: embedding and writing then overlap batch by batch, and the
     # write left after the last embedding is one batch, not a whole cube.
     ds = ds.repartition(target_num_rows_per_block=args.embed_batch_size)
@@ -242,7 +275,9 @@ def _pipeline(args: IngestArgs, config: MemosConfig, files: list[Path], run_id: 
     pool = args.max_actors or args.actors
     actor_cpus = args.actor_cpus
     if actor_cpus is None:
-        spare = ray.cluster_resources().get("CPU", 1.0) - 1.0
+        # What is free now (a service in this cluster, the fine pass's LLM replicas hold
+        # theirs), less one CPU for the read, cut and write tasks, or they could never run.
+        spare = ray.available_resources().get("CPU", 1.0) - 1.0 - reserved
         actor_cpus = 1.0 if args.num_gpus else max(0.1, min(1.0, spare / pool))
     return ds.map_batches(
         EmbedStage,
@@ -260,6 +295,39 @@ def _pipeline(args: IngestArgs, config: MemosConfig, files: list[Path], run_id: 
         num_gpus=args.num_gpus or None,
         runtime_env=runtime_env,
     )
+
+
+def _fast_pass(args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str) -> Any:
+    from jobs.ingest_stages import cut_batch
+
+    turns = not args.fine or config.fine.keep_turns
+    kwargs = {"config": config, "run_id": run_id, "turns": turns}
+    return _embedded(args, config, _cubes(args, files, cut_batch, kwargs))
+
+
+def _fine_pass(
+    args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str, route: Any
+) -> Any:
+    from ray.data import ActorPoolStrategy
+
+    from jobs.ingest_fine import ExtractStage, fine_cut_batch
+
+    ds = _cubes(args, files, fine_cut_batch, {"config": config, "run_id": run_id})
+    ds = ds.map_batches(
+        ExtractStage,
+        fn_constructor_kwargs={
+            "config": config,
+            "run_id": run_id,
+            "route": route,
+            "concurrency": args.llm_concurrency,
+        },
+        batch_size=1,  # one cube a call: its windows are read concurrently
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=args.llm_actors),
+        # They wait on the LLM: a small share each, so they never hold back other stages.
+        num_cpus=EXTRACT_CPUS,
+    )
+    return _embedded(args, config, ds, reserved=EXTRACT_CPUS * args.llm_actors)
 
 
 def run_ingest(args: IngestArgs) -> IngestSummary:
@@ -291,13 +359,16 @@ def run_ingest(args: IngestArgs) -> IngestSummary:
     owners = _embedded_owners(config)
     started = [n for n in owners if not _running(n, config.serving.namespace)]
     run_id = uuid.uuid4().hex
+    fine: FineSummary | None = None
     try:
         ray.data.DataContext.get_current().enable_progress_bars = args.progress
         stores_for(config, run_id)  # the store owners start here, once, before any worker
         sink = MemorySink(config, run_id, args.write_batch)
         began = time.time()
-        _pipeline(args, config, files, run_id).write_datasink(sink)
+        _fast_pass(args, config, files, run_id).write_datasink(sink)
         ended = time.time()
+        if args.fine:
+            fine = _run_fine(args, config, files, run_id, owns_ray)
     finally:
         drop_stores(config)
         try:
@@ -312,7 +383,41 @@ def run_ingest(args: IngestArgs) -> IngestSummary:
         per_text = sum(ceiling.cpu_per_text) / len(ceiling.cpu_per_text)
         summary.embedder_cpu_ms_per_text = round(per_text * 1000, 3)
         summary.ceiling_cpu_seconds = round(ceiling.cpu_seconds, 3)
+    if fine is not None:
+        summary.fine = fine
+        summary.memories_written += fine.memories_written
+        summary.memories_skipped += fine.memories_skipped
+        summary.edges += fine.edges
+        summary.seconds = round(summary.seconds + fine.seconds, 3)
     return summary
+
+
+def _run_fine(
+    args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str, owns_ray: bool
+) -> FineSummary:
+    """The fine pass, after the fast one: the LLM deployment found (or deployed) first."""
+    from jobs.ingest_fine import close_llm, open_llm, wake_schedulers
+
+    began = time.time()
+    route = open_llm(config, args.llm_app, args.llm_replicas, owns_ray=owns_ray)
+    try:
+        sink = MemorySink(config, run_id, args.write_batch)
+        _fine_pass(args, config, files, run_id, route).write_datasink(sink)
+    finally:
+        close_llm(route)
+    totals = sink.totals
+    fine = FineSummary(
+        **{k: v for k, v in FineCounts.model_validate(totals.fine).model_dump().items()},
+        memories_written=totals.written,
+        memories_skipped=totals.skipped,
+        edges=totals.links,
+        llm=route.label,
+    )
+    fine.llm_seconds = round(fine.llm_seconds, 3)
+    if fine.preference_tasks:
+        wake_schedulers(config)
+    fine.seconds = round(time.time() - began, 3)
+    return fine
 
 
 def _summary(
@@ -383,6 +488,13 @@ def parse_args(argv: list[str] | None = None) -> IngestArgs:
     p.add_argument("--partitions", type=int, help="JSONL/Parquet: cube shuffle partitions")
     p.add_argument("--ceiling-sample", type=int, help="texts timed on the embedder alone (256)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument(
+        "--fine", action="store_true", default=None, help="also extract facts with the LLM"
+    )
+    p.add_argument("--llm-app", help="--fine: the Serve app whose LLMDeployment reads windows")
+    p.add_argument("--llm-replicas", type=int, help="--fine: replicas of a job-deployed LLM")
+    p.add_argument("--llm-actors", type=int, help="--fine: extraction actors (1)")
+    p.add_argument("--llm-concurrency", type=int, help="--fine: windows in flight per actor (16)")
     ns = p.parse_args(argv)
     values, memos = _load_yaml(ns.config) if ns.config else ({}, {})
     flags = {k: v for k, v in vars(ns).items() if k != "config" and v is not None}

@@ -204,20 +204,26 @@ MEMORY_SCHEMA = pa.schema(
         ("records", pa.int64()),
         ("edges", pa.string()),
         ("bad", pa.string()),
+        # Edges of this memory, written with it (both ends exist: fine pass only).
+        ("links", pa.string()),
+        # The fine pass's counts for a cube (FineCounts JSON, on its "count" row).
+        ("fine", pa.string()),
     ]
 )
 
 
-def _row(kind: str, cube_id: str = "", **values: Any) -> dict[str, Any]:
-    row = {"kind": kind, "cube_id": cube_id, "id": "", "item": "", "text": "", "seq": 0}
-    row.update({"exists": False, "records": 0, "edges": "", "bad": ""})
-    row.update(values)
-    return row
+def row(kind: str, cube_id: str = "", **values: Any) -> dict[str, Any]:
+    out = {"kind": kind, "cube_id": cube_id, "id": "", "item": "", "text": "", "seq": 0}
+    out.update({"exists": False, "records": 0, "edges": "", "bad": "", "links": "", "fine": ""})
+    out.update(values)
+    return out
 
 
-def cut_batch(batch: pa.Table, *, config: MemosConfig, run_id: str) -> pa.Table:
+def cut_batch(batch: pa.Table, *, config: MemosConfig, run_id: str, turns: bool = True) -> pa.Table:
     """Rows of whole cubes (or one cube's group) in, one row per memory out, flagged when
-    already stored. A cube's first row carries its record count and document edges."""
+    already stored. A cube's first row carries its record count and document edges.
+
+    `turns=False` (fine ingest without `fine.keep_turns`): document chunks only."""
     units: dict[str, list[Unit]] = defaultdict(list)
     out: list[dict[str, Any]] = []
     for cube_id, payload, bad in zip(
@@ -227,33 +233,35 @@ def cut_batch(batch: pa.Table, *, config: MemosConfig, run_id: str) -> pa.Table:
         strict=True,
     ):
         if bad:
-            out.append(_row("bad", records=1, bad=bad))
+            out.append(row("bad", records=1, bad=bad))
             continue
         units[cube_id] += [Unit.model_validate(u) for u in json.loads(payload)]
     reader = config.reader
     stores = stores_for(config, run_id) if units else None
     moved = stores.moved_cubes(config, list(units)) if stores is not None else {}
     for cube_id, cube_units in units.items():
-        cut = cut_cube(cube_id, cube_units, reader.window_messages, reader.window_chars)
+        kept = cube_units if turns else [u for u in cube_units if u.document is not None]
+        cut = cut_cube(cube_id, kept, reader.window_messages, reader.window_chars)
+        cut.records = sum(u.records for u in cube_units)
         if cube_id in moved:
             error = (
                 f"cube {cube_id} is in embedding space {moved[cube_id]} (moved by jobs.reembed);"
                 " this job writes the configured space only: its records were not ingested"
             )
             bad = json.dumps({"source": f"cube:{cube_id}", "line": 0, "error": error})
-            out.append(_row("bad", cube_id, records=cut.records, bad=bad))
+            out.append(row("bad", cube_id, records=cut.records, bad=bad))
             continue
         edges = (
             json.dumps([[e.source, e.target, str(e.type)] for e in cut.edges]) if cut.edges else ""
         )
         if not cut.memories:
-            out.append(_row("count", cube_id, records=cut.records))
+            out.append(row("count", cube_id, records=cut.records))
             continue
         ids = [m.item.id for m in cut.memories]
         present = stored_ids(stores, cube_id, ids) if stores is not None else set()
         for n, memory in enumerate(cut.memories):
             out.append(
-                _row(
+                row(
                     "memory",
                     cube_id,
                     id=memory.item.id,
@@ -317,9 +325,9 @@ class EmbedStage:
                 self._embedder = self._load()
             encoded = self._embedder.encode([str(batch["text"][i]) for i in todo])
             dense[todo] = encoded.dense
-            for row, tok in zip(todo, encoded.tokens or [], strict=False):
-                tokens[row] = np.ascontiguousarray(tok, dtype=np.float16).tobytes()
-                counts[row] = len(tok)
+            for at, tok in zip(todo, encoded.tokens or [], strict=False):
+                tokens[at] = np.ascontiguousarray(tok, dtype=np.float16).tobytes()
+                counts[at] = len(tok)
         batch["dense"] = dense
         batch["tokens"] = tokens
         batch["token_count"] = counts
@@ -339,6 +347,10 @@ class WriteCounts:
     bad_examples: list[dict[str, Any]] = field(default_factory=list)
     edges: list[tuple[str, str, str, str]] = field(default_factory=list)
     cubes: set[str] = field(default_factory=set)
+    # Edges written with their memories (the fine pass's MATERIAL and SUMMARY edges).
+    links: int = 0
+    # The fine pass's counts, summed (FineCounts fields).
+    fine: dict[str, float] = field(default_factory=dict)
     # When the first embedding actor was ready (epoch seconds; 0: none was needed).
     ready_at: float = 0.0
 
@@ -353,10 +365,15 @@ class WriteCounts:
         self.bad_examples += other.bad_examples[: max(room, 0)]
         self.edges += other.edges
         self.cubes |= other.cubes
+        self.links += other.links
+        for name, value in other.fine.items():
+            self.fine[name] = self.fine.get(name, 0) + value
 
 
 class MemorySink(Datasink[WriteCounts]):
-    """Graph nodes, then vector points, per cube and batch; edges once all nodes exist."""
+    """Graph nodes, then vector points, per cube and batch. Document edges are written once
+    all nodes exist; a memory's own `links` right after its node, before its vector point
+    (the point is what marks it stored, so a crash never leaves a stored memory unlinked)."""
 
     def __init__(self, config: MemosConfig, run_id: str, rows_per_write: int) -> None:
         self._config = config
@@ -395,6 +412,9 @@ class MemorySink(Datasink[WriteCounts]):
                 continue
             cube_id = str(batch["cube_id"][i])
             counts.cubes.add(cube_id)
+            if batch["fine"][i]:
+                for name, value in json.loads(str(batch["fine"][i])).items():
+                    counts.fine[name] = counts.fine.get(name, 0) + value
             if batch["edges"][i]:
                 counts.edges += [
                     (cube_id, s, t, k) for s, t, k in json.loads(str(batch["edges"][i]))
@@ -418,6 +438,15 @@ class MemorySink(Datasink[WriteCounts]):
             encoded = Encoded(np.asarray(batch["dense"][rows], dtype=np.float32), tokens)
             records = vector_records(items, [int(batch["seq"][i]) for i in rows], encoded)
             stores.graph.upsert_nodes(cube_id, items)
+            links = [
+                Edge(source=s, target=t, type=k)
+                for i in rows
+                if batch["links"][i]
+                for s, t, k in json.loads(str(batch["links"][i]))
+            ]
+            if links:
+                stores.graph.add_edges(cube_id, links)
+                counts.links += len(links)
             stores.vectors.upsert(cube_id, records)
             counts.written += len(items)
 

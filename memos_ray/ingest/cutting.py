@@ -65,7 +65,7 @@ def join_messages(units: Sequence[Unit]) -> list[Unit]:
     return joined
 
 
-def _turns(unit: Unit) -> list[Turn]:
+def unit_turns(unit: Unit) -> list[Turn]:
     """As the API reads messages: system messages and blank contents left out, stripped."""
     return [
         Turn(
@@ -106,7 +106,7 @@ def cut_cube(
                 )
             ]
         else:
-            windows = fast_windows(_turns(unit), window_messages, window_chars)
+            windows = fast_windows(unit_turns(unit), window_messages, window_chars)
         items = items_for_windows(
             cube_id, unit.user_id, windows, unit.session_id, unit.tags, unit.info
         )
