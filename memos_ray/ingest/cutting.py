@@ -21,7 +21,8 @@ from memos_ray.document_memory import document_windows
 from memos_ray.domain.memory import Edge, EdgeType, MemoryItem, memory_id_for
 from memos_ray.ingest.formats import Unit
 from memos_ray.memory.documents import Document
-from memos_ray.memory.reader import Turn, fast_windows
+from memos_ray.memory.reader import Turn, Window, fast_windows
+from memos_ray.memory.tools import ToolMessage, schema_windows, trajectory_windows
 from memos_ray.service import embedding_text, items_for_windows
 
 DOCUMENT_CHUNK_CHARS = 1500
@@ -105,14 +106,40 @@ def cut_cube(
                     Edge(source=after, target=before, type=EdgeType.PRECEDING),
                 )
             ]
+            adds = [windows]
         else:
-            windows = fast_windows(unit_turns(unit), window_messages, window_chars)
-        items = items_for_windows(
-            cube_id, unit.user_id, windows, unit.session_id, unit.tags, unit.info
-        )
-        for item_id, item in items.items():
-            if item_id in taken:  # already stored by an earlier unit: the API's duplicate
-                continue
-            taken.add(item_id)
-            cut.memories.append(Prepared(item, embedding_text(item), len(cut.memories)))
+            # As the API's add: tool memories first, then the turns, each its own write.
+            adds = [
+                tool_windows(unit),
+                fast_windows(unit_turns(unit), window_messages, window_chars),
+            ]
+        for windows in adds:
+            items = items_for_windows(
+                cube_id, unit.user_id, windows, unit.session_id, unit.tags, unit.info
+            )
+            for item_id, item in items.items():
+                if item_id in taken:  # already stored by an earlier add: the API's duplicate
+                    continue
+                taken.add(item_id)
+                cut.memories.append(Prepared(item, embedding_text(item), len(cut.memories)))
     return cut
+
+
+def tool_windows(unit: Unit) -> list[Window]:
+    """Tool schemas and trajectories (assistant tool calls with their results)."""
+    windows = schema_windows(unit.tools)
+    if any(t.tool_calls for t in unit.turns):
+        windows += trajectory_windows(
+            [
+                ToolMessage(
+                    role=t.role,
+                    content=t.content,
+                    message_id=t.message_id,
+                    chat_time=t.chat_time,
+                    tool_call_id=t.tool_call_id,
+                    tool_calls=tuple(t.tool_calls or ()),
+                )
+                for t in unit.turns
+            ]
+        )
+    return windows

@@ -2,9 +2,14 @@
 
 JSONL and Parquet hold one record per line / row, of three kinds (told apart by their fields):
 
-- message:      {cube_id?, user_id?, session_id?, role, content, chat_time?, message_id?, name?}
-- conversation: {cube_id?, user_id?, session_id?, messages: [message...], tags?, info?}
+- message:      {cube_id?, user_id?, session_id?, role, content, chat_time?, message_id?, name?,
+                 tool_calls?, tool_call_id?}
+- conversation: {cube_id?, user_id?, session_id?, messages: [message...], tools?, tags?, info?}
 - document:     {cube_id?, user_id?, session_id?, name, text, file_id?, tags?, info?}
+
+Agent traces are conversations whose assistant messages carry OpenAI-style `tool_calls` and
+whose `tool` messages carry the `tool_call_id` they answer; `tools` holds the tool schemas.
+They become tool memories exactly as the API's add makes them.
 
 `user_id` defaults to the job's user, `cube_id` to the user id (a user's own cube, as in the
 API), `session_id` to "default_session". Message records of one (cube, user, session) form
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Format = Literal["jsonl", "parquet", "locomo", "longmemeval"]
 FORMATS: tuple[str, ...] = ("jsonl", "parquet", "locomo", "longmemeval")
@@ -43,10 +48,18 @@ class _Record(BaseModel):
 
 class TurnRecord(_Record):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    # Empty (or null) for an assistant message that only calls tools.
+    content: str = ""
     chat_time: str | None = None
     message_id: str | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
 
 
 class _Scoped(_Record):
@@ -61,6 +74,8 @@ class MessageRecord(_Scoped, TurnRecord):
 
 class ConversationRecord(_Scoped):
     messages: list[TurnRecord] = Field(min_length=1)
+    # OpenAI-format tool definitions used in the conversation.
+    tools: list[dict[str, Any]] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     info: dict[str, Any] = Field(default_factory=dict)
 
@@ -95,6 +110,7 @@ class Unit(BaseModel):
     kind: Literal["conversation", "message", "document"] = "conversation"
     turns: list[TurnRecord] = Field(default_factory=list)
     document: DocumentPart | None = None
+    tools: list[dict[str, Any]] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     info: dict[str, Any] = Field(default_factory=dict)
     # Input records this unit stands for (for the job's row count).
@@ -159,7 +175,9 @@ def record_to_unit(raw: Any, default_user: str, order: tuple[int, int]) -> Unit 
         "order": order,
     }
     if isinstance(record, ConversationRecord):
-        return Unit(**scope, turns=record.messages, tags=record.tags, info=record.info)
+        return Unit(
+            **scope, turns=record.messages, tools=record.tools, tags=record.tags, info=record.info
+        )
     if isinstance(record, DocumentRecord):
         part = DocumentPart(name=record.name, text=record.text, file_id=record.file_id)
         return Unit(**scope, kind="document", document=part, tags=record.tags, info=record.info)

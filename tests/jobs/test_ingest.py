@@ -255,6 +255,7 @@ def _add_like_the_bench(url: str, user: str, cube: str, sessions: list[dict[str,
                     "writable_cube_ids": [cube],
                     "session_id": session["session_id"],
                     "messages": session["messages"],
+                    **({"tools": session["tools"]} if "tools" in session else {}),
                     "async_mode": "sync",
                     "mode": "fast",
                 },
@@ -299,12 +300,45 @@ def test_same_memories_as_the_api_fast_add(
         }
         for s in range(1, 4)
     ]
+    # An agent's trace: tool schemas, a failed call and a retry, then the answer.
+    sessions[1]["tools"] = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    sessions[1]["messages"] += [
+        {"role": "user", "content": "What's the weather in Lyon?"},
+        _tool_call("call-1", '{"city": "Lyon, FR"}'),
+        {"role": "tool", "tool_call_id": "call-1", "content": "Error: unknown city 'Lyon, FR'"},
+        _tool_call("call-2", '{"city": "Lyon"}'),
+        {"role": "tool", "tool_call_id": "call-2", "content": "18 C, sunny"},
+        {"role": "assistant", "content": "It is 18 C and sunny in Lyon."},
+    ]
     _add_like_the_bench(url, "ann", "ann-cube", sessions)
     records = [{"user_id": "ann", "cube_id": "ann-cube", **s} for s in sessions]
     data_dir = tmp_path / "job"
     summary = _run(data_dir, "jsonl", _write_jsonl(tmp_path / "conv.jsonl", records))
     assert summary.memories_written > 0
     _same_memories(stack, data_dir, "ann-cube")
+    kinds = {
+        str(n.metadata.memory_type)
+        for n in _stored(data_dir, ["ann-cube"])["ann-cube"]["nodes"].values()
+    }
+    assert {"ToolSchemaMemory", "ToolTrajectoryMemory"} <= kinds
+
+
+def _tool_call(call_id: str, arguments: str) -> dict[str, Any]:
+    call = {"name": "get_weather", "arguments": arguments}
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": call_id, "type": "function", "function": call}],
+    }
 
 
 @pytest.mark.skipif(not LOCOMO.exists(), reason="LoCoMo dev file not found")
