@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Format = Literal["jsonl", "parquet", "locomo", "longmemeval"]
 FORMATS: tuple[str, ...] = ("jsonl", "parquet", "locomo", "longmemeval")
@@ -48,18 +48,21 @@ class _Record(BaseModel):
 
 class TurnRecord(_Record):
     role: Literal["system", "user", "assistant", "tool"]
-    # Empty (or null) for an assistant message that only calls tools.
-    content: str = ""
+    # Null, empty or absent for an assistant message that only calls tools.
+    content: str
     chat_time: str | None = None
     message_id: str | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
 
-    @field_validator("content", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _null_is_empty(cls, value: Any) -> Any:
-        return "" if value is None else value
+    def _tool_call_content(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("content") is None:
+            if "content" in data or data.get("tool_calls"):
+                return {**data, "content": ""}
+        return data
 
 
 class _Scoped(_Record):
