@@ -59,9 +59,9 @@ class TurnRecord(_Record):
     @model_validator(mode="before")
     @classmethod
     def _tool_call_content(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("content") is None:
-            if "content" in data or data.get("tool_calls"):
-                return {**data, "content": ""}
+        missing = isinstance(data, dict) and data.get("content") is None
+        if missing and ("content" in data or data.get("tool_calls")):
+            return {**data, "content": ""}
         return data
 
 
