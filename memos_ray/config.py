@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memos_ray.memory.turn_ranking import RankingParams
@@ -90,6 +90,19 @@ PreferenceStoreConfig = Annotated[
 class SQLConfig(_Strict):
     # None means SQLite under data_dir.
     url: SecretStr | None = None
+    # A cluster's config sets this: without a server URL (a missing MEMOS_SQL__URL) every
+    # node would otherwise quietly keep users, cubes and tasks in its own SQLite file.
+    require_server: bool = False
+
+    @model_validator(mode="after")
+    def _server_when_required(self) -> SQLConfig:
+        url = self.url.get_secret_value() if self.url is not None else ""
+        if self.require_server and (not url or url.startswith("sqlite")):
+            raise ValueError(
+                "sql.require_server is set but no SQL server is configured: set MEMOS_SQL__URL "
+                "(postgresql://USER:PASSWORD@HOST:5432/DB) in every node's environment"
+            )
+        return self
 
 
 class EmbedderConfig(_Strict):

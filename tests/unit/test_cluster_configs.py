@@ -234,6 +234,18 @@ def test_a_misspelt_key_in_production_config_is_refused(secret_env: None) -> Non
         _deployed(serve_config)
 
 
+def test_production_config_refuses_to_start_without_its_sql_server(
+    secret_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node missing MEMOS_SQL__URL must not quietly keep tenancy in its own SQLite file."""
+    monkeypatch.delenv("MEMOS_SQL__URL")
+    with pytest.raises(ValidationError, match="MEMOS_SQL__URL"):
+        _deployed(_load("configs/production.yaml"))
+    monkeypatch.setenv("MEMOS_SQL__URL", "sqlite:////tmp/memos.db")
+    with pytest.raises(ValidationError, match="require_server"):
+        _deployed(_load("configs/production.yaml"))
+
+
 def test_rayservice_carries_the_production_application(secret_env: None) -> None:
     production, v2 = _load("configs/production.yaml"), _serve_config_v2()
     for key in ("proxy_location", "http_options", "logging_config"):
