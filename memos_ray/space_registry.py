@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from memos_ray.domain.memory import iso, utc_now
 from memos_ray.errors import ConflictError, StoreError
+from memos_ray.stores.sql.sqlalchemy import create_tables
 
 SpaceState = Literal["active", "migrating"]
 
@@ -81,11 +82,7 @@ class SpaceRegistry:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        try:
-            _META.create_all(engine, checkfirst=True)
-        except SQLAlchemyError:
-            # Another process created it at the same moment (SQLite has no DDL lock).
-            _META.create_all(engine, checkfirst=True)
+        create_tables(_META, engine)
 
     def get(self, cube_id: str) -> CubeSpace | None:
         return self.get_many([cube_id]).get(cube_id)

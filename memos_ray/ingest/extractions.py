@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from memos_ray.domain.memory import iso, utc_now
 from memos_ray.errors import StoreError
+from memos_ray.stores.sql.sqlalchemy import create_tables
 
 _META = MetaData()
 EXTRACTIONS_TABLE = Table(
@@ -35,11 +36,7 @@ _CHUNK = 500
 class ExtractionLedger:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        try:
-            _META.create_all(engine, checkfirst=True)
-        except SQLAlchemyError:
-            # Another process created it at the same moment (SQLite has no DDL lock).
-            _META.create_all(engine, checkfirst=True)
+        create_tables(_META, engine)
 
     def get_many(self, window_ids: Sequence[str]) -> dict[str, str]:
         """Recorded results of these windows (those without one are absent)."""

@@ -121,50 +121,37 @@ def fine_windows(
     """A cube's windows in input order, each text once (the first occurrence's sources)."""
     windows: dict[str, FineWindow] = {}
     for unit in join_messages(units):
-        common = {
-            "user_id": unit.user_id,
-            "session_id": unit.session_id,
-            "tags": list(unit.tags),
-            "info": dict(unit.info),
-        }
+        # (window, the fast memories holding its content)
+        read: list[tuple[Window, list[str]]]
         if unit.document is not None:
             doc = unit.document
             chunks = document_windows(Document(doc.name, doc.text, doc.file_id), chunk_chars)
-            found = [
-                FineWindow(
-                    window_id=window_id_for(cube_id, chunk.text),
-                    text=chunk.text,
-                    memory_type=chunk.memory_type,
-                    sources=list(chunk.sources),
-                    file_ids=list(chunk.file_ids),
-                    covers=[memory_id_for(cube_id, chunk.text)],
-                    document=doc.name,
-                    **common,
-                )
-                for chunk in chunks
-            ]
+            read = [(chunk, [memory_id_for(cube_id, chunk.text)]) for chunk in chunks]
         else:
             turns = unit_turns(unit)
             fast = fast_windows(turns, reader.window_messages, reader.window_chars)
             holder = {
                 _source_key(s): memory_id_for(cube_id, w.text) for w in fast for s in w.sources
             }
-            found = []
-            for window in fast_windows(turns, fine.window_messages, fine.window_chars):
-                covers = [holder[_source_key(s)] for s in window.sources]
-                found.append(
-                    FineWindow(
-                        window_id=window_id_for(cube_id, window.text),
-                        text=window.text,
-                        memory_type=window.memory_type,
-                        sources=list(window.sources),
-                        file_ids=list(window.file_ids),
-                        covers=list(dict.fromkeys(covers)),
-                        **common,
-                    )
-                )
-        for window in found:
-            windows.setdefault(window.window_id, window)
+            read = [
+                (window, list(dict.fromkeys(holder[_source_key(s)] for s in window.sources)))
+                for window in fast_windows(turns, fine.window_messages, fine.window_chars)
+            ]
+        for window, covers in read:
+            found = FineWindow(
+                window_id=window_id_for(cube_id, window.text),
+                user_id=unit.user_id,
+                session_id=unit.session_id,
+                tags=list(unit.tags),
+                info=dict(unit.info),
+                text=window.text,
+                memory_type=window.memory_type,
+                sources=list(window.sources),
+                file_ids=list(window.file_ids),
+                covers=covers,
+                document=unit.document.name if unit.document is not None else None,
+            )
+            windows.setdefault(found.window_id, found)
     return list(windows.values())
 
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, MetaData, create_engine, event, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
@@ -173,21 +173,7 @@ class SQLTenancyStore(TenancyStore):
         return engine
 
     def _create_schema(self) -> None:
-        # create_all checks before creating; two processes starting at once can still race
-        # on SQLite (PostgreSQL takes a lock), so a lost race is retried once the winner is done.
-        last: SQLAlchemyError | None = None
-        for _ in range(3):
-            try:
-                with self._engine.begin() as conn:
-                    if self._backend == "postgresql":
-                        conn.execute(
-                            text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK}
-                        )
-                    Base.metadata.create_all(conn)
-                return
-            except SQLAlchemyError as exc:
-                last = exc
-        raise StoreError(f"cannot create tables in {self._safe_url()}: {last}")
+        create_tables(Base.metadata, self._engine, self._safe_url())
 
     @contextmanager
     def _txn(self, conflict: str | None = None) -> Iterator[Session]:
@@ -406,3 +392,20 @@ class SQLTenancyStore(TenancyStore):
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def create_tables(metadata: MetaData, engine: Engine, where: str = "the SQL store") -> None:
+    """Create what is missing. create_all checks before creating, yet two processes starting
+    at once can still race on SQLite (PostgreSQL takes a lock here), so a lost race is
+    retried once the winner is done."""
+    last: SQLAlchemyError | None = None
+    for _ in range(3):
+        try:
+            with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK})
+                metadata.create_all(conn)
+            return
+        except SQLAlchemyError as exc:
+            last = exc
+    raise StoreError(f"cannot create tables in {where}: {last}")
