@@ -91,7 +91,8 @@ class FineSummary(FineCounts):
     memories_skipped: int = 0
     edges: int = 0
     seconds: float = 0.0
-    # Where the windows went: "serve:<app>" or "endpoint" (a remote OpenAI-style server).
+    # Where the windows went: "serve:<app>", "endpoint" (a remote OpenAI-style server), or
+    # "none (...)" when the job's own deployment was not needed.
     llm: str = ""
 
 
@@ -400,18 +401,19 @@ def _run_fine(
 
     began = time.time()
     route = open_llm(config, args.llm_app, args.llm_replicas, owns_ray=owns_ray)
+    label = ""
     try:
         sink = MemorySink(config, run_id, args.write_batch)
         _fine_pass(args, config, files, run_id, route).write_datasink(sink)
     finally:
-        close_llm(route)
+        label = close_llm(route)
     totals = sink.totals
     fine = FineSummary(
         **{k: v for k, v in FineCounts.model_validate(totals.fine).model_dump().items()},
         memories_written=totals.written,
         memories_skipped=totals.skipped,
         edges=totals.links,
-        llm=route.label,
+        llm=label,
     )
     fine.llm_seconds = round(fine.llm_seconds, 3)
     if fine.preference_tasks:

@@ -96,25 +96,30 @@ def fine_cut_batch(batch: pa.Table, *, config: MemosConfig, run_id: str) -> pa.T
 
 @dataclass(frozen=True)
 class LLMRoute:
-    """Where windows go: a Serve app's LLMDeployment, or (app None) the configured
+    """Where windows go: a running Serve app's LLMDeployment (`app`); the job's own
+    deployment, made by `deployer` when the first window needs it; or else the configured
     remote endpoint, called from each extraction actor directly."""
 
-    app: str | None
-    deployed: bool = False
-    serve_started: bool = False
+    app: str | None = None
+    deployer: Any = None  # an LLMDeployer actor handle
 
-    @property
-    def label(self) -> str:
-        return f"serve:{self.app}" if self.app else "endpoint"
+    def resolve(self) -> str | None:
+        """The app to send windows to (deploying the job's own now if need be)."""
+        if self.deployer is not None:
+            import ray
+
+            return str(ray.get(self.deployer.ensure.remote()))
+        return self.app
 
 
 def chat_model_for(config: MemosConfig, route: LLMRoute) -> ChatModel:
-    if route.app is not None:
+    app = route.resolve()
+    if app is not None:
         from ray import serve
 
         from deployments.llm import HandleChatModel
 
-        return HandleChatModel(serve.get_deployment_handle("LLMDeployment", app_name=route.app))
+        return HandleChatModel(serve.get_deployment_handle("LLMDeployment", app_name=app))
     from memos_ray.wiring import build_chat_model
 
     model = build_chat_model(config)
@@ -256,7 +261,9 @@ def open_llm(
     config: MemosConfig, app: str | None, replicas: int | None, *, owns_ray: bool = False
 ) -> LLMRoute:
     """The LLM deployment fine ingest sends windows to: `app`'s when named; else the
-    service's, when this cluster runs it; else one deployed for this job (removed after)."""
+    service's, when this cluster runs it; else one deployed for this job, on demand (a
+    re-run whose every answer is on record starts no model) and removed after."""
+    import ray
     from ray import serve
 
     from memos_ray.config import NoLLMConfig, OpenAILLMConfig
@@ -270,26 +277,56 @@ def open_llm(
     if app is not None:
         if app not in running:
             raise ValueError(f"--llm-app {app}: no such Serve app runs in this cluster")
-        return LLMRoute(app)
+        return LLMRoute(app=app)
     service = running.get(config.serving.app_name)
     if service is not None and "LLMDeployment" in service.deployments:
-        return LLMRoute(config.serving.app_name)
+        return LLMRoute(app=config.serving.app_name)
     if isinstance(llm, OpenAILLMConfig):
-        return LLMRoute(None)
-    from deployments.app import llm_deployment
-
+        return LLMRoute()
     if replicas is not None:
         config = config.model_copy(
             update={"llm": llm.model_copy(update={"num_replicas": replicas, "autoscaling": None})}
         )
     # A job that started its own Ray cluster leaves Serve to go with it.
-    serve_started = not running and not _serve_running() and not owns_ray
-    if serve_started or not _serve_running():
-        serve.start(proxy_location="Disabled")
-    deployment = llm_deployment(config)
-    assert deployment is not None
-    serve.run(deployment, name=INGEST_LLM_APP, route_prefix=None)
-    return LLMRoute(INGEST_LLM_APP, deployed=True, serve_started=serve_started)
+    stop_serve = not owns_ray and not _serve_running()
+    deployer = ray.remote(num_cpus=0)(LLMDeployer).remote(config, stop_serve)
+    return LLMRoute(deployer=deployer)
+
+
+class LLMDeployer:
+    """Deploys the job's own LLM app once, for whichever extraction actor asks first."""
+
+    def __init__(self, config: MemosConfig, stop_serve: bool) -> None:
+        self._config = config
+        self._stop_serve = stop_serve
+        self._deployed = False
+
+    def ensure(self) -> str:
+        from ray import serve
+
+        from deployments.app import llm_deployment
+
+        if not self._deployed:
+            if not _serve_running():
+                serve.start(proxy_location="Disabled")
+            deployment = llm_deployment(self._config)
+            assert deployment is not None
+            serve.run(deployment, name=INGEST_LLM_APP, route_prefix=None)
+            self._deployed = True
+        return INGEST_LLM_APP
+
+    def close(self) -> bool:
+        """Remove the app if it was deployed; whether it was."""
+        from ray import serve
+
+        if not self._deployed:
+            return False
+        try:
+            serve.delete(INGEST_LLM_APP)
+        finally:
+            if self._stop_serve:
+                serve.shutdown()
+        return True
 
 
 def _serve_running() -> bool:
@@ -303,16 +340,17 @@ def _serve_running() -> bool:
     return True
 
 
-def close_llm(route: LLMRoute) -> None:
-    from ray import serve
+def close_llm(route: LLMRoute) -> str:
+    """Remove the job's own deployment, if it made one; where the windows went."""
+    import ray
 
-    if not route.deployed or route.app is None:
-        return
+    if route.deployer is None:
+        return f"serve:{route.app}" if route.app else "endpoint"
     try:
-        serve.delete(route.app)
+        deployed = ray.get(route.deployer.close.remote())
     finally:
-        if route.serve_started:
-            serve.shutdown()
+        ray.kill(route.deployer)
+    return f"serve:{INGEST_LLM_APP}" if deployed else "none (every answer was on record)"
 
 
 def wake_schedulers(config: MemosConfig) -> int:

@@ -226,3 +226,7 @@ def test_through_the_real_model_in_a_deployment_of_its_own(
         assert ("fine:failed" in raw.metadata.tags) == bool(fine.failed)
     else:
         assert all("mode:fine" in n.metadata.tags for n in nodes)
+    # Again: the answer is on record, so no model is deployed at all.
+    again = _run(data_dir, source, memos=memos)
+    assert again.fine is not None and again.fine.llm.startswith("none")
+    assert (again.fine.llm_calls, again.memories_written) == (0, 0)
