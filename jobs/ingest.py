@@ -397,7 +397,8 @@ def _run_fine(
     args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str, owns_ray: bool
 ) -> FineSummary:
     """The fine pass, after the fast one: the LLM deployment found (or deployed) first."""
-    from jobs.ingest_fine import close_llm, open_llm, wake_schedulers
+    from jobs.ingest_fine import wake_schedulers
+    from memos_ray.jobs_llm import close_llm, open_llm
 
     began = time.time()
     route = open_llm(config, args.llm_app, args.llm_replicas, owns_ray=owns_ray)

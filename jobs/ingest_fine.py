@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -35,13 +34,12 @@ from memos_ray.ingest.fine import (
     fine_windows,
 )
 from memos_ray.ingest.formats import Unit
+from memos_ray.jobs_llm import LLMRoute, chat_model_for
 from memos_ray.models.chat import ChatModel
 from memos_ray.service import embedding_text
 
 logger = logging.getLogger(__name__)
 
-# The Serve app a fine ingest deploys for itself when no service's LLM is running.
-INGEST_LLM_APP = "memos-ingest-llm"
 _TASK_NAMESPACE = uuid.UUID("6c1f4a52-93c1-4d51-9a47-0b5d2f1e7c30")
 
 WINDOWS_SCHEMA = pa.schema([("cube_id", pa.string()), ("windows", pa.string())])
@@ -92,40 +90,6 @@ def fine_cut_batch(batch: pa.Table, *, config: MemosConfig, run_id: str) -> pa.T
             payload = "[" + ",".join(w.model_dump_json() for w in windows) + "]"
             out.append({"cube_id": cube_id, "windows": payload})
     return pa.Table.from_pylist(out, schema=WINDOWS_SCHEMA)
-
-
-@dataclass(frozen=True)
-class LLMRoute:
-    """Where windows go: a running Serve app's LLMDeployment (`app`); the job's own
-    deployment, made by `deployer` when the first window needs it; or else the configured
-    remote endpoint, called from each extraction actor directly."""
-
-    app: str | None = None
-    deployer: Any = None  # an LLMDeployer actor handle
-
-    def resolve(self) -> str | None:
-        """The app to send windows to (deploying the job's own now if need be)."""
-        if self.deployer is not None:
-            import ray
-
-            return str(ray.get(self.deployer.ensure.remote()))
-        return self.app
-
-
-def chat_model_for(config: MemosConfig, route: LLMRoute) -> ChatModel:
-    app = route.resolve()
-    if app is not None:
-        from ray import serve
-
-        from deployments.llm import HandleChatModel
-
-        return HandleChatModel(serve.get_deployment_handle("LLMDeployment", app_name=app))
-    from memos_ray.wiring import build_chat_model
-
-    model = build_chat_model(config)
-    if model is None:
-        raise ValueError("fine ingest needs a chat model (llm.backend is 'none')")
-    return model
 
 
 class ExtractStage:
@@ -252,105 +216,6 @@ class ExtractStage:
                 task_id=str(uuid.uuid5(_TASK_NAMESPACE, f"{window_id}\x00pref_add")),
             )
         return len(batches)
-
-
-# -- the LLM deployment -----------------------------------------------------------------------
-
-
-def open_llm(
-    config: MemosConfig, app: str | None, replicas: int | None, *, owns_ray: bool = False
-) -> LLMRoute:
-    """The LLM deployment fine ingest sends windows to: `app`'s when named; else the
-    service's, when this cluster runs it; else one deployed for this job, on demand (a
-    re-run whose every answer is on record starts no model) and removed after."""
-    import ray
-    from ray import serve
-
-    from memos_ray.config import NoLLMConfig, OpenAILLMConfig
-
-    llm = config.llm
-    if isinstance(llm, NoLLMConfig):
-        raise ValueError(
-            "--fine needs a chat model: set memos.llm (backend transformers, vllm or openai)"
-        )
-    running = serve.status().applications
-    if app is not None:
-        if app not in running:
-            raise ValueError(f"--llm-app {app}: no such Serve app runs in this cluster")
-        return LLMRoute(app=app)
-    service = running.get(config.serving.app_name)
-    if service is not None and "LLMDeployment" in service.deployments:
-        return LLMRoute(app=config.serving.app_name)
-    if isinstance(llm, OpenAILLMConfig):
-        return LLMRoute()
-    if replicas is not None:
-        config = config.model_copy(
-            update={"llm": llm.model_copy(update={"num_replicas": replicas, "autoscaling": None})}
-        )
-    # A job that started its own Ray cluster leaves Serve to go with it.
-    stop_serve = not owns_ray and not _serve_running()
-    deployer = ray.remote(num_cpus=0)(LLMDeployer).remote(config, stop_serve)
-    return LLMRoute(deployer=deployer)
-
-
-class LLMDeployer:
-    """Deploys the job's own LLM app once, for whichever extraction actor asks first."""
-
-    def __init__(self, config: MemosConfig, stop_serve: bool) -> None:
-        self._config = config
-        self._stop_serve = stop_serve
-        self._deployed = False
-
-    def ensure(self) -> str:
-        from ray import serve
-
-        from deployments.app import llm_deployment
-
-        if not self._deployed:
-            if not _serve_running():
-                serve.start(proxy_location="Disabled")
-            deployment = llm_deployment(self._config)
-            assert deployment is not None
-            serve.run(deployment, name=INGEST_LLM_APP, route_prefix=None)
-            self._deployed = True
-        return INGEST_LLM_APP
-
-    def close(self) -> bool:
-        """Remove the app if it was deployed; whether it was."""
-        from ray import serve
-
-        if not self._deployed:
-            return False
-        try:
-            serve.delete(INGEST_LLM_APP)
-        finally:
-            if self._stop_serve:
-                serve.shutdown()
-        return True
-
-
-def _serve_running() -> bool:
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    try:
-        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    except ValueError:
-        return False
-    return True
-
-
-def close_llm(route: LLMRoute) -> str:
-    """Remove the job's own deployment, if it made one; where the windows went."""
-    import ray
-
-    if route.deployer is None:
-        return f"serve:{route.app}" if route.app else "endpoint"
-    try:
-        deployed = ray.get(route.deployer.close.remote())
-    finally:
-        ray.kill(route.deployer)
-    return f"serve:{INGEST_LLM_APP}" if deployed else "none (every answer was on record)"
 
 
 def wake_schedulers(config: MemosConfig) -> int:

@@ -1,7 +1,8 @@
 """Reorganise cubes in bulk: merge duplicates, archive superseded facts, rebuild topic trees.
 
     python -m jobs.reorganize --cube ID [--cube ID2 ...] | --all-cubes
-        [--data-dir DIR] [--address RAY_ADDRESS] [--llm config|none] [--concurrency N]
+        [--data-dir DIR] [--address RAY_ADDRESS] [--llm config|none] [--llm-app APP]
+        [--concurrency N]
 
 Cubes are processed in parallel by a pool of Ray Data actors; each writes through the stores
 the app uses. Ends with one JSON line on stdout: totals, then one report per cube. The rules
@@ -17,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from memos_ray.config import MemosConfig
+from memos_ray.config import MemosConfig, NoLLMConfig
+from memos_ray.jobs_llm import LLMRoute, chat_model_for, close_llm, open_llm
 from memos_ray.jobs_runtime import (
     add_common_args,
     emit,
@@ -35,14 +37,11 @@ class ReorganizeWorker:
     LLM are built once and reused for every cube it is given. Each cube is read and written
     in its own embedding space (see `memos_ray.spaces`)."""
 
-    def __init__(self, config: MemosConfig, params: ReorganizeParams) -> None:
+    def __init__(
+        self, config: MemosConfig, params: ReorganizeParams, route: LLMRoute | None
+    ) -> None:
         from memos_ray.spaces import SpaceRegistry, SpaceResolver, SpaceStores
-        from memos_ray.wiring import (
-            build_chat_model,
-            build_embedder,
-            build_ray_stores,
-            build_tenancy_store,
-        )
+        from memos_ray.wiring import build_embedder, build_ray_stores, build_tenancy_store
 
         graph, vectors = build_ray_stores(config)
         ledger = build_tenancy_store(config)
@@ -54,7 +53,8 @@ class ReorganizeWorker:
             build_embedder(config),
         )
         self._params = params
-        self._model = build_chat_model(config) if params.llm == "config" else None
+        # Through the LLM deployment (see memos_ray.jobs_llm), never a model of its own.
+        self._model = chat_model_for(config, route) if route is not None else None
         self._ledger = ledger
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -72,13 +72,16 @@ def run(
     all_cubes: bool,
     params: ReorganizeParams,
     concurrency: int = 2,
+    route: LLMRoute | None = None,
 ) -> dict[str, Any]:
-    """Reorganise on the Ray cluster this process is connected to; returns the summary."""
+    """Reorganise on the Ray cluster this process is connected to; returns the summary.
+    Without a `route` (or with `params.llm` "none") the rules decide alone."""
     started = time.monotonic()
     targets = resolve_cubes(config, cubes, all_cubes)
-    reports = map_cubes(
-        targets, ReorganizeWorker, {"config": config, "params": params}, concurrency
-    )
+    if params.llm != "config":
+        route = None
+    kwargs = {"config": config, "params": params, "route": route}
+    reports = map_cubes(targets, ReorganizeWorker, kwargs, concurrency)
     return {
         "job": "reorganize",
         "cubes": len(reports),
@@ -113,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         default="config",
         help="judge contradictions and name topics with the configured LLM, or rules only",
     )
+    parser.add_argument(
+        "--llm-app",
+        help="the Serve app whose LLMDeployment to use (default: the service's when it runs "
+        "in this cluster, else one deployed for the job)",
+    )
     parser.add_argument("--near-duplicate", type=float, help="cosine of near duplicates")
     parser.add_argument("--leaf-size", type=int, help="most memories under one topic")
     parser.add_argument("--branching", type=int, help="most subtopics under one topic")
@@ -129,8 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         **{k: v for k, v in given.items() if v is not None},
     )
     config = job_config(args.data_dir)
-    with ray_session(config, args.address):
-        summary = run(config, args.cubes, args.all_cubes, params, args.concurrency)
+    with ray_session(config, args.address) as owns_ray:
+        route = None
+        if params.llm == "config" and not isinstance(config.llm, NoLLMConfig):
+            route = open_llm(config, args.llm_app, None, owns_ray=owns_ray)
+        label = "none (rules only)"
+        try:
+            summary = run(config, args.cubes, args.all_cubes, params, args.concurrency, route)
+        finally:
+            if route is not None:
+                label = close_llm(route)
+        summary["llm"] = label
     emit(summary)
     return 1 if summary["errors"] else 0
 

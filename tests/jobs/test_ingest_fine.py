@@ -202,7 +202,7 @@ def test_through_the_real_model_in_a_deployment_of_its_own(
     small model answers, each window ends as facts or as its own text: nothing is lost."""
     from ray import serve
 
-    from jobs.ingest_fine import INGEST_LLM_APP
+    from memos_ray.jobs_llm import JOB_LLM_APP
 
     records = [r for r in _records() if r["session_id"] == "s2"]
     source = tmp_path / "in.jsonl"
@@ -214,10 +214,10 @@ def test_through_the_real_model_in_a_deployment_of_its_own(
     }
     summary = _run(data_dir, source, memos=memos)
     fine = summary.fine
-    assert fine is not None and fine.llm == f"serve:{INGEST_LLM_APP}"
+    assert fine is not None and fine.llm == f"serve:{JOB_LLM_APP}"
     assert (fine.windows, fine.read, fine.llm_calls) == (1, 1, 1)
     assert fine.completion_tokens > 0
-    assert INGEST_LLM_APP not in serve.status().applications
+    assert JOB_LLM_APP not in serve.status().applications
     nodes = list(_stored(data_dir)["nodes"].values())
     assert summary.memories_written == len(nodes) > 0
     if fine.failed or fine.empty:

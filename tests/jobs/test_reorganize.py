@@ -266,6 +266,31 @@ def test_cli_all_cubes_prints_one_json_line(
         _check_tree(ray_service, cube, leaf_size=20)
 
 
+def judge_answers(request: ChatRequest) -> str:
+    """The scripted LLM's answers for JUDGED (module level: a Serve replica imports it)."""
+    system, user = request.messages[0].content, request.messages[-1].content
+    if system.startswith("You name"):
+        return '{"key": "People and things", "summary": "Facts about jobs and cars."}'
+    new, existing = user.split("\nExisting:\n")
+    listing = existing.splitlines()
+    for n, line in enumerate(listing):
+        if "Globex" in new and "Acme" in line:
+            return json.dumps({"relation": "contradiction", "index": n})
+        if "Bob's car" in new and "Toyota" in line:
+            return json.dumps({"relation": "duplicate", "index": n})
+    return '{"relation": "unrelated", "index": -1}'
+
+
+JUDGED = [
+    "Alice works at Acme as an engineer.",
+    "Bob drives a red Toyota.",
+    "Dana's hobby is pottery.",
+    "Alice works at Globex as a designer.",  # 0.71 to Acme: the judge says contradiction
+    "Bob's car is a red Toyota.",  # 0.88: under the rule's 0.92, the judge says duplicate
+    "Dana's hobby is rock climbing.",  # 0.69: the judge says unrelated
+]
+
+
 def test_llm_judges_contradictions_and_names_topics(
     tmp_path: Path, embedder: SentenceTransformerEmbedder
 ) -> None:
@@ -273,27 +298,10 @@ def test_llm_judges_contradictions_and_names_topics(
     calls: list[str] = []
 
     def answer(request: ChatRequest) -> str:
-        system, user = request.messages[0].content, request.messages[-1].content
-        calls.append(system[:10])
-        if system.startswith("You name"):
-            return '{"key": "People and things", "summary": "Facts about jobs and cars."}'
-        new, existing = user.split("\nExisting:\n")
-        listing = existing.splitlines()
-        for n, line in enumerate(listing):
-            if "Globex" in new and "Acme" in line:
-                return json.dumps({"relation": "contradiction", "index": n})
-            if "Bob's car" in new and "Toyota" in line:
-                return json.dumps({"relation": "duplicate", "index": n})
-        return '{"relation": "unrelated", "index": -1}'
+        calls.append(request.messages[0].content[:10])
+        return judge_answers(request)
 
-    texts = [
-        "Alice works at Acme as an engineer.",
-        "Bob drives a red Toyota.",
-        "Dana's hobby is pottery.",
-        "Alice works at Globex as a designer.",  # 0.71 to Acme: the judge says contradiction
-        "Bob's car is a red Toyota.",  # 0.88: under the rule's 0.92, the judge says duplicate
-        "Dana's hobby is rock climbing.",  # 0.69: the judge says unrelated
-    ]
+    texts = JUDGED
     with LocalStack(_config(tmp_path), embedder=embedder) as stack:
         cube, service = "llm-cube", stack.service
         ids = {t: service.add_windows(cube, "u", [_fact(t, None)]).stored[0].id for t in texts}
@@ -316,6 +324,35 @@ def test_llm_judges_contradictions_and_names_topics(
         second = Reorganizer(service, ReorganizeParams(leaf_size=3), model).run(cube)
         # The same judgement again (one unrelated pair is left), no topic re-named.
         assert not second.changed and calls == ["You compar"]
+
+
+@pytest.mark.ray
+def test_job_asks_the_llm_deployment(ray_config: MemosConfig, ray_service: MemoryService) -> None:
+    """The job's workers send their judgements through a Serve app's LLMDeployment (here
+    the scripted TEST DOUBLE deployed as one), not a model of their own."""
+    from ray import serve
+
+    from jobs.reorganize import run
+    from memos_ray.jobs_llm import LLMRoute
+    from tests.fixtures.scripted_model import deploy_scripted_llm, scripted_llm_calls
+
+    cube = "judged-by-deployment"
+    ids = {t: ray_service.add_windows(cube, "u", [_fact(t, None)]).stored[0].id for t in JUDGED}
+    deploy_scripted_llm("scripted-judge", judge_answers)
+    try:
+        params = ReorganizeParams(leaf_size=3)
+        summary = run(ray_config, [cube], False, params, 1, LLMRoute(app="scripted-judge"))
+        (report,) = summary["per_cube"]
+        assert report["error"] is None and report["llm"] == "scripted"
+        assert [(m["archived"], m["kept"]) for m in report["archived"]] == [
+            (ids[JUDGED[0]], ids[JUDGED[3]])
+        ]
+        assert [(m["archived"], m["kept"]) for m in report["merged"]] == [
+            (ids[JUDGED[4]], ids[JUDGED[1]])
+        ]
+        assert report["llm_calls"] == scripted_llm_calls("scripted-judge") > 0
+    finally:
+        serve.delete("scripted-judge")
 
 
 def test_job_process_starts_its_own_cluster(
