@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.ingest_fine import FineCounts
 from jobs.ingest_stages import MemorySink, WriteCounts, drop_stores, stores_for
-from memos_ray.config import MemosConfig, load_config
+from memos_ray.config import MemosConfig, NoLLMConfig, load_config
+from memos_ray.errors import ConfigError
 from memos_ray.ingest.formats import FORMATS, BadRecord, Unit, input_files, read_units
+from memos_ray.jobs_llm import LLMRoute, close_llm, open_llm
 
 logger = logging.getLogger("jobs.ingest")
 
@@ -337,6 +339,10 @@ def run_ingest(args: IngestArgs) -> IngestSummary:
 
     config = job_config(args)
     files = input_files(args.input, args.format)
+    if args.fine and isinstance(config.llm, NoLLMConfig):
+        raise ConfigError(
+            "--fine needs a chat model: set memos.llm (backend transformers, vllm or openai)"
+        )
     threads = args.threads or os.cpu_count() or 1
     ceiling: Ceiling | None = None
     texts: list[str] = []
@@ -361,15 +367,20 @@ def run_ingest(args: IngestArgs) -> IngestSummary:
     started = [n for n in owners if not _running(n, config.serving.namespace)]
     run_id = uuid.uuid4().hex
     fine: FineSummary | None = None
+    route: LLMRoute | None = None
     try:
+        # Before anything is written: a named LLM app that does not run is an error now.
+        # (The job's own deployment, if it needs one, is made on demand.)
+        if args.fine:
+            route = open_llm(config, args.llm_app, args.llm_replicas, owns_ray=owns_ray)
         ray.data.DataContext.get_current().enable_progress_bars = args.progress
         stores_for(config, run_id)  # the store owners start here, once, before any worker
         sink = MemorySink(config, run_id, args.write_batch)
         began = time.time()
         _fast_pass(args, config, files, run_id).write_datasink(sink)
         ended = time.time()
-        if args.fine:
-            fine = _run_fine(args, config, files, run_id, owns_ray)
+        if route is not None:
+            fine = _run_fine(args, config, files, run_id, route)
     finally:
         drop_stores(config)
         try:
@@ -394,14 +405,12 @@ def run_ingest(args: IngestArgs) -> IngestSummary:
 
 
 def _run_fine(
-    args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str, owns_ray: bool
+    args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str, route: LLMRoute
 ) -> FineSummary:
-    """The fine pass, after the fast one: the LLM deployment found (or deployed) first."""
+    """The fine pass, after the fast one; removes the job's own LLM app when done."""
     from jobs.ingest_fine import wake_schedulers
-    from memos_ray.jobs_llm import close_llm, open_llm
 
     began = time.time()
-    route = open_llm(config, args.llm_app, args.llm_replicas, owns_ray=owns_ray)
     label = ""
     try:
         sink = MemorySink(config, run_id, args.write_batch)
@@ -515,7 +524,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    summary = run_ingest(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        summary = run_ingest(args)
+    except (ConfigError, FileNotFoundError, ValidationError) as exc:
+        # What the user must fix (input paths, config, a missing model): no traceback.
+        print(f"jobs.ingest: error: {exc}", file=sys.stderr)
+        return 2
     for bad in summary.bad_examples:
         print(f"bad record {bad['source']}:{bad['line']}: {bad['error']}", file=sys.stderr)
     sys.stdout.flush()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memos_ray.config import MemosConfig
+from memos_ray.errors import ConfigError
 from memos_ray.models.chat import ChatModel
 
 # The Serve app a job deploys for itself when no running app's LLM is to be used.
@@ -48,7 +49,7 @@ def chat_model_for(config: MemosConfig, route: LLMRoute) -> ChatModel:
 
     model = build_chat_model(config)
     if model is None:
-        raise ValueError("fine ingest needs a chat model (llm.backend is 'none')")
+        raise ConfigError("this job needs a chat model (llm.backend is 'none')")
     return model
 
 
@@ -65,13 +66,13 @@ def open_llm(
 
     llm = config.llm
     if isinstance(llm, NoLLMConfig):
-        raise ValueError(
+        raise ConfigError(
             "this job needs a chat model: set memos.llm (backend transformers, vllm or openai)"
         )
     running = serve.status().applications
     if app is not None:
         if app not in running:
-            raise ValueError(f"--llm-app {app}: no such Serve app runs in this cluster")
+            raise ConfigError(f"--llm-app {app}: no such Serve app runs in this cluster")
         return LLMRoute(app=app)
     service = running.get(config.serving.app_name)
     if service is not None and "LLMDeployment" in service.deployments:

@@ -196,6 +196,31 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         parse_args(["--format", "csv", "--input", "x"])
 
 
+def test_what_the_user_must_fix_is_said_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked before any cluster starts or anything is written."""
+    from jobs.ingest import main
+
+    monkeypatch.delenv("MEMOS_SQL__URL", raising=False)
+    monkeypatch.delenv("MEMOS_LLM__BACKEND", raising=False)
+
+    assert main(["--format", "jsonl", "--input", str(tmp_path / "missing.jsonl")]) == 2
+    assert "error: input" in capsys.readouterr().err
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"role": "user", "content": "hi"}\n')
+    data_dir = tmp_path / "data"
+    config = tmp_path / "job.yaml"
+    config.write_text("memos:\n  llm:\n    backend: none\n")
+    flags = ["--format", "jsonl", "--input", str(source), "--data-dir", str(data_dir)]
+    assert main([*flags, "--config", str(config), "--fine"]) == 2
+    assert "--fine needs a chat model" in capsys.readouterr().err
+    config.write_text("memos:\n  sql:\n    require_server: true\n")
+    assert main([*flags, "--config", str(config)]) == 2
+    assert "MEMOS_SQL__URL" in capsys.readouterr().err
+    assert not data_dir.exists()
+
+
 def test_bench_projection_arithmetic() -> None:
     """The GPUs or the CPU side, whichever is slower, bound the projected time."""
     from memos_ray.bench.ingest_job import projection
