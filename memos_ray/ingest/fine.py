@@ -160,23 +160,27 @@ class FineMemories:
     """What one cube's records give: memories in order, the edges each one brings, and
     the preferences read (by window) for the cube's `pref_add` tasks."""
 
-    items: list[MemoryItem] = field(default_factory=list)
+    by_id: dict[str, MemoryItem] = field(default_factory=dict)
     links: dict[str, list[Edge]] = field(default_factory=dict)
     preferences: list[tuple[str, PreferenceBatch]] = field(default_factory=list)
     failed: int = 0
     empty: int = 0
 
+    @property
+    def items(self) -> list[MemoryItem]:
+        """In the order first derived."""
+        return list(self.by_id.values())
+
     def add(self, item: MemoryItem, links: Iterable[Edge] = ()) -> str:
         """Add, or join the sources of the memory already derived with this id."""
-        known = self.links.get(item.id)
-        if known is None:
-            self.items.append(item)
+        held = self.by_id.get(item.id)
+        if held is None:
+            self.by_id[item.id] = item
             self.links[item.id] = _unique(links)
             return item.id
-        held = next(i for i in self.items if i.id == item.id)
         sources = held.metadata.sources
         sources.extend(s for s in item.metadata.sources if s not in sources)
-        known[:] = _unique([*known, *links])
+        self.links[item.id] = _unique([*self.links[item.id], *links])
         return item.id
 
 
