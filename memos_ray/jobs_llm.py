@@ -84,7 +84,7 @@ def open_llm(
             update={"llm": llm.model_copy(update={"num_replicas": replicas, "autoscaling": None})}
         )
     # A job that started its own Ray cluster leaves Serve to go with it.
-    stop_serve = not owns_ray and not _serve_running()
+    stop_serve = not owns_ray and not serve_running()
     deployer = ray.remote(num_cpus=0)(LLMDeployer).remote(config, stop_serve)
     return LLMRoute(deployer=deployer)
 
@@ -103,7 +103,7 @@ class LLMDeployer:
         from deployments.app import llm_deployment
 
         if not self._deployed:
-            if not _serve_running():
+            if not serve_running():
                 serve.start(proxy_location="Disabled")
             deployment = llm_deployment(self._config)
             assert deployment is not None
@@ -125,7 +125,7 @@ class LLMDeployer:
         return True
 
 
-def _serve_running() -> bool:
+def serve_running() -> bool:
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 

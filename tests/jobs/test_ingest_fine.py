@@ -19,7 +19,7 @@ from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import memory_id_for
 from memos_ray.models.chat import ChatRequest
 from memos_ray.wiring import LocalStack
-from tests.fixtures.scripted_model import deploy_scripted_llm, scripted_llm_calls
+from tests.fixtures.scripted_model import scripted_llm_app, scripted_llm_calls
 
 pytestmark = pytest.mark.ray
 
@@ -115,11 +115,8 @@ def _task_store(stack: LocalStack) -> Any:
 
 @pytest.fixture(scope="module")
 def scripted_llm(ray_cluster: None) -> Iterator[str]:
-    from ray import serve
-
-    deploy_scripted_llm(APP, scripted_answers)
-    yield APP
-    serve.delete(APP)
+    with scripted_llm_app(APP, scripted_answers) as app:
+        yield app
 
 
 def test_each_window_is_read_once_and_a_rerun_writes_what_is_missing(

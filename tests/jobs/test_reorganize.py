@@ -330,16 +330,13 @@ def test_llm_judges_contradictions_and_names_topics(
 def test_job_asks_the_llm_deployment(ray_config: MemosConfig, ray_service: MemoryService) -> None:
     """The job's workers send their judgements through a Serve app's LLMDeployment (here
     the scripted TEST DOUBLE deployed as one), not a model of their own."""
-    from ray import serve
-
     from jobs.reorganize import run
     from memos_ray.jobs_llm import LLMRoute
-    from tests.fixtures.scripted_model import deploy_scripted_llm, scripted_llm_calls
+    from tests.fixtures.scripted_model import scripted_llm_app, scripted_llm_calls
 
     cube = "judged-by-deployment"
     ids = {t: ray_service.add_windows(cube, "u", [_fact(t, None)]).stored[0].id for t in JUDGED}
-    deploy_scripted_llm("scripted-judge", judge_answers)
-    try:
+    with scripted_llm_app("scripted-judge", judge_answers):
         params = ReorganizeParams(leaf_size=3)
         summary = run(ray_config, [cube], False, params, 1, LLMRoute(app="scripted-judge"))
         (report,) = summary["per_cube"]
@@ -351,8 +348,6 @@ def test_job_asks_the_llm_deployment(ray_config: MemosConfig, ray_service: Memor
             (ids[JUDGED[4]], ids[JUDGED[1]])
         ]
         assert report["llm_calls"] == scripted_llm_calls("scripted-judge") > 0
-    finally:
-        serve.delete("scripted-judge")
 
 
 def test_job_process_starts_its_own_cluster(
