@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from memos_ray.config import ChatConfig, ReaderConfig
 from memos_ray.domain.memory import MemoryItem
@@ -33,9 +34,12 @@ from memos_ray.models.chat import (
     split_reasoning,
 )
 from memos_ray.preferences import PreferenceService, preference_string
-from memos_ray.service import MemoryService, SearchOptions
+from memos_ray.service import SearchOptions
 from memos_ray.stores.preference.base import Preference
 from memos_ray.stores.sql.base import TenancyStore
+
+if TYPE_CHECKING:
+    from memos_ray.space_routing import Memories
 
 logger = logging.getLogger("memos_ray.chat")
 
@@ -85,7 +89,7 @@ class ChatAnswer:
 class ChatService:
     def __init__(
         self,
-        memory: MemoryService,
+        memory: Memories,
         model: ChatModel,
         config: ChatConfig,
         reader: ReaderConfig,

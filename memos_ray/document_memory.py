@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memos_ray.domain.memory import (
     Edge,
@@ -26,7 +26,9 @@ from memos_ray.domain.memory import (
 from memos_ray.fine import FineService
 from memos_ray.memory.documents import Document, chunk_text
 from memos_ray.memory.reader import Window
-from memos_ray.service import MemoryService
+
+if TYPE_CHECKING:
+    from memos_ray.space_routing import Memories
 
 
 @dataclass
@@ -59,7 +61,7 @@ def document_windows(document: Document, chunk_chars: int = 1500) -> list[Window
 
 
 def add_documents(
-    memory: MemoryService,
+    memory: Memories,
     cube_id: str,
     user_id: str,
     documents: Sequence[Document],

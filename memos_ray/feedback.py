@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -28,7 +28,10 @@ from memos_ray.fine import FineService
 from memos_ray.memory.json_repair import JSONRepairError, parse_json
 from memos_ray.memory.reader import Window
 from memos_ray.models.chat import ChatRequest, Message, SamplingParams, Usage
-from memos_ray.service import MemoryService, SearchOptions
+from memos_ray.service import SearchOptions
+
+if TYPE_CHECKING:
+    from memos_ray.space_routing import Memories
 
 logger = logging.getLogger("memos_ray.feedback")
 
@@ -235,7 +238,7 @@ class FeedbackService:
 
 
 def set_status(
-    memory: MemoryService, cube_id: str, item: MemoryItem, status: MemoryStatus, reason: str
+    memory: Memories, cube_id: str, item: MemoryItem, status: MemoryStatus, reason: str
 ) -> MemoryItem:
     """A new status with a history entry holding the version it leaves."""
     changed = item.revised(reason, status=status)
@@ -243,7 +246,7 @@ def set_status(
     return changed
 
 
-def recover(memory: MemoryService, cube_id: str, ids: Sequence[str]) -> list[MemoryItem]:
+def recover(memory: Memories, cube_id: str, ids: Sequence[str]) -> list[MemoryItem]:
     """Archived or (soft-)deleted memories back to active; the rest are left as they are."""
     items = memory.graph.get_nodes([cube_id], list(ids))
     return [

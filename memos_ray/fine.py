@@ -31,10 +31,11 @@ from memos_ray.memory.fine_reader import ExtractedPreference, FineReader
 from memos_ray.memory.json_repair import JSONRepairError, parse_json
 from memos_ray.memory.reader import Window
 from memos_ray.models.chat import ChatModel, ChatRequest, Message, SamplingParams, Usage
-from memos_ray.service import TEXT_TYPES, MemoryService
+from memos_ray.service import TEXT_TYPES
 
 if TYPE_CHECKING:
     from memos_ray.preferences import PreferenceService
+    from memos_ray.space_routing import Memories
 from memos_ray.stores.preference.base import Preference
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.vector.base import VectorFilter
@@ -111,7 +112,7 @@ class FineOutcome:
 class FineService:
     def __init__(
         self,
-        memory: MemoryService,
+        memory: Memories,
         model: ChatModel,
         *,
         max_attempts: int = 2,

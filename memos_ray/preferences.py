@@ -14,14 +14,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from memos_ray.domain.memory import MemoryItem, MemoryStatus, MemoryType, SourceMessage, iso
 from memos_ray.domain.memory import utc_now as _utc_now
 from memos_ray.memory.fine_reader import ExtractedPreference
 from memos_ray.memory.reader import Window
-from memos_ray.service import MemoryService
 from memos_ray.stores.preference.base import Preference, PreferenceStore
 from memos_ray.stores.vector.base import VectorFilter
+
+if TYPE_CHECKING:
+    from memos_ray.space_routing import Memories
 
 _NAMESPACE = uuid.UUID("0b6f1e0e-3f59-4d61-9a1c-6d1f4cbb7a21")
 
@@ -39,7 +42,7 @@ class PreferenceOutcome:
 class PreferenceService:
     def __init__(
         self,
-        memory: MemoryService,
+        memory: Memories,
         store: PreferenceStore,
         *,
         implicit_evidence: int = 2,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
@@ -39,10 +40,13 @@ from memos_ray.memory.organize import (
 )
 from memos_ray.models.chat import ChatModel, ChatRequest, Message, SamplingParams, Usage
 from memos_ray.ranking import TEXT
-from memos_ray.service import TEXT_TYPES, MemoryService
+from memos_ray.service import TEXT_TYPES
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.vector.base import VectorFilter
 from memos_ray.topics import TopicTreeWriter
+
+if TYPE_CHECKING:
+    from memos_ray.space_routing import Memories
 
 logger = logging.getLogger("memos_ray.reorganize")
 
@@ -101,7 +105,7 @@ class Reorganizer:
 
     def __init__(
         self,
-        memory: MemoryService,
+        memory: Memories,
         params: ReorganizeParams | None = None,
         model: ChatModel | None = None,
         ledger: TenancyStore | None = None,

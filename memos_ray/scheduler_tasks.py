@@ -7,7 +7,7 @@ runs again from the start.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig
@@ -20,10 +20,13 @@ from memos_ray.scheduler import HandlerContext
 from memos_ray.service import MemoryService
 from memos_ray.stores.sql.tasks import Task
 
+if TYPE_CHECKING:
+    from memos_ray.space_routing import Memories
+
 
 @dataclass
 class TaskServices:
-    memory: MemoryService
+    memory: Memories
     # Without a preference service: extracted preferences go to a `pref_add` task, so a
     # preference store outage retries only that write, not the LLM's reading.
     fine: FineService | None

@@ -13,7 +13,7 @@ one cached check (see `SpaceResolver.space_of`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from sqlalchemy import Engine
@@ -241,3 +241,9 @@ def route_spaces(
         ttl_s=ttl_s,
     )
     return SpaceRouter(resolver)
+
+
+# What the services that keep running while cubes move (fine extraction, preferences, chat,
+# feedback, documents, reorganisation, the scheduler's tasks) are handed: the MemoryService
+# of one space, or the router over all of them.
+Memories: TypeAlias = MemoryService | SpaceRouter
