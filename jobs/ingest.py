@@ -26,10 +26,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobs.ingest_fine import FineCounts
 from jobs.ingest_stages import MemorySink, WriteCounts, drop_stores, stores_for
 from memos_ray.config import MemosConfig, NoLLMConfig, load_config
 from memos_ray.errors import ConfigError
+from memos_ray.ingest.fine import FineCounts
 from memos_ray.ingest.formats import FORMATS, BadRecord, Unit, input_files, read_units
 from memos_ray.jobs_llm import LLMRoute, close_llm, open_llm
 
@@ -419,7 +419,7 @@ def _run_fine(
         label = close_llm(route)
     totals = sink.totals
     fine = FineSummary(
-        **{k: v for k, v in FineCounts.model_validate(totals.fine).model_dump().items()},
+        **totals.fine.model_dump(),
         memories_written=totals.written,
         memories_skipped=totals.skipped,
         edges=totals.links,

@@ -21,19 +21,18 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel
 
-from jobs.ingest_stages import MEMORY_SCHEMA, Stores, row, stored_ids, stores_for
+from jobs.ingest_stages import MEMORY_SCHEMA, Stores, row, stored_ids, stores_for, units_by_cube
 from memos_ray.config import MemosConfig, NoPreferenceConfig
 from memos_ray.ingest.extractions import ExtractionLedger
 from memos_ray.ingest.fine import (
     FINE_SEQ_BASE,
+    FineCounts,
     FineRecord,
     FineWindow,
     fine_memories,
     fine_windows,
 )
-from memos_ray.ingest.formats import Unit
 from memos_ray.jobs_llm import LLMRoute, chat_model_for
 from memos_ray.models.chat import ChatModel
 from memos_ray.service import embedding_text
@@ -45,40 +44,11 @@ _TASK_NAMESPACE = uuid.UUID("6c1f4a52-93c1-4d51-9a47-0b5d2f1e7c30")
 WINDOWS_SCHEMA = pa.schema([("cube_id", pa.string()), ("windows", pa.string())])
 
 
-class FineCounts(BaseModel):
-    """The fine pass's own counts (summed over cubes into the job summary)."""
-
-    windows: int = 0
-    # Read by the LLM in this run / found recorded by an earlier run.
-    read: int = 0
-    reused: int = 0
-    failed: int = 0
-    empty: int = 0
-    llm_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    llm_seconds: float = 0.0
-    preference_tasks: int = 0
-
-    def add(self, other: FineCounts) -> None:
-        for name in type(self).model_fields:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
 def fine_cut_batch(batch: pa.Table, *, config: MemosConfig, run_id: str) -> pa.Table:
     """Rows of whole cubes (or one cube's group) in, one row per cube's windows out.
 
     Cubes the fast pass refused (moved by jobs.reembed) give none."""
-    units: dict[str, list[Unit]] = {}
-    for cube_id, payload, bad in zip(
-        batch.column("cube_id").to_pylist(),
-        batch.column("units").to_pylist(),
-        batch.column("bad").to_pylist(),
-        strict=True,
-    ):
-        if not bad:
-            found = [Unit.model_validate(u) for u in json.loads(payload)]
-            units.setdefault(cube_id, []).extend(found)
+    units, _ = units_by_cube(batch)  # bad records: reported by the fast pass
     stores = stores_for(config, run_id) if units else None
     moved = stores.moved_cubes(config, list(units)) if stores is not None else {}
     out = []

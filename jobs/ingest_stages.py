@@ -33,6 +33,7 @@ from ray.data.datasource.datasink import WriteResult
 from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import Edge, MemoryItem
 from memos_ray.ingest.cutting import cut_cube
+from memos_ray.ingest.fine import FineCounts
 from memos_ray.ingest.formats import BadRecord, Unit, read_units
 from memos_ray.models.embedder import Encoded
 from memos_ray.service import vector_records
@@ -219,13 +220,10 @@ def row(kind: str, cube_id: str = "", **values: Any) -> dict[str, Any]:
     return out
 
 
-def cut_batch(batch: pa.Table, *, config: MemosConfig, run_id: str, turns: bool = True) -> pa.Table:
-    """Rows of whole cubes (or one cube's group) in, one row per memory out, flagged when
-    already stored. A cube's first row carries its record count and document edges.
-
-    `turns=False` (fine ingest without `fine.keep_turns`): document chunks only."""
+def units_by_cube(batch: pa.Table) -> tuple[dict[str, list[Unit]], list[str]]:
+    """A read batch's units by cube, and its bad records (JSON)."""
     units: dict[str, list[Unit]] = defaultdict(list)
-    out: list[dict[str, Any]] = []
+    bad_records: list[str] = []
     for cube_id, payload, bad in zip(
         batch.column("cube_id").to_pylist(),
         batch.column("units").to_pylist(),
@@ -233,9 +231,19 @@ def cut_batch(batch: pa.Table, *, config: MemosConfig, run_id: str, turns: bool 
         strict=True,
     ):
         if bad:
-            out.append(row("bad", records=1, bad=bad))
-            continue
-        units[cube_id] += [Unit.model_validate(u) for u in json.loads(payload)]
+            bad_records.append(bad)
+        else:
+            units[cube_id] += [Unit.model_validate(u) for u in json.loads(payload)]
+    return units, bad_records
+
+
+def cut_batch(batch: pa.Table, *, config: MemosConfig, run_id: str, turns: bool = True) -> pa.Table:
+    """Rows of whole cubes (or one cube's group) in, one row per memory out, flagged when
+    already stored. A cube's first row carries its record count and document edges.
+
+    `turns=False` (fine ingest without `fine.keep_turns`): document chunks only."""
+    units, bad_records = units_by_cube(batch)
+    out = [row("bad", records=1, bad=bad) for bad in bad_records]
     reader = config.reader
     stores = stores_for(config, run_id) if units else None
     moved = stores.moved_cubes(config, list(units)) if stores is not None else {}
@@ -349,8 +357,8 @@ class WriteCounts:
     cubes: set[str] = field(default_factory=set)
     # Edges written with their memories (the fine pass's MATERIAL and SUMMARY edges).
     links: int = 0
-    # The fine pass's counts, summed (FineCounts fields).
-    fine: dict[str, float] = field(default_factory=dict)
+    # The fine pass's counts, summed over cubes.
+    fine: FineCounts = field(default_factory=FineCounts)
     # When the first embedding actor was ready (epoch seconds; 0: none was needed).
     ready_at: float = 0.0
 
@@ -366,8 +374,7 @@ class WriteCounts:
         self.edges += other.edges
         self.cubes |= other.cubes
         self.links += other.links
-        for name, value in other.fine.items():
-            self.fine[name] = self.fine.get(name, 0) + value
+        self.fine.add(other.fine)
 
 
 class MemorySink(Datasink[WriteCounts]):
@@ -413,8 +420,7 @@ class MemorySink(Datasink[WriteCounts]):
             cube_id = str(batch["cube_id"][i])
             counts.cubes.add(cube_id)
             if batch["fine"][i]:
-                for name, value in json.loads(str(batch["fine"][i])).items():
-                    counts.fine[name] = counts.fine.get(name, 0) + value
+                counts.fine.add(FineCounts.model_validate_json(str(batch["fine"][i])))
             if batch["edges"][i]:
                 counts.edges += [
                     (cube_id, s, t, k) for s, t, k in json.loads(str(batch["edges"][i]))

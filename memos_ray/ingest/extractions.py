@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import Column, Engine, MetaData, String, Table, Text, insert, select
+from sqlalchemy import Column, Engine, MetaData, String, Table, Text, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from memos_ray.domain.memory import iso, utc_now
@@ -75,8 +75,8 @@ class ExtractionLedger:
         return self.get_many(list(results))
 
     def count(self, cube_id: str | None = None) -> int:
-        query = select(EXTRACTIONS_TABLE.c.window_id)
+        query = select(func.count()).select_from(EXTRACTIONS_TABLE)
         if cube_id is not None:
             query = query.where(EXTRACTIONS_TABLE.c.cube_id == cube_id)
         with self._engine.connect() as conn:
-            return len(conn.execute(query).all())
+            return int(conn.execute(query).scalar_one())

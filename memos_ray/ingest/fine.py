@@ -102,6 +102,26 @@ class FineRecord(BaseModel):
         )
 
 
+class FineCounts(BaseModel):
+    """The fine pass's own counts (summed over cubes into the job summary)."""
+
+    windows: int = 0
+    # Read by the LLM in this run / found recorded by an earlier run.
+    read: int = 0
+    reused: int = 0
+    failed: int = 0
+    empty: int = 0
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    llm_seconds: float = 0.0
+    preference_tasks: int = 0
+
+    def add(self, other: FineCounts) -> None:
+        for name in type(self).model_fields:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
 def window_id_for(cube_id: str, text: str) -> str:
     """The same text in the same cube is read once (its extraction depends on nothing else)."""
     return memory_id_for(cube_id, f"fine-window\x00{text}")
