@@ -119,7 +119,7 @@ def stored_ids(stores: Stores, cube_id: str, ids: Sequence[str]) -> set[str]:
         in_graph = stores.graph.existing_ids(cube_id, chunk)
         if not in_graph:
             continue
-        in_vectors = {r.id for r in stores.vectors.retrieve(cube_id, sorted(in_graph))}
+        in_vectors = stores.vectors.existing_ids(cube_id, sorted(in_graph))
         present |= in_graph & in_vectors
     return present
 

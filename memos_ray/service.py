@@ -1,8 +1,34 @@
-"""MemoryService: what a route, a CLI command or a job calls. Knows stores, not HTTP or auth."""
+"""MemoryService: what a route, a CLI command or a job calls. Knows stores, not HTTP or auth.
+
+Write protocol (all or nothing per add, for any GraphStore / VectorStore pair). A memory
+lives in two stores: its node in the graph (the inspectable record, edges, filters) and its
+point in the vector store, which carries the dense vector *and* the keyword (BM25 sparse)
+vector, so the keyword index and the per-cube ranking index (`memos_ray.ranking`, rebuilt
+from a scan of the points) hold exactly what the vector store holds. Ids derive from cube
+and text (`memory_id_for`), so every write below is an idempotent upsert.
+
+- Add: embed first (no write yet), then write the graph node, then the vector point. The
+  point is the commit marker: written last, so a point whose node is missing can only be
+  left by a crash or a write that landed after its rollback. A memory is a duplicate only
+  when it is complete (node and point); otherwise the add writes whatever is missing, so a
+  retried add completes what a crash left half done. If a write fails, the add removes the
+  points and nodes it created (best effort: a dead store keeps them, and they are then
+  incomplete, so the retry finishes them) and raises.
+- Delete: by id in every store, each one asked, so a memory that one store lost still
+  leaves the other (vectors first, then the node: a half-done delete is never searchable).
+  Every call is cube-scoped in both stores; another cube's same id is never touched.
+- Search: only memories whose node exists are returned (one `existing_ids` call on the
+  ids a search is about to score; skipped when a filter already chose the ids from the
+  graph). An orphan point is not deleted at search time: reads stay reads, and a retried
+  add or a delete by id settles it; `reconcile` removes orphans and completes half-written
+  memories of a cube for an operator.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,12 +56,15 @@ from memos_ray.models.reranker import RerankCandidate, Reranker
 from memos_ray.ranking import SEQ, TEXT, CubeIndexCache, IndexedCube, unit_payload
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.vector.base import (
+    CubeScan,
     LateScores,
     VectorFilter,
     VectorHit,
     VectorRecord,
     VectorStore,
 )
+
+logger = logging.getLogger("memos_ray.service")
 
 VISIBLE_STATUSES: tuple[str, ...] = (
     MemoryStatus.ACTIVATED,
@@ -48,8 +77,19 @@ TOOL_TYPES: tuple[str, ...] = (str(MemoryType.TOOL_SCHEMA), str(MemoryType.TOOL_
 
 @dataclass(frozen=True)
 class AddOutcome:
+    # Written by this add (new, or completed after an earlier add left them half done).
     stored: list[MemoryItem]
+    # Already complete in every store: nothing written.
     duplicates: list[MemoryItem]
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What `reconcile` found in a cube: points without a node (removed) and nodes
+    without a point (their points written)."""
+
+    orphan_points: list[str]
+    completed: list[str]
 
 
 @dataclass(frozen=True)
@@ -103,27 +143,72 @@ class MemoryService:
         info: Mapping[str, Any] | None = None,
         status: MemoryStatus = MemoryStatus.ACTIVATED,
     ) -> AddOutcome:
-        """Store windows as memories; an identical text already in the cube is not stored again.
+        """Store windows as memories; a text already complete in the cube is a duplicate.
 
-        Embedding happens before any write, and a failed vector write removes the graph
-        nodes it followed, so a failure leaves nothing half-written.
+        All or nothing (see the module docstring): node first, point last, and a failure
+        removes what this call created before it raises.
         """
         items = items_for_windows(cube_id, user_id, windows, session_id, tags, info, status)
-        existing = self.graph.existing_ids(cube_id, list(items))
-        new = [item for item_id, item in items.items() if item_id not in existing]
-        if new:
-            seq = time.time_ns()
-            records = self._records(new, [seq + position for position in range(len(new))])
-            self.graph.upsert_nodes(cube_id, new)
+        ids = list(items)
+        in_graph = self.graph.existing_ids(cube_id, ids)
+        in_vectors = self.vectors.existing_ids(cube_id, ids) if in_graph else set()
+        complete = in_graph & in_vectors
+        # A node left without its point keeps what it recorded (created_at, sources).
+        half = [i for i in ids if i in in_graph and i not in complete]
+        kept = {node.id: node for node in self.graph.get_nodes([cube_id], half)} if half else {}
+        todo = [kept.get(i, items[i]) for i in ids if i not in complete]
+        if todo:
+            self._write_new(cube_id, todo, in_graph, in_vectors)
+        duplicates = self.graph.get_nodes([cube_id], [i for i in ids if i in complete])
+        return AddOutcome(stored=todo, duplicates=duplicates)
+
+    def _write_new(
+        self,
+        cube_id: str,
+        items: Sequence[MemoryItem],
+        in_graph: set[str],
+        in_vectors: set[str],
+    ) -> None:
+        """Nodes then points (the commit marker); on failure undo what this call created."""
+        seq = time.time_ns()
+        records = self._records(items, [seq + position for position in range(len(items))])
+        nodes = [item for item in items if item.id not in in_graph]
+        try:
+            if nodes:
+                self.graph.upsert_nodes(cube_id, nodes)
             try:
                 self.vectors.upsert(cube_id, records)
-            except Exception:
-                self.graph.delete_nodes(cube_id, [item.id for item in new])
-                raise
             finally:
                 self._indexes.invalidate(cube_id)
-        duplicates = self.graph.get_nodes([cube_id], [i for i in items if i in existing])
-        return AddOutcome(stored=new, duplicates=duplicates)
+        except Exception:
+            self._undo(
+                cube_id,
+                [item.id for item in items if item.id not in in_vectors],
+                [node.id for node in nodes],
+            )
+            raise
+
+    def _undo(self, cube_id: str, points: Sequence[str], nodes: Sequence[str]) -> None:
+        """Best effort: a store that is down keeps its part, which the retry completes
+        (a node without a point) or search hides (a point without a node)."""
+        steps: list[tuple[str, Sequence[str], Any]] = [
+            ("vector points", points, self.vectors.delete),
+            ("graph nodes", nodes, self.graph.delete_nodes),
+        ]
+        for what, ids, remove in steps:
+            if not ids:
+                continue
+            try:
+                remove(cube_id, list(ids))
+            except Exception:
+                logger.warning(
+                    "cube %s: could not roll back %d %s of a failed add",
+                    cube_id,
+                    len(ids),
+                    what,
+                    exc_info=True,
+                )
+        self._indexes.invalidate(cube_id)
 
     def _records(self, items: Sequence[MemoryItem], seqs: Sequence[int]) -> list[VectorRecord]:
         return vector_records(items, seqs, self.embedder.encode([embedding_text(i) for i in items]))
@@ -149,15 +234,51 @@ class MemoryService:
         self.graph.upsert_nodes(cube_id, items)
 
     def delete(self, cube_id: str, ids: Sequence[str]) -> list[str]:
-        """Remove every trace (vectors first: a half-done delete is never searchable)."""
-        present = sorted(self.graph.existing_ids(cube_id, ids))
-        if present:
+        """Remove every trace, also of a memory that one store lost: each store is asked
+        which ids it holds in this cube (vectors first: a half-done delete is never
+        searchable). Returns the ids found in either store."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        in_graph = self.graph.existing_ids(cube_id, wanted)
+        in_vectors = self.vectors.existing_ids(cube_id, [i for i in wanted if is_memory_id(i)])
+        present = sorted(in_graph | in_vectors)
+        if in_vectors:
             try:
-                self.vectors.delete(cube_id, present)
+                self.vectors.delete(cube_id, sorted(in_vectors))
             finally:
                 self._indexes.invalidate(cube_id)
-            self.graph.delete_nodes(cube_id, present)
+        if in_graph:
+            self.graph.delete_nodes(cube_id, sorted(in_graph))
         return present
+
+    def reconcile(self, cube_id: str) -> Reconciled:
+        """Settle what crashes left in a cube: points without a node are removed (search
+        hides them already), nodes without a point get their point (a half-done add).
+
+        Run it while the cube takes no adds: an add in flight has its node and not yet its
+        point, which this would complete early (harmless: the same point is written).
+        """
+        scan: CubeScan = self.vectors.scan(cube_id)
+        alive = self.graph.existing_ids(cube_id, scan.ids)
+        orphans = sorted(set(scan.ids) - alive)
+        if orphans:
+            try:
+                self.vectors.delete(cube_id, orphans)
+            finally:
+                self._indexes.invalidate(cube_id)
+        node_ids = self.graph.find_ids(cube_id)
+        pointless = sorted(set(node_ids) - self.vectors.existing_ids(cube_id, node_ids))
+        if pointless:
+            nodes = self.graph.get_nodes([cube_id], pointless)
+            seq = time.time_ns()
+            try:
+                self.vectors.upsert(
+                    cube_id, self._records(nodes, [seq + n for n in range(len(nodes))])
+                )
+            finally:
+                self._indexes.invalidate(cube_id)
+        return Reconciled(orphan_points=orphans, completed=pointless)
 
     def delete_matching(self, cube_id: str, filter: FilterExpr) -> list[str]:
         return self.delete(cube_id, self.graph.find_ids(cube_id, filter))
@@ -298,17 +419,25 @@ class MemoryService:
         order = np.concatenate(
             [late_rerank(score, rerank, late_values, params), top[len(rerank) :]]
         )
-        return self._finish(query, query_dense, cube, [int(i) for i in order], options)
+        order_ints = [int(i) for i in order]
+        return self._finish(
+            query, query_dense, cube_id, cube, order_ints, options, verify=allowed_ids is None
+        )
 
     def _finish(
         self,
         query: str,
         query_dense: np.ndarray,
+        cube_id: str,
         cube: IndexedCube,
         order: Sequence[int],
         options: SearchOptions,
+        verify: bool = True,
     ) -> list[MemoryItem]:
         """Relativity, the threshold and de-dup, walking the ranker's order until top_k.
+
+        With `verify`, each chunk keeps only ids whose graph node exists (orphan points,
+        see the module docstring); without it the ids came from the graph already.
 
         "mmr" drops near-duplicates here, like "sim": trading rank for diversity on top of
         the ranker's neighbour and session terms cost 0.025 R@5 on the LoCoMo dev file.
@@ -321,6 +450,11 @@ class MemoryService:
         chunk = max(options.top_k, 8)
         for start in range(0, len(order), chunk):
             part = list(order[start : start + chunk])
+            if verify:
+                alive = self.graph.existing_ids(cube_id, [index.ids[i] for i in part])
+                part = [i for i in part if index.ids[i] in alive]
+                if not part:
+                    continue
             ids = [index.ids[i] for i in part]
             scores = self._relevance(
                 query,
@@ -399,6 +533,9 @@ class MemoryService:
             for item_id, _ in fused[:recall]
             if payloads.get(item_id, {}).get("status") == MemoryStatus.ACTIVATED
         ]
+        if vfilter.ids is None and candidate_ids:  # only memories with a node (orphan points)
+            alive = self.graph.existing_ids(cube_id, candidate_ids)
+            candidate_ids = [i for i in candidate_ids if i in alive]
         candidates = [
             RerankCandidate(payloads[i]["memory"], vectors.get(i), terms.get(i))
             for i in candidate_ids
@@ -496,6 +633,15 @@ def items_for_windows(
             ),
         )
     return items
+
+
+def is_memory_id(value: str) -> bool:
+    """Memory ids are UUIDs (`memory_id_for`): anything else names no stored memory."""
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
 
 
 def embedding_text(item: MemoryItem) -> str:

@@ -208,6 +208,9 @@ class RoutedVectorStore(VectorStore):
     def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
         return self._store(cube_id).retrieve(cube_id, ids)
 
+    def existing_ids(self, cube_id: str, ids: Sequence[str]) -> set[str]:
+        return self._store(cube_id).existing_ids(cube_id, ids)
+
     def delete(self, cube_id: str, ids: Sequence[str]) -> None:
         self._store(cube_id).delete(cube_id, ids)
 

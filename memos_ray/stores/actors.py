@@ -168,6 +168,10 @@ class VectorStoreActor:
         with self._reading() as store:
             return store.late_scores(cube_id, query_tokens, ids)
 
+    def existing_ids(self, cube_id: str, ids: Sequence[str]) -> set[str]:
+        with self._reading() as store:
+            return store.existing_ids(cube_id, ids)
+
     def delete(self, cube_id: str, ids: Sequence[str]) -> None:
         with self._writing() as store:
             store.delete(cube_id, ids)
@@ -263,6 +267,9 @@ class ActorVectorStore(VectorStore):
 
     def late_scores(self, cube_id: str, query_tokens: np.ndarray, ids: Sequence[str]) -> LateScores:
         return self._call("late_scores", cube_id, query_tokens, list(ids))
+
+    def existing_ids(self, cube_id: str, ids: Sequence[str]) -> set[str]:
+        return self._call("existing_ids", cube_id, list(ids))
 
     def delete(self, cube_id: str, ids: Sequence[str]) -> None:
         self._call("delete", cube_id, list(ids))

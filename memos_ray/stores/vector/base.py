@@ -169,9 +169,15 @@ class VectorStore(ABC):
     def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
         """The stored records with these ids (missing ids are skipped)."""
 
+    def existing_ids(self, cube_id: str, ids: Sequence[str]) -> set[str]:
+        """The subset of `ids` with a point in the cube (an add's commit marker, see
+        `MemoryService`). Stores override it to skip reading the vectors."""
+        return {r.id for r in self.retrieve(cube_id, ids)}
+
     @abstractmethod
     def delete(self, cube_id: str, ids: Sequence[str]) -> None:
-        """Remove points (dense and sparse) by id."""
+        """Remove points (dense and sparse) by id, only the cube's: a same id in another
+        cube is never touched."""
 
     @abstractmethod
     def count(self, cube_id: str) -> int:

@@ -341,6 +341,16 @@ class QdrantVectorStore(VectorStore):
             )
         return [by_id[i] for i in wanted if i in by_id]
 
+    def existing_ids(self, cube_id: str, ids: Sequence[str]) -> set[str]:
+        wanted = common.point_ids(ids)
+        if not wanted:
+            return set()
+        with common.sdk_errors("retrieve"):
+            found = self._client.retrieve(
+                self._collection, ids=wanted, with_payload=[common.CUBE_KEY], with_vectors=False
+            )
+        return {str(r.id) for r in found if (r.payload or {}).get(common.CUBE_KEY) == cube_id}
+
     def delete(self, cube_id: str, ids: Sequence[str]) -> None:
         spec = common.filter_spec([cube_id], VectorFilter(ids=list(ids)))
         if spec is None:
