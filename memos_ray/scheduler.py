@@ -14,13 +14,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ray
 
 from memos_ray.config import MemosConfig
-from memos_ray.stores.sql.tasks import SQLTaskStore, Task, TaskStore
+from memos_ray.stores.sql.tasks import QueueFullError, SQLTaskStore, Task, TaskStore
 
 logger = logging.getLogger("memos_ray.scheduler")
 
@@ -342,6 +342,7 @@ class SchedulerClient:
         payload: dict[str, Any],
         *,
         request_task_id: str | None = None,
+        task_id: str | None = None,
     ) -> Task:
         sched = self.config.scheduler
         task = self.tasks.enqueue(
@@ -352,9 +353,51 @@ class SchedulerClient:
             request_task_id=request_task_id,
             max_attempts=sched.max_attempts,
             queue_limit=sched.queue_limit,
+            task_id=task_id,
         )
         self.wake(cube_id)
         return task
+
+    def ensure_room(self, cube_ids: Sequence[str]) -> None:
+        """QueueFullError (429) when a cube's queue is at its limit: checked before a write
+        whose task is recorded after it, so a full queue refuses the write, not its task.
+        Concurrent writers may pass the check together and overshoot the limit a little."""
+        limit = self.config.scheduler.queue_limit
+        for cube_id in cube_ids:
+            count = self.tasks.pending(cube_id)
+            if count >= limit:
+                raise QueueFullError(
+                    f"cube {cube_id!r} has {count} tasks queued (limit {limit}); retry later",
+                    retry_after_s=5,
+                )
+
+    def record(
+        self,
+        cube_id: str,
+        user_id: str,
+        label: str,
+        payload: dict[str, Any],
+        *,
+        task_id: str,
+        request_task_id: str | None = None,
+    ) -> Task:
+        """Record a task for work already written, without waking the cube (`wake` once the
+        whole request is recorded). Idempotent by `task_id`; never refused for a full queue
+        (`ensure_room` was asked before the write)."""
+        return self.tasks.enqueue(
+            cube_id,
+            user_id,
+            label,
+            payload,
+            request_task_id=request_task_id,
+            max_attempts=self.config.scheduler.max_attempts,
+            task_id=task_id,
+        )
+
+    def discard(self, task_ids: Sequence[str]) -> int:
+        """Drop recorded tasks that have not run, because the request that recorded them
+        failed."""
+        return self.tasks.discard(task_ids)
 
     def wake(self, cube_id: str) -> None:
         try:

@@ -4,6 +4,7 @@ No `from __future__ import annotations` here: FastAPI must see the dependency al
 defined inside `build_routers` as real objects, not strings.
 """
 
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -44,10 +45,12 @@ from memos_ray.schemas.product import (
     SearchData,
     SearchRequest,
 )
-from memos_ray.service import TOOL_TYPES, SearchOptions
+from memos_ray.service import TOOL_TYPES, AddOutcome, SearchOptions
 from memos_ray.tenancy import Caller
 
 EMPTY_BUCKETS = ("pref_mem", "tool_mem", "skill_mem")
+
+logger = logging.getLogger("memos_ray.api")
 
 
 def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
@@ -82,47 +85,66 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         windows = windows_from_request(
             req, reader, context.config.limits, allow_empty=bool(documents or tools)
         )
+        fine_reads = _wants_fine_reads(req, context, windows)
+        if fine_reads:
+            assert context.scheduler is not None
+            context.scheduler.ensure_room(cubes)  # a full queue refuses before any write
         docs = _add_documents(req, context, user_id, cubes, documents, fine)
-        for cube_id in cubes if tools else []:
-            tool_outcome = context.service.add_windows(
-                cube_id,
-                user_id,
-                tools,
-                session_id=req.session_id or "default_session",
-                tags=req.custom_tags or (),
-                info=req.info,
-            )
-            docs += [
-                _added(i, cube_id, "tool") for i in [*tool_outcome.stored, *tool_outcome.duplicates]
-            ]
-        if fine:
-            if context.config.fine.keep_turns:
-                turns = windows_from_request(
-                    req, context.config.reader, context.config.limits, allow_empty=True
+        # What this request wrote (not its duplicates), removed again if a later step fails:
+        # an add that does not answer 200 leaves neither memories nor a task.
+        written: dict[str, list[str]] = {}
+        try:
+            for cube_id in cubes if tools else []:
+                tool_outcome = context.service.add_windows(
+                    cube_id,
+                    user_id,
+                    tools,
+                    session_id=req.session_id or "default_session",
+                    tags=req.custom_tags or (),
+                    info=req.info,
                 )
-                for cube_id in cubes if turns else []:
-                    kept = context.service.add_windows(
-                        cube_id,
-                        user_id,
-                        turns,
-                        session_id=req.session_id or "default_session",
-                        tags=req.custom_tags or (),
-                        info=req.info,
+                written.setdefault(cube_id, []).extend(i.id for i in tool_outcome.stored)
+                docs += [
+                    _added(i, cube_id, "tool")
+                    for i in [*tool_outcome.stored, *tool_outcome.duplicates]
+                ]
+            if fine:
+                if context.config.fine.keep_turns:
+                    turns = windows_from_request(
+                        req, context.config.reader, context.config.limits, allow_empty=True
                     )
-                    docs += [_added(i, cube_id, "turn") for i in [*kept.stored, *kept.duplicates]]
-            return _add_fine(req, context, user_id, cubes, windows, docs)
+                    for cube_id in cubes if turns else []:
+                        kept = context.service.add_windows(
+                            cube_id,
+                            user_id,
+                            turns,
+                            session_id=req.session_id or "default_session",
+                            tags=req.custom_tags or (),
+                            info=req.info,
+                        )
+                        written.setdefault(cube_id, []).extend(i.id for i in kept.stored)
+                        docs += [
+                            _added(i, cube_id, "turn") for i in [*kept.stored, *kept.duplicates]
+                        ]
+                return _add_fine(req, context, user_id, cubes, windows, docs)
+            outcomes: dict[str, AddOutcome] = {}
+            for cube_id in cubes:
+                outcomes[cube_id] = outcome = context.service.add_windows(
+                    cube_id,
+                    user_id,
+                    windows,
+                    session_id=req.session_id or "default_session",
+                    tags=req.custom_tags or (),
+                    info=req.info,
+                )
+                written.setdefault(cube_id, []).extend(i.id for i in outcome.stored)
+            queued = _record_fine_reads(req, context, user_id, cubes, windows) if fine_reads else {}
+        except Exception:
+            _undo_writes(context, written)
+            raise
         added: list[dict[str, Any]] = list(docs)
         stored = duplicates = 0
-        queued = _queue_fine_reads(req, context, user_id, cubes, windows)
-        for cube_id in cubes:
-            outcome = context.service.add_windows(
-                cube_id,
-                user_id,
-                windows,
-                session_id=req.session_id or "default_session",
-                tags=req.custom_tags or (),
-                info=req.info,
-            )
+        for cube_id, outcome in outcomes.items():
             stored += len(outcome.stored)
             duplicates += len(outcome.duplicates)
             for item in [*outcome.stored, *outcome.duplicates]:
@@ -383,29 +405,68 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
     return [health, product, admin]
 
 
-def _queue_fine_reads(
+def _wants_fine_reads(req: AddRequest, context: ApiContext, windows: list[Window]) -> bool:
+    """Async adds (MemOS's default) with an LLM and a scheduler: a `mem_read` task per cube
+    distils the fast memories later."""
+    return (
+        req.async_mode == "async"
+        and req.mode != "fast"
+        and context.scheduler is not None
+        and context.fine is not None
+        and bool(windows)
+    )
+
+
+def fine_read_task_id(cube_id: str, memory_ids: list[str], request_task_id: str | None) -> str:
+    """The `mem_read` task of an add, derived from what it reads: a retried add (the first
+    try died between its write and its answer) finds the task recorded before instead of
+    queueing the same reading twice."""
+    key = "\x00".join(["mem_read", cube_id, request_task_id or "", *sorted(memory_ids)])
+    return uuid.uuid5(uuid.NAMESPACE_OID, key).hex
+
+
+def _record_fine_reads(
     req: AddRequest, context: ApiContext, user_id: str, cubes: list[str], windows: list[Window]
 ) -> dict[str, str]:
-    """Async adds (MemOS's default) with an LLM and a scheduler: record a `mem_read` task per
-    cube for the fast memories about to be stored (their ids are known from their text), so
-    the scheduler distils them later. Recorded first: a full queue refuses the add (429)
-    before anything is written."""
-    if (
-        req.async_mode != "async"
-        or req.mode == "fast"
-        or context.scheduler is None
-        or context.fine is None
-        or not windows
-    ):
-        return {}
+    """Record a `mem_read` task per cube for the fast memories just stored, then wake the
+    cubes. Recorded after the write, so the scheduler never reads memories that are not
+    there yet, and a failed write records nothing; if recording fails part way, the tasks
+    recorded so far are discarded (the caller removes the memories)."""
+    assert context.scheduler is not None
     queued: dict[str, str] = {}
-    for cube_id in cubes:
-        ids = list(dict.fromkeys(memory_id_for(cube_id, w.text) for w in windows))
-        task = context.scheduler.submit(
-            cube_id, user_id, "mem_read", {"memory_ids": ids}, request_task_id=req.task_id
-        )
-        queued[cube_id] = task.task_id
+    try:
+        for cube_id in cubes:
+            ids = list(dict.fromkeys(memory_id_for(cube_id, w.text) for w in windows))
+            task = context.scheduler.record(
+                cube_id,
+                user_id,
+                "mem_read",
+                {"memory_ids": ids},
+                task_id=fine_read_task_id(cube_id, ids, req.task_id),
+                request_task_id=req.task_id,
+            )
+            queued[cube_id] = task.task_id
+    except Exception:
+        try:
+            context.scheduler.discard(list(queued.values()))
+        except Exception:
+            logger.warning("could not discard the tasks of a failed add", exc_info=True)
+        raise
+    for cube_id in queued:
+        context.scheduler.wake(cube_id)
     return queued
+
+
+def _undo_writes(context: ApiContext, written: dict[str, list[str]]) -> None:
+    """Best effort: remove the memories a failed add wrote; a store that stays down keeps
+    them half written or whole, and the client's retry (same ids) settles them."""
+    for cube_id, ids in written.items():
+        if not ids:
+            continue
+        try:
+            context.service.delete(cube_id, ids)
+        except Exception:
+            logger.warning("cube %s: could not undo %d memories", cube_id, len(ids), exc_info=True)
 
 
 def _added(item: MemoryItem, cube_id: str, action: str | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -90,6 +90,11 @@ class TaskStore(ABC):
     @abstractmethod
     def requeue_unfinished(self, cube_id: str) -> int:
         """In-progress tasks of a scheduler that died back to waiting; returns how many."""
+
+    @abstractmethod
+    def discard(self, task_ids: Sequence[str]) -> int:
+        """Remove tasks that never ran (waiting, no attempt): the write that recorded them
+        failed, so they must not run. Returns how many were removed."""
 
     @abstractmethod
     def get(self, task_ids: Sequence[str]) -> list[Task]: ...
@@ -248,6 +253,21 @@ class SQLTaskStore(TaskStore):
                 update(TaskRow)
                 .where(TaskRow.cube_id == cube_id, TaskRow.state == "in_progress")
                 .values(state="waiting", updated_at=iso(utc_now()))
+            ).rowcount
+
+        return self._run(go)
+
+    def discard(self, task_ids: Sequence[str]) -> int:
+        if not task_ids:
+            return 0
+
+        def go(s: Session) -> int:
+            return s.execute(
+                delete(TaskRow).where(
+                    TaskRow.task_id.in_(list(task_ids)),
+                    TaskRow.state == "waiting",
+                    TaskRow.attempts == 0,
+                )
             ).rowcount
 
         return self._run(go)
