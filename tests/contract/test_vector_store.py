@@ -334,6 +334,24 @@ def test_delete_removes_everywhere(store: VectorStore) -> None:
     assert store.count("cube-a") == 2
 
 
+def test_existing_ids_and_delete_are_scoped_to_the_cube(store: VectorStore) -> None:
+    """Which ids a cube holds (an add's commit marker): never another cube's same id, and a
+    delete in one cube leaves the other's point."""
+    rng = np.random.default_rng(10)
+    a, b = _unit(rng, 2)
+    shared = str(uuid.uuid4())
+    store.upsert("cube-a", [_rec(a, rid=shared, text="ferry timetable")])
+    store.upsert("cube-b", [_rec(b, rid=str(uuid.uuid4()), text="ferry prices")])
+    absent = str(uuid.uuid4())
+    assert store.existing_ids("cube-a", [shared, absent]) == {shared}
+    assert store.existing_ids("cube-b", [shared]) == set()
+    assert store.existing_ids("cube-a", []) == set()
+    store.delete("cube-b", [shared])
+    assert store.existing_ids("cube-a", [shared]) == {shared}
+    store.delete("cube-a", [shared])
+    assert store.existing_ids("cube-a", [shared]) == set()
+
+
 def test_bad_input_is_a_bad_request(store: VectorStore) -> None:
     rng = np.random.default_rng(9)
     (v,) = _unit(rng, 1)
