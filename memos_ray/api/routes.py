@@ -30,7 +30,7 @@ from memos_ray.memory.documents import Document
 from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
 from memos_ray.memory.reader import Window
 from memos_ray.models.chat import Message
-from memos_ray.preferences import preference_note, preference_string
+from memos_ray.preferences import PreferenceService, preference_note, preference_string
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.product import (
     AddRequest,
@@ -303,7 +303,11 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
             if selector is not None:
                 deleted[cube_id] = context.service.delete_matching(cube_id, selector)
             else:
-                deleted[cube_id] = context.service.delete(cube_id, req.memory_ids or [])
+                ids = req.memory_ids or []
+                deleted[cube_id] = context.service.delete(cube_id, ids)
+                if ids and context.preferences is not None:
+                    # Preference ids (pref_mem in search) name rows of the preference store.
+                    deleted[cube_id] += _delete_preferences(context.preferences, cube_id, ids)
         count = sum(len(v) for v in deleted.values())
         return ok(
             {"status": "success", "deleted": deleted, "deleted_count": count},
@@ -455,6 +459,14 @@ def _record_fine_reads(
     for cube_id in queued:
         context.scheduler.wake(cube_id)
     return queued
+
+
+def _delete_preferences(preferences: PreferenceService, cube_id: str, ids: list[str]) -> list[str]:
+    """The ids that named preferences of the cube, removed from the preference store."""
+    found = [p.id for p in preferences.store.get(cube_id, ids)]
+    if found:
+        preferences.store.delete(cube_id, found)
+    return found
 
 
 def _undo_writes(context: ApiContext, written: dict[str, list[str]]) -> None:

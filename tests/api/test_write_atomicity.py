@@ -29,9 +29,11 @@ from memos_ray.fine import FineService
 from memos_ray.memory.keywords import query_vector
 from memos_ray.memory.reader import Window
 from memos_ray.models.embedder import SentenceTransformerEmbedder
+from memos_ray.preferences import preference_id
 from memos_ray.ranking import CubeIndexCache
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.service import MemoryService, SearchOptions, items_for_windows
+from memos_ray.stores.preference.base import Preference, PreferenceStore
 from memos_ray.stores.sql.tasks import SQLTaskStore
 from memos_ray.stores.vector.base import (
     CubeScan,
@@ -123,6 +125,7 @@ class Api:
     # Async adds go to a second app with a scheduler and a (scripted) model.
     async_http: httpx.Client
     service: MemoryService
+    preferences: PreferenceStore
     vectors: FaultyVectorStore
     tasks: SQLTaskStore
     config: MemosConfig
@@ -164,7 +167,7 @@ def api(
         service = MemoryService(stack.service.graph, vectors, embedder, None, config.search)
         access = AccessControl(stack.tenancy, None)
         tasks = SQLTaskStore(stack.tenancy.engine)
-        plain = ApiContext(config, service, access, __version__)
+        plain = ApiContext(config, service, access, __version__, preferences=stack.preferences)
         queued = ApiContext(
             config,
             service,
@@ -179,7 +182,8 @@ def api(
             httpx.Client(base_url=url, timeout=60) as http,
             httpx.Client(base_url=async_url, timeout=60) as async_http,
         ):
-            yield Api(http, async_http, service, vectors, tasks, config)
+            assert stack.preferences is not None
+            yield Api(http, async_http, service, stack.preferences.store, vectors, tasks, config)
 
 
 def note(text: str) -> Window:
@@ -313,6 +317,27 @@ def test_delete_leaves_no_trace_in_any_store_or_index(api: Api) -> None:
     assert api.traces(user, memory_id, word) == NOWHERE
     assert memory_id not in api.search(user, f"safe combination {word}")
     assert api.traces(user, keep, "painting")["graph"]
+
+
+def test_delete_by_id_reaches_the_preference_store(api: Api) -> None:
+    """A preference (pref_mem in search) lives in its own store: deleting its id removes it
+    there, and only in the caller's cube."""
+    user, other = new_user(), new_user()
+    assert api.add(user, "I travel a lot for work.").status_code == 200
+    assert api.add(other, "Someone else's note.").status_code == 200
+    text = "Prefers aisle seats on long flights"
+    preference = Preference(
+        id=preference_id(user, text), cube_id=user, user_id=user, kind="explicit", preference=text
+    )
+    api.preferences.upsert(user, [preference], api.service.embedder.embed([text]))
+    body = {"user_id": other, "memory_ids": [preference.id]}
+    assert api.http.post("/product/delete_memory", json=body).json()["data"]["deleted_count"] == 0
+    assert api.preferences.get(user, [preference.id])
+
+    body = {"user_id": user, "memory_ids": [preference.id]}
+    response = api.http.post("/product/delete_memory", json=body)
+    assert response.json()["data"]["deleted"] == {user: [preference.id]}
+    assert api.preferences.get(user, [preference.id]) == []
 
 
 def test_reconcile_removes_orphan_points_and_completes_half_written_memories(api: Api) -> None:
