@@ -60,15 +60,21 @@ class FaultyVectorStore(VectorStore):
     def __init__(self, inner: VectorStore) -> None:
         self.inner = inner
         self._armed: FailAt | None = None
+        self._skip = 0
 
-    def fail_next_upsert(self, at: FailAt) -> None:
-        self._armed = at
+    def fail_next_upsert(self, at: FailAt, skip: int = 0) -> None:
+        """Fail the upsert after the next `skip` ones."""
+        self._armed, self._skip = at, skip
 
     @property
     def dim(self) -> int:
         return self.inner.dim
 
     def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> None:
+        if self._armed is not None and self._skip:
+            self._skip -= 1
+            self.inner.upsert(cube_id, records)
+            return
         armed, self._armed = self._armed, None
         if armed == "before":
             raise StoreError("injected: vector write failed")
@@ -283,6 +289,30 @@ def test_failed_vector_write_leaves_nothing(api: Api, at: FailAt) -> None:
 
     assert api.add(user, text).status_code == 200
     assert api.traces(user, memory_id, word) == EVERYWHERE
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_add_to_two_cubes_failing_in_the_second_leaves_nothing_in_the_first(
+    api: Api, mode: str
+) -> None:
+    """One request, two cubes: the first cube's write succeeded, the second's failed. The
+    request answers an error, so the first cube's memory is removed again (and, async, no
+    task is left for either cube)."""
+    user = new_user()
+    assert api.add(user, "The user's own cube exists.").status_code == 200
+    team = f"team-{uuid.uuid4().hex[:6]}"
+    created = api.http.post("/product/create_cube", json={"owner_id": user, "cube_id": team})
+    assert created.status_code == 200, created.text
+    word = f"twoword{uuid.uuid4().hex[:6]}"
+    text = f"The shared printer code is {word}."
+    api.vectors.fail_next_upsert("before", skip=1)
+    body = {"user_id": user, "messages": text, "writable_cube_ids": [user, team]}
+    client = api.async_http if mode == "async" else api.http
+    response = client.post("/product/add", json={**body, "async_mode": mode})
+    assert response.status_code >= 500, response.text
+    for cube in (user, team):
+        assert api.traces(cube, memory_id_for(cube, text), word) == NOWHERE
+        assert api.tasks.find(cube_id=cube) == []
 
 
 def test_failed_async_add_leaves_no_task(api: Api) -> None:
