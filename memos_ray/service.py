@@ -73,6 +73,8 @@ VISIBLE_STATUSES: tuple[str, ...] = (
 )
 TEXT_TYPES: tuple[str, ...] = tuple(str(t) for t in TEXT_MEMORY_TYPES)
 TOOL_TYPES: tuple[str, ...] = (str(MemoryType.TOOL_SCHEMA), str(MemoryType.TOOL_TRAJECTORY))
+# Memory types stored as node and point; topic nodes live in the graph only.
+POINT_TYPES: tuple[str, ...] = tuple(str(t) for t in MemoryType if t != MemoryType.TOPIC)
 
 
 @dataclass(frozen=True)
@@ -256,8 +258,9 @@ class MemoryService:
         """Settle what crashes left in a cube: points without a node are removed (search
         hides them already), nodes without a point get their point (a half-done add).
 
-        Run it while the cube takes no adds: an add in flight has its node and not yet its
-        point, which this would complete early (harmless: the same point is written).
+        Topic nodes (graph only, by design) are left alone. Run it while the cube takes no
+        adds: an add in flight has its node and not yet its point, which this would complete
+        early (harmless: the same point is written).
         """
         scan: CubeScan = self.vectors.scan(cube_id)
         alive = self.graph.existing_ids(cube_id, scan.ids)
@@ -267,7 +270,7 @@ class MemoryService:
                 self.vectors.delete(cube_id, orphans)
             finally:
                 self._indexes.invalidate(cube_id)
-        node_ids = self.graph.find_ids(cube_id)
+        node_ids = self.graph.find_ids(cube_id, memory_types=POINT_TYPES)
         pointless = sorted(set(node_ids) - self.vectors.existing_ids(cube_id, node_ids))
         if pointless:
             nodes = self.graph.get_nodes([cube_id], pointless)

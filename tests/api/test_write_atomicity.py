@@ -32,7 +32,7 @@ from memos_ray.models.embedder import SentenceTransformerEmbedder
 from memos_ray.preferences import preference_id
 from memos_ray.ranking import CubeIndexCache
 from memos_ray.scheduler import SchedulerClient
-from memos_ray.service import MemoryService, SearchOptions, items_for_windows
+from memos_ray.service import MemoryService, Reconciled, SearchOptions, items_for_windows
 from memos_ray.stores.preference.base import Preference, PreferenceStore
 from memos_ray.stores.sql.tasks import SQLTaskStore
 from memos_ray.stores.vector.base import (
@@ -371,7 +371,8 @@ def test_delete_by_id_reaches_the_preference_store(api: Api) -> None:
 
 
 def test_reconcile_removes_orphan_points_and_completes_half_written_memories(api: Api) -> None:
-    """The operator's repair of a cube after a crash settles both halves at once."""
+    """The operator's repair of a cube after a crash settles both halves at once; topic
+    nodes, which have no point by design, are left as they are."""
     user = new_user()
     assert api.add(user, "A whole memory stays as it is.").status_code == 200
     items = items_for_windows(
@@ -379,9 +380,17 @@ def test_reconcile_removes_orphan_points_and_completes_half_written_memories(api
     )
     orphan, half = items.values()
     api.vectors.upsert(user, api.service._records([orphan], [1]))
-    api.service.graph.upsert_nodes(user, [half])
+    topic = half.model_copy(
+        update={
+            "id": str(uuid.uuid4()),
+            "memory": "A topic over the cube",
+            "metadata": half.metadata.model_copy(update={"memory_type": MemoryType.TOPIC}),
+        }
+    )
+    api.service.graph.upsert_nodes(user, [half, topic])
     done = api.service.reconcile(user)
     assert done.orphan_points == [orphan.id] and done.completed == [half.id]
     assert not api.traces(user, orphan.id, "point")["vectors"]
     assert api.traces(user, half.id, "node")["vectors"]
-    assert api.service.reconcile(user).orphan_points == []
+    assert api.service.reconcile(user) == Reconciled(orphan_points=[], completed=[])
+    assert not api.traces(user, topic.id, "topic")["vectors"]  # topics are graph-only
