@@ -358,7 +358,8 @@ class MemoryService:
         self, cube_id: str, text: str, limit: int, filter: VectorFilter | None = None
     ) -> list[VectorHit]:
         """The cube's points closest to `text`, embedded as a query (one model per store:
-        callers never pair an embedder with a store themselves)."""
+        callers never pair an embedder with a store themselves). Hits may name a point left
+        without its node by a crash: callers read the items from the graph (`get_by_ids`)."""
         vector = self.query_embedder.embed([text])[0]
         return self.vectors.search_dense([cube_id], vector.tolist(), limit, filter)
 

@@ -34,7 +34,7 @@ from memos_ray.ranking import CubeIndexCache
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.service import MemoryService, Reconciled, SearchOptions, items_for_windows
 from memos_ray.stores.preference.base import Preference, PreferenceStore
-from memos_ray.stores.sql.tasks import SQLTaskStore
+from memos_ray.stores.sql.tasks import SQLTaskStore, Task
 from memos_ray.stores.vector.base import (
     CubeScan,
     LateScores,
@@ -125,6 +125,26 @@ class FaultyVectorStore(VectorStore):
         self.inner.close()
 
 
+class FaultyTaskStore(SQLTaskStore):
+    """FAULT-INJECTION DOUBLE: the real SQL task log, except that after `fail_next_enqueue`
+    the enqueue after the next `skip` ones raises StoreError once (nothing recorded)."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self._armed = False
+        self._skip = 0
+
+    def fail_next_enqueue(self, skip: int = 0) -> None:
+        self._armed, self._skip = True, skip
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Task:
+        if self._armed and not self._skip:
+            self._armed = False
+            raise StoreError("injected: task log write failed")
+        self._skip = max(self._skip - 1, 0)
+        return super().enqueue(*args, **kwargs)
+
+
 @dataclass
 class Api:
     http: httpx.Client
@@ -133,7 +153,7 @@ class Api:
     service: MemoryService
     preferences: PreferenceStore
     vectors: FaultyVectorStore
-    tasks: SQLTaskStore
+    tasks: FaultyTaskStore
     config: MemosConfig
 
     def add(self, user: str, text: str, **fields: Any) -> httpx.Response:
@@ -172,7 +192,7 @@ def api(
         vectors = FaultyVectorStore(stack.service.vectors)
         service = MemoryService(stack.service.graph, vectors, embedder, None, config.search)
         access = AccessControl(stack.tenancy, None)
-        tasks = SQLTaskStore(stack.tenancy.engine)
+        tasks = FaultyTaskStore(stack.tenancy.engine)
         plain = ApiContext(config, service, access, __version__, preferences=stack.preferences)
         queued = ApiContext(
             config,
@@ -313,6 +333,26 @@ def test_add_to_two_cubes_failing_in_the_second_leaves_nothing_in_the_first(
     for cube in (user, team):
         assert api.traces(cube, memory_id_for(cube, text), word) == NOWHERE
         assert api.tasks.find(cube_id=cube) == []
+
+
+def test_async_add_whose_task_cannot_be_recorded_leaves_nothing(api: Api) -> None:
+    """Two cubes written, the first cube's task recorded, the second's refused by the task
+    log: the recorded task is discarded before any scheduler saw it, and the memories of
+    both cubes are removed again."""
+    user = new_user()
+    assert api.add(user, "The user's own cube exists.").status_code == 200
+    team = f"team-{uuid.uuid4().hex[:6]}"
+    created = api.http.post("/product/create_cube", json={"owner_id": user, "cube_id": team})
+    assert created.status_code == 200, created.text
+    word = f"taskword{uuid.uuid4().hex[:6]}"
+    text = f"The storage unit number is {word}."
+    api.tasks.fail_next_enqueue(skip=1)
+    body = {"user_id": user, "messages": text, "writable_cube_ids": [user, team]}
+    response = api.async_http.post("/product/add", json={**body, "async_mode": "async"})
+    assert response.status_code >= 500, response.text
+    for cube in (user, team):
+        assert api.tasks.find(cube_id=cube) == []
+        assert api.traces(cube, memory_id_for(cube, text), word) == NOWHERE
 
 
 def test_failed_async_add_leaves_no_task(api: Api) -> None:
