@@ -71,11 +71,20 @@ def add_documents(
     tags: Sequence[str] = (),
     info: Mapping[str, Any] | None = None,
     chunk_chars: int = 1500,
+    written: list[str] | None = None,
 ) -> DocumentOutcome:
+    """Store the documents' chunks (and in fine mode what was read in them).
+
+    `written` collects the ids this call stored (not duplicates, not merges) as they are
+    written, so that a caller whose request fails later, or part way through here, can
+    remove them again.
+    """
     outcome = DocumentOutcome()
+    new = written if written is not None else []
     for document in documents:
         windows = document_windows(document, chunk_chars)
         added = memory.add_windows(cube_id, user_id, windows, session_id, tags, info)
+        new += [i.id for i in added.stored]
         by_id = {i.id: i for i in [*added.stored, *added.duplicates]}
         chunks = [by_id[memory_id_for(cube_id, w.text)] for w in windows]
         outcome.chunks += chunks
@@ -93,6 +102,7 @@ def add_documents(
         summaries: list[str] = []
         for chunk, window in zip(chunks, windows, strict=True):
             done = fine.add(cube_id, user_id, [window], session_id, tags, info)
+            new += [i.id for i in done.stored]
             outcome.calls += done.calls
             outcome.errors += done.errors
             summaries += done.summaries
@@ -108,6 +118,7 @@ def add_documents(
                 mode="fine",
             )
             stored = memory.add_windows(cube_id, user_id, [summary], session_id, tags, info)
+            new += [i.id for i in stored.stored]
             for item in [*stored.stored, *stored.duplicates]:
                 outcome.summaries.append(item)
                 edges += [Edge(source=item.id, target=c.id, type=EdgeType.SUMMARY) for c in chunks]

@@ -89,11 +89,12 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         if fine_reads:
             assert context.scheduler is not None
             context.scheduler.ensure_room(cubes)  # a full queue refuses before any write
-        docs = _add_documents(req, context, user_id, cubes, documents, fine)
         # What this request wrote (not its duplicates), removed again if a later step fails:
-        # an add that does not answer 200 leaves neither memories nor a task.
+        # an add that does not answer 200 leaves neither memories nor a task. (A sync fine
+        # add's merges into existing memories are not undone.)
         written: dict[str, list[str]] = {}
         try:
+            docs = _add_documents(req, context, user_id, cubes, documents, fine, written)
             for cube_id in cubes if tools else []:
                 tool_outcome = context.service.add_windows(
                     cube_id,
@@ -500,8 +501,10 @@ def _add_documents(
     cubes: list[str],
     documents: list[Document],
     fine: bool,
+    written: dict[str, list[str]],
 ) -> list[dict[str, Any]]:
-    """Inline files: chunks (RawFileMemory) and, in fine mode, what the LLM read in them."""
+    """Inline files: chunks (RawFileMemory) and, in fine mode, what the LLM read in them;
+    `written` gets the ids stored, per cube."""
     entries: list[dict[str, Any]] = []
     for cube_id in cubes if documents else []:
         outcome = add_documents(
@@ -513,6 +516,7 @@ def _add_documents(
             session_id=req.session_id or "default_session",
             tags=req.custom_tags or (),
             info=req.info,
+            written=written.setdefault(cube_id, []),
         )
         entries += [_added(i, cube_id, "document") for i in outcome.chunks]
         entries += [_added(i, cube_id, "added") for i in [*outcome.fine, *outcome.summaries]]

@@ -9,6 +9,7 @@ timed-out call whose write still happened).
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -353,6 +354,33 @@ def test_async_add_whose_task_cannot_be_recorded_leaves_nothing(api: Api) -> Non
     for cube in (user, team):
         assert api.tasks.find(cube_id=cube) == []
         assert api.traces(cube, memory_id_for(cube, text), word) == NOWHERE
+
+
+def test_add_with_a_file_failing_after_the_chunks_removes_the_chunks(api: Api) -> None:
+    """A request carrying a file and a message: the file's chunks are written, then the
+    message's write fails; the chunks are removed again."""
+    user = new_user()
+    assert api.add(user, "The user's own cube exists.").status_code == 200
+    before = (api.service.graph.count(user), api.vectors.count(user))
+    text = "\n\n".join(f"Part {n}. The cellar valve {n} opens clockwise." * 20 for n in range(3))
+    encoded = base64.b64encode(text.encode()).decode()
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Here is the cellar manual."},
+            {
+                "type": "file",
+                "file": {"file_data": f"data:text/markdown;base64,{encoded}", "filename": "m.md"},
+            },
+        ],
+    }
+    api.vectors.fail_next_upsert("before", skip=1)
+    response = api.add(user, "", messages=[message])
+    assert response.status_code >= 500, response.text
+    assert (api.service.graph.count(user), api.vectors.count(user)) == before
+
+    assert api.add(user, "", messages=[message]).status_code == 200
+    assert api.service.graph.count(user) > before[0]
 
 
 def test_failed_async_add_leaves_no_task(api: Api) -> None:
