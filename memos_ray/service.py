@@ -9,11 +9,13 @@ and text (`memory_id_for`), so every write below is an idempotent upsert.
 
 - Add: embed first (no write yet), then write the graph node, then the vector point. The
   point is the commit marker: written last, so a point whose node is missing can only be
-  left by a crash or a write that landed after its rollback. A memory is a duplicate only
-  when it is complete (node and point); otherwise the add writes whatever is missing, so a
-  retried add completes what a crash left half done. If a write fails, the add removes the
-  points and nodes it created (best effort: a dead store keeps them, and they are then
-  incomplete, so the retry finishes them) and raises.
+  left by a crash, a write that landed after its rollback, or a delete racing the add. A
+  memory is a duplicate only when it is complete (node and point); otherwise the add writes
+  whatever is missing, so a retried add completes what a crash left half done. If a write
+  fails, the add removes the points and nodes it created (best effort: a dead store keeps
+  them, and they are then incomplete, so the retry finishes them) and raises. Known limit:
+  two adds of the same text into one cube at the same moment, one failing, may remove what
+  the other wrote (no cross-process lock); the failed one's retry restores it.
 - Delete: by id in every store, each one asked, so a memory that one store lost still
   leaves the other (vectors first, then the node: a half-done delete is never searchable).
   Every call is cube-scoped in both stores; another cube's same id is never touched.
