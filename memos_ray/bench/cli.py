@@ -15,8 +15,11 @@ from memos_ray.config import MemosConfig
 
 
 @contextmanager
-def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | None]]:
-    """The given --url, or a fresh local service on the embedded defaults (and its config)."""
+def service_url(
+    args: argparse.Namespace, extra: dict[str, Any] | None = None
+) -> Iterator[tuple[str, MemosConfig | None]]:
+    """The given --url, or a fresh local service on the embedded defaults (and its config);
+    `extra` overrides parts of the started service's config."""
     if args.url:
         yield args.url, None
         return
@@ -35,7 +38,12 @@ def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | N
     with ExitStack() as stack:
         if getattr(args, "mode", "fast") == "fine":
             llm = _fine_llm(args, data_dir, stack)
-        overrides: dict[str, Any] = {"data_dir": str(data_dir), "admin_key": None, "llm": llm}
+        overrides: dict[str, Any] = {
+            **(extra or {}),
+            "data_dir": str(data_dir),
+            "admin_key": None,
+            "llm": llm,
+        }
         if getattr(args, "facts_only", False):
             overrides["fine"] = {"keep_turns": False}
         config = load_config(overrides)
@@ -338,10 +346,12 @@ def add_bench_parser(sub: Any) -> None:
 
     from memos_ray.bench.activation import add_activation_parser
     from memos_ray.bench.async_add import add_async_add_parser
+    from memos_ray.bench.chaos import add_chaos_parser
     from memos_ray.bench.ingest_job import add_ingest_job_parser
 
     add_activation_parser(kinds)
     add_async_add_parser(kinds)
+    add_chaos_parser(kinds)
     add_ingest_job_parser(kinds)
 
     ingest = kinds.add_parser("ingest", help="/product/add throughput vs the embedder's own")
