@@ -271,14 +271,14 @@ def verify(
     with httpx.Client(base_url=url, timeout=60) as http:
         for memory_id in sample:
             cube, text = outcome.acked[memory_id]
-            response = http.post(
-                "/product/search", json={"user_id": cube, "query": text, "top_k": 10}
-            )
-            found = {
-                m["id"]
-                for bucket in response.json()["data"]["text_mem"]
-                for m in bucket["memories"]
-            }
+            try:
+                response = http.post(
+                    "/product/search", json={"user_id": cube, "query": text, "top_k": 10}
+                )
+                buckets = response.json()["data"]["text_mem"] if response.is_success else []
+            except httpx.HTTPError:
+                buckets = []
+            found = {m["id"] for bucket in buckets for m in bucket["memories"]}
             if memory_id not in found:
                 unfound.append(memory_id)
     store = _wait_tasks(config, task_timeout_s)

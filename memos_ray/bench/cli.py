@@ -25,7 +25,6 @@ def service_url(
         return
     from memos_ray.config import load_config
     from memos_ray.launcher import local_service
-    from memos_ray.stores.local import free_port
 
     data_dir = (
         Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="memos-bench-"))
@@ -48,9 +47,28 @@ def service_url(
             overrides["fine"] = {"keep_turns": False}
         config = load_config(overrides)
         print(f"starting memos-ray on the embedded defaults in {config.data_dir} ...", flush=True)
-        with local_service(config, port=free_port()) as url:
+        with local_service(config, port=listen_port()) as url:
             print(f"service ready at {url}", flush=True)
             yield url, config
+
+
+def listen_port(low: int = 20000, high: int = 32767) -> int:
+    """A free port below Linux's ephemeral range (32768 up). A client hammering a closed port
+    in that range can be handed the same number as its own source port and connect to
+    itself, which then holds the port: a restarted replica could not listen on it."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit(f"memos-ray bench: no free port in {low}..{high}")
 
 
 def _fine_llm(args: argparse.Namespace, data_dir: Path, stack: ExitStack) -> dict[str, Any]:
