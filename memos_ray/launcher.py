@@ -21,6 +21,10 @@ from memos_ray.stores.local import free_port
 SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_LOG_TO_STDERR": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    # Serve holds a dead replica's direct-ingress port out of use for minutes (so that an
+    # HAProxy in front can forget it); a local service has one port and no HAProxy, so its
+    # replacement ingress replica could not listen until then (measured: 2 minutes down).
+    "RAY_SERVE_PORT_QUARANTINE_S": "0",
 }
 
 

@@ -15,14 +15,16 @@ from memos_ray.config import MemosConfig
 
 
 @contextmanager
-def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | None]]:
-    """The given --url, or a fresh local service on the embedded defaults (and its config)."""
+def service_url(
+    args: argparse.Namespace, extra: dict[str, Any] | None = None
+) -> Iterator[tuple[str, MemosConfig | None]]:
+    """The given --url, or a fresh local service on the embedded defaults (and its config);
+    `extra` overrides parts of the started service's config."""
     if args.url:
         yield args.url, None
         return
     from memos_ray.config import load_config
     from memos_ray.launcher import local_service
-    from memos_ray.stores.local import free_port
 
     data_dir = (
         Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="memos-bench-"))
@@ -35,14 +37,38 @@ def service_url(args: argparse.Namespace) -> Iterator[tuple[str, MemosConfig | N
     with ExitStack() as stack:
         if getattr(args, "mode", "fast") == "fine":
             llm = _fine_llm(args, data_dir, stack)
-        overrides: dict[str, Any] = {"data_dir": str(data_dir), "admin_key": None, "llm": llm}
+        overrides: dict[str, Any] = {
+            **(extra or {}),
+            "data_dir": str(data_dir),
+            "admin_key": None,
+            "llm": llm,
+        }
         if getattr(args, "facts_only", False):
             overrides["fine"] = {"keep_turns": False}
         config = load_config(overrides)
         print(f"starting memos-ray on the embedded defaults in {config.data_dir} ...", flush=True)
-        with local_service(config, port=free_port()) as url:
+        with local_service(config, port=listen_port()) as url:
             print(f"service ready at {url}", flush=True)
             yield url, config
+
+
+def listen_port(low: int = 20000, high: int = 32767) -> int:
+    """A free port below Linux's ephemeral range (32768 up). A client hammering a closed port
+    in that range can be handed the same number as its own source port and connect to
+    itself, which then holds the port: a restarted replica could not listen on it."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit(f"memos-ray bench: no free port in {low}..{high}")
 
 
 def _fine_llm(args: argparse.Namespace, data_dir: Path, stack: ExitStack) -> dict[str, Any]:
@@ -338,10 +364,12 @@ def add_bench_parser(sub: Any) -> None:
 
     from memos_ray.bench.activation import add_activation_parser
     from memos_ray.bench.async_add import add_async_add_parser
+    from memos_ray.bench.chaos import add_chaos_parser
     from memos_ray.bench.ingest_job import add_ingest_job_parser
 
     add_activation_parser(kinds)
     add_async_add_parser(kinds)
+    add_chaos_parser(kinds)
     add_ingest_job_parser(kinds)
 
     ingest = kinds.add_parser("ingest", help="/product/add throughput vs the embedder's own")
