@@ -1,12 +1,18 @@
-"""Compile the filter DSL into a Cypher WHERE fragment whose values all travel as parameters."""
+"""Cypher shared by the graph stores: filters compiled to WHERE, node properties, rows.
+
+Filter values all travel as parameters; only checked identifiers are spliced into text.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memos_ray.errors import FilterError
+from memos_ray.domain.memory import Edge, EdgeType, MemoryItem, MemoryMetadata, content_hash
+from memos_ray.errors import ConflictError, FilterError
 from memos_ray.memory.filters import LIST_FIELDS, TOP_LEVEL_FIELDS, And, Condition, FilterExpr
 
 INFO_PREFIX = "info__"
@@ -91,3 +97,121 @@ def _condition(cond: Condition, var: str, params: _Params) -> str:
             return f"{prop} CONTAINS {params.add(cond.value)}"
         return f"{params.add(cond.value)} IN {prop}"
     raise FilterError(f"unknown operator {op!r}")
+
+
+# -- rows shared by the Cypher stores (Neo4j over Bolt, FalkorDB natively) -----------------
+
+LABEL = "Memory"
+EDGE_TYPES = frozenset(t.value for t in EdgeType)
+_SCALARS = (str, int, float, bool)
+# Columns that rebuild an item (`item_from_row`); the other properties only serve filters.
+NODE_COLUMNS = "n.id AS id, n.cube_id AS cube_id, n.memory AS memory, n.metadata_json AS meta"
+
+
+def node_props(cube_id: str, item: MemoryItem) -> dict[str, Any]:
+    """The node's properties: `metadata_json` is the item, the rest exist to filter and sort.
+
+    Timestamps are fixed-width ISO strings, so they compare as strings.
+    """
+    meta = item.metadata
+    props: dict[str, Any] = {
+        "id": item.id,
+        "cube_id": cube_id,
+        "memory": item.memory,
+        "memory_type": meta.memory_type,
+        "status": meta.status,
+        "user_id": meta.user_id,
+        "session_id": meta.session_id,
+        "key": meta.key,
+        "tags": list(meta.tags),
+        "created_at": meta.created_at,
+        "updated_at": meta.updated_at,
+        "version": meta.version,
+        "confidence": meta.confidence,
+        "hash": content_hash(item.memory),
+        "metadata_json": meta.model_dump_json(exclude={"embedding", "relativity"}),
+    }
+    for key, value in meta.info.items():
+        if is_identifier(key) and storable(value):
+            props[f"{INFO_PREFIX}{key}"] = value
+    # Absent, not null: a null in a property map is an error or a no-op depending on server.
+    return {k: v for k, v in props.items() if v is not None}
+
+
+def storable(value: Any) -> bool:
+    """Scalars, or non-empty lists of one scalar type (what every Cypher server can store)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, _SCALARS):
+        return True
+    if isinstance(value, list) and value:
+        first = type(value[0])
+        return first in _SCALARS and all(type(v) is first and storable(v) for v in value)
+    return False
+
+
+def item_from_row(row: Mapping[str, Any]) -> MemoryItem:
+    """An item from the `NODE_COLUMNS` of one row."""
+    return MemoryItem(
+        id=row["id"],
+        memory=row["memory"],
+        cube_id=row["cube_id"],
+        metadata=MemoryMetadata.model_validate_json(row["meta"]),
+    )
+
+
+def where_clause(
+    cube_id: str,
+    filter: FilterExpr | None,
+    memory_types: Sequence[str] | None,
+    statuses: Sequence[str] | None,
+) -> tuple[str, dict[str, Any]] | None:
+    """WHERE over node `n` and its parameters; None when nothing can match (an empty list)."""
+    clauses = ["n.cube_id = $cube"]
+    params: dict[str, Any] = {"cube": cube_id}
+    for name, param, values in (
+        ("memory_type", "memory_types", memory_types),
+        ("status", "statuses", statuses),
+    ):
+        if values is not None:
+            if not values:
+                return None
+            clauses.append(f"n.{name} IN ${param}")
+            params[param] = [str(v) for v in dict.fromkeys(values)]
+    if filter is not None:
+        fragment, filter_params = compile_filter(filter, "n", "f")
+        clauses.append(fragment)
+        params.update(filter_params)
+    return " AND ".join(clauses), params
+
+
+def edges_from_rows(rows: Sequence[Mapping[str, Any]]) -> list[Edge]:
+    """Distinct, sorted edges from rows of `source`, `target`, `type` (unknown types dropped)."""
+    seen = {(r["source"], r["target"], r["type"]) for r in rows if r["type"] in EDGE_TYPES}
+    return [Edge(source=s, target=t, type=EdgeType(k)) for s, t, k in sorted(seen)]
+
+
+def edge_pairs(edges: Sequence[Edge]) -> dict[str, list[dict[str, str]]]:
+    """Distinct source/target pairs per validated edge type (types are spliced into queries)."""
+    by_type: dict[str, list[dict[str, str]]] = {}
+    for edge in edges:
+        kind = EdgeType(edge.type).value
+        pair = {"s": edge.source, "t": edge.target}
+        if pair not in by_type.setdefault(kind, []):
+            by_type[kind].append(pair)
+    return by_type
+
+
+def check_cube(cube_id: str, items: Sequence[MemoryItem]) -> None:
+    for item in items:
+        if item.cube_id != cube_id:
+            raise ConflictError(f"item {item.id} belongs to cube {item.cube_id}, not {cube_id}")
+
+
+# Queries both stores send as they are.
+MATCH_EDGES = (
+    f"MATCH (a:{LABEL})-[r]->(b:{LABEL}) "
+    "WHERE a.cube_id = $cube AND b.cube_id = $cube AND r.cube_id = $cube"
+)
+# Endpoint ids come back as columns: some servers send relationships without them.
+RETURN_EDGES = " RETURN a.id AS source, b.id AS target, type(r) AS type"
