@@ -13,7 +13,7 @@ from typing import Any
 
 from memos_ray.domain.memory import Edge, EdgeType, MemoryItem, MemoryMetadata, content_hash
 from memos_ray.errors import ConflictError, FilterError
-from memos_ray.memory.filters import LIST_FIELDS, TOP_LEVEL_FIELDS, And, Condition, FilterExpr
+from memos_ray.memory.filters import LIST_FIELDS, TOP_LEVEL_FIELDS, And, Condition, FilterExpr, Or
 
 INFO_PREFIX = "info__"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -55,20 +55,58 @@ def compile_filter(
     """A parenthesised WHERE fragment over node variable `var`, and its parameters.
 
     Parameter names are `prefix` + a counter, so callers keep their own names apart by prefix.
+    Parentheses appear only where precedence needs them (an OR inside an AND), and a filter
+    nested deeper than `MAX_NESTING` or with over `MAX_CONDITIONS` conditions is refused:
+    FalkorDB 4.16's Cypher parser takes time exponential in the parenthesis depth (measured:
+    16 levels 0.35 s, each level about twice the last; a 20-level filter parsed for minutes,
+    outside any query timeout, and held the server).
     """
     if not is_identifier(var) or not is_identifier(prefix):
         raise ValueError("var and prefix must be plain identifiers")
     params = _Params(prefix)
-    return _compile(expr, var, params), params.values
+    fragment = f"({_compile(expr, var, params, None)})"
+    if len(params.values) > MAX_CONDITIONS:
+        raise FilterError(
+            f"filter has {len(params.values)} conditions; at most {MAX_CONDITIONS} "
+            "(use an `in` list for many values)"
+        )
+    if nesting(fragment) > MAX_NESTING:
+        raise FilterError(
+            f"filter nests and/or groups too deeply (over {MAX_NESTING} levels); flatten it"
+        )
+    return fragment, params.values
 
 
-def _compile(expr: FilterExpr, var: str, params: _Params) -> str:
+# Parenthesis depth of a compiled fragment (the outer pair and an any(...) count as levels).
+MAX_NESTING = 12
+MAX_CONDITIONS = 1000
+
+
+def nesting(text: str) -> int:
+    """Deepest parenthesis level of a compiled fragment (values never appear in it)."""
+    depth = deepest = 0
+    for char in text:
+        if char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth -= 1
+    return deepest
+
+
+def _compile(expr: FilterExpr, var: str, params: _Params, parent: type | None) -> str:
+    """AND binds tighter than OR: only an OR group inside an AND needs parentheses, and a
+    group inside one of its own kind is spliced in flat."""
     if isinstance(expr, Condition):
-        return f"({_condition(expr, var, params)})"
-    joiner = " AND " if isinstance(expr, And) else " OR "
+        return _condition(expr, var, params)
     if not expr.items:
         raise FilterError("empty and/or group")
-    return "(" + joiner.join(_compile(item, var, params) for item in expr.items) + ")"
+    kind = type(expr)
+    joiner = " AND " if kind is And else " OR "
+    text = joiner.join(_compile(item, var, params, kind) for item in expr.items)
+    if kind is Or and parent is And and len(expr.items) > 1:
+        return f"({text})"
+    return text
 
 
 def _condition(cond: Condition, var: str, params: _Params) -> str:

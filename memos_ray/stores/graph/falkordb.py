@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from falkordb import FalkorDB
+from falkordb import Graph
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -75,19 +75,33 @@ class FalkorDBGraphStore(GraphStore):
             raise StoreError("graph query timeouts must be > 0 ms")
         self.read_timeout_ms = int(read_timeout_ms)
         self.write_timeout_ms = int(write_timeout_ms)
-        # The socket waits past the server's own timeout: the server aborts the query and
-        # answers first, and the client never resends a write it merely gave up on.
-        socket_timeout = max(self.read_timeout_ms, self.write_timeout_ms) / 1000 + 10
-        self._db = FalkorDB(
-            host=host,
-            port=port,
-            password=password,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout_s,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
-            health_check_interval=30,
-        )
-        self._graph = self._db.select_graph(graph)
+
+        # Reads and writes get their own pools so each socket waits just past its query's
+        # limit: the server aborts the query and answers first. Only connection errors are
+        # retried (a reconnect to a restarted server), never a socket timeout: that would
+        # send a slow query again.
+        # (A plain redis client under falkordb's Graph: FalkorDB() itself probes the server
+        # with INFO at construction, so a store could not be built while it restarts.)
+        def client(timeout_ms: int) -> redis.Redis:
+            return redis.Redis(
+                host=host,
+                port=port,
+                password=password,
+                decode_responses=True,  # what falkordb's result parser expects
+                socket_timeout=timeout_ms / 1000 + 5,
+                socket_connect_timeout=connect_timeout_s,
+                retry=Retry(
+                    ExponentialBackoff(cap=1.0, base=0.1),
+                    3,
+                    supported_errors=(redis.exceptions.ConnectionError,),
+                ),
+                health_check_interval=30,
+            )
+
+        self._readers = client(self.read_timeout_ms)
+        self._writers = client(self.write_timeout_ms)
+        self._read_graph = Graph(self._readers, graph)
+        self._write_graph = Graph(self._writers, graph)
         self._schema_lock = threading.Lock()
         self._schema_ready = False
 
@@ -99,9 +113,9 @@ class FalkorDBGraphStore(GraphStore):
         """Rows as dicts by column name; errors mapped to the service's classes."""
         try:
             if write:
-                result = self._graph.query(query, params, timeout=self.write_timeout_ms)
+                result = self._write_graph.query(query, params, timeout=self.write_timeout_ms)
             else:
-                result = self._graph.ro_query(query, params, timeout=self.read_timeout_ms)
+                result = self._read_graph.ro_query(query, params, timeout=self.read_timeout_ms)
         except redis.exceptions.AuthenticationError as exc:
             raise StoreUnavailableError(
                 f"graph store {what}: the server refused the password"
@@ -322,7 +336,8 @@ class FalkorDBGraphStore(GraphStore):
 
     def close(self) -> None:
         try:
-            self._db.connection.close()
+            self._readers.close()
+            self._writers.close()
         except redis.exceptions.RedisError as exc:
             raise StoreError(f"graph store close failed: {exc}") from exc
 
