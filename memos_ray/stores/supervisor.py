@@ -87,13 +87,13 @@ class Supervisor:
             raise failure[0]
 
     def status(self) -> SupervisorStatus:
-        with self.lock:
-            state = self._state
-            if state == "up" and not self.server.is_running():
-                state = "restarting"  # died since the last poll
-            return SupervisorStatus(
-                state, self.restarts, self.failed_starts, self._delay_s, self._last_error
-            )
+        """Lock-free: a restart holds the lock for as long as the server takes to start."""
+        state = self._state
+        if state == "up" and not self.server.is_running():
+            state = "restarting"  # died since the last poll
+        return SupervisorStatus(
+            state, self.restarts, self.failed_starts, self._delay_s, self._last_error
+        )
 
     def is_up(self) -> bool:
         return self.status().up
