@@ -17,13 +17,22 @@ class _Strict(BaseModel):
 
 
 class FalkorDBConfig(_Strict):
-    """Embedded graph default: a FalkorDB server the application starts, spoken to over Bolt."""
+    """Embedded graph default: a FalkorDB server the application starts (native protocol).
+
+    It listens on `host` only (loopback by default) with a password kept in the data dir.
+    """
 
     backend: Literal["falkordb"] = "falkordb"
     host: str = "127.0.0.1"
-    # None picks free ports at start; fixed ports let other tools connect.
+    # None picks a free port at start; a fixed port lets other tools connect.
     redis_port: int | None = None
-    bolt_port: int | None = None
+    # Reads run under this limit (the server's TIMEOUT_DEFAULT too); writes under the other.
+    # A query past it is aborted and answers 503 instead of stalling other users.
+    query_timeout_ms: int = Field(default=5_000, gt=0)
+    write_timeout_ms: int = Field(default=30_000, gt=0)
+    # AOF fsync policy: everysec survives a server crash (a machine crash may lose ~1 s);
+    # always fsyncs each write before answering.
+    appendfsync: Literal["everysec", "always"] = "everysec"
 
 
 class Neo4jConfig(_Strict):

@@ -47,6 +47,14 @@ class ServiceUnavailableError(MemosError):
     status_code = 503
 
 
+class StoreUnavailableError(ServiceUnavailableError):
+    """A backing store is down or restarting: retrying later may work, so 503, not 500."""
+
+
+class QueryTimeoutError(ServiceUnavailableError):
+    """A store query ran past its time limit and was aborted (narrow the request or retry)."""
+
+
 class StoreError(MemosError):
     """A backing store failed; nothing the caller did wrong."""
 

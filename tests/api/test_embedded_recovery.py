@@ -31,11 +31,11 @@ def test_falkordb_is_restarted_after_a_crash(ray_cluster: None, tmp_path: Path) 
     config = MemosConfig(data_dir=tmp_path / "data").resolved()
     actor = falkordb_actor(config)
     try:
-        uri = ray.get(actor.bolt_uri.remote())
-        graph = falkordb_graph_store(uri)
+        address = ray.get(actor.address.remote())
+        assert ray.get(actor.is_up.remote())
+        graph = falkordb_graph_store(address)
         before = _item("written before the crash")
-        graph.upsert_nodes("cube", [before])
-        time.sleep(2.5)  # the server snapshots once a second after a change
+        graph.upsert_nodes("cube", [before])  # acknowledged: in the AOF, no wait needed
         pid = ray.get(actor.pid.remote())
         os.kill(pid, signal.SIGKILL)
 
@@ -45,8 +45,10 @@ def test_falkordb_is_restarted_after_a_crash(ray_cluster: None, tmp_path: Path) 
                 pytest.fail("the FalkorDB server was not restarted within 30 s")
             time.sleep(0.2)
         assert ray.get(actor.pid.remote()) != pid
-        # Same URI, so the driver the graph store holds reconnects by itself.
-        assert ray.get(actor.bolt_uri.remote()) == uri
+        status = ray.get(actor.status.remote())
+        assert status.up and status.restarts == 1
+        # Same address and password, so the store the caller holds reconnects by itself.
+        assert ray.get(actor.address.remote()) == address
         assert graph.existing_ids("cube", [before.id]) == {before.id}
         after = _item("written after the restart")
         graph.upsert_nodes("cube", [after])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from tests.api.conftest import RunningApi
@@ -318,3 +319,33 @@ def test_bad_input_is_refused_with_a_message_and_stores_nothing(open_api: Runnin
         "/product/search", {"user_id": user, "query": "x", "filter": {"memory": {"regex": ".*"}}}
     ).json()
     assert "unknown operator 'regex'" in unknown["message"]
+
+
+def test_a_deeply_nested_filter_is_a_400_not_a_stall(open_api: RunningApi) -> None:
+    user = new_user()
+    add(open_api, user, "Project Falcon ships in June.", info={"project": "falcon"})
+    spec: dict = {"project": "falcon"}
+    for i in range(20):
+        spec = {"or": [{"project": f"x{i}"}, {"and": [{"prio": {"gte": 0}}, spec]}]}
+    start = time.monotonic()
+    response = open_api.post("/product/search", {"user_id": user, "query": "ship", "filter": spec})
+    assert response.status_code == 400, response.text
+    assert "deeply" in response.text
+    assert time.monotonic() - start < 5
+
+
+def test_a_graph_server_down_is_a_503_then_recovers(open_api: RunningApi) -> None:
+    """Last in the module: it stops the shared graph server (and starts it again)."""
+    user = new_user()
+    add(open_api, user, "A note written before the outage.")
+    server = open_api.stack._falkordb
+    assert server is not None
+    port = server.redis_port
+    server.stop()
+    try:
+        response = open_api.post("/product/get_memory", {"user_id": user, "mem_cube_id": user})
+        assert response.status_code == 503, response.text
+        assert str(port) not in response.text  # no internal address in the answer
+    finally:
+        server.start()
+    assert count(open_api, user) == 1

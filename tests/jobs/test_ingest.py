@@ -24,7 +24,7 @@ import yaml
 from jobs.ingest import IngestArgs, IngestSummary, run_ingest
 from memos_ray.config import MemosConfig
 from memos_ray.stores.graph.falkordb import falkordb_graph_store
-from memos_ray.stores.local import free_low_port, free_port
+from memos_ray.stores.local import PASSWORD_FILE, FalkorDBAddress, data_dir_password, free_port
 from memos_ray.wiring import LocalStack
 
 pytestmark = pytest.mark.ray
@@ -397,11 +397,11 @@ def _wait_group_gone(pgid: int, timeout_s: float = 5.0) -> None:
     time.sleep(1)
 
 
-def _stored_count(bolt_port: int, cubes: list[str]) -> int | None:
-    try:
-        graph = falkordb_graph_store(f"bolt://127.0.0.1:{bolt_port}")
-    except Exception:  # not up yet
+def _stored_count(port: int, data_dir: Path, cubes: list[str]) -> int | None:
+    """Nodes the job's server holds so far (None until it has made its password)."""
+    if not (data_dir / PASSWORD_FILE).exists():
         return None
+    graph = falkordb_graph_store(FalkorDBAddress("127.0.0.1", port, data_dir_password(data_dir)))
     try:
         return sum(graph.count(c) for c in cubes)
     except Exception:
@@ -419,7 +419,7 @@ def test_killed_job_then_rerun_equals_a_clean_run(tmp_path: Path, ray_cluster: N
     clean = _run(tmp_path / "clean", "jsonl", source, **options)
     total = clean.memories_written
 
-    bolt = free_low_port()
+    port = free_port()
     config = tmp_path / "job.yaml"
     job = {
         "format": "jsonl",
@@ -428,7 +428,7 @@ def test_killed_job_then_rerun_equals_a_clean_run(tmp_path: Path, ray_cluster: N
         "ceiling_sample": 0,
         **options,
     }
-    graph = {"backend": "falkordb", "redis_port": free_port(), "bolt_port": bolt}
+    graph = {"backend": "falkordb", "redis_port": port}
     config.write_text(yaml.safe_dump({"ingest": job, "memos": {"graph": graph}}))
     log = (tmp_path / "killed.log").open("wb")
     proc = subprocess.Popen(
@@ -443,7 +443,7 @@ def test_killed_job_then_rerun_equals_a_clean_run(tmp_path: Path, ray_cluster: N
     deadline = time.monotonic() + 300
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            seen = _stored_count(bolt, cubes)
+            seen = _stored_count(port, tmp_path / "killed" / "falkordb", cubes)
             if seen is not None and 0 < seen < total:
                 break
             time.sleep(0.2)

@@ -6,7 +6,13 @@ import pytest
 
 from memos_ray.errors import FilterError
 from memos_ray.memory.filters import And, Condition, Or, parse_filter
-from memos_ray.stores.graph.cypher import compile_filter, property_name
+from memos_ray.stores.graph.cypher import (
+    MAX_CONDITIONS,
+    MAX_NESTING,
+    compile_filter,
+    nesting,
+    property_name,
+)
 
 
 def test_scalar_operators_use_parameters() -> None:
@@ -69,8 +75,9 @@ def test_and_or_nest_with_unique_parameter_names() -> None:
     )
     assert expr is not None
     where, params = compile_filter(expr, var="m", prefix="q")
+    # AND binds tighter than OR: no parentheses needed inside.
     assert where == (
-        "(((m.user_id = $q0) AND (m.created_at >= $q1)) OR ((m.user_id = $q2) AND ($q3 IN m.tags)))"
+        "(m.user_id = $q0 AND m.created_at >= $q1 OR m.user_id = $q2 AND $q3 IN m.tags)"
     )
     assert params == {"q0": "a", "q1": "2024-01-01T00:00:00.000000Z", "q2": "b", "q3": "t"}
 
@@ -89,3 +96,35 @@ def test_field_names_must_be_identifiers() -> None:
             compile_filter(Condition(bad, "eq", 1))
     with pytest.raises(ValueError):
         compile_filter(Condition("user_id", "eq", 1), var="n) DETACH DELETE (n")
+
+
+def test_parentheses_only_where_precedence_needs_them() -> None:
+    a, b, c = (Condition("user_id", "eq", v) for v in "abc")
+    # An OR inside an AND keeps its parentheses; groups of one kind are spliced in flat.
+    assert (
+        compile_filter(And((a, Or((b, c)))))[0]
+        == "(n.user_id = $f0 AND (n.user_id = $f1 OR n.user_id = $f2))"
+    )
+    assert (
+        compile_filter(Or((a, Or((b, c)))))[0]
+        == "(n.user_id = $f0 OR n.user_id = $f1 OR n.user_id = $f2)"
+    )
+    assert (
+        compile_filter(And((a, And((b, c)))))[0]
+        == "(n.user_id = $f0 AND n.user_id = $f1 AND n.user_id = $f2)"
+    )
+    assert compile_filter(And((a, Or((b,)))))[0] == "(n.user_id = $f0 AND n.user_id = $f1)"
+
+
+def test_deep_nesting_and_huge_filters_are_refused() -> None:
+    """FalkorDB's parser is exponential in parenthesis depth: refuse before it hangs."""
+    expr: And | Or | Condition = Condition("user_id", "eq", "u")
+    for i in range(MAX_NESTING + 2):
+        expr = And((Condition("key", "eq", str(i)), Or((Condition("key", "eq", "x"), expr))))
+    with pytest.raises(FilterError, match="deeply"):
+        compile_filter(expr)
+    many = Or(tuple(Condition("user_id", "eq", str(i)) for i in range(MAX_CONDITIONS + 1)))
+    with pytest.raises(FilterError, match="conditions"):
+        compile_filter(many)
+    # A flat group of any length within the count limit is one level.
+    assert nesting(compile_filter(Or(many.items[:MAX_CONDITIONS]))[0]) == 1

@@ -2,36 +2,38 @@
 
 from __future__ import annotations
 
-import json
-import math
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from neo4j import Driver, GraphDatabase, ManagedTransaction
 from neo4j.exceptions import DriverError, Neo4jError
 
-from memos_ray.domain.memory import Edge, EdgeType, MemoryItem, MemoryMetadata, content_hash
+from memos_ray.domain.memory import Edge, MemoryItem
 from memos_ray.errors import ConflictError, StoreError
 from memos_ray.memory.filters import FilterExpr
 from memos_ray.stores.graph.base import GraphStore
-from memos_ray.stores.graph.cypher import INFO_PREFIX, compile_filter, is_identifier
+from memos_ray.stores.graph.cypher import (
+    LABEL,
+    MATCH_EDGES,
+    NODE_COLUMNS,
+    RETURN_EDGES,
+    check_cube,
+    edge_pairs,
+    edges_from_rows,
+    item_from_row,
+    node_props,
+    where_clause,
+)
 
-LABEL = "Memory"
-_EDGE_TYPES = frozenset(t.value for t in EdgeType)
-# Without a request budget, UNWIND batches this many rows per query.
+# UNWIND batches this many rows per query.
 _BATCH_ROWS = 500
-_SCALARS = (str, int, float, bool)
 
 
 class CypherDialect:
     """Neo4j behaviour; subclasses override what another Bolt server does differently."""
 
     name = "neo4j"
-    # Bytes one request (query text plus parameters) may take; None: unlimited.
-    max_request_bytes: int | None = None
-    # Characters of string payload one returned record may carry; None: unlimited.
-    max_record_chars: int | None = None
 
     def driver_options(self) -> dict[str, Any]:
         return {}
@@ -47,28 +49,15 @@ class CypherDialect:
         )
         run(f"CREATE INDEX memory_cube_id IF NOT EXISTS FOR (m:{LABEL}) ON (m.cube_id)")
 
-    def prepare_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        return params
-
-    def value_size(self, value: Any) -> int:
-        """Request bytes a parameter value costs (only used when max_request_bytes is set)."""
-        return len(json.dumps(value, ensure_ascii=False).encode())
-
-    def request_size(self, query: str, params: Mapping[str, Any]) -> int:
-        return len(query.encode()) + sum(len(k) + 2 + self.value_size(v) for k, v in params.items())
-
     def describe_error(self, exc: Exception) -> str:
         return str(exc)
-
-    def after_close(self, uri: str) -> None:
-        """Server-specific clean-up once the driver has closed its connections."""
 
 
 class Neo4jGraphStore(GraphStore):
     """Memory nodes (label Memory) and typed edges over Bolt; thread-safe (one driver).
 
     Items are rebuilt from `metadata_json`; the other properties exist to be filtered,
-    sorted and indexed. Timestamps are fixed-width ISO strings, so they compare as strings.
+    sorted and indexed (see `cypher.node_props`).
     """
 
     def __init__(
@@ -105,16 +94,8 @@ class Neo4jGraphStore(GraphStore):
     def _execute(
         self, query: str, params: dict[str, Any], *, write: bool, what: str
     ) -> list[dict[str, Any]]:
-        budget = self.dialect.max_request_bytes
-        if budget is not None and self.dialect.request_size(query, params) > budget:
-            raise StoreError(
-                f"graph store {what}: the request exceeds the {self.dialect.name} limit of "
-                f"{budget} bytes (query plus parameters); narrow the filter"
-            )
-        prepared = self.dialect.prepare_params(params)
-
         def work(tx: ManagedTransaction) -> list[dict[str, Any]]:
-            return tx.run(query, prepared).data()
+            return tx.run(query, params).data()
 
         try:
             with self._driver.session(**self._session_options) as session:
@@ -132,27 +113,10 @@ class Neo4jGraphStore(GraphStore):
         self._ensure_schema()
         return self._execute(query, params, write=write, what=what)
 
-    def _chunks(
-        self, query: str, fixed: dict[str, Any], items: Sequence[Any]
-    ) -> Iterator[list[Any]]:
-        """Split `items` (one list parameter) so each request fits the dialect's budget."""
-        budget = self.dialect.max_request_bytes
-        if budget is None:
-            for start in range(0, len(items), _BATCH_ROWS):
-                yield list(items[start : start + _BATCH_ROWS])
-            return
-        room = budget - self.dialect.request_size(query, {**fixed, "items": []})
-        chunk: list[Any] = []
-        used = 0
-        for item in items:
-            cost = self.dialect.value_size(item) + 2
-            if chunk and used + cost > room:
-                yield chunk
-                chunk, used = [], 0
-            chunk.append(item)
-            used += cost
-        if chunk:
-            yield chunk
+    @staticmethod
+    def _chunks(items: Sequence[Any]) -> Iterator[list[Any]]:
+        for start in range(0, len(items), _BATCH_ROWS):
+            yield list(items[start : start + _BATCH_ROWS])
 
     def _run_chunked(
         self,
@@ -163,92 +127,19 @@ class Neo4jGraphStore(GraphStore):
         write: bool = False,
         what: str,
     ) -> list[dict[str, Any]]:
-        """`query` takes the list as `$items`; results of all chunks, in order."""
+        """`query` takes the list as `$items`; results of all batches, in order."""
         self._ensure_schema()
         rows: list[dict[str, Any]] = []
-        for chunk in self._chunks(query, fixed, items):
+        for chunk in self._chunks(items):
             rows.extend(self._execute(query, {**fixed, "items": chunk}, write=write, what=what))
         return rows
-
-    # -- node properties --------------------------------------------------------------------
-
-    @staticmethod
-    def _props(cube_id: str, item: MemoryItem) -> dict[str, Any]:
-        meta = item.metadata
-        props: dict[str, Any] = {
-            "id": item.id,
-            "cube_id": cube_id,
-            "memory": item.memory,
-            "memory_type": meta.memory_type,
-            "status": meta.status,
-            "user_id": meta.user_id,
-            "session_id": meta.session_id,
-            "key": meta.key,
-            "tags": list(meta.tags),
-            "created_at": meta.created_at,
-            "updated_at": meta.updated_at,
-            "version": meta.version,
-            "confidence": meta.confidence,
-            "hash": content_hash(item.memory),
-            "metadata_json": meta.model_dump_json(exclude={"embedding", "relativity"}),
-        }
-        for key, value in meta.info.items():
-            if is_identifier(key) and _storable(value):
-                props[f"{INFO_PREFIX}{key}"] = value
-        # Absent, not null: a null in a property map is an error or a no-op depending on server.
-        return {k: v for k, v in props.items() if v is not None}
-
-    def _node_columns(self) -> str:
-        limit = self.dialect.max_record_chars
-        if limit is None:
-            return "n.id AS id, n.cube_id AS cube_id, n.memory AS memory, n.metadata_json AS meta"
-        fits = f"size(n.memory) + size(n.metadata_json) <= {int(limit)}"
-        return (
-            "n.id AS id, n.cube_id AS cube_id, "
-            f"CASE WHEN {fits} THEN n.memory ELSE null END AS memory, "
-            f"CASE WHEN {fits} THEN n.metadata_json ELSE null END AS meta"
-        )
-
-    def _read_string(self, node_id: str, prop: str) -> str:
-        """A string too big for one record of this server, read in slices."""
-        assert self.dialect.max_record_chars is not None and is_identifier(prop)
-        step = self.dialect.max_record_chars
-        rows = self._run(
-            f"MATCH (n:{LABEL} {{id: $id}}) RETURN size(n.{prop}) AS size",
-            {"id": node_id},
-            what="read",
-        )
-        size = int(rows[0]["size"]) if rows else 0
-        parts = []
-        for start in range(0, size, step):
-            part = self._run(
-                f"MATCH (n:{LABEL} {{id: $id}}) RETURN substring(n.{prop}, $start, $len) AS s",
-                {"id": node_id, "start": start, "len": step},
-                what="read",
-            )
-            parts.append(part[0]["s"])
-        return "".join(parts)
-
-    def _to_item(self, row: dict[str, Any]) -> MemoryItem:
-        memory, meta = row["memory"], row["meta"]
-        if memory is None or meta is None:
-            memory = self._read_string(row["id"], "memory")
-            meta = self._read_string(row["id"], "metadata_json")
-        return MemoryItem(
-            id=row["id"],
-            memory=memory,
-            cube_id=row["cube_id"],
-            metadata=MemoryMetadata.model_validate_json(meta),
-        )
 
     # -- GraphStore -------------------------------------------------------------------------
 
     def upsert_nodes(self, cube_id: str, items: Sequence[MemoryItem]) -> None:
         if not items:
             return
-        for item in items:
-            if item.cube_id != cube_id:
-                raise ConflictError(f"item {item.id} belongs to cube {item.cube_id}, not {cube_id}")
+        check_cube(cube_id, items)
         ids = list(dict.fromkeys(item.id for item in items))
         foreign = self._run_chunked(
             f"MATCH (n:{LABEL}) WHERE n.id IN $items AND n.cube_id <> $cube RETURN n.id AS id",
@@ -261,39 +152,14 @@ class Neo4jGraphStore(GraphStore):
                 f"memory ids already used by another cube: {sorted(r['id'] for r in foreign)[:5]}"
             )
         latest = {item.id: item for item in items}  # the last duplicate wins
-        rows = [{"id": i, "props": self._props(cube_id, latest[i])} for i in ids]
-        query = f"UNWIND $items AS row MERGE (n:{LABEL} {{id: row.id}}) SET n = row.props"
-        budget = self.dialect.max_request_bytes
-        small = rows
-        if budget is not None:
-            room = budget - self.dialect.request_size(query, {"items": []}) - 2
-            small = [r for r in rows if self.dialect.value_size(r) <= room]
-            for row in rows:
-                if self.dialect.value_size(row) > room:
-                    self._upsert_large(row, query, room)
-        self._run_chunked(query, {}, small, write=True, what="upsert")
-
-    def _upsert_large(self, row: dict[str, Any], query: str, room: int) -> None:
-        """One node too big for a request: long strings go in empty, then grow by appends."""
-        props = dict(row["props"])
-        pending: dict[str, str] = {}
-        for key, value in sorted(props.items(), key=lambda kv: -self.dialect.value_size(kv[1])):
-            if self.dialect.value_size({"id": row["id"], "props": props}) <= room:
-                break
-            if not isinstance(value, str):
-                raise StoreError(
-                    f"graph store upsert: property {key!r} of {row['id']} is too large for "
-                    f"{self.dialect.name} (limit {self.dialect.max_request_bytes} bytes)"
-                )
-            pending[key] = value
-            props[key] = ""
-        self._run(query, {"items": [{"id": row["id"], "props": props}]}, write=True, what="upsert")
-        for key, value in pending.items():
-            append = f"MATCH (n:{LABEL} {{id: $id}}) SET n.{key} = n.{key} + $part"
-            fixed_cost = self.dialect.request_size(append, {"id": row["id"], "part": ""})
-            assert self.dialect.max_request_bytes is not None
-            for part in _slices(value, self.dialect, self.dialect.max_request_bytes - fixed_cost):
-                self._run(append, {"id": row["id"], "part": part}, write=True, what="upsert")
+        rows = [{"id": i, "props": node_props(cube_id, latest[i])} for i in ids]
+        self._run_chunked(
+            f"UNWIND $items AS row MERGE (n:{LABEL} {{id: row.id}}) SET n = row.props",
+            {},
+            rows,
+            write=True,
+            what="upsert",
+        )
 
     def get_nodes(self, cube_ids: Sequence[str], ids: Sequence[str]) -> list[MemoryItem]:
         cubes = list(dict.fromkeys(cube_ids))
@@ -301,14 +167,13 @@ class Neo4jGraphStore(GraphStore):
         if not cubes or not wanted:
             return []
         rows = self._run_chunked(
-            f"MATCH (n:{LABEL}) WHERE n.id IN $items AND n.cube_id IN $cubes "
-            f"RETURN {self._node_columns()}",
+            f"MATCH (n:{LABEL}) WHERE n.id IN $items AND n.cube_id IN $cubes RETURN {NODE_COLUMNS}",
             {"cubes": cubes},
             wanted,
             what="get_nodes",
         )
         found = {row["id"]: row for row in rows}
-        return [self._to_item(found[i]) for i in wanted if i in found]
+        return [item_from_row(found[i]) for i in wanted if i in found]
 
     def locate(self, ids: Sequence[str]) -> dict[str, str]:
         rows = self._run_chunked(
@@ -328,31 +193,6 @@ class Neo4jGraphStore(GraphStore):
         )
         return {row["id"] for row in rows}
 
-    def _where(
-        self,
-        cube_id: str,
-        filter: FilterExpr | None,
-        memory_types: Sequence[str] | None,
-        statuses: Sequence[str] | None,
-    ) -> tuple[str, dict[str, Any]] | None:
-        """None when nothing can match (an empty type or status list admits nothing)."""
-        clauses = ["n.cube_id = $cube"]
-        params: dict[str, Any] = {"cube": cube_id}
-        for name, param, values in (
-            ("memory_type", "memory_types", memory_types),
-            ("status", "statuses", statuses),
-        ):
-            if values is not None:
-                if not values:
-                    return None
-                clauses.append(f"n.{name} IN ${param}")
-                params[param] = [str(v) for v in dict.fromkeys(values)]
-        if filter is not None:
-            fragment, filter_params = compile_filter(filter, "n", "f")
-            clauses.append(fragment)
-            params.update(filter_params)
-        return " AND ".join(clauses), params
-
     def find_ids(
         self,
         cube_id: str,
@@ -360,7 +200,7 @@ class Neo4jGraphStore(GraphStore):
         memory_types: Sequence[str] | None = None,
         statuses: Sequence[str] | None = None,
     ) -> list[str]:
-        where = self._where(cube_id, filter, memory_types, statuses)
+        where = where_clause(cube_id, filter, memory_types, statuses)
         if where is None:
             return []
         clause, params = where
@@ -382,7 +222,7 @@ class Neo4jGraphStore(GraphStore):
     ) -> tuple[list[MemoryItem], int]:
         if offset < 0 or (limit is not None and limit < 0):
             raise StoreError("list_nodes: offset and limit must be >= 0")
-        where = self._where(cube_id, filter, memory_types, statuses)
+        where = where_clause(cube_id, filter, memory_types, statuses)
         if where is None:
             return [], 0
         clause, params = where
@@ -394,12 +234,12 @@ class Neo4jGraphStore(GraphStore):
             return [], total
         page = f" SKIP {int(offset)}" + (f" LIMIT {int(limit)}" if limit is not None else "")
         rows = self._run(
-            f"MATCH (n:{LABEL}) WHERE {clause} RETURN {self._node_columns()} "
+            f"MATCH (n:{LABEL}) WHERE {clause} RETURN {NODE_COLUMNS} "
             f"ORDER BY n.created_at DESC, n.id{page}",
             params,
             what="list",
         )
-        return [self._to_item(row) for row in rows], total
+        return [item_from_row(row) for row in rows], total
 
     def delete_nodes(self, cube_id: str, ids: Sequence[str]) -> int:
         rows = self._run_chunked(
@@ -414,13 +254,7 @@ class Neo4jGraphStore(GraphStore):
 
     def add_edges(self, cube_id: str, edges: Sequence[Edge]) -> None:
         """Edges whose endpoints are not both in the cube are skipped."""
-        by_type: dict[str, list[dict[str, str]]] = {}
-        for edge in edges:
-            kind = EdgeType(edge.type).value  # validated: the type is spliced into the query
-            pair = {"s": edge.source, "t": edge.target}
-            if pair not in by_type.setdefault(kind, []):
-                by_type[kind].append(pair)
-        for kind, pairs in by_type.items():
+        for kind, pairs in edge_pairs(edges).items():
             self._run_chunked(
                 f"UNWIND $items AS e "
                 f"MATCH (a:{LABEL} {{id: e.s}}) WHERE a.cube_id = $cube "
@@ -433,23 +267,16 @@ class Neo4jGraphStore(GraphStore):
             )
 
     def get_edges(self, cube_id: str, node_ids: Sequence[str] | None = None) -> list[Edge]:
-        # Endpoint ids come back as columns: some servers send relationships without them.
-        match = (
-            f"MATCH (a:{LABEL})-[r]->(b:{LABEL}) "
-            "WHERE a.cube_id = $cube AND b.cube_id = $cube AND r.cube_id = $cube"
-        )
-        ret = " RETURN a.id AS source, b.id AS target, type(r) AS type"
         if node_ids is None:
-            rows = self._run(match + ret, {"cube": cube_id}, what="get_edges")
+            rows = self._run(MATCH_EDGES + RETURN_EDGES, {"cube": cube_id}, what="get_edges")
         else:
             rows = self._run_chunked(
-                match + " AND (a.id IN $items OR b.id IN $items)" + ret,
+                MATCH_EDGES + " AND (a.id IN $items OR b.id IN $items)" + RETURN_EDGES,
                 {"cube": cube_id},
                 list(dict.fromkeys(node_ids)),
                 what="get_edges",
             )
-        seen = {(r["source"], r["target"], r["type"]) for r in rows if r["type"] in _EDGE_TYPES}
-        return [Edge(source=s, target=t, type=EdgeType(k)) for s, t, k in sorted(seen)]
+        return edges_from_rows(rows)
 
     def count(self, cube_id: str) -> int:
         rows = self._run(
@@ -472,31 +299,3 @@ class Neo4jGraphStore(GraphStore):
             self._driver.close()
         except (DriverError, Neo4jError, OSError) as exc:
             raise StoreError(f"graph store close failed: {exc}") from exc
-        finally:
-            self.dialect.after_close(self._uri)
-
-
-def _storable(value: Any) -> bool:
-    """Scalars, or non-empty lists of one scalar type (what every Bolt server can store)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, _SCALARS):
-        return True
-    if isinstance(value, list) and value:
-        first = type(value[0])
-        return first in _SCALARS and all(type(v) is first and _storable(v) for v in value)
-    return False
-
-
-def _slices(text: str, dialect: CypherDialect, room: int) -> Iterator[str]:
-    """Consecutive pieces of `text`, each costing at most `room` request bytes."""
-    if room < 16:
-        raise StoreError("graph store: request budget too small to write long strings")
-    start = 0
-    while start < len(text):
-        # Worst case is 4 bytes per character; grow greedily while the piece still fits.
-        end = min(len(text), start + max(1, (room - 2) // 4))
-        while end < len(text) and dialect.value_size(text[start : end + 256]) <= room:
-            end = min(len(text), end + 256)
-        yield text[start:end]
-        start = end
