@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 
@@ -165,12 +164,3 @@ class MemosIngress:
     def check_health(self) -> None:
         if self._error is not None:
             raise RuntimeError(f"memos-ray failed to start: {self._error!r}")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
