@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from memos_ray.errors import ConfigError
+from memos_ray.errors import ConfigError, MemosError, ServiceUnavailableError, StoreError
 
 if TYPE_CHECKING:
     from memos_ray.config import MemosConfig
@@ -153,10 +153,10 @@ def connect_or_start_ray(address: str | None, ray_host: str = LOOPBACK, **kwargs
 
 # URIs of any scheme (bolt://, redis://, http://, file://, postgresql://user:pw@...).
 _URI = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)\]]*")
-# [v6]:port, v4[:port], name:port (a port is 2-5 digits after a colon, no space).
+# [v6]:port, v4[:port], name:port (a name starts with a letter, so 12:30 is no address).
 _V6_PORT = re.compile(r"\[[0-9a-fA-F:.]+\](?::\d{1,5})?")
 _V4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b")
-_HOST_PORT = re.compile(r"\b[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9-]+)*:\d{2,5}\b")
+_HOST_PORT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9-]*(?:\.[a-zA-Z0-9-]+)*:\d{2,5}\b")
 # Absolute file paths of two or more parts (a data dir, a socket, a log file).
 _PATH = re.compile(r"(?<![\w.:/-])/(?:[\w.@+~-]+/)+[\w.@+~-]*")
 REDACTED = "<redacted>"
@@ -171,3 +171,13 @@ def redact(message: str, *, paths: bool = True) -> str:
     if paths:
         text = _PATH.sub(REDACTED, text)
     return text
+
+
+def public_message(exc: MemosError) -> str:
+    """What a client may read of `exc`: a store failure is a generic message (its detail
+    names servers, ports and the data dir; the server log has it), anything else redacted."""
+    if isinstance(exc, StoreError):
+        return "internal error: a backing store failed (details are in the server log)"
+    if exc.status_code >= 500 and not isinstance(exc, ServiceUnavailableError):
+        return f"internal error: {type(exc).__name__} (details are in the server log)"
+    return redact(exc.message, paths=exc.status_code >= 500)
