@@ -132,6 +132,30 @@ def start_local_ray(ray_host: str = LOOPBACK, **init_kwargs: Any) -> None:
         raise ConfigError(f"Ray started on {node_ip}, not on loopback; stopped it")
 
 
+def keep_serve_grpc_on_loopback() -> None:
+    """Serve replicas bind their inter-deployment gRPC server to [::]:0, every interface,
+    whatever Ray's node IP is (ray/serve/_private/replica.py, Ray 2.60). On a loopback node
+    this binds it to 127.0.0.1 instead, where the replica's callers (same node) reach it.
+
+    Call it in a deployment's constructor: Serve starts that server right after it.
+    """
+    if os.environ.get(_SINGLE_NODE_ENV) != "0":
+        return
+    from ray.serve._private import replica
+
+    original = replica.add_port_to_grpc_server
+    if getattr(original, "loopback_only", False):
+        return
+
+    def bind_loopback(server: Any, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = f"{LOOPBACK}:{address.removeprefix('[::]:')}"
+        return int(original(server, address))
+
+    bind_loopback.loopback_only = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = bind_loopback
+
+
 def connect_or_start_ray(address: str | None, ray_host: str = LOOPBACK, **kwargs: Any) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a loopback-bound local one.
 
