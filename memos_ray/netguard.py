@@ -6,7 +6,8 @@ names no internal address.
   IP, and on Linux picks the machine's routable address for it: an open Ray cluster runs any
   code a remote driver sends and hands out every worker's environment (the admin key). Making
   Ray reachable from other machines is a separate, explicit choice, and then Ray's token
-  authentication is on.
+  authentication is on. `keep_serve_grpc_on_loopback` does the same for the one server Serve
+  binds to every interface regardless (a replica's inter-deployment gRPC server).
 * `require_admin_key` refuses a non-loopback HTTP host for an API without an admin key.
 * `redact` strips URIs, host:port pairs, IPs and file paths from a message for clients.
 """
