@@ -1,9 +1,10 @@
 """The whole service (`memos-ray serve`: its own Ray cluster, Serve, embedded stores) stopped
 with Ctrl-C (SIGINT to its process group, as a terminal sends it) while async adds are still
 queued, then started again at once on the same data dir and port: it starts (no
-NoAvailablePortError), and every task completes after the restart, once, in the order it was
-accepted. While the first one runs, nothing of it answers on the machine's other addresses:
-every TCP listener of its process tree is bound to loopback.
+NoAvailablePortError), its API replica, killed, comes back on the same port, and every task
+completes after the restart, once, in the order it was accepted. While the first one runs,
+nothing of it answers on the machine's other addresses: every TCP listener of its process
+tree is bound to loopback.
 
 `mem_read` is a slow logging stand-in (tests/fixtures/task_handlers.py:slow_read), so no
 LLM is needed; the chat backend points at an endpoint nobody calls.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -159,6 +161,38 @@ def test_falkordb_answers_on_loopback_only(first_run: FirstRun) -> None:
     assert [(ip, port) for ip, port in first_run.answered if port in ports] == []
 
 
+def _kill_api_replica(sid: int) -> None:
+    replicas = [
+        proc
+        for proc in psutil.process_iter(["name"])
+        if "ServeReplica:memos:MemosIngress" in (proc.info["name"] or "")
+        and _session(proc.pid) == sid
+    ]
+    assert len(replicas) == 1, replicas
+    replicas[0].kill()
+    replicas[0].wait(timeout=30)
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _wait_healthy(http: httpx.Client, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    time.sleep(1)
+    while True:
+        try:
+            if http.get("/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the API replica did not come back"
+        time.sleep(0.5)
+
+
 def test_tasks_queued_when_the_service_stops_complete_after_it_starts_again(
     first_run: FirstRun, tmp_path: Path
 ) -> None:
@@ -169,6 +203,10 @@ def test_tasks_queued_when_the_service_stops_complete_after_it_starts_again(
     # At once, on the port the first one held.
     second = _service(first_run.config_file, first_run.data_dir, first_run.port, tmp_path / "log")
     with second as running, httpx.Client(base_url=running.url) as http:
+        # A crashed API replica comes back on the same port at once (a released port used to
+        # wait out a 150 s quarantine: NoAvailablePortError until then).
+        _kill_api_replica(running.proc.pid)
+        _wait_healthy(http, timeout_s=90)
         waited = http.post(
             "/product/scheduler/wait",
             json={"user_name": "restart", "user_id": "restart", "timeout_seconds": 120},
