@@ -170,10 +170,26 @@ def connect_or_start_ray(address: str | None, ray_host: str = LOOPBACK, **kwargs
     if not external or external == "local":
         start_local_ray(ray_host, **kwargs)
         return True
-    host = external.removeprefix("ray://").rsplit(":", 1)[0]
-    with _ray_node_ip_mode(is_loopback(host)):
+    if _gcs_on_loopback(external):
+        with _ray_node_ip_mode(True):
+            ray.init(address=external, **kwargs)
+    else:
         ray.init(address=external, **kwargs)
     return False
+
+
+def _gcs_on_loopback(address: str) -> bool:
+    """Whether `address` ("auto" or host:port of a GCS) is a cluster bound to loopback."""
+    if "://" in address:  # Ray Client (ray://) or a dashboard URL: no local node joins
+        return False
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            address = canonicalize_bootstrap_address(address) or ""
+        except (ConnectionError, ValueError):
+            return False
+    return is_loopback(address.rsplit(":", 1)[0])
 
 
 # URIs of any scheme (bolt://, redis://, http://, file://, postgresql://user:pw@...).
