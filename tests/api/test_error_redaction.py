@@ -86,3 +86,29 @@ def test_redact_leaves_ordinary_messages_alone() -> None:
     ):
         assert redact(message, paths=False) == message
     assert NotFoundError("cube x not found").message == "cube x not found"
+
+
+def test_a_failed_tasks_error_is_shown_without_the_address() -> None:
+    """/product/scheduler/status shows a failed task's error: the handler's exception text."""
+    from memos_ray.api.scheduler_routes import _task_json
+    from memos_ray.stores.sql.tasks import Task
+
+    now = "2026-01-01T00:00:00.000000Z"
+    task = Task(
+        task_id="t1",
+        cube_id="c",
+        user_id="u",
+        label="mem_read",
+        payload={},
+        state="failed",
+        attempts=3,
+        max_attempts=3,
+        error=f"StoreError: {STORE_FAILURE}",
+        seq=1,
+        not_before=now,
+        created_at=now,
+        updated_at=now,
+    )
+    shown = _task_json(task)
+    assert shown["error"].startswith("StoreError: graph store search failed (")
+    assert not ADDRESS.search(shown["error"].replace(REDACTED, "")), shown["error"]
