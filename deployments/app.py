@@ -11,6 +11,7 @@ from deployments.embedder import EmbedderDeployment
 from deployments.ingress import MemosIngress
 from deployments.llm import LLMDeployment
 from memos_ray.config import MemosConfig, TransformersLLMConfig, VLLMConfig, load_config
+from memos_ray.netguard import require_admin_key
 
 
 class MemosAppArgs(BaseModel):
@@ -22,10 +23,29 @@ class MemosAppArgs(BaseModel):
 
 
 def build_memos_app(args: MemosAppArgs | dict[str, Any] | None = None) -> Application:
+    """Refuses (at build time, so `serve run`/`serve deploy` fail and say why) an API without
+    an admin key whose Serve HTTP host is not loopback."""
     if not isinstance(args, MemosAppArgs):
         args = MemosAppArgs.model_validate(args or {})
     config = load_config(args.config)
+    require_admin_key(serve_http_host(), config, "build_memos_app")
     return build_from_config(config)
+
+
+def serve_http_host() -> str | None:
+    """The HTTP host of the running Serve instance: what its proxies (and direct-ingress
+    replicas) bind. None when there is none to ask (the builder called outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None
+    return str(ray.get(controller.get_http_config.remote(), timeout=30).host)
 
 
 def build_from_config(config: MemosConfig) -> Application:

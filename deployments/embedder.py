@@ -14,11 +14,13 @@ from ray.serve.handle import DeploymentHandle
 from memos_ray.config import EmbedderConfig
 from memos_ray.errors import ConfigError
 from memos_ray.models.embedder import Embedder, Encoded, SentenceTransformerEmbedder
+from memos_ray.netguard import keep_serve_grpc_on_loopback
 
 
 @serve.deployment(name="EmbedderDeployment", ray_actor_options={"num_cpus": 1})
 class EmbedderDeployment:
     def __init__(self, config: EmbedderConfig) -> None:
+        keep_serve_grpc_on_loopback()
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self._config = config
         self._embedder = SentenceTransformerEmbedder(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 
@@ -16,6 +15,7 @@ from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig, OpenAILLMConfig
 from memos_ray.errors import ServiceUnavailableError
 from memos_ray.memory.adapters import AdapterStore
+from memos_ray.netguard import keep_serve_grpc_on_loopback
 from memos_ray.preferences import PreferenceService
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.service import MemoryService
@@ -58,6 +58,7 @@ class MemosIngress:
         embedder: DeploymentHandle,
         llm: DeploymentHandle | None = None,
     ) -> None:
+        keep_serve_grpc_on_loopback()
         self._config = config
         self._embedder_handle = embedder
         self._llm_handle = llm
@@ -165,12 +166,3 @@ class MemosIngress:
     def check_health(self) -> None:
         if self._error is not None:
             raise RuntimeError(f"memos-ray failed to start: {self._error!r}")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

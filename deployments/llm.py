@@ -20,6 +20,7 @@ from memos_ray.models.chat import (
     Message,
     PrefixWarmup,
 )
+from memos_ray.netguard import keep_serve_grpc_on_loopback
 
 _DONE = object()
 
@@ -29,6 +30,7 @@ class LLMDeployment:
     """One model per replica; blocking backend calls run off the replica's event loop."""
 
     def __init__(self, config: MemosConfig) -> None:
+        keep_serve_grpc_on_loopback()
         from memos_ray.wiring import build_chat_model
 
         model = build_chat_model(config)

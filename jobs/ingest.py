@@ -32,6 +32,7 @@ from memos_ray.errors import ConfigError
 from memos_ray.ingest.fine import FineCounts
 from memos_ray.ingest.formats import FORMATS, BadRecord, Unit, input_files, read_units
 from memos_ray.jobs_llm import LLMRoute, close_llm, open_llm
+from memos_ray.netguard import connect_or_start_ray
 
 logger = logging.getLogger("jobs.ingest")
 
@@ -354,11 +355,10 @@ def run_ingest(args: IngestArgs) -> IngestSummary:
             before = ceiling.measure(texts, args.embed_batch_size)
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # "local": a new cluster even when `ray start` left one running on this machine;
-        # under `ray job submit`, RAY_ADDRESS names the cluster the job was submitted to.
-        ray.init(
-            address=args.address or os.environ.get("RAY_ADDRESS") or "local",
+        # A new cluster bound to loopback even when `ray start` left one running on this
+        # machine; under `ray job submit`, RAY_ADDRESS names the cluster the job was submitted to.
+        connect_or_start_ray(
+            args.address,
             namespace=config.serving.namespace,
             include_dashboard=False,
             log_to_driver=False,

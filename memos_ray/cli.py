@@ -27,7 +27,6 @@ def _serve_spec(path: Path | None) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.data_dir:
         os.environ["MEMOS_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
@@ -38,16 +37,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     apps = spec.get("applications") or [{}]
     overrides = (apps[0].get("args") or {}).get("config") or {}
 
-    from deployments.ingress import is_loopback
     from memos_ray.config import load_config
+    from memos_ray.netguard import OpenNetworkError, require_admin_key
 
     config = load_config(overrides)
-    if not config.auth_enabled and not is_loopback(host):
-        print(
-            f"memos-ray: refusing to serve on {host} without MEMOS_ADMIN_KEY: the API would be "
-            "open to the network. Set MEMOS_ADMIN_KEY or use a loopback host.",
-            file=sys.stderr,
-        )
+    try:
+        require_admin_key(host, config, "memos-ray")
+    except OpenNetworkError as exc:
+        print(exc.message, file=sys.stderr)
         return 2
 
     from memos_ray.launcher import local_service
@@ -59,7 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    with local_service(config, host, port, dashboard=True, log_to_driver=args.verbose) as url:
+    with local_service(
+        config, host, port, dashboard=True, log_to_driver=args.verbose, ray_host=args.ray_host
+    ) as url:
         # Again: `ray.init` installs its own SIGTERM handler, which ends the process at once
         # (no Serve shutdown, embedded stores left to die with it).
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -142,7 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the API on Ray Serve (embedded defaults)")
     serve.add_argument("--config", type=Path, help="Serve config YAML (default configs/local.yaml)")
-    serve.add_argument("--host")
+    serve.add_argument("--host", help="the HTTP API's bind address (default 127.0.0.1)")
+    serve.add_argument(
+        "--ray-host",
+        default="127.0.0.1",
+        help="the address Ray's own services (GCS, raylet, workers) bind to: loopback by "
+        "default; another one lets other machines join, with Ray token auth required",
+    )
     serve.add_argument("--port", type=int)
     serve.add_argument("--data-dir", help="where embedded stores keep data (MEMOS_DATA_DIR)")
     serve.add_argument("--verbose", action="store_true", help="show Ray worker logs")

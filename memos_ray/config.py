@@ -388,6 +388,9 @@ class ServingConfig(_Strict):
     # service port (Ray Serve's direct ingress), skipping the proxy hop. Clusters with several
     # replicas use Serve's proxy (or its HAProxy ingress) instead.
     direct_ingress: bool = True
+    # Off: an API without an admin key refuses any non-loopback HTTP host (memos-ray serve,
+    # `serve run` of the builder). On only behind a proxy that authenticates every request.
+    allow_open_network: bool = False
 
 
 class MemosConfig(BaseSettings):

@@ -3,8 +3,8 @@ session, the list of cubes, the Ray Data fan-out over cubes and the one-line JSO
 
 A job connects to the Ray cluster at `--address` (or `RAY_ADDRESS`, as under `ray job
 submit`) and then uses the stores the running app uses: embedded engines are owned by named
-actors, found by name. Without an address it starts a local Ray cluster, opens the embedded
-stores of the data dir itself and stops them cleanly at the end.
+actors, found by name. Without an address it starts a local Ray cluster, bound to loopback,
+opens the embedded stores of the data dir itself and stops them cleanly at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from memos_ray.config import MemosConfig, load_config
+from memos_ray.netguard import connect_or_start_ray
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -47,16 +48,12 @@ def ray_session(config: MemosConfig, address: str | None) -> Iterator[bool]:
     """Yields True when this job started the cluster (and so owns the embedded stores)."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = False
     if not ray.is_initialized():
-        external = address or os.environ.get("RAY_ADDRESS")
-        if external:
-            ray.init(address=external, log_to_driver=False)
-        else:
-            # "local": a new cluster even when `ray start` left one running on this machine.
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
-            started = True
+        # Without an address, a new cluster (even when `ray start` left one running on this
+        # machine), bound to loopback like `memos-ray serve`'s.
+        kwargs = {} if address or os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}
+        started = connect_or_start_ray(address, log_to_driver=False, **kwargs)
     _quiet_ray_data()
     try:
         yield started

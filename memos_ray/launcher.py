@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import httpx
 
 from memos_ray.config import MemosConfig
+from memos_ray.errors import ConfigError
+from memos_ray.netguard import LOOPBACK, port_free, require_admin_key, start_local_ray
 from memos_ray.stores.local import free_port
 
 # Ray Serve settings that trim per-request overhead (a subset of Serve's own
@@ -21,11 +23,9 @@ from memos_ray.stores.local import free_port
 SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_LOG_TO_STDERR": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-    # Serve holds a dead replica's direct-ingress port out of use for minutes (so that an
-    # HAProxy in front can forget it); a local service has one port and no HAProxy, so its
-    # replacement ingress replica could not listen until then (measured: 2 minutes down).
-    "RAY_SERVE_PORT_QUARANTINE_S": "0",
 }
+# How long a start waits for its HTTP port, and a stop for its release.
+PORT_WAIT_S = 30.0
 
 
 def wait_ready(url: str, timeout_s: float = 180.0) -> None:
@@ -47,6 +47,16 @@ def wait_ready(url: str, timeout_s: float = 180.0) -> None:
     raise TimeoutError(f"memos-ray did not become ready at {url}: {last}")
 
 
+def wait_port_free(host: str, port: int, timeout_s: float) -> bool:
+    """True once `port` on `host` can be bound (polls); False after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not port_free(host, port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 @contextmanager
 def local_service(
     config: MemosConfig,
@@ -55,16 +65,25 @@ def local_service(
     *,
     dashboard: bool = False,
     log_to_driver: bool = False,
+    ray_host: str = LOOPBACK,
 ) -> Iterator[str]:
     """Yield the base URL of a running app; on exit stop Serve, the stores, then Ray.
 
     With `serving.direct_ingress` and one ingress replica, the replica listens on `port`
-    itself and Serve's proxy moves to a spare port (it stays up, unused).
+    itself and Serve's proxy moves to a spare port (it stays up, unused). Ray's own services
+    listen on `ray_host`: loopback unless the caller exposes Ray on purpose (see
+    `memos_ray.netguard.start_local_ray`); `host` is only the HTTP API's.
     """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    require_admin_key(host, config, "memos-ray")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
+    bind_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    # The port must be free now: a direct-ingress replica that cannot bind its one port gets
+    # it blocked by Serve, which then fails with NoAvailablePortError instead of saying so.
+    # A service stopped a moment ago may still be letting it go.
+    if not wait_port_free(host, port, PORT_WAIT_S):
+        raise ConfigError(f"port {port} on {host} is in use (another memos-ray still running?)")
     proxy_port = port
     if config.serving.direct_ingress and config.serving.ingress_replicas == 1:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
@@ -74,25 +93,31 @@ def local_service(
         # balancers notice; a local service has none, and Ctrl-C then took over 30 s.
         # In-flight requests still finish (the deployment's graceful shutdown timeout).
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
-        proxy_port = free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
-    import ray
+        # A released port waits out a quarantine (for HAProxy, which a local service does not
+        # run) before another replica may take it: with one port in the range, a replica
+        # restarted after a crash would find none (NoAvailablePortError) for minutes.
+        os.environ.setdefault("RAY_SERVE_PORT_QUARANTINE_S", "0")
+        proxy_port = free_port(bind_host)
     from ray import serve
 
     from deployments.app import build_from_config
     from memos_ray.runtime import stop_embedded
 
-    ray.init(
+    start_local_ray(
+        ray_host,
         namespace=config.serving.namespace,
         include_dashboard=dashboard,
         log_to_driver=log_to_driver,
     )
+    import ray
+
     try:
         serve.start(
             http_options={"host": host, "port": proxy_port},
             logging_config={"enable_access_log": False},
         )
         serve.run(build_from_config(config), name=config.serving.app_name, route_prefix="/")
-        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        url = f"http://{bind_host}:{port}"
         wait_ready(url)
         yield url
     finally:
@@ -101,3 +126,5 @@ def local_service(
             stop_embedded(config)
         finally:
             ray.shutdown()
+            # Returns once the next start may bind the port again.
+            wait_port_free(host, port, PORT_WAIT_S)

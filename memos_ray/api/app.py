@@ -1,4 +1,5 @@
-"""The FastAPI application: routes, body-size guard and the MemOS error envelope."""
+"""The FastAPI application: routes, body-size guard and the MemOS error envelope (whose messages
+never carry an internal address: see `memos_ray.netguard.public_message`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from memos_ray.api.context import ApiContext
 from memos_ray.api.routes import build_routers
 from memos_ray.api.scheduler_routes import build_scheduler_routers
 from memos_ray.errors import MemosError
+from memos_ray.netguard import public_message, redact
 from memos_ray.schemas.envelope import error_body
 
 logger = logging.getLogger("memos_ray.api")
@@ -102,7 +104,18 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
 
     @app.exception_handler(MemosError)
     async def memos_error(request: Request, exc: MemosError) -> JSONResponse:
-        response = _error(request, exc.status_code, exc.message, type(exc).__name__)
+        message = public_message(exc)
+        if message != exc.message:
+            # The client gets no internal address; the operator gets the whole story.
+            logger.error(
+                "%s %s: %s: %s",
+                request.method,
+                request.url.path,
+                type(exc).__name__,
+                exc.message,
+                exc_info=exc if exc.status_code >= 500 else None,
+            )
+        response = _error(request, exc.status_code, message, type(exc).__name__)
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
             response.headers["Retry-After"] = str(retry_after)
@@ -113,7 +126,7 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
         errors = jsonable_encoder(exc.errors())
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        message = f"invalid request: {where}: {first.get('msg', 'validation failed')}"
+        message = redact(f"invalid request: {where}: {first.get('msg', 'validation failed')}")
         return _error(request, 422, message, "invalid_request_error", detail=errors)
 
     @app.exception_handler(Exception)

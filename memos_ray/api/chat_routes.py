@@ -5,6 +5,7 @@ No `from __future__ import annotations`: FastAPI must see the dependency aliases
 """
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from memos_ray.errors import (
     ServiceUnavailableError,
 )
 from memos_ray.models.chat import Message, ReasoningSplitter, SamplingParams
+from memos_ray.netguard import public_message
 from memos_ray.schemas.chat import OpenAIChatRequest, ProductChatRequest
 from memos_ray.schemas.envelope import ok
 from memos_ray.tenancy import Caller
@@ -48,6 +50,9 @@ class BudgetRequest(BaseModel):
     user_id: str | None = None
     # None lifts the budget; over it, fine extraction pauses (adds land in fast mode).
     budget_tokens: int | None = Field(default=None, ge=0)
+
+
+logger = logging.getLogger("memos_ray.api")
 
 
 def _usage_json(usage: LLMUsage) -> dict[str, Any]:
@@ -94,7 +99,8 @@ def build_chat_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]
                         end["finish_reason"] = delta.finish_reason
                         end["usage"] = delta.usage.model_dump() if delta.usage else None
             except MemosError as exc:
-                yield _sse({"type": "error", "data": exc.message})
+                logger.error("chat stream failed: %s", exc.message)
+                yield _sse({"type": "error", "data": public_message(exc)})
             yield _sse({"type": "end", "data": end})
 
         return StreamingResponse(frames(), media_type="text/event-stream")
@@ -233,7 +239,8 @@ def build_chat_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]
                     if delta.usage is not None:
                         usage = _openai_usage(delta.usage.model_dump())
             except MemosError as exc:
-                yield _sse({"error": {"message": exc.message, "type": "server_error"}})
+                logger.error("chat stream failed: %s", exc.message)
+                yield _sse({"error": {"message": public_message(exc), "type": "server_error"}})
             if include_usage and usage is not None:
                 yield _sse({**base, "choices": [], "usage": usage})
             yield "data: [DONE]\n\n"

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import dependencies
 from memos_ray.errors import BadRequestError, ServiceUnavailableError
+from memos_ray.netguard import redact
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.schemas.envelope import ok
 from memos_ray.stores.sql.tasks import Task
@@ -112,4 +113,9 @@ def _tasks(scheduler: SchedulerClient, user_id: str, task_id: str | None) -> lis
 
 
 def _task_json(task: Task) -> dict[str, Any]:
-    return task.model_dump(exclude={"payload", "seq", "not_before"})
+    """A task as clients see it: its error (a handler's exception text, which may name a
+    store's address or the data dir) redacted."""
+    data = task.model_dump(exclude={"payload", "seq", "not_before"})
+    if data.get("error"):
+        data["error"] = redact(str(data["error"]))
+    return data

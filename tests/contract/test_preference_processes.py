@@ -87,6 +87,25 @@ def test_server_refuses_a_taken_port(tmp_path: Path) -> None:
         MilvusLiteServer(tmp_path / "b", port=first.port).start()
 
 
+def test_server_listens_on_loopback_only(tmp_path: Path) -> None:
+    """The embedded server (default host) answers on 127.0.0.1 and on no other address."""
+    import psutil
+
+    from tests.fixtures.listeners import Listener, answers, external_addresses
+
+    with MilvusLiteServer(tmp_path / "milvus") as server:
+        assert server.pid is not None
+        bound = [
+            Listener(server.pid, "milvus", "", c.laddr.ip, c.laddr.port)
+            for c in psutil.Process(server.pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+        ]
+        assert [lsn.port for lsn in bound] == [server.port], bound
+        assert all(lsn.loopback for lsn in bound), bound  # 127.0.0.1, or ::ffff:127.0.0.1
+        assert answers("127.0.0.1", server.port)
+        assert [ip for ip in external_addresses() if answers(ip, server.port)] == []
+
+
 @pytest.mark.ray
 def test_actor_restarts_a_killed_server_with_its_data(ray_cluster: None, tmp_path: Path) -> None:
     import ray

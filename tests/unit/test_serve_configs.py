@@ -74,3 +74,29 @@ def test_bad_llm_config_is_refused() -> None:
         build_memos_app({"config": {"llm": {"backend": "vllm"}}})  # no model
     with pytest.raises(ValidationError):
         build_memos_app({"config": {"llm": {"backend": "vllm", "model": "m", "num_gpus": -1}}})
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml", "production.yaml"])
+def test_a_network_facing_config_needs_the_admin_key(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `memos-ray serve` and the builder check: a non-loopback HTTP host with no admin
+    key is refused, unless `serving.allow_open_network` says a proxy authenticates."""
+    from memos_ray.config import load_config
+    from memos_ray.netguard import OpenNetworkError, is_loopback, require_admin_key
+
+    monkeypatch.delenv("MEMOS_ADMIN_KEY", raising=False)
+    monkeypatch.setenv("MEMOS_SQL__URL", "postgresql://memos@db.example:5432/memos")
+    spec = _load(name)
+    host = spec["http_options"]["host"]
+    args = spec["applications"][0]["args"]["config"]
+    if is_loopback(host):
+        require_admin_key(host, load_config(args), name)
+        return
+    with pytest.raises(OpenNetworkError, match="MEMOS_ADMIN_KEY"):
+        require_admin_key(host, load_config(args), name)
+    monkeypatch.setenv("MEMOS_ADMIN_KEY", "from-a-secret")
+    require_admin_key(host, load_config(args), name)
+    monkeypatch.delenv("MEMOS_ADMIN_KEY")
+    proxied = {**args, "serving": {**args.get("serving", {}), "allow_open_network": True}}
+    require_admin_key(host, load_config(proxied), name)
