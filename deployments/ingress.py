@@ -15,7 +15,7 @@ from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig, OpenAILLMConfig
 from memos_ray.errors import ServiceUnavailableError
 from memos_ray.memory.adapters import AdapterStore
-from memos_ray.netguard import keep_serve_grpc_on_loopback
+from memos_ray.netguard import keep_serve_grpc_on_loopback, let_ingress_rebind_its_port
 from memos_ray.preferences import PreferenceService
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.service import MemoryService
@@ -59,6 +59,7 @@ class MemosIngress:
         llm: DeploymentHandle | None = None,
     ) -> None:
         keep_serve_grpc_on_loopback()
+        let_ingress_rebind_its_port()
         self._config = config
         self._embedder_handle = embedder
         self._llm_handle = llm

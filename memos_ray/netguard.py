@@ -157,6 +157,36 @@ def keep_serve_grpc_on_loopback() -> None:
     replica.add_port_to_grpc_server = bind_loopback
 
 
+class _ReuseAddrSockets:
+    """The `socket` module as Serve's HTTP helper sees it, with SO_REUSEADDR on new sockets."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+    @staticmethod
+    def socket(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = socket.socket(*args, **kwargs)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return sock
+
+
+def let_ingress_rebind_its_port() -> None:
+    """A direct-ingress replica binds its HTTP port without SO_REUSEADDR (Ray 2.60,
+    `http_util.start_asgi_http_server` with `enable_so_reuseport=False`). When a replica that
+    was serving clients dies, its closed connections keep the port in TIME_WAIT for a minute;
+    the replacement's bind then fails, Serve blocks the port for good and, with the one port
+    a local service has, the API never comes back (measured under load). SO_REUSEADDR lets
+    the replacement listen at once; it does not let two live listeners share the port.
+
+    Call it in the ingress deployment's constructor: Serve starts that server right after it.
+    """
+    from ray.serve._private import http_util
+
+    if isinstance(http_util.socket, _ReuseAddrSockets):
+        return
+    http_util.socket = _ReuseAddrSockets()  # type: ignore[assignment]
+
+
 def connect_or_start_ray(address: str | None, ray_host: str = LOOPBACK, **kwargs: Any) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a loopback-bound local one.
 
