@@ -50,6 +50,10 @@ class ServiceUnavailableError(MemosError):
 class StoreUnavailableError(ServiceUnavailableError):
     """A backing store is down or restarting: retrying later may work, so 503, not 500."""
 
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
 
 class QueryTimeoutError(ServiceUnavailableError):
     """A store query ran past its time limit and was aborted (narrow the request or retry)."""

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from memos_ray import __version__
@@ -128,6 +129,19 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
         where = ".".join(str(p) for p in first.get("loc", ()))
         message = redact(f"invalid request: {where}: {first.get('msg', 'validation failed')}")
         return _error(request, 422, message, "invalid_request_error", detail=errors)
+
+    @app.exception_handler(RayActorError)
+    @app.exception_handler(ActorUnavailableError)
+    @app.exception_handler(GetTimeoutError)
+    async def restarting(request: Request, exc: Exception) -> JSONResponse:
+        # A replica or actor of the app died mid-request (Ray and Serve restart it): nothing
+        # was acknowledged, and the same request shortly after will find it back.
+        logger.warning("%s %s: %r", request.method, request.url.path, exc)
+        response = _error(
+            request, 503, "a part of the service is restarting; retry shortly", "restarting"
+        )
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

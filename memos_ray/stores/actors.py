@@ -22,7 +22,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from memos_ray.errors import ConfigError, MemosError, StoreError
+from memos_ray.errors import ConfigError, MemosError, StoreError, StoreUnavailableError
 from memos_ray.stores.vector.base import (
     CubeScan,
     HybridCandidates,
@@ -221,9 +221,10 @@ class ActorVectorStore(VectorStore):
         except RayActorError as exc:
             if exc.actor_init_failed:
                 raise ConfigError(f"vector store actor could not open its store: {exc}") from exc
-            raise StoreError(f"vector store actor unavailable during {method}: {exc}") from exc
+            # Restarting (Ray brings it back): the caller may retry, so 503, not 500.
+            raise StoreUnavailableError(f"the vector store is restarting ({method})") from exc
         except GetTimeoutError as exc:
-            raise StoreError(f"vector store actor unavailable during {method}: {exc}") from exc
+            raise StoreUnavailableError(f"the vector store did not answer ({method})") from exc
 
     def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> None:
         self._call("upsert", cube_id, list(records))
