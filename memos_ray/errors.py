@@ -41,6 +41,11 @@ class PayloadTooLargeError(MemosError):
     status_code = 413
 
 
+class RequestTooLargeError(PayloadTooLargeError):
+    """A store cannot take one request this large (the embedded FalkorDB: 3,000 bytes, query
+    included); the caller narrows it, typically its filter."""
+
+
 class ServiceUnavailableError(MemosError):
     """A part the request needs is not running or not configured (starting, no LLM, ...)."""
 

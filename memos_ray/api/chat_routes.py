@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from memos_ray.api.context import ApiContext
 from memos_ray.api.convert import message_text
 from memos_ray.api.deps import dependencies
-from memos_ray.api.routes import filters_by_cube, requested_cubes
+from memos_ray.api.routes import check_query, filters_by_cube, requested_cubes
 from memos_ray.chat import ChatService, ChatTurn, PreparedChat
 from memos_ray.domain.tenancy import LLMUsage
 from memos_ray.errors import (
@@ -290,6 +290,7 @@ def _product_turn(
             history.append(Message(role=message.role, content=text))
     if context.chat is not None:
         context.chat.model.check_model(req.model_name_or_path)
+    check_query(req.query, context.config.limits)
     turn = ChatTurn(
         query=req.query,
         user_id=user_id,

@@ -19,11 +19,16 @@ from memos_ray.api.convert import (
 )
 from memos_ray.api.deps import dependencies
 from memos_ray.api.wire import bucket, edge_json, item_json, preference_bucket
-from memos_ray.config import ReaderConfig
+from memos_ray.config import LimitsConfig, ReaderConfig
 from memos_ray.document_memory import add_documents
 from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem, memory_id_for
 from memos_ray.domain.tenancy import Access
-from memos_ray.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from memos_ray.errors import (
+    BadRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
 from memos_ray.feedback import FeedbackService, FeedbackTask, recover
 from memos_ray.memory.documents import Document
 from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
@@ -44,6 +49,7 @@ from memos_ray.schemas.product import (
     SearchData,
     SearchRequest,
 )
+from memos_ray.schemas.values import INT64_MAX
 from memos_ray.service import TOOL_TYPES, SearchOptions
 from memos_ray.tenancy import Caller
 
@@ -141,8 +147,10 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
     @product.post("/search")
     def search(req: SearchRequest, context: Ctx, who: Who) -> dict[str, Any]:
         limits = context.config.limits
-        if req.top_k > limits.max_top_k:
-            raise BadRequestError(f"top_k is {req.top_k}; the limit is {limits.max_top_k}")
+        for name in ("top_k", "pref_top_k", "tool_mem_top_k", "skill_mem_top_k"):
+            if getattr(req, name) > limits.max_top_k:
+                raise BadRequestError(f"{name} is over the limit of {limits.max_top_k}")
+        check_query(req.query, limits)
         user_id = context.access.act_as(who, req.user_id)
         requested = requested_cubes(req.readable_cube_ids, req.mem_cube_id)
         cubes = context.access.cubes_for(user_id, requested, write=False, caller=who)
@@ -203,6 +211,8 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
             raise BadRequestError(
                 f"page_size is {page_size}; the limit is {context.config.limits.max_page_size}"
             )
+        if page_size is not None and ((req.page or 1) - 1) * page_size > INT64_MAX:
+            raise BadRequestError("page is past any cube's end (the offset exceeds 64 bits)")
         items, total = context.service.get_page(
             cube_id, parse_filter(req.filter), page=req.page, page_size=page_size
         )
@@ -240,6 +250,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                 result.append({"cube_id": cube_id, "memories": [], "memory_statistics": {}})
                 continue
             if req.search_query:
+                check_query(req.search_query, context.config.limits)
                 found = context.service.search(
                     req.search_query, {cube_id: None}, SearchOptions(top_k=50, relativity=0.0)
                 )[cube_id]
@@ -488,6 +499,14 @@ def _add_fine(
     if paused:
         message += "; fine extraction paused: the cube is over its LLM token budget"
     return ok(added, message)
+
+
+def check_query(query: str, limits: LimitsConfig) -> None:
+    """A query is embedded and scanned against every memory: its length is bounded."""
+    if len(query) > limits.max_query_chars:
+        raise PayloadTooLargeError(
+            f"query is {len(query)} characters; the limit is {limits.max_query_chars}"
+        )
 
 
 def requested_cubes(cube_ids: list[str] | None, mem_cube_id: str | None) -> list[str] | None:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from memos_ray.schemas.messages import ChatMessage
+from memos_ray.schemas.values import FilterDict, InfoDict, ToolList
 
 
 class _Request(BaseModel):
@@ -24,14 +25,14 @@ class AddRequest(_Request):
     messages: str | list[ChatMessage] | None = None
     chat_history: list[ChatMessage] | None = None
     custom_tags: list[str] | None = None
-    info: dict[str, Any] | None = None
+    info: InfoDict | None = None
     is_feedback: bool = False
     mem_cube_id: str | None = None
     memory_content: str | None = None
     doc_path: str | None = None
     source: str | None = None
     # memos-ray's: tool definitions (OpenAI format) to keep as ToolSchemaMemory.
-    tools: list[dict[str, Any]] | None = None
+    tools: ToolList | None = None
 
 
 class AddedMemory(BaseModel):
@@ -57,7 +58,7 @@ class SearchRequest(_Request):
     tool_mem_top_k: int = Field(default=6, ge=0)
     include_skill_memory: bool = True
     skill_mem_top_k: int = Field(default=3, ge=0)
-    filter: dict[str, Any] | None = None
+    filter: FilterDict | None = None
     search_memory_type: str = "All"
     reference_time: str | None = None
     chat_history: list[ChatMessage] | None = None
@@ -88,8 +89,8 @@ class GetMemoryRequest(_Request):
     include_preference: bool = True
     include_tool_memory: bool = True
     include_skill_memory: bool = True
-    filter: dict[str, Any] | None = None
-    page: int | None = Field(default=None, ge=1)
+    filter: FilterDict | None = None
+    page: int | None = Field(default=None, ge=1, le=10**12)
     page_size: int | None = Field(default=None, ge=1)
 
 
@@ -105,7 +106,7 @@ class DeleteMemoryRequest(_Request):
     writable_cube_ids: list[str] | None = None
     memory_ids: list[str] | None = None
     file_ids: list[str] | None = None
-    filter: dict[str, Any] | None = None
+    filter: FilterDict | None = None
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
     session_id: str | None = None
     mem_cube_id: str | None = None
@@ -151,7 +152,7 @@ class FeedbackRequest(_Request):
     mem_cube_id: str | None = None
     async_mode: Literal["async", "sync"] = "sync"
     corrected_answer: str | None = None
-    info: dict[str, Any] | None = None
+    info: InfoDict | None = None
 
 
 class RecoverRequest(_Request):

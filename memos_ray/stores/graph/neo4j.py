@@ -12,7 +12,7 @@ from neo4j import Driver, GraphDatabase, ManagedTransaction
 from neo4j.exceptions import DriverError, Neo4jError
 
 from memos_ray.domain.memory import Edge, EdgeType, MemoryItem, MemoryMetadata, content_hash
-from memos_ray.errors import ConflictError, StoreError
+from memos_ray.errors import ConflictError, RequestTooLargeError, StoreError
 from memos_ray.memory.filters import FilterExpr
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.cypher import INFO_PREFIX, compile_filter, is_identifier
@@ -107,7 +107,7 @@ class Neo4jGraphStore(GraphStore):
     ) -> list[dict[str, Any]]:
         budget = self.dialect.max_request_bytes
         if budget is not None and self.dialect.request_size(query, params) > budget:
-            raise StoreError(
+            raise RequestTooLargeError(
                 f"graph store {what}: the request exceeds the {self.dialect.name} limit of "
                 f"{budget} bytes (query plus parameters); narrow the filter"
             )
