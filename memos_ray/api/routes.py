@@ -88,7 +88,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         windows = windows_from_request(
             req, reader, context.config.limits, allow_empty=bool(documents or tools)
         )
-        docs = _add_documents(req, context, user_id, cubes, documents, fine)
+        docs, chunk_counts = _add_documents(req, context, user_id, cubes, documents, fine)
         for cube_id in cubes if tools else []:
             tool_outcome = context.service.add_windows(
                 cube_id,
@@ -116,7 +116,9 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                         info=req.info,
                     )
                     docs += [_added(i, cube_id, "turn") for i in [*kept.stored, *kept.duplicates]]
-            return _add_fine(req, context, user_id, cubes, windows, docs)
+            answer = _add_fine(req, context, user_id, cubes, windows, docs)
+            answer["message"] += _documents_note(chunk_counts)
+            return answer
         added: list[dict[str, Any]] = list(docs)
         stored = duplicates = 0
         queued = _queue_fine_reads(req, context, user_id, cubes, windows)
@@ -137,6 +139,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                     entry["task_id"] = queued[cube_id]
                 added.append(entry)
         message = f"Memory added: {stored} stored, {duplicates} duplicates skipped"
+        message += _documents_note(chunk_counts)
         if queued:
             message += f"; fine extraction queued as tasks {sorted(queued.values())}"
         elif req.mode == "fine" or (req.async_mode == "async" and req.mode != "fast"):
@@ -438,9 +441,11 @@ def _add_documents(
     cubes: list[str],
     documents: list[Document],
     fine: bool,
-) -> list[dict[str, Any]]:
-    """Inline files: chunks (RawFileMemory) and, in fine mode, what the LLM read in them."""
+) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+    """Inline files: chunks (RawFileMemory) and, in fine mode, what the LLM read in them;
+    with the chunk counts (stored, already present) the answer's message reports."""
     entries: list[dict[str, Any]] = []
+    stored = present = 0
     for cube_id in cubes if documents else []:
         outcome = add_documents(
             context.service,
@@ -454,7 +459,16 @@ def _add_documents(
         )
         entries += [_added(i, cube_id, "document") for i in outcome.chunks]
         entries += [_added(i, cube_id, "added") for i in [*outcome.fine, *outcome.summaries]]
-    return entries
+        stored += outcome.stored_chunks
+        present += len(outcome.chunks) - outcome.stored_chunks
+    return entries, (stored, present)
+
+
+def _documents_note(counts: tuple[int, int]) -> str:
+    stored, present = counts
+    if not stored and not present:
+        return ""
+    return f"; documents: {stored} chunks stored, {present} already present"
 
 
 def _add_fine(

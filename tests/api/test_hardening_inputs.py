@@ -5,7 +5,10 @@ One app (admin key set, small document limits) serves the whole module.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,29 +17,53 @@ from typing import Any
 import httpx
 import pytest
 
+from memos_ray import __version__
+from memos_ray.api.app import create_app
+from memos_ray.api.context import ApiContext
 from memos_ray.config import LimitsConfig, MemosConfig
 from memos_ray.models.embedder import SentenceTransformerEmbedder
-from tests.api.conftest import ADMIN_KEY, RunningApi, _run
+from memos_ray.scheduler import SchedulerClient
+from memos_ray.stores.sql.tasks import SQLTaskStore
+from memos_ray.tenancy import AccessControl
+from memos_ray.wiring import LocalStack
+from tests.api.conftest import ADMIN_KEY, RunningApi
+from tests.fixtures.servers import serve_in_thread
 
 MAX_DOCUMENT_CHARS = 20_000
 MAX_DOCUMENT_CHUNKS = 12
 MAX_QUERY_CHARS = 2_000
+MAX_WAIT_S = 1.5
 
 
 @pytest.fixture(scope="module")
 def api(
     tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder
 ) -> Iterator[RunningApi]:
+    """The real app; its scheduler routes read a real task log whose tasks nobody runs (no
+    Ray here), so a wait or a stream lasts exactly as long as its bounds allow."""
     data_dir: Path = tmp_path_factory.mktemp("hardening-api")
     limits = LimitsConfig(
         max_document_chars=MAX_DOCUMENT_CHARS,
         max_document_chunks=MAX_DOCUMENT_CHUNKS,
         max_query_chars=MAX_QUERY_CHARS,
-        max_wait_s=2.0,
-        max_stream_s=2.0,
+        max_wait_s=MAX_WAIT_S,
+        max_stream_s=MAX_WAIT_S,
     )
     config = MemosConfig(data_dir=data_dir, admin_key=ADMIN_KEY, limits=limits).resolved()
-    yield from _run(config, embedder)
+    with LocalStack(config, embedder=embedder) as stack:
+        tasks = SQLTaskStore(stack.tenancy.engine)  # type: ignore[attr-defined]
+        context = ApiContext(
+            config,
+            stack.service,
+            AccessControl(stack.tenancy, ADMIN_KEY),
+            __version__,
+            scheduler=SchedulerClient(config, tasks),
+        )
+        with (
+            serve_in_thread(create_app(lambda: context)) as url,
+            httpx.Client(base_url=url, timeout=60) as http,
+        ):
+            yield RunningApi(url, stack, http)
 
 
 def post(api: RunningApi, path: str, body: Any, key: str = ADMIN_KEY) -> httpx.Response:
@@ -205,3 +232,213 @@ def test_info_within_its_limits_is_stored_and_over_them_refused(api: RunningApi)
         body = {"user_id": user, "messages": "too big", "info": info, "mode": "fast"}
         assert_refused(post(api, "/product/add", body), 422)
     assert snapshot(api, user) == before
+
+
+# --- default cubes: user ids and cube ids share one namespace ---------------------------
+
+
+def _user(api: RunningApi, user_id: str) -> httpx.Response:
+    return post(api, "/admin/users", {"user_id": user_id})
+
+
+def test_another_users_default_cube_cannot_be_squatted_user_first(api: RunningApi) -> None:
+    bob, carol = f"bob-{uuid.uuid4().hex[:6]}", f"carol-{uuid.uuid4().hex[:6]}"
+    bob_key = _user(api, bob).json()["data"]["api_key"]
+    carol_key = _user(api, carol).json()["data"]["api_key"]
+    squat = post(api, "/product/create_cube", {"owner_id": bob, "cube_id": carol}, key=bob_key)
+    assert "default cube" in assert_refused(squat, 409)["message"]
+    # Not even the admin may hand carol's default cube to bob.
+    assert_refused(post(api, "/product/create_cube", {"owner_id": bob, "cube_id": carol}), 409)
+    added = post(api, "/product/add", {"user_id": carol, "messages": "mine"}, key=carol_key)
+    assert added.status_code == 200, added.text
+    own = post(api, "/product/get_memory", {"user_id": carol}, key=carol_key)
+    assert own.status_code == 200 and own.json()["data"]["text_mem"][0]["total_nodes"] == 1
+
+
+def test_a_cube_id_reserves_the_user_id_cube_first(api: RunningApi) -> None:
+    bob, later = f"bob-{uuid.uuid4().hex[:6]}", f"later-{uuid.uuid4().hex[:6]}"
+    bob_key = _user(api, bob).json()["data"]["api_key"]
+    made = post(api, "/product/create_cube", {"owner_id": bob, "cube_id": later}, key=bob_key)
+    assert made.status_code == 200, made.text
+    assert "share one namespace" in assert_refused(_user(api, later), 409)["message"]
+    # No user `later` exists to be handed bob's cube as its default.
+    refused = post(api, "/product/add", {"user_id": later, "messages": "hi"})
+    assert_refused(refused, 409)
+    assert (
+        post(api, "/product/get_memory", {"user_id": bob, "mem_cube_id": later}).json()["data"][
+            "text_mem"
+        ][0]["total_nodes"]
+        == 0
+    )
+
+
+# --- documents, queries, scheduler waits: inputs that expand past their limits ---------
+
+
+def _file_message(file_data: str, filename: str) -> list[dict[str, Any]]:
+    part = {"type": "file", "file": {"file_data": file_data, "filename": filename}}
+    return [{"role": "user", "content": [part]}]
+
+
+def _pdf(pages: list[str]) -> bytes:
+    """A real PDF with one text line per page (pypdf writes it, reportlab-free)."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
+    for text in pages:
+        page = writer.add_blank_page(612, 792)
+        stream = DecodedStreamObject()
+        stream.set_data(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode("latin-1"))
+        page[NameObject("/Contents")] = writer._add_object(stream)
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_a_pdf_over_the_chunk_limit_is_413_and_stores_nothing(api: RunningApi) -> None:
+    user = seeded_user(api)
+    before = snapshot(api, user)
+    pages = [
+        f"Page {i}: " + "lorem ipsum dolor sit amet " * 36 for i in range(MAX_DOCUMENT_CHUNKS + 3)
+    ]
+    body = {"user_id": user, "messages": _file_message(_b64(_pdf(pages)), "big.pdf")}
+    assert "max_document_chunks" in assert_refused(post(api, "/product/add", body), 413)["message"]
+    text = "word " * (MAX_DOCUMENT_CHARS // 4)
+    body = {"user_id": user, "messages": _file_message(text, "long.txt")}
+    assert "max_document_chars" in assert_refused(post(api, "/product/add", body), 413)["message"]
+    assert snapshot(api, user) == before
+
+
+def test_a_document_answer_counts_its_chunks(api: RunningApi) -> None:
+    user = seeded_user(api)
+    pdf = _pdf(["The heron left the pond in spring.", "It came back in autumn."])
+    body = {"user_id": user, "messages": _file_message(_b64(pdf), "heron.pdf"), "mode": "fast"}
+    first = post(api, "/product/add", body)
+    assert first.status_code == 200, first.text
+    assert "documents: 1 chunks stored, 0 already present" in first.json()["message"]
+    again = post(api, "/product/add", body).json()["message"]
+    assert "documents: 0 chunks stored, 1 already present" in again
+
+
+def test_text_that_looks_like_base64_is_kept_as_text(api: RunningApi) -> None:
+    user = seeded_user(api)
+    for word in ("abcd", "Test", "heronnest"[:8]):
+        body = {"user_id": user, "messages": _file_message(word, "note.txt"), "mode": "fast"}
+        response = post(api, "/product/add", body)
+        assert response.status_code == 200, response.text
+        assert any(word in m["memory"] for m in response.json()["data"]), response.text
+    # Real base64 of text is decoded, as MemOS clients send it.
+    encoded = _b64(b"Base64 text: the heron sleeps.")
+    body = {"user_id": user, "messages": _file_message(encoded, "b.md"), "mode": "fast"}
+    assert "heron sleeps" in post(api, "/product/add", body).json()["data"][0]["memory"]
+
+
+BAD_FILES: list[tuple[str, str, str]] = [
+    (
+        "latin-1 bytes in a text file",
+        "data:text/plain;base64," + _b64("café".encode("latin-1")),
+        "a.txt",
+    ),
+    ("binary in markdown", "data:text/markdown;base64," + _b64(b"\xff\xfe\x00\x01"), "a.md"),
+    ("invalid base64", "data:text/plain;base64,@@@###", "a.txt"),
+    ("truncated pdf", _b64(b"%PDF-1.7\n1 0 obj << /Type /Catalog"), "t.pdf"),
+    ("garbage named pdf", "not a pdf at all", "g.pdf"),
+    ("lone surrogate", "text \ud800 here", "s.txt"),
+    ("unsupported type", "data:application/zip;base64," + _b64(b"PK\x03\x04"), "z.zip"),
+]
+
+
+@pytest.mark.parametrize(("label", "data", "name"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_unreadable_files_are_400_and_store_nothing(
+    api: RunningApi, label: str, data: str, name: str
+) -> None:
+    user = seeded_user(api)
+    before = snapshot(api, user)
+    body = {"user_id": user, "messages": _file_message(data, name), "mode": "fast"}
+    payload = json.dumps(body)  # the lone surrogate travels as \\ud800
+    assert_refused(post_raw(api, "/product/add", payload), 400)
+    assert snapshot(api, user) == before
+
+
+def test_pdf_parser_failures_are_400(api: RunningApi) -> None:
+    """pypdf raises many kinds of exceptions on hostile files; each is the file's fault."""
+    user = seeded_user(api)
+    before = snapshot(api, user)
+    good = _pdf(["hello"])
+    broken = [
+        good.replace(b"/Type /Pages", b"/Type /Pagez"),
+        good.replace(b"/Kids", b"/Kidz"),
+        good.replace(b"/Contents", b"/Contents 99 0 R /X"),
+        good[: len(good) // 2],
+        b"%PDF-1.4\n" + b"[" * 5_000,
+    ]
+    for data in broken:
+        body = {"user_id": user, "messages": _file_message(_b64(data), "x.pdf"), "mode": "fast"}
+        response = post(api, "/product/add", body)
+        assert response.status_code in (200, 400), response.text
+    assert_refused(
+        post(
+            api,
+            "/product/add",
+            {"user_id": user, "messages": _file_message(_b64(broken[-1]), "x.pdf")},
+        ),
+        400,
+    )
+    assert len(snapshot(api, user)) - len(before) <= 3  # only the readable ones
+
+
+def test_queries_over_the_limit_are_413(api: RunningApi) -> None:
+    user = seeded_user(api)
+    long = "heron " * (MAX_QUERY_CHARS // 5)
+    search = post(api, "/product/search", {"user_id": user, "query": long})
+    assert f"the limit is {MAX_QUERY_CHARS}" in assert_refused(search, 413)["message"]
+    assert_refused(post(api, "/product/get_all", {"user_id": user, "search_query": long}), 413)
+    fits = post(api, "/product/search", {"user_id": user, "query": long[:MAX_QUERY_CHARS]})
+    assert fits.status_code == 200, fits.text
+
+
+def test_scheduler_wait_and_stream_are_bounded(api: RunningApi) -> None:
+    user = seeded_user(api)
+    tasks = SQLTaskStore(api.stack.tenancy.engine)  # type: ignore[attr-defined]
+    task = tasks.enqueue(user, user, "mem_read", {"memory_ids": []})
+    started = time.monotonic()
+    body = {"user_name": user, "user_id": user, "timeout_seconds": 3600, "poll_interval": 1e-6}
+    waited = post(api, "/product/scheduler/wait", body)
+    elapsed = time.monotonic() - started
+    assert waited.status_code == 200, waited.text
+    data = waited.json()["data"]
+    assert data["timed_out"] and data["pending"] == 1
+    assert data["timeout_seconds"] == MAX_WAIT_S and data["poll_interval"] == 0.1
+    assert MAX_WAIT_S <= elapsed < MAX_WAIT_S + 2
+    started = time.monotonic()
+    params = {"user_id": user, "task_id": task.task_id, "timeout_seconds": 3600}
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    streamed = api.http.get("/product/scheduler/stream", params=params, headers=headers)
+    assert streamed.status_code == 200
+    assert time.monotonic() - started < MAX_WAIT_S + 2
+    frames = [
+        json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")
+    ]
+    assert frames[0]["data"]["task_id"] == task.task_id
+    assert frames[-1] == {"type": "end", "data": {"done": False, "tasks": 1}}
+    for bad in ("nan", "inf", "-1", "0"):
+        params = {"user_id": user, "timeout_seconds": bad}
+        response = api.http.get("/product/scheduler/stream", params=params, headers=headers)
+        assert_refused(response, 400, 422)
+    nan_wait = f'{{"user_name": "{user}", "user_id": "{user}", "poll_interval": NaN}}'
+    assert_refused(post_raw(api, "/product/scheduler/wait", nan_wait), 422)
