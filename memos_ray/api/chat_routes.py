@@ -30,10 +30,11 @@ from memos_ray.errors import (
 from memos_ray.models.chat import Message, ReasoningSplitter, SamplingParams
 from memos_ray.schemas.chat import OpenAIChatRequest, ProductChatRequest
 from memos_ray.schemas.envelope import ok
+from memos_ray.schemas.values import ValidText
 from memos_ray.tenancy import Caller
 
 
-class AdapterUpload(BaseModel):
+class AdapterUpload(ValidText):
     model_config = ConfigDict(extra="forbid")
 
     user_id: str | None = None

@@ -49,7 +49,7 @@ from memos_ray.schemas.product import (
     SearchData,
     SearchRequest,
 )
-from memos_ray.schemas.values import INT64_MAX
+from memos_ray.schemas.values import INT64_MAX, MemoryIdText
 from memos_ray.service import TOOL_TYPES, SearchOptions
 from memos_ray.tenancy import Caller
 
@@ -237,7 +237,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
     def get_memory_by_ids(
         context: Ctx,
         who: Who,
-        memory_ids: Annotated[list[str], Body(max_length=1000)],
+        memory_ids: Annotated[list[MemoryIdText], Body(max_length=1000)],
         user_id: str | None = None,
     ) -> dict[str, Any]:
         items = _readable_items(context, who, user_id, memory_ids)

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from memos_ray.api.context import ApiContext
@@ -21,12 +21,13 @@ from memos_ray.config import LimitsConfig
 from memos_ray.errors import BadRequestError, ServiceUnavailableError
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.schemas.envelope import ok
+from memos_ray.schemas.values import ValidText
 from memos_ray.stores.sql.tasks import Task
 
 _STREAM_POLL_S = 0.5
 
 
-class WaitRequest(BaseModel):
+class WaitRequest(ValidText):
     model_config = ConfigDict(extra="ignore")
 
     # MemOS names the cube `user_name` here.

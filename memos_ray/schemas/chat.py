@@ -7,10 +7,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memos_ray.schemas.messages import ChatMessage
-from memos_ray.schemas.values import INT64_MAX, INT64_MIN, FilterDict
+from memos_ray.schemas.values import INT64_MAX, INT64_MIN, FilterDict, ValidText
 
 
-class ProductChatRequest(BaseModel):
+class ProductChatRequest(ValidText):
     """MemOS ChatRequest fields; `include_prompt` is memos-ray's: return the prompt sent."""
 
     model_config = ConfigDict(extra="ignore")
@@ -68,7 +68,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class OpenAIChatRequest(BaseModel):
+class OpenAIChatRequest(ValidText):
     """The OpenAI chat completions body; fields memos-ray does not use are ignored."""
 
     model_config = ConfigDict(extra="ignore")

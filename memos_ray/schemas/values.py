@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -135,3 +136,47 @@ def _check_info(value: dict[str, Any] | None) -> dict[str, Any] | None:
 InfoDict = Annotated[dict[str, Any], AfterValidator(_check_info)]
 FilterDict = Annotated[dict[str, Any], _bounded(FILTER_BOUNDS, "filter")]
 ToolList = Annotated[list[dict[str, Any]], _bounded(TOOL_BOUNDS, "tools")]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def find_lone_surrogate(value: Any, where: str = "body") -> str | None:
+    """The path of the first string holding a lone UTF-16 surrogate (JSON can escape one,
+    `"\\ud800"`, but no store or model can encode it), or None."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    return path
+                stack.append((child, f"{path}.{key}" if isinstance(key, str) else path))
+        elif isinstance(item, list | tuple):
+            stack += [(child, f"{path}[{i}]") for i, child in enumerate(item)]
+    return None
+
+
+class ValidText(BaseModel):
+    """Base of request models: refuses lone surrogates anywhere in the body (422)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        where = find_lone_surrogate(data)
+        if where is not None:
+            raise ValueError(f"{where}: text holds a lone UTF-16 surrogate (not valid Unicode)")
+        return data
+
+
+def _valid_text(value: str) -> str:
+    if _SURROGATE.search(value):
+        raise ValueError("text holds a lone UTF-16 surrogate (not valid Unicode)")
+    return value
+
+
+# A memory id sent outside a request model (a bare JSON list body).
+MemoryIdText = Annotated[str, Field(max_length=256), AfterValidator(_valid_text)]

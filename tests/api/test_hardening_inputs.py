@@ -164,6 +164,17 @@ BAD_VALUES: list[tuple[str, str, str]] = [
     ("page 2**70", "/product/get_memory", '"page": 1180591620717411303424, "page_size": 10'),
     ("page 2**62", "/product/get_memory", '"page": 4611686018427387904, "page_size": 1000'),
     ("page_size 2**70", "/product/get_memory", '"page": 1, "page_size": 1180591620717411303424'),
+    ("lone surrogate message", "/product/add", '"messages": "a \\ud800 b"'),
+    ("lone surrogate query", "/product/search", '"query": "a \\udfff b"'),
+    ("lone surrogate info key", "/product/add", '"messages": "m6", "info": {"k\\ud800": 1}'),
+    (
+        "lone surrogate chat_time",
+        "/product/add",
+        '"messages": [{"role": "user", "content": "x", "chat_time": "\\ud800"}]',
+    ),
+    ("huge session_id", "/product/add", '"messages": "m7", "session_id": "' + "s" * 5_000 + '"'),
+    ("huge tag", "/product/add", '"messages": "m8", "custom_tags": ["' + "t" * 5_000 + '"]'),
+    ("many tags", "/product/add", '"messages": "m9", "custom_tags": ' + json.dumps(["t"] * 500)),
 ]
 
 
@@ -173,6 +184,10 @@ def test_bad_values_are_4xx(api: RunningApi, label: str, path: str, fields: str)
     before = snapshot(api, user)
     assert_refused(post_raw(api, path, f'{{"user_id": "{user}", {fields}}}'), 400, 413, 422)
     assert snapshot(api, user) == before
+
+
+def test_lone_surrogate_memory_id_is_422(api: RunningApi) -> None:
+    assert_refused(post_raw(api, "/product/get_memory_by_ids", '["\\ud800"]'), 422)
 
 
 def test_far_dates_in_messages_and_reference_time_are_not_500(api: RunningApi) -> None:
@@ -371,7 +386,8 @@ def test_unreadable_files_are_400_and_store_nothing(
     before = snapshot(api, user)
     body = {"user_id": user, "messages": _file_message(data, name), "mode": "fast"}
     payload = json.dumps(body)  # the lone surrogate travels as \\ud800
-    assert_refused(post_raw(api, "/product/add", payload), 400)
+    # 422: the request model refuses a lone surrogate anywhere, before the file is read.
+    assert_refused(post_raw(api, "/product/add", payload), 400, 422)
     assert snapshot(api, user) == before
 
 
