@@ -321,6 +321,7 @@ def _openai_turn(
     last = req.messages[-1]
     if last.role != "user" or not last.text().strip():
         raise BadRequestError("the last message must be a non-empty user message")
+    check_query(last.text(), context.config.limits)
     system = "\n\n".join(m.text() for m in req.messages if m.role in ("system", "developer"))
     history = [
         Message(role=m.role, content=m.text())  # type: ignore[arg-type]
