@@ -77,7 +77,7 @@ def test_a_failed_load_leaves_every_other_tenant_answering_the_same(
     before = greedy(model)
     bad = folder(
         tmp_path,
-        "half",
+        "broken",
         {**lora["config"], "init_lora_weights": False},
         mismatched(lora["weights"]),
     )
@@ -109,6 +109,21 @@ def test_removing_the_last_adapter_restores_the_plain_base_model(
     for name in list(model._peft.peft_config) if model._peft is not None else []:
         model._drop_adapter(name)
     assert model._peft is None
+    assert _linear_layers(model.model) == model._linear
+    assert greedy(model) == before
+
+
+def test_an_injection_that_fails_midway_is_undone(
+    model: TransformersChatModel, lora: dict[str, Any], tmp_path: Path
+) -> None:
+    """A valid adapter whose name PEFT cannot register ("half" is a torch Module method):
+    PEFT fails after it has wrapped layers of the shared model; they must not stay."""
+    if model._peft is not None:
+        for name in list(model._peft.peft_config):
+            model._drop_adapter(name)
+    before = greedy(model)
+    with pytest.raises(LLMError, match="cannot load"):
+        greedy(model, folder(tmp_path, "half", lora["config"], lora["weights"]))
     assert _linear_layers(model.model) == model._linear
     assert greedy(model) == before
 
