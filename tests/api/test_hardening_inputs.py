@@ -20,13 +20,16 @@ import pytest
 from memos_ray import __version__
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
+from memos_ray.chat import ChatService
 from memos_ray.config import LimitsConfig, MemosConfig
+from memos_ray.memory.adapters import AdapterStore
 from memos_ray.models.embedder import SentenceTransformerEmbedder
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.stores.sql.tasks import SQLTaskStore
 from memos_ray.tenancy import AccessControl
 from memos_ray.wiring import LocalStack
 from tests.api.conftest import ADMIN_KEY, RunningApi
+from tests.fixtures.scripted_model import ScriptedChatModel
 from tests.fixtures.servers import serve_in_thread
 
 MAX_DOCUMENT_CHARS = 20_000
@@ -52,11 +55,22 @@ def api(
     config = MemosConfig(data_dir=data_dir, admin_key=ADMIN_KEY, limits=limits).resolved()
     with LocalStack(config, embedder=embedder) as stack:
         tasks = SQLTaskStore(stack.tenancy.engine)  # type: ignore[attr-defined]
+        # A scripted chat model: only the adapter routes are exercised here (the checks
+        # against a real base model are in tests/unit/test_adapter_safety.py).
+        chat = ChatService(
+            stack.service,
+            ScriptedChatModel(lambda _request: "ok"),
+            config.chat,
+            config.reader,
+            AdapterStore.for_config(config),
+            stack.tenancy,
+        )
         context = ApiContext(
             config,
             stack.service,
             AccessControl(stack.tenancy, ADMIN_KEY),
             __version__,
+            chat=chat,
             scheduler=SchedulerClient(config, tasks),
         )
         with (
@@ -458,3 +472,23 @@ def test_scheduler_wait_and_stream_are_bounded(api: RunningApi) -> None:
         assert_refused(response, 400, 422)
     nan_wait = f'{{"user_name": "{user}", "user_id": "{user}", "poll_interval": NaN}}'
     assert_refused(post_raw(api, "/product/scheduler/wait", nan_wait), 422)
+
+
+ADAPTER_CONFIGS: list[tuple[str, str]] = [
+    ("rank 10**12", '{"peft_type": "LORA", "r": 1000000000000, "target_modules": ["q_proj"]}'),
+    ("rank true", '{"peft_type": "LORA", "r": true, "target_modules": ["q_proj"]}'),
+    ("regex targets", '{"peft_type": "LORA", "r": 4, "target_modules": ".*"}'),
+    ("alpha NaN", '{"peft_type": "LORA", "r": 4, "lora_alpha": NaN, "target_modules": ["q"]}'),
+    ("rank 2**70", '{"peft_type": "LORA", "r": 1180591620717411303424, "target_modules": ["q"]}'),
+]
+
+
+@pytest.mark.parametrize(("label", "config"), ADAPTER_CONFIGS, ids=[a[0] for a in ADAPTER_CONFIGS])
+def test_adapter_uploads_with_bad_configs_are_400(api: RunningApi, label: str, config: str) -> None:
+    user = seeded_user(api)
+    raw = f'{{"user_id": "{user}", "adapter_config": {config}, "weights_base64": "AAAA"}}'
+    headers = {"content-type": "application/json", "Authorization": f"Bearer {ADMIN_KEY}"}
+    response = api.http.put(f"/product/cubes/{user}/adapter", content=raw.encode(), headers=headers)
+    assert_refused(response, 400, 422)
+    gone = api.http.get(f"/product/cubes/{user}/adapter", params={"user_id": user}, headers=headers)
+    assert gone.status_code == 404, gone.text
