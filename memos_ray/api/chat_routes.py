@@ -275,8 +275,9 @@ def _product_turn(
     req: ProductChatRequest, context: ApiContext, who: Caller
 ) -> tuple[ChatTurn, bool]:
     limits = context.config.limits
-    if req.top_k > limits.max_top_k:
-        raise BadRequestError(f"top_k is {req.top_k}; the limit is {limits.max_top_k}")
+    for name in ("top_k", "pref_top_k"):
+        if getattr(req, name) > limits.max_top_k:
+            raise BadRequestError(f"{name} is over the limit of {limits.max_top_k}")
     user_id = context.access.act_as(who, req.user_id)
     readable = requested_cubes(req.readable_cube_ids, req.mem_cube_id)
     cubes = context.access.cubes_for(user_id, readable, write=False, caller=who)
