@@ -458,8 +458,15 @@ class TransformersChatModel(ChatModel):
                     self._peft = None
                 else:
                     peft.delete_adapter(name)
+            if self._peft is not None:
+                # Layers injected before PEFT registered the adapter's config, if any.
+                for module in self._peft.modules():
+                    if name in getattr(module, "lora_A", {}) and hasattr(module, "delete_adapter"):
+                        module.delete_adapter(name)
         except Exception:
             logger.exception("removing LoRA adapter %s failed", name)
+            if self._peft is not None:
+                self._reload_base()
         if self._peft is None and _linear_layers(self.model) != self._linear:
             logger.error("LoRA layers stayed in the base model; reloading its weights")
             self._reload_base()
