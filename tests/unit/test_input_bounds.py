@@ -118,3 +118,32 @@ def test_far_dates_resolve_to_nothing_instead_of_failing() -> None:
     assert query_date_windows("yesterday", start) == []
     assert resolve_relative_dates("See you tomorrow.", "9999-12-31") == "See you tomorrow."
     assert "2 May 2026" in resolve_relative_dates("I left yesterday.", "2026-05-03")
+
+
+def test_file_data_is_base64_only_where_it_decodes_to_what_the_file_must_be() -> None:
+    import base64
+
+    from memos_ray.errors import BadRequestError, PayloadTooLargeError
+    from memos_ray.memory.documents import decode_file_data, parse_document
+
+    # Words that happen to be valid base64 stay the words they are.
+    for word in ("abcd", "Test", "heronnes"):
+        assert decode_file_data(word, "n.txt") == (word.encode(), "text/plain")
+    text = "The heron sleeps."
+    encoded = base64.b64encode(text.encode()).decode()
+    assert decode_file_data(encoded, "n.md") == (text.encode(), None)
+    pdf_bytes = b"%PDF-1.4 whatever"
+    assert decode_file_data(base64.b64encode(pdf_bytes).decode(), "x")[1] == "application/pdf"
+    assert decode_file_data("data:text/plain,caf%C3%A9", "n.txt") == ("café".encode(), "text/plain")
+    data, mime = decode_file_data(
+        "data:text/plain;base64," + base64.b64encode(b"\xe9t\xe9").decode()
+    )
+    with pytest.raises(BadRequestError, match="must be UTF-8"):
+        parse_document("latin.txt", data, mime)
+    with pytest.raises(BadRequestError, match="not valid Unicode"):
+        decode_file_data("a \ud800 b", "s.txt")
+    with pytest.raises(PayloadTooLargeError, match="max_document_chars"):
+        parse_document("long.txt", b"x" * 101, "text/plain", max_chars=100)
+    assert parse_document("ok.txt", b"x" * 100, "text/plain", max_chars=100) == "x" * 100
+    with pytest.raises(BadRequestError, match="not a readable PDF"):
+        parse_document("bad.pdf", b"%PDF-1.4\n" + b"[" * 5_000)
