@@ -159,7 +159,7 @@ class MemosIngress:
             model = build_chat_model(config)
         if model is None:
             return None
-        adapters = AdapterStore(config.data_path("adapters"))
+        adapters = AdapterStore.for_config(config)
         return ChatService(
             service, model, config.chat, config.reader, adapters, tenancy, preferences
         )

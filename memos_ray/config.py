@@ -374,6 +374,20 @@ class LimitsConfig(_Strict):
     max_messages: int = Field(default=10_000, ge=1)
     max_top_k: int = Field(default=100, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
+    # A query is embedded and scanned per search: bounded like any other input.
+    max_query_chars: int = Field(default=8_000, ge=1)
+    # A small PDF can expand to megabytes of text: extracted characters and chunks per
+    # uploaded file are bounded, and an over-limit file is refused before anything is stored.
+    max_document_chars: int = Field(default=1_000_000, ge=1)
+    max_document_chunks: int = Field(default=500, ge=1)
+    # /product/scheduler/wait and /stream: the longest a request may hold, and how often
+    # the wait may poll the task log.
+    max_wait_s: float = Field(default=300.0, gt=0)
+    min_poll_interval_s: float = Field(default=0.1, gt=0)
+    max_stream_s: float = Field(default=600.0, gt=0)
+    # LoRA adapter uploads (PUT /product/cubes/{cube_id}/adapter): weights file size and rank.
+    max_adapter_bytes: int = Field(default=32 << 20, ge=1)
+    max_adapter_rank: int = Field(default=64, ge=1)
 
 
 class ServingConfig(_Strict):

@@ -24,7 +24,7 @@ from memos_ray.domain.memory import (
     memory_id_for,
 )
 from memos_ray.fine import FineService
-from memos_ray.memory.documents import Document, chunk_text
+from memos_ray.memory.documents import CHUNK_CHARS, Document, chunk_text
 from memos_ray.memory.reader import Window
 
 if TYPE_CHECKING:
@@ -34,13 +34,15 @@ if TYPE_CHECKING:
 @dataclass
 class DocumentOutcome:
     chunks: list[MemoryItem] = field(default_factory=list)
+    # Of `chunks`, how many were new (the rest were already in the cube).
+    stored_chunks: int = 0
     fine: list[MemoryItem] = field(default_factory=list)
     summaries: list[MemoryItem] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     calls: int = 0
 
 
-def document_windows(document: Document, chunk_chars: int = 1500) -> list[Window]:
+def document_windows(document: Document, chunk_chars: int = CHUNK_CHARS) -> list[Window]:
     """A document's RawFileMemory chunks in reading order (shared with the bulk ingest job)."""
     texts = chunk_text(document.text, chunk_chars)
     return [
@@ -70,7 +72,7 @@ def add_documents(
     session_id: str = "default_session",
     tags: Sequence[str] = (),
     info: Mapping[str, Any] | None = None,
-    chunk_chars: int = 1500,
+    chunk_chars: int = CHUNK_CHARS,
     written: list[str] | None = None,
 ) -> DocumentOutcome:
     """Store the documents' chunks (and in fine mode what was read in them).
@@ -85,6 +87,7 @@ def add_documents(
         windows = document_windows(document, chunk_chars)
         added = memory.add_windows(cube_id, user_id, windows, session_id, tags, info)
         new += [i.id for i in added.stored]
+        outcome.stored_chunks += len(added.stored)
         by_id = {i.id: i for i in [*added.stored, *added.duplicates]}
         chunks = [by_id[memory_id_for(cube_id, w.text)] for w in windows]
         outcome.chunks += chunks

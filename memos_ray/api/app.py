@@ -124,7 +124,10 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = jsonable_encoder(exc.errors())
+        # Without the offending input: it may be huge, or NaN, which JSON cannot carry.
+        errors = jsonable_encoder(
+            [{k: v for k, v in e.items() if k != "input"} for e in exc.errors()]
+        )
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         message = redact(f"invalid request: {where}: {first.get('msg', 'validation failed')}")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from memos_ray.api.context import ApiContext
 from memos_ray.api.convert import message_text
 from memos_ray.api.deps import dependencies
-from memos_ray.api.routes import filters_by_cube, requested_cubes
+from memos_ray.api.routes import check_query, filters_by_cube, requested_cubes
 from memos_ray.chat import ChatService, ChatTurn, PreparedChat
 from memos_ray.domain.tenancy import LLMUsage
 from memos_ray.errors import (
@@ -32,10 +32,11 @@ from memos_ray.models.chat import Message, ReasoningSplitter, SamplingParams
 from memos_ray.netguard import public_message
 from memos_ray.schemas.chat import OpenAIChatRequest, ProductChatRequest
 from memos_ray.schemas.envelope import ok
+from memos_ray.schemas.values import ValidText
 from memos_ray.tenancy import Caller
 
 
-class AdapterUpload(BaseModel):
+class AdapterUpload(ValidText):
     model_config = ConfigDict(extra="forbid")
 
     user_id: str | None = None
@@ -281,8 +282,9 @@ def _product_turn(
     req: ProductChatRequest, context: ApiContext, who: Caller
 ) -> tuple[ChatTurn, bool]:
     limits = context.config.limits
-    if req.top_k > limits.max_top_k:
-        raise BadRequestError(f"top_k is {req.top_k}; the limit is {limits.max_top_k}")
+    for name in ("top_k", "pref_top_k"):
+        if getattr(req, name) > limits.max_top_k:
+            raise BadRequestError(f"{name} is over the limit of {limits.max_top_k}")
     user_id = context.access.act_as(who, req.user_id)
     readable = requested_cubes(req.readable_cube_ids, req.mem_cube_id)
     cubes = context.access.cubes_for(user_id, readable, write=False, caller=who)
@@ -297,6 +299,7 @@ def _product_turn(
             history.append(Message(role=message.role, content=text))
     if context.chat is not None:
         context.chat.model.check_model(req.model_name_or_path)
+    check_query(req.query, context.config.limits)
     turn = ChatTurn(
         query=req.query,
         user_id=user_id,
@@ -326,6 +329,7 @@ def _openai_turn(
     last = req.messages[-1]
     if last.role != "user" or not last.text().strip():
         raise BadRequestError("the last message must be a non-empty user message")
+    check_query(last.text(), context.config.limits)
     system = "\n\n".join(m.text() for m in req.messages if m.role in ("system", "developer"))
     history = [
         Message(role=m.role, content=m.text())  # type: ignore[arg-type]

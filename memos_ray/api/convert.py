@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from memos_ray.config import LimitsConfig, ReaderConfig
 from memos_ray.errors import BadRequestError, PayloadTooLargeError
-from memos_ray.memory.documents import Document, decode_file_data, parse_document
+from memos_ray.memory.documents import Document, chunk_text, decode_file_data, parse_document
 from memos_ray.memory.reader import Turn, Window, fast_windows, text_memory
 from memos_ray.memory.tools import ToolMessage, schema_windows, trajectory_windows
 from memos_ray.schemas.messages import ChatMessage, FilePart, ImagePart, TextPart
@@ -54,15 +54,22 @@ def documents_from_request(req: AddRequest, limits: LimitsConfig) -> list[Docume
             if not isinstance(part, FilePart) or not part.file.file_data:
                 continue
             name = part.file.filename or part.file.file_id or "document"
-            data, mime = decode_file_data(part.file.file_data)
+            data, mime = decode_file_data(part.file.file_data, name)
             if len(data) > limits.max_message_bytes:
                 raise PayloadTooLargeError(
                     f"file {name} is {len(data)} bytes; the limit is "
                     f"{limits.max_message_bytes} bytes"
                 )
-            text = parse_document(name, data, mime)
-            if text.strip():
-                documents.append(Document(name=name, text=text, file_id=part.file.file_id))
+            text = parse_document(name, data, mime, max_chars=limits.max_document_chars)
+            if not text.strip():
+                continue
+            chunks = len(chunk_text(text))
+            if chunks > limits.max_document_chunks:
+                raise PayloadTooLargeError(
+                    f"file {name} makes {chunks} chunks; the limit is "
+                    f"{limits.max_document_chunks} (limits.max_document_chunks); nothing was stored"
+                )
+            documents.append(Document(name=name, text=text, file_id=part.file.file_id))
     return documents
 
 

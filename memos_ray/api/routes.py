@@ -20,11 +20,16 @@ from memos_ray.api.convert import (
 )
 from memos_ray.api.deps import dependencies
 from memos_ray.api.wire import bucket, edge_json, item_json, preference_bucket
-from memos_ray.config import ReaderConfig
+from memos_ray.config import LimitsConfig, ReaderConfig
 from memos_ray.document_memory import add_documents
 from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem, memory_id_for
 from memos_ray.domain.tenancy import Access
-from memos_ray.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from memos_ray.errors import (
+    BadRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
 from memos_ray.feedback import FeedbackService, FeedbackTask, recover
 from memos_ray.memory.documents import Document
 from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
@@ -45,6 +50,7 @@ from memos_ray.schemas.product import (
     SearchData,
     SearchRequest,
 )
+from memos_ray.schemas.values import INT64_MAX, MemoryIdText
 from memos_ray.service import TOOL_TYPES, AddOutcome, SearchOptions
 from memos_ray.tenancy import Caller
 
@@ -94,7 +100,9 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         # add's merges into existing memories are not undone.)
         written: dict[str, list[str]] = {}
         try:
-            docs = _add_documents(req, context, user_id, cubes, documents, fine, written)
+            docs, chunk_counts = _add_documents(
+                req, context, user_id, cubes, documents, fine, written
+            )
             for cube_id in cubes if tools else []:
                 tool_outcome = context.service.add_windows(
                     cube_id,
@@ -127,7 +135,9 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                         docs += [
                             _added(i, cube_id, "turn") for i in [*kept.stored, *kept.duplicates]
                         ]
-                return _add_fine(req, context, user_id, cubes, windows, docs)
+                answer = _add_fine(req, context, user_id, cubes, windows, docs)
+                answer["message"] += _documents_note(chunk_counts)
+                return answer
             outcomes: dict[str, AddOutcome] = {}
             for cube_id in cubes:
                 outcomes[cube_id] = outcome = context.service.add_windows(
@@ -154,6 +164,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                     entry["task_id"] = queued[cube_id]
                 added.append(entry)
         message = f"Memory added: {stored} stored, {duplicates} duplicates skipped"
+        message += _documents_note(chunk_counts)
         if queued:
             message += f"; fine extraction queued as tasks {sorted(queued.values())}"
         elif req.mode == "fine" or (req.async_mode == "async" and req.mode != "fast"):
@@ -164,8 +175,10 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
     @product.post("/search")
     def search(req: SearchRequest, context: Ctx, who: Who) -> dict[str, Any]:
         limits = context.config.limits
-        if req.top_k > limits.max_top_k:
-            raise BadRequestError(f"top_k is {req.top_k}; the limit is {limits.max_top_k}")
+        for name in ("top_k", "pref_top_k", "tool_mem_top_k", "skill_mem_top_k"):
+            if getattr(req, name) > limits.max_top_k:
+                raise BadRequestError(f"{name} is over the limit of {limits.max_top_k}")
+        check_query(req.query, limits)
         user_id = context.access.act_as(who, req.user_id)
         requested = requested_cubes(req.readable_cube_ids, req.mem_cube_id)
         cubes = context.access.cubes_for(user_id, requested, write=False, caller=who)
@@ -226,6 +239,8 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
             raise BadRequestError(
                 f"page_size is {page_size}; the limit is {context.config.limits.max_page_size}"
             )
+        if page_size is not None and ((req.page or 1) - 1) * page_size > INT64_MAX:
+            raise BadRequestError("page is past any cube's end (the offset exceeds 64 bits)")
         items, total = context.service.get_page(
             cube_id, parse_filter(req.filter), page=req.page, page_size=page_size
         )
@@ -247,7 +262,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
     def get_memory_by_ids(
         context: Ctx,
         who: Who,
-        memory_ids: Annotated[list[str], Body(max_length=1000)],
+        memory_ids: Annotated[list[MemoryIdText], Body(max_length=1000)],
         user_id: str | None = None,
     ) -> dict[str, Any]:
         items = _readable_items(context, who, user_id, memory_ids)
@@ -263,6 +278,7 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                 result.append({"cube_id": cube_id, "memories": [], "memory_statistics": {}})
                 continue
             if req.search_query:
+                check_query(req.search_query, context.config.limits)
                 found = context.service.search(
                     req.search_query, {cube_id: None}, SearchOptions(top_k=50, relativity=0.0)
                 )[cube_id]
@@ -502,10 +518,12 @@ def _add_documents(
     documents: list[Document],
     fine: bool,
     written: dict[str, list[str]],
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], tuple[int, int]]:
     """Inline files: chunks (RawFileMemory) and, in fine mode, what the LLM read in them;
-    `written` gets the ids stored, per cube."""
+    `written` gets the ids stored, per cube; with the chunk counts (stored, already present)
+    the answer's message reports."""
     entries: list[dict[str, Any]] = []
+    stored = present = 0
     for cube_id in cubes if documents else []:
         outcome = add_documents(
             context.service,
@@ -520,7 +538,16 @@ def _add_documents(
         )
         entries += [_added(i, cube_id, "document") for i in outcome.chunks]
         entries += [_added(i, cube_id, "added") for i in [*outcome.fine, *outcome.summaries]]
-    return entries
+        stored += outcome.stored_chunks
+        present += len(outcome.chunks) - outcome.stored_chunks
+    return entries, (stored, present)
+
+
+def _documents_note(counts: tuple[int, int]) -> str:
+    stored, present = counts
+    if not stored and not present:
+        return ""
+    return f"; documents: {stored} chunks stored, {present} already present"
 
 
 def _add_fine(
@@ -565,6 +592,14 @@ def _add_fine(
     if paused:
         message += "; fine extraction paused: the cube is over its LLM token budget"
     return ok(added, message)
+
+
+def check_query(query: str, limits: LimitsConfig) -> None:
+    """A query is embedded and scanned against every memory: its length is bounded."""
+    if len(query) > limits.max_query_chars:
+        raise PayloadTooLargeError(
+            f"query is {len(query)} characters; the limit is {limits.max_query_chars}"
+        )
 
 
 def requested_cubes(cube_ids: list[str] | None, mem_cube_id: str | None) -> list[str] | None:

@@ -4,25 +4,31 @@ Backed by the durable task log, so they answer the same after any restart. No `f
 __future__ import annotations`: FastAPI must see the dependency aliases as objects.
 """
 
+import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import dependencies
+from memos_ray.config import LimitsConfig
 from memos_ray.errors import BadRequestError, ServiceUnavailableError
 from memos_ray.netguard import redact
 from memos_ray.scheduler import SchedulerClient
 from memos_ray.schemas.envelope import ok
+from memos_ray.schemas.values import ValidText
 from memos_ray.stores.sql.tasks import Task
 
+_STREAM_POLL_S = 0.5
 
-class WaitRequest(BaseModel):
+
+class WaitRequest(ValidText):
     model_config = ConfigDict(extra="ignore")
 
     # MemOS names the cube `user_name` here.
@@ -30,6 +36,14 @@ class WaitRequest(BaseModel):
     user_id: str | None = None
     timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
     poll_interval: float = Field(default=0.5, gt=0, le=60)
+
+
+def wait_plan(timeout_s: float, poll_s: float, limits: LimitsConfig) -> tuple[float, float]:
+    """(timeout, poll interval) a wait really uses: clamped to the configured bounds, so a
+    caller cannot poll the task log every microsecond or hold a request for an hour."""
+    timeout = min(timeout_s, limits.max_wait_s)
+    poll = min(max(poll_s, limits.min_poll_interval_s), max(timeout, limits.min_poll_interval_s))
+    return timeout, poll
 
 
 def build_scheduler_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
@@ -49,17 +63,33 @@ def build_scheduler_routers(get_context: Callable[[], ApiContext]) -> list[APIRo
         return ok({"tasks": [_task_json(t) for t in tasks], "summary": summary}, "Task status")
 
     @router.post("/wait")
-    def wait(req: WaitRequest, context: Ctx, who: Who) -> dict[str, Any]:
-        scheduler = _scheduler(context)
-        acting = context.access.act_as(who, req.user_id or who.user_id)
-        cube = context.access.cubes_for(acting, [req.user_name], write=False, caller=who)[0]
-        deadline = time.monotonic() + req.timeout_seconds
-        pending = scheduler.tasks.pending(cube)
+    async def wait(req: WaitRequest, context: Ctx, who: Who) -> dict[str, Any]:
+        """Async: while it sleeps between polls it holds no thread, only the SQL reads do."""
+
+        def authorise() -> tuple[SchedulerClient, str]:
+            scheduler = _scheduler(context)
+            acting = context.access.act_as(who, req.user_id or who.user_id)
+            cube = context.access.cubes_for(acting, [req.user_name], write=False, caller=who)[0]
+            return scheduler, cube
+
+        scheduler, cube = await run_in_threadpool(authorise)
+        timeout, poll = wait_plan(req.timeout_seconds, req.poll_interval, context.config.limits)
+        deadline = time.monotonic() + timeout
+        pending = await run_in_threadpool(scheduler.tasks.pending, cube)
         while pending and time.monotonic() < deadline:
-            time.sleep(min(req.poll_interval, max(0.0, deadline - time.monotonic())))
-            pending = scheduler.tasks.pending(cube)
-        failed = len(scheduler.tasks.find(cube_id=cube, states=["failed"]))
-        data = {"cube_id": cube, "pending": pending, "failed": failed, "timed_out": pending > 0}
+            await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            pending = await run_in_threadpool(scheduler.tasks.pending, cube)
+        failed = len(
+            await run_in_threadpool(lambda: scheduler.tasks.find(cube_id=cube, states=["failed"]))
+        )
+        data = {
+            "cube_id": cube,
+            "pending": pending,
+            "failed": failed,
+            "timed_out": pending > 0,
+            "timeout_seconds": timeout,
+            "poll_interval": poll,
+        }
         return ok(data, "Queue drained" if not pending else "Timed out with tasks pending")
 
     @router.get("/stream")
@@ -70,17 +100,22 @@ def build_scheduler_routers(get_context: Callable[[], ApiContext]) -> list[APIRo
         task_id: str | None = None,
         timeout_seconds: float = 600.0,
     ) -> StreamingResponse:
-        """Server-sent events: each task's state when it changes, then an end frame."""
+        """Server-sent events: each task's state when it changes, then an end frame.
+
+        At most `limits.max_stream_s` long; an async generator, so an open stream holds no
+        thread between its polls."""
         scheduler = _scheduler(context)
         acting = context.access.act_as(who, user_id or who.user_id)
-        if timeout_seconds <= 0 or timeout_seconds > 3600:
+        if not 0 < timeout_seconds <= 3600:  # NaN fails this too
             raise BadRequestError("timeout_seconds must be in (0, 3600]")
+        duration = min(timeout_seconds, context.config.limits.max_stream_s)
+        poll = max(_STREAM_POLL_S, context.config.limits.min_poll_interval_s)
 
-        def frames() -> Iterator[str]:
+        async def frames() -> AsyncIterator[str]:
             seen: dict[str, tuple[str, int]] = {}
-            deadline = time.monotonic() + timeout_seconds
+            deadline = time.monotonic() + duration
             while True:
-                tasks = _tasks(scheduler, acting, task_id)
+                tasks = await run_in_threadpool(_tasks, scheduler, acting, task_id)
                 for task in tasks:
                     state = (task.state, task.attempts)
                     if seen.get(task.task_id) != state:
@@ -91,7 +126,7 @@ def build_scheduler_routers(get_context: Callable[[], ApiContext]) -> list[APIRo
                     end = {"type": "end", "data": {"done": done, "tasks": len(tasks)}}
                     yield f"data: {json.dumps(end)}\n\n"
                     return
-                time.sleep(0.5)
+                await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic()) + 0.01))
 
         return StreamingResponse(frames(), media_type="text/event-stream")
 

@@ -52,8 +52,16 @@ def resolve_relative_dates(text: str, said_at: str | datetime | date | None) -> 
     if anchor is None:
         return text
     for pattern, kind in _PATTERNS:
-        text = pattern.sub(lambda m, kind=kind: _sentence_case(m, _replace(m, kind, anchor)), text)
+        text = pattern.sub(lambda m, kind=kind: _resolved(m, kind, anchor), text)
     return text
+
+
+def _resolved(match: re.Match[str], kind: str, anchor: date) -> str:
+    """The absolute phrase, or the words as said where the date leaves years 1..9999."""
+    try:
+        return _sentence_case(match, _replace(match, kind, anchor))
+    except (OverflowError, ValueError):
+        return match.group(0)
 
 
 def _anchor(said_at: str | datetime | date | None) -> date | None:

@@ -155,33 +155,45 @@ def _count(word: str) -> int:
 
 
 def query_date_windows(query: str, asked_on: dt.date | None = None) -> list[DateWindow]:
-    """Dates a question names, as (centre, half-width in days) or ("month", m)."""
+    """Dates a question names, as (centre, half-width in days) or ("month", m).
+
+    A date outside years 1..9999 (a far `reference_time`, "99999 days ago") names nothing.
+    """
     s = query.lower()
     out: list[DateWindow] = []
+
+    def add(make: Callable[[], DateWindow]) -> None:
+        with contextlib.suppress(ValueError, OverflowError):
+            out.append(make())
+
     for m in re.finditer(r"(\d{1,2})(?:st|nd|rd|th)?\s+" + _MONTH + r",?\s*(\d{4})", s):
-        with contextlib.suppress(ValueError):
-            out.append((dt.date(int(m[3]), _MONTH_NUMBER[m[2]], int(m[1])), 1))
+        add(lambda m=m: (dt.date(int(m[3]), _MONTH_NUMBER[m[2]], int(m[1])), 1))
     for m in re.finditer(_MONTH + r"\s+(\d{1,2})(?:st|nd|rd|th)?,?\s*(\d{4})", s):
-        with contextlib.suppress(ValueError):
-            out.append((dt.date(int(m[3]), _MONTH_NUMBER[m[1]], int(m[2])), 1))
+        add(lambda m=m: (dt.date(int(m[3]), _MONTH_NUMBER[m[1]], int(m[2])), 1))
     if not out:
         for m in re.finditer(_MONTH + r",?\s+(\d{4})", s):
-            out.append((dt.date(int(m[2]), _MONTH_NUMBER[m[1]], 15), 16))
+            add(lambda m=m: (dt.date(int(m[2]), _MONTH_NUMBER[m[1]], 15), 16))
     if not out:
         for m in re.finditer(r"\b(?:in|of|during)\s+" + _MONTH + r"\b", s):
             out.append(("month", _MONTH_NUMBER[m[1]]))
     if asked_on is not None:
+        day = asked_on
         for m in re.finditer(r"\b" + _COUNT + r"\s+(day|week|month|year)s?\s+ago", s):
             unit = _UNIT_DAYS[m[2]]
-            out.append((asked_on - dt.timedelta(days=_count(m[1]) * unit), max(1, unit // 2 + 1)))
+            add(
+                lambda m=m, unit=unit: (
+                    day - dt.timedelta(days=_count(m[1]) * unit),
+                    max(1, unit // 2 + 1),
+                )
+            )
         for m in re.finditer(r"\blast\s+(week|month|year|weekend)\b", s):
             unit = {"week": 7, "weekend": 7, "month": 30, "year": 365}[m[1]]
-            out.append((asked_on - dt.timedelta(days=unit), unit // 2 + 1))
+            add(lambda unit=unit: (day - dt.timedelta(days=unit), unit // 2 + 1))
         if re.search(r"\byesterday\b", s):
-            out.append((asked_on - dt.timedelta(days=1), 1))
+            add(lambda: (day - dt.timedelta(days=1), 1))
         for m in re.finditer(r"\b(?:past|last)\s+" + _COUNT + r"\s+(day|week|month)s?\b", s):
             width = _count(m[1]) * _UNIT_DAYS[m[2]]
-            out.append((asked_on - dt.timedelta(days=width / 2), width // 2 + 1))
+            add(lambda width=width: (day - dt.timedelta(days=width / 2), width // 2 + 1))
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -98,6 +99,11 @@ class TransformersChatModel(ChatModel):
             str(model_path), dtype=getattr(torch, dtype)
         ).to(self._device)
         self.model.eval()
+        self._model_path = Path(model_path)
+        self._dtype = dtype
+        # The base model's Linear layers, taken before any LoRA wraps them: every adapter's
+        # tensors are checked against these before it touches the shared model.
+        self._linear = _linear_layers(self.model)
         limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
         self.max_context_tokens = min(max_context_tokens or limit, limit)
         self._lock = threading.Lock()
@@ -379,20 +385,110 @@ class TransformersChatModel(ChatModel):
             if self._peft is None:
                 return self.model, nullcontext
             return self.model, self._peft.disable_adapter
-        try:
-            if self._peft is None:
-                from peft import PeftModel
-
-                self._peft = PeftModel.from_pretrained(
-                    self.model, adapter.path, adapter_name=adapter.name
-                )
-                self._peft.eval()
-            elif adapter.name not in self._peft.peft_config:
-                self._peft.load_adapter(adapter.path, adapter_name=adapter.name)
-        except Exception as exc:
-            raise LLMError(f"cannot load LoRA adapter {adapter.name}: {exc}") from exc
+        self._load_adapter(adapter)
         self._peft.set_adapter(adapter.name)
         return self._peft, nullcontext
+
+    def _load_adapter(self, adapter: Adapter) -> None:
+        """Check the adapter whole, then inject it; a failure leaves the shared model as it
+        was (the probe that motivated this: a half-loaded adapter's layers stayed in the base
+        model and garbled every tenant's answers, even after the adapter was deleted)."""
+        if self._peft is not None and adapter.name in self._peft.peft_config:
+            return
+        config, state = self._checked_adapter(adapter)
+        from peft import PeftModel, set_peft_model_state_dict
+
+        created = self._peft is None
+        try:
+            if created:
+                self._peft = PeftModel(self.model, config, adapter_name=adapter.name)
+                self._peft.eval()
+            else:
+                self._peft.add_adapter(adapter.name, config)
+            result = set_peft_model_state_dict(self._peft, state, adapter_name=adapter.name)
+            unexpected = list(result.unexpected_keys)
+            missing = [k for k in result.missing_keys if f".{adapter.name}." in k]
+            if unexpected or missing:
+                raise ValueError(f"tensors not loaded: {(unexpected + missing)[:3]}")
+        except Exception as exc:
+            self._drop_adapter(adapter.name)
+            raise LLMError(f"cannot load LoRA adapter {adapter.name}: {exc}") from exc
+
+    def _checked_adapter(self, adapter: Adapter) -> tuple[Any, dict[str, torch.Tensor]]:
+        """The adapter's LoraConfig and tensors, checked against this model's layers and
+        for finite values; nothing is injected yet."""
+        from peft import LoraConfig
+        from safetensors.torch import load as load_tensors
+
+        from memos_ray.errors import MemosError
+        from memos_ray.memory.adapters import (
+            CONFIG_FILE,
+            WEIGHTS_FILE,
+            check_weights,
+            parse_adapter_config,
+        )
+
+        folder = Path(adapter.path)
+        try:
+            raw = json.loads((folder / CONFIG_FILE).read_text())
+            weights = (folder / WEIGHTS_FILE).read_bytes()
+            checked = parse_adapter_config(raw)
+            check_weights(weights, checked, self._linear)
+            state = load_tensors(weights)
+        except MemosError as exc:
+            raise LLMError(f"LoRA adapter {adapter.name} is invalid: {exc.message}") from exc
+        except Exception as exc:
+            raise LLMError(f"cannot read LoRA adapter {adapter.name}: {exc}") from exc
+        for key, tensor in state.items():
+            if not torch.isfinite(tensor).all():
+                raise LLMError(f"LoRA adapter {adapter.name}: {key} has non-finite values")
+        fields = checked.normalised()
+        fields.pop("peft_type")
+        dtype = next(self.model.parameters()).dtype
+        return LoraConfig(**fields), {k: v.to(dtype) for k, v in state.items()}
+
+    def _drop_adapter(self, name: str) -> None:
+        """Remove a (partly) loaded adapter and check the base model is as it was; if it
+        cannot be, the base weights are loaded again rather than served wrong."""
+        peft = self._peft
+        try:
+            if peft is not None and name in peft.peft_config:
+                if len(peft.peft_config) == 1:
+                    peft.unload()  # puts the original layers back into self.model
+                    self._peft = None
+                else:
+                    peft.delete_adapter(name)
+            if self._peft is not None:
+                # Layers injected before PEFT registered the adapter's config, if any.
+                for module in self._peft.modules():
+                    if name in getattr(module, "lora_A", {}) and hasattr(module, "delete_adapter"):
+                        module.delete_adapter(name)
+        except Exception:
+            logger.exception("removing LoRA adapter %s failed", name)
+            if self._peft is not None:
+                self._reload_base()
+        if self._peft is None and _linear_layers(self.model) != self._linear:
+            logger.error("LoRA layers stayed in the base model; reloading its weights")
+            self._reload_base()
+
+    def _reload_base(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(self._model_path), dtype=getattr(torch, self._dtype)
+        ).to(self._device)
+        self.model.eval()
+        self._peft = None
+        self._caches.clear()
+
+
+def _linear_layers(model: Any) -> dict[str, tuple[int, int]]:
+    """Plain Linear layers by module name (a LoRA-wrapped layer is not one)."""
+    return {
+        name: (module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if type(module) is torch.nn.Linear
+    }
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

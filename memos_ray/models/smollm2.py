@@ -36,9 +36,14 @@ def gguf_dir() -> Path:
     return folder
 
 
+def hf_dir_path(cache_dir: Path) -> Path:
+    """Where `hf_dir` puts the converted model (it may not be there yet)."""
+    return cache_dir / f"{MODEL_NAME}-v{_FORMAT}"
+
+
 def hf_dir(cache_dir: Path) -> Path:
     """The converted model folder under `cache_dir`, created on first use (process-safe)."""
-    target = cache_dir / f"{MODEL_NAME}-v{_FORMAT}"
+    target = hf_dir_path(cache_dir)
     if (target / "config.json").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)

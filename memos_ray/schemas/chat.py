@@ -7,9 +7,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memos_ray.schemas.messages import ChatMessage
+from memos_ray.schemas.values import INT64_MAX, INT64_MIN, FilterDict, ValidText
 
 
-class ProductChatRequest(BaseModel):
+class ProductChatRequest(ValidText):
     """MemOS ChatRequest fields; `include_prompt` is memos-ray's: return the prompt sent."""
 
     model_config = ConfigDict(extra="ignore")
@@ -32,7 +33,7 @@ class ProductChatRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     add_message_on_answer: bool = True
     relativity: float = Field(default=0.0, ge=0.0, le=1.0)
-    filter: dict[str, Any] | None = None
+    filter: FilterDict | None = None
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     include_prompt: bool = False
 
@@ -67,7 +68,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class OpenAIChatRequest(BaseModel):
+class OpenAIChatRequest(ValidText):
     """The OpenAI chat completions body; fields memos-ray does not use are ignored."""
 
     model_config = ConfigDict(extra="ignore")
@@ -81,7 +82,7 @@ class OpenAIChatRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     n: int = Field(default=1, ge=1, le=1)
     # OpenAI's end-user id: the memory owner in open mode (an API key names it otherwise).
     user: str | None = None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from memos_ray.schemas.values import ToolList
 
 
 class _Part(BaseModel):
@@ -49,4 +51,4 @@ class ChatMessage(BaseModel):
     chat_time: str | None = None
     message_id: str | None = None
     tool_call_id: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: ToolList | None = None

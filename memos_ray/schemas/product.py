@@ -2,36 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from memos_ray.schemas.messages import ChatMessage
+from memos_ray.schemas.values import FilterDict, InfoDict, ToolList, ValidText
+
+# Short identifiers and labels: stored on every memory they tag, so bounded.
+SessionId = Annotated[str, Field(max_length=256)]
+Tag = Annotated[str, Field(max_length=256)]
+IdList = Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=10_000)]
 
 
-class _Request(BaseModel):
+class _Request(ValidText):
     # MemOS clients send fields we do not use; unknown ones are ignored, typed ones checked.
     model_config = ConfigDict(extra="ignore")
 
 
 class AddRequest(_Request):
     user_id: str = Field(min_length=1, max_length=128)
-    session_id: str | None = None
-    task_id: str | None = None
-    writable_cube_ids: list[str] | None = None
+    session_id: SessionId | None = None
+    task_id: SessionId | None = None
+    writable_cube_ids: IdList | None = None
     async_mode: Literal["async", "sync"] = "async"
     mode: Literal["fast", "fine"] | None = None
     messages: str | list[ChatMessage] | None = None
     chat_history: list[ChatMessage] | None = None
-    custom_tags: list[str] | None = None
-    info: dict[str, Any] | None = None
+    custom_tags: Annotated[list[Tag], Field(max_length=100)] | None = None
+    info: InfoDict | None = None
     is_feedback: bool = False
     mem_cube_id: str | None = None
     memory_content: str | None = None
     doc_path: str | None = None
     source: str | None = None
     # memos-ray's: tool definitions (OpenAI format) to keep as ToolSchemaMemory.
-    tools: list[dict[str, Any]] | None = None
+    tools: ToolList | None = None
 
 
 class AddedMemory(BaseModel):
@@ -44,9 +50,9 @@ class AddedMemory(BaseModel):
 class SearchRequest(_Request):
     query: str = Field(min_length=1)
     user_id: str = Field(min_length=1, max_length=128)
-    readable_cube_ids: list[str] | None = None
+    readable_cube_ids: IdList | None = None
     mode: Literal["fast", "fine", "mixture"] = "fast"
-    session_id: str | None = None
+    session_id: SessionId | None = None
     top_k: int = Field(default=10, ge=1)
     relativity: float = Field(default=0.45, ge=0.0, le=1.0)
     dedup: Literal["mmr", "sim", "no"] | None = "mmr"
@@ -57,7 +63,7 @@ class SearchRequest(_Request):
     tool_mem_top_k: int = Field(default=6, ge=0)
     include_skill_memory: bool = True
     skill_mem_top_k: int = Field(default=3, ge=0)
-    filter: dict[str, Any] | None = None
+    filter: FilterDict | None = None
     search_memory_type: str = "All"
     reference_time: str | None = None
     chat_history: list[ChatMessage] | None = None
@@ -88,26 +94,26 @@ class GetMemoryRequest(_Request):
     include_preference: bool = True
     include_tool_memory: bool = True
     include_skill_memory: bool = True
-    filter: dict[str, Any] | None = None
-    page: int | None = Field(default=None, ge=1)
+    filter: FilterDict | None = None
+    page: int | None = Field(default=None, ge=1, le=10**12)
     page_size: int | None = Field(default=None, ge=1)
 
 
 class GetAllRequest(_Request):
     user_id: str = Field(min_length=1, max_length=128)
     memory_type: Literal["text_mem", "act_mem", "para_mem"] = "text_mem"
-    mem_cube_ids: list[str] | None = None
+    mem_cube_ids: IdList | None = None
     search_query: str | None = None
     search_type: Literal["fulltext", "embedding"] = "embedding"
 
 
 class DeleteMemoryRequest(_Request):
-    writable_cube_ids: list[str] | None = None
-    memory_ids: list[str] | None = None
-    file_ids: list[str] | None = None
-    filter: dict[str, Any] | None = None
+    writable_cube_ids: IdList | None = None
+    memory_ids: IdList | None = None
+    file_ids: IdList | None = None
+    filter: FilterDict | None = None
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
-    session_id: str | None = None
+    session_id: SessionId | None = None
     mem_cube_id: str | None = None
 
     @model_validator(mode="after")
@@ -126,13 +132,13 @@ class CreateCubeRequest(_Request):
     cube_id: str | None = Field(default=None, min_length=1, max_length=128)
 
 
-class CreateUserRequest(BaseModel):
+class CreateUserRequest(ValidText):
     model_config = ConfigDict(extra="forbid")
 
     user_id: str = Field(min_length=1, max_length=128)
 
 
-class GrantRequest(BaseModel):
+class GrantRequest(ValidText):
     model_config = ConfigDict(extra="forbid")
 
     cube_id: str = Field(min_length=1, max_length=128)
@@ -142,16 +148,16 @@ class GrantRequest(BaseModel):
 
 class FeedbackRequest(_Request):
     user_id: str = Field(min_length=1, max_length=128)
-    session_id: str | None = None
+    session_id: SessionId | None = None
     history: list[ChatMessage] | None = None
-    retrieved_memory_ids: list[str] | None = None
+    retrieved_memory_ids: IdList | None = None
     feedback_content: str = Field(min_length=1, max_length=100_000)
     feedback_time: str | None = None
-    writable_cube_ids: list[str] | None = None
+    writable_cube_ids: IdList | None = None
     mem_cube_id: str | None = None
     async_mode: Literal["async", "sync"] = "sync"
     corrected_answer: str | None = None
-    info: dict[str, Any] | None = None
+    info: InfoDict | None = None
 
 
 class RecoverRequest(_Request):
@@ -159,5 +165,5 @@ class RecoverRequest(_Request):
 
     user_id: str = Field(min_length=1, max_length=128)
     memory_ids: list[str] = Field(min_length=1, max_length=1000)
-    writable_cube_ids: list[str] | None = None
+    writable_cube_ids: IdList | None = None
     mem_cube_id: str | None = None

@@ -354,3 +354,53 @@ def test_llm_budget_set_lifted_and_kept_by_counting(store: SQLTenancyStore) -> N
     assert store.llm_usage("budgeted").total_tokens == 110
     with pytest.raises(BadRequestError):
         store.set_llm_budget("budgeted", -1)
+
+
+# --- one namespace for user ids and cube ids ---------------------------------------------
+
+
+def test_another_users_default_cube_cannot_be_created(store: SQLTenancyStore) -> None:
+    store.create_user("bob")
+    store.create_user("carol")
+    with pytest.raises(ConflictError, match="default cube"):
+        store.create_cube("carol", "squat", "bob")
+    # The user itself may, and a cube id that is nobody's user id is free.
+    assert store.create_cube("carol", "carol", "carol").owner_id == "carol"
+    assert store.create_cube("bob-project", "p", "bob").owner_id == "bob"
+
+
+def test_a_cube_id_reserves_the_user_id(store: SQLTenancyStore) -> None:
+    store.create_user("bob")
+    store.create_cube("dave", "bob's cube named dave", "bob")
+    with pytest.raises(ConflictError, match="share one namespace"):
+        store.create_user("dave")
+    with pytest.raises(ConflictError, match="share one namespace"):
+        store.ensure_user("dave")
+    assert store.get_user("dave") is None
+    # Existing users are unaffected: ensure_user of one is a read.
+    assert store.ensure_user("bob").user_id == "bob"
+
+
+def test_namespace_race_has_one_winner(store: SQLTenancyStore) -> None:
+    store.create_user("owner")
+    barrier = threading.Barrier(2)
+
+    def make_user() -> str:
+        barrier.wait()
+        try:
+            store.create_user("contested")
+            return "user"
+        except ConflictError:
+            return "lost"
+
+    def make_cube() -> str:
+        barrier.wait()
+        try:
+            store.create_cube("contested", "c", "owner")
+            return "cube"
+        except ConflictError:
+            return "lost"
+
+    with ThreadPoolExecutor(2) as pool:
+        results = sorted(f.result() for f in [pool.submit(make_user), pool.submit(make_cube)])
+    assert results.count("lost") == 1, results

@@ -9,18 +9,24 @@ Decisions:
   has every right, and callers sharing a cube with a list of users need not filter the owner.
   Granting Access.OWNER is a BadRequestError (ownership is not transferable).
 - Only SQLite and PostgreSQL are supported: upserts use their ON CONFLICT dialect support.
+- User ids and cube ids share one namespace, because a user's default cube has the user's id.
+  A cube whose id is another user's id is refused (it is that user's default cube), and a
+  cube whose id is not yet a user reserves that id: creating such a user is then refused.
+  Both checks run under one namespace lock (an advisory lock on PostgreSQL, a process lock on
+  SQLite, whose writers are serialised anyway), so the two orders cannot race.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event, select, text
+from sqlalchemy import Engine, MetaData, create_engine, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
@@ -57,6 +63,8 @@ _MAX_KEY_LEN = 256
 _SQLITE_BUSY_TIMEOUT_S = 30.0
 # Serialises schema creation between processes starting at once against one PostgreSQL.
 _PG_SCHEMA_LOCK = 0x6D656D6F73  # "memos"
+# Serialises user and cube creation (one namespace) between processes on one PostgreSQL.
+_PG_NAMESPACE_LOCK = 0x6D656D6F736E  # "memosn"
 
 
 def normalize_url(url: str) -> URL:
@@ -134,6 +142,7 @@ class SQLTenancyStore(TenancyStore):
         except (SQLAlchemyError, ImportError) as exc:
             raise ConfigError(f"cannot create SQL engine for {self._safe_url()}: {exc}") from exc
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._namespace = threading.Lock()
         self._create_schema()
 
     @property
@@ -190,6 +199,25 @@ class SQLTenancyStore(TenancyStore):
         except SQLAlchemyError as exc:
             raise StoreError(f"SQL store failed: {exc}") from exc
 
+    @contextmanager
+    def _namespace_txn(self, conflict: str | None = None) -> Iterator[Session]:
+        """A transaction that holds the user/cube namespace lock, so a check for the other
+        kind of id and the insert are one step (see the module's decisions)."""
+        with self._namespace, self._txn(conflict) as s:
+            if self._backend == "postgresql":
+                s.execute(select(func.pg_advisory_xact_lock(_PG_NAMESPACE_LOCK)))
+            yield s
+
+    @staticmethod
+    def _reserved_by_cube(s: Session, user_id: str) -> None:
+        """Refuse a new user whose id is a cube someone else owns (it would be its default)."""
+        cube = s.get(CubeRow, user_id)
+        if cube is not None and cube.owner_id != user_id:
+            raise ConflictError(
+                f"id {user_id!r} is taken by a cube of user {cube.owner_id!r}; user ids and "
+                "cube ids share one namespace, so pick another user id"
+            )
+
     def _insert(self, table: Any) -> Any:
         dialect = postgresql if self._backend == "postgresql" else sqlite
         return dialect.insert(table)
@@ -199,19 +227,28 @@ class SQLTenancyStore(TenancyStore):
     def create_user(self, user_id: str) -> User:
         _check_id("user_id", user_id)
         row = UserRow(user_id=user_id, created_at=iso(utc_now()))
-        with self._txn(conflict=f"user {user_id!r} already exists") as s:
+        with self._namespace_txn(conflict=f"user {user_id!r} already exists") as s:
+            if s.get(UserRow, user_id) is not None:
+                raise ConflictError(f"user {user_id!r} already exists")
+            self._reserved_by_cube(s, user_id)
             s.add(row)
             s.flush()
         return _user(row)
 
     def ensure_user(self, user_id: str) -> User:
         _check_id("user_id", user_id)
+        with self._txn() as s:
+            row = s.get(UserRow, user_id)
+            if row is not None:  # the hot path: no namespace lock for known users
+                return _user(row)
         stmt = (
             self._insert(UserRow)
             .values(user_id=user_id, created_at=iso(utc_now()))
             .on_conflict_do_nothing(index_elements=["user_id"])
         )
-        with self._txn() as s:
+        with self._namespace_txn() as s:
+            if s.get(UserRow, user_id) is None:
+                self._reserved_by_cube(s, user_id)
             s.execute(stmt)
             row = s.get(UserRow, user_id)
             if row is None:  # only if another process deleted it in between
@@ -264,9 +301,16 @@ class SQLTenancyStore(TenancyStore):
         row = CubeRow(
             cube_id=cube_id, cube_name=cube_name, owner_id=owner_id, created_at=iso(utc_now())
         )
-        with self._txn(conflict=f"cube {cube_id!r} already exists") as s:
+        with self._namespace_txn(conflict=f"cube {cube_id!r} already exists") as s:
             if s.get(UserRow, owner_id) is None:
                 raise NotFoundError(f"user {owner_id!r} not found")
+            if s.get(CubeRow, cube_id) is not None:
+                raise ConflictError(f"cube {cube_id!r} already exists")
+            if cube_id != owner_id and s.get(UserRow, cube_id) is not None:
+                raise ConflictError(
+                    f"cube id {cube_id!r} is user {cube_id!r}'s default cube; only that user "
+                    "may create it"
+                )
             s.add(row)
             s.flush()
         return _cube(row)
