@@ -225,7 +225,8 @@ def _gcs_on_loopback(address: str) -> bool:
 # URIs of any scheme (bolt://, redis://, http://, file://, postgresql://user:pw@...).
 _URI = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)\]]*")
 # [v6]:port, v4[:port], name:port (a name starts with a letter, so 12:30 is no address).
-_V6_PORT = re.compile(r"\[[0-9a-fA-F:.]+\](?::\d{1,5})?")
+# (A v6 literal has a colon inside the brackets: list indexes such as "or[1]" are kept.)
+_V6_PORT = re.compile(r"\[[0-9a-fA-F.]*:[0-9a-fA-F:.]*\](?::\d{1,5})?")
 _V4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b")
 _HOST_PORT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9-]*(?:\.[a-zA-Z0-9-]+)*:\d{2,5}\b")
 # Absolute file paths of two or more parts (a data dir, a socket, a log file).

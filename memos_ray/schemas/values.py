@@ -137,7 +137,10 @@ FilterDict = Annotated[dict[str, Any], _bounded(FILTER_BOUNDS, "filter")]
 ToolList = Annotated[list[dict[str, Any]], _bounded(TOOL_BOUNDS, "tools")]
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# Lone UTF-16 surrogates (JSON can escape one, but nothing can encode it) and NUL (the graph
+# store reads its parameters as C strings): no store can keep them.
+_SURROGATE = re.compile("[\x00\ud800-\udfff]")
+_UNSTORABLE = "text holds a NUL character or a lone UTF-16 surrogate, which no store can keep"
 
 
 def find_lone_surrogate(value: Any, where: str = "body") -> str | None:
@@ -167,13 +170,13 @@ class ValidText(BaseModel):
     def _no_lone_surrogates(cls, data: Any) -> Any:
         where = find_lone_surrogate(data)
         if where is not None:
-            raise ValueError(f"{where}: text holds a lone UTF-16 surrogate (not valid Unicode)")
+            raise ValueError(f"{where}: {_UNSTORABLE}")
         return data
 
 
 def _valid_text(value: str) -> str:
     if _SURROGATE.search(value):
-        raise ValueError("text holds a lone UTF-16 surrogate (not valid Unicode)")
+        raise ValueError(_UNSTORABLE)
     return value
 
 

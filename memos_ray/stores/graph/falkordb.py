@@ -28,7 +28,13 @@ from redis.retry import Retry
 
 from memos_ray.config import FalkorDBConfig
 from memos_ray.domain.memory import Edge, MemoryItem
-from memos_ray.errors import ConflictError, QueryTimeoutError, StoreError, StoreUnavailableError
+from memos_ray.errors import (
+    BadRequestError,
+    ConflictError,
+    QueryTimeoutError,
+    StoreError,
+    StoreUnavailableError,
+)
 from memos_ray.memory.filters import FilterExpr
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.cypher import (
@@ -51,6 +57,22 @@ logger = logging.getLogger(__name__)
 GRAPH_NAME = "falkordb"
 _INDEXED = ("id", "cube_id")
 _TIMED_OUT = "Query timed out"
+
+
+def _check_params(value: Any, what: str) -> None:
+    """FalkorDB reads parameters as text in a C string: a NUL character ends it mid-query."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise BadRequestError(
+                    f"graph store {what}: text holds a NUL character, which it cannot keep"
+                )
+        elif isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            stack += item
 
 
 class FalkorDBGraphStore(GraphStore):
@@ -111,6 +133,7 @@ class FalkorDBGraphStore(GraphStore):
         self, query: str, params: dict[str, Any], *, write: bool, what: str
     ) -> list[dict[str, Any]]:
         """Rows as dicts by column name; errors mapped to the service's classes."""
+        _check_params(params, what)
         try:
             if write:
                 result = self._write_graph.query(query, params, timeout=self.write_timeout_ms)
@@ -137,6 +160,10 @@ class FalkorDBGraphStore(GraphStore):
             if "max pending queries" in text.lower():
                 raise StoreUnavailableError(f"graph store {what}: server busy ({text})") from exc
             raise StoreError(f"graph store {what} failed: {text}") from exc
+        except ValueError as exc:
+            # The client refuses what its parameter header cannot spell (a map key holding a
+            # backtick, an empty key): the request's to change, not a server failure.
+            raise BadRequestError(f"graph store {what}: {exc}") from exc
         names = [column[1] for column in result.header]
         return [dict(zip(names, row, strict=True)) for row in result.result_set]
 
