@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 from memos_ray.config import MemosConfig
 from memos_ray.stores.sql.tasks import QueueFullError, SQLTaskStore, Task, TaskStore
@@ -399,11 +400,27 @@ class SchedulerClient:
         failed."""
         return self.tasks.discard(task_ids)
 
-    def wake(self, cube_id: str) -> None:
-        try:
-            self.actor(cube_id).notify.remote()
-        except Exception:  # recorded already: a later wake or resume runs it
-            logger.warning("could not wake the scheduler of cube %s", cube_id, exc_info=True)
+    def wake(self, cube_id: str, attempts: int = 3) -> None:
+        """Have the cube's actor run what was recorded, without waiting for it.
+
+        An actor ends itself when idle; one that was ending as the task was recorded answers
+        the wake-up with RayActorError, and then a new actor is made (the name is free again)
+        and woken. Failing to reach the actor at all raises: the caller undoes its request.
+        """
+        ref = self.actor(cube_id).notify.remote()
+
+        def check(done: Any) -> None:
+            try:
+                done.result()
+            except RayActorError:
+                if attempts > 1:
+                    self.wake(cube_id, attempts - 1)
+                else:
+                    logger.error("the scheduler of cube %s kept dying on wake-up", cube_id)
+            except Exception:
+                logger.exception("waking the scheduler of cube %s failed", cube_id)
+
+        ref.future().add_done_callback(check)
 
     def resume_all(self) -> int:
         """After a restart: wake the scheduler of every cube with unfinished tasks."""

@@ -452,7 +452,8 @@ def _record_fine_reads(
     """Record a `mem_read` task per cube for the fast memories just stored, then wake the
     cubes. Recorded after the write, so the scheduler never reads memories that are not
     there yet, and a failed write records nothing; if recording fails part way, the tasks
-    recorded so far are discarded (the caller removes the memories)."""
+    recorded so far are discarded (the caller removes the memories); so are they when a cube's
+    scheduler cannot be reached."""
     assert context.scheduler is not None
     queued: dict[str, str] = {}
     try:
@@ -467,14 +468,14 @@ def _record_fine_reads(
                 request_task_id=req.task_id,
             )
             queued[cube_id] = task.task_id
+        for cube_id in queued:
+            context.scheduler.wake(cube_id)
     except Exception:
         try:
             context.scheduler.discard(list(queued.values()))
         except Exception:
             logger.warning("could not discard the tasks of a failed add", exc_info=True)
         raise
-    for cube_id in queued:
-        context.scheduler.wake(cube_id)
     return queued
 
 

@@ -366,10 +366,12 @@ def add_bench_parser(sub: Any) -> None:
     from memos_ray.bench.async_add import add_async_add_parser
     from memos_ray.bench.chaos import add_chaos_parser
     from memos_ray.bench.ingest_job import add_ingest_job_parser
+    from memos_ray.bench.soak import add_graph_soak_parser
 
     add_activation_parser(kinds)
     add_async_add_parser(kinds)
     add_chaos_parser(kinds)
+    add_graph_soak_parser(kinds)
     add_ingest_job_parser(kinds)
 
     ingest = kinds.add_parser("ingest", help="/product/add throughput vs the embedder's own")
