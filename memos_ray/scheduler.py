@@ -414,7 +414,11 @@ class SchedulerClient:
                 done.result()
             except RayActorError:
                 if attempts > 1:
-                    self.wake(cube_id, attempts - 1)
+                    # Not here: this runs on Ray's own callback thread, and a Ray call made
+                    # from it waits on that same thread (it hung). A thread of its own.
+                    threading.Thread(
+                        target=self.wake, args=(cube_id, attempts - 1), daemon=True
+                    ).start()
                 else:
                     logger.error("the scheduler of cube %s kept dying on wake-up", cube_id)
             except Exception:

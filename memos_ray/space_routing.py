@@ -23,7 +23,7 @@ from memos_ray.domain.memory import Edge, MemoryItem, MemoryStatus
 from memos_ray.errors import StoreError
 from memos_ray.memory.filters import FilterExpr
 from memos_ray.memory.reader import Window
-from memos_ray.service import AddOutcome, MemoryService, SearchOptions
+from memos_ray.service import AddOutcome, MemoryService, Reconciled, SearchOptions
 from memos_ray.space_registry import EmbeddingSpace, SpaceRegistry
 from memos_ray.spaces import SPACE_TTL_S, EmbedderFactory, SpaceResolver, SpaceStores
 from memos_ray.stores.vector.base import (
@@ -84,6 +84,9 @@ class SpaceRouter:
 
     def delete_matching(self, cube_id: str, filter: FilterExpr) -> list[str]:
         return self.service_for(cube_id).delete_matching(cube_id, filter)
+
+    def reconcile(self, cube_id: str) -> Reconciled:
+        return self.service_for(cube_id).reconcile(cube_id)
 
     # -- read ----------------------------------------------------------------------------
 

@@ -278,7 +278,13 @@ def test_a_large_filter_is_one_query(store: GraphStore) -> None:
     cube = new_cube()
     a = item(cube, "a", user_id="user-999")
     store.upsert_nodes(cube, [a])
-    huge = parse_filter({"user_id": {"in": [f"user-{i}" for i in range(1000)]}})
+    # As wide as the filter DSL allows: 100 values in one `in`, 100 conditions in one `or`.
+    huge = parse_filter(
+        {
+            "user_id": {"in": [f"user-{i}" for i in range(901, 1001)]},
+            "or": [{"user_id": f"user-{i}"} for i in range(900, 1000)],
+        }
+    )
     assert store.find_ids(cube, huge) == [a.id]
 
 
