@@ -147,18 +147,25 @@ class FineService:
         session_id: str = "default_session",
         tags: Sequence[str] = (),
         info: Mapping[str, Any] | None = None,
+        keep_raw: bool = True,
     ) -> FineOutcome:
+        """Distil `windows` into memories. With `keep_raw` false the windows' text is stored
+        already (an async add's fast memories): a window that cannot be read, or a cube over
+        its budget, writes nothing; rewriting those memories here could bring back one the
+        user deleted while the LLM was reading it."""
         outcome = FineOutcome()
         if self.ledger is not None and self.ledger.llm_usage(cube_id).over_budget:
             # Over budget: the adds still land, in fast mode, marked so they can be redone.
             outcome.paused = True
+            if not keep_raw:
+                return outcome
             added = self.memory.add_windows(
                 cube_id, user_id, windows, session_id, [*tags, "fine:paused"], info
             )
             outcome.raw_kept.extend([*added.stored, *added.duplicates])
             return outcome
         try:
-            self._add(cube_id, user_id, windows, session_id, tags, info, outcome)
+            self._add(cube_id, user_id, windows, session_id, tags, info, outcome, keep_raw)
         finally:
             if self.ledger is not None and outcome.calls:
                 self.ledger.record_llm_usage(
@@ -178,10 +185,15 @@ class FineService:
         tags: Sequence[str],
         info: Mapping[str, Any] | None,
         outcome: FineOutcome,
+        keep_raw: bool = True,
     ) -> None:
         for window in windows:
             result = self.reader.extract(window)
             outcome.count(result.usage, result.calls)
+            if (result.failed or not result.memories) and not keep_raw:
+                if result.error:
+                    outcome.errors.append(result.error)
+                continue
             if result.failed or not result.memories:
                 self._keep_raw(
                     cube_id, user_id, window, result.error, session_id, tags, info, outcome

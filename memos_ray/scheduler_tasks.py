@@ -109,7 +109,8 @@ def mem_read(task: Task, context: HandlerContext) -> dict[str, Any]:
     fine_cfg = context.config.fine
     windows = fast_windows(turns, fine_cfg.window_messages, fine_cfg.window_chars)
     session = fresh[0].metadata.session_id
-    outcome = services.fine.add(cube, task.user_id, windows, session_id=session)
+    # The fast memories are the raw record: a window the LLM cannot read writes nothing.
+    outcome = services.fine.add(cube, task.user_id, windows, session_id=session, keep_raw=False)
     made = list({m.id: m for m in [*outcome.stored, *outcome.merged]}.values())
     if made and not outcome.errors:
         if context.config.fine.keep_turns:

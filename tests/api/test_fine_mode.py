@@ -98,6 +98,22 @@ def test_json_that_never_parses_keeps_the_raw_memory(stack: LocalStack) -> None:
     assert [i.id for i in page] == [raw.id]
 
 
+def test_an_unreadable_window_of_stored_turns_writes_nothing(stack: LocalStack) -> None:
+    """An async add's fast memories are the raw record: a failed reading of them (keep_raw
+    false) must not write the window again, or it would bring back a turn the user deleted
+    while the LLM was reading it (seen under load in bench chaos)."""
+    cube = _cube()
+    window = _window("I sold my bike yesterday.")
+    stored = stack.service.add_windows(cube, "mel", window).stored
+    assert stack.service.delete(cube, [i.id for i in stored])  # deleted during the reading
+    model = ScriptedChatModel(["not JSON", "still not JSON"])
+    outcome = FineService(stack.service, model, max_attempts=2).add(
+        cube, "mel", window, keep_raw=False
+    )
+    assert outcome.errors and not outcome.raw_kept and not outcome.stored
+    assert stack.service.get_page(cube)[1] == 0
+
+
 def test_relative_date_is_resolved_against_chat_time(stack: LocalStack) -> None:
     model = ScriptedChatModel([_answer("Melanie went to the park yesterday.")])
     outcome = FineService(stack.service, model).add(
