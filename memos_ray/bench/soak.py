@@ -149,8 +149,13 @@ def run_soak(
     log("killing the server (SIGKILL) and restarting it from its AOF ...")
     os.kill(server.pid or 0, signal.SIGKILL)
     time.sleep(0.5)
-    server.start()
-    after_kill = check()
+    restart_error = None
+    try:
+        server.start()
+        after_kill: tuple[int, int, int] | list[int] = check()
+    except Exception as exc:  # the store did not come back: that is the finding
+        restart_error = str(exc)[-2000:]
+        after_kill = [-1, -1, -1]
     store.close()
     server.stop()
     return {
@@ -164,6 +169,7 @@ def run_soak(
         "wrong_text": wrong,
         "ghosts_after_delete": ghosts,
         "after_sigkill_missing_wrong_ghosts": list(after_kill),
+        "restart_error": restart_error,
         "error_examples": errors[:5],
     }
 
@@ -182,6 +188,7 @@ def cmd_graph_soak(args: argparse.Namespace) -> int:
         or figures["wrong_text"]
         or figures["ghosts_after_delete"]
         or any(figures["after_sigkill_missing_wrong_ghosts"])
+        or figures["restart_error"]
     )
     print("graph soak: " + ("FAILED" if bad else "the server stayed up and kept every write"))
     return 1 if bad else 0
