@@ -99,20 +99,26 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
         # an add that does not answer 200 leaves neither memories nor a task. (A sync fine
         # add's merges into existing memories are not undone.)
         written: dict[str, list[str]] = {}
+
+        def store(cube_id: str, parts: list[Window]) -> AddOutcome:
+            """Add to one cube, noting what it stored for the undo."""
+            outcome = context.service.add_windows(
+                cube_id,
+                user_id,
+                parts,
+                session_id=req.session_id or "default_session",
+                tags=req.custom_tags or (),
+                info=req.info,
+            )
+            written.setdefault(cube_id, []).extend(i.id for i in outcome.stored)
+            return outcome
+
         try:
             docs, chunk_counts = _add_documents(
                 req, context, user_id, cubes, documents, fine, written
             )
             for cube_id in cubes if tools else []:
-                tool_outcome = context.service.add_windows(
-                    cube_id,
-                    user_id,
-                    tools,
-                    session_id=req.session_id or "default_session",
-                    tags=req.custom_tags or (),
-                    info=req.info,
-                )
-                written.setdefault(cube_id, []).extend(i.id for i in tool_outcome.stored)
+                tool_outcome = store(cube_id, tools)
                 docs += [
                     _added(i, cube_id, "tool")
                     for i in [*tool_outcome.stored, *tool_outcome.duplicates]
@@ -123,32 +129,14 @@ def build_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
                         req, context.config.reader, context.config.limits, allow_empty=True
                     )
                     for cube_id in cubes if turns else []:
-                        kept = context.service.add_windows(
-                            cube_id,
-                            user_id,
-                            turns,
-                            session_id=req.session_id or "default_session",
-                            tags=req.custom_tags or (),
-                            info=req.info,
-                        )
-                        written.setdefault(cube_id, []).extend(i.id for i in kept.stored)
+                        kept = store(cube_id, turns)
                         docs += [
                             _added(i, cube_id, "turn") for i in [*kept.stored, *kept.duplicates]
                         ]
                 answer = _add_fine(req, context, user_id, cubes, windows, docs)
                 answer["message"] += _documents_note(chunk_counts)
                 return answer
-            outcomes: dict[str, AddOutcome] = {}
-            for cube_id in cubes:
-                outcomes[cube_id] = outcome = context.service.add_windows(
-                    cube_id,
-                    user_id,
-                    windows,
-                    session_id=req.session_id or "default_session",
-                    tags=req.custom_tags or (),
-                    info=req.info,
-                )
-                written.setdefault(cube_id, []).extend(i.id for i in outcome.stored)
+            outcomes = {cube_id: store(cube_id, windows) for cube_id in cubes}
             queued = _record_fine_reads(req, context, user_id, cubes, windows) if fine_reads else {}
         except Exception:
             _undo_writes(context, written)
