@@ -17,7 +17,7 @@ from memos_ray.netguard import REDACTED, redact
 # What leaked before: the Neo4j/FalkorDB store's message, word for word in its format.
 STORE_FAILURE = (
     "graph store search failed (bolt://127.0.0.1:1234): Couldn't connect to 127.0.0.1:1234 "
-    "(resolved to ('127.0.0.1:1234',)); data in /home/memos/.memos-ray/falkordb/dump.rdb"
+    "(resolved to ('127.0.0.1:1234',)); data in /var/lib/memos-ray/falkordb/dump.rdb"
 )
 BODY = {"user_id": "u", "query": "q", "model": "m", "messages": [{"role": "user", "content": "q"}]}
 ADDRESS = re.compile(r"://|\d+\.\d+\.\d+\.\d+|:\d{2,5}\b|/home/|redis|bolt")
