@@ -11,7 +11,7 @@ from deployments.embedder import EmbedderDeployment
 from deployments.ingress import MemosIngress
 from deployments.llm import LLMDeployment
 from memos_ray.config import MemosConfig, TransformersLLMConfig, VLLMConfig, load_config
-from memos_ray.netguard import require_admin_key
+from memos_ray.runtime.netguard import require_admin_key
 
 
 class MemosAppArgs(BaseModel):

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
 
-import numpy as np
 import torch
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from memos_ray.config import EmbedderConfig
 from memos_ray.errors import ConfigError
-from memos_ray.models.embedder import Embedder, Encoded, SentenceTransformerEmbedder
-from memos_ray.netguard import keep_serve_grpc_on_loopback
+from memos_ray.models.embedder import Encoded, SentenceTransformerEmbedder
+from memos_ray.models.handles import EMBEDDER_DEPLOYMENT
+from memos_ray.runtime.netguard import keep_serve_grpc_on_loopback
 
 
-@serve.deployment(name="EmbedderDeployment", ray_actor_options={"num_cpus": 1})
+@serve.deployment(name=EMBEDDER_DEPLOYMENT, ray_actor_options={"num_cpus": 1})
 class EmbedderDeployment:
     def __init__(self, config: EmbedderConfig) -> None:
         keep_serve_grpc_on_loopback()
@@ -27,7 +25,7 @@ class EmbedderDeployment:
             config.model, device=config.device, batch_size=config.batch_size
         )
         # Other models by name, loaded on first use (cubes moved to another embedding space
-        # by jobs.reembed; see memos_ray/spaces.py). Few: one per space in the registry.
+        # by jobs.reembed; see memos_ray/services/spaces.py). Few: one per space in the registry.
         self._others: dict[str, SentenceTransformerEmbedder] = {}
         self._others_lock = threading.Lock()
         if self._embedder.dim != config.dim:
@@ -72,44 +70,3 @@ class EmbedderDeployment:
                 )
                 self._others[model] = embedder
         return embedder
-
-
-class HandleEmbedder(Embedder):
-    """The Embedder interface over the deployment handle, for sync code in worker threads.
-
-    With `model`, texts go to that model (`encode_with`) instead of the configured one.
-    """
-
-    def __init__(
-        self,
-        handle: DeploymentHandle,
-        dim: int,
-        batch_threshold: int = 8,
-        model: str | None = None,
-    ) -> None:
-        self._handle = handle
-        self._dim = dim
-        self._threshold = batch_threshold
-        self._model = model
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode(texts).dense
-
-    def encode(self, texts: Sequence[str]) -> Encoded:
-        if not texts:
-            return Encoded(np.zeros((0, self._dim), dtype=np.float32), [])
-        if self._model is not None:
-            return self._handle.encode_with.remote(self._model, list(texts)).result()
-        if len(texts) >= self._threshold:
-            return self._handle.embed_many.remote(list(texts)).result()
-        parts: list[Encoded] = [
-            r.result() for r in [self._handle.embed_one.remote(t) for t in texts]
-        ]
-        dense = np.concatenate([p.dense for p in parts]).astype(np.float32)
-        if any(p.tokens is None for p in parts):
-            return Encoded(dense)
-        return Encoded(dense, [t for p in parts for t in p.tokens or []])

@@ -11,18 +11,18 @@ from ray.serve.handle import DeploymentHandle
 from memos_ray import __version__
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
-from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig, OpenAILLMConfig
 from memos_ray.errors import ServiceUnavailableError
-from memos_ray.memory.adapters import AdapterStore
-from memos_ray.netguard import keep_serve_grpc_on_loopback, let_ingress_rebind_its_port
-from memos_ray.preferences import PreferenceService
-from memos_ray.scheduler import SchedulerClient
-from memos_ray.service import MemoryService
-from memos_ray.space_routing import SpaceRouter, route_spaces
+from memos_ray.models.adapters import AdapterStore
+from memos_ray.runtime.netguard import keep_serve_grpc_on_loopback, let_ingress_rebind_its_port
+from memos_ray.scheduler.actor import SchedulerClient
+from memos_ray.services.chat import ChatService
+from memos_ray.services.memory import MemoryService
+from memos_ray.services.preferences import PreferenceService
+from memos_ray.services.space_routing import SpaceRouter, route_spaces
+from memos_ray.services.tenancy import AccessControl
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.sql.tasks import SQLTaskStore
-from memos_ray.tenancy import AccessControl
 
 logger = logging.getLogger("ray.serve")
 
@@ -88,8 +88,8 @@ class MemosIngress:
             return self._context
         with self._lock:
             if self._context is None:
-                from deployments.embedder import HandleEmbedder
-                from memos_ray.wiring import (
+                from memos_ray.models.handles import HandleEmbedder
+                from memos_ray.runtime.compose import (
                     build_fine_service,
                     build_preferences,
                     build_query_embedder,
@@ -150,8 +150,8 @@ class MemosIngress:
         tenancy: TenancyStore,
         preferences: PreferenceService | None,
     ) -> ChatService | None:
-        from deployments.llm import HandleChatModel
-        from memos_ray.wiring import build_chat_model
+        from memos_ray.models.handles import HandleChatModel
+        from memos_ray.runtime.compose import build_chat_model
 
         config = self._config
         model = HandleChatModel(self._llm_handle) if self._llm_handle else None

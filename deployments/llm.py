@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from memos_ray.config import MemosConfig
 from memos_ray.errors import MemosError
@@ -16,22 +14,22 @@ from memos_ray.models.chat import (
     ChatRequest,
     Delta,
     Generation,
-    LLMError,
     Message,
     PrefixWarmup,
 )
-from memos_ray.netguard import keep_serve_grpc_on_loopback
+from memos_ray.models.handles import LLM_DEPLOYMENT
+from memos_ray.runtime.netguard import keep_serve_grpc_on_loopback
 
 _DONE = object()
 
 
-@serve.deployment(name="LLMDeployment", max_ongoing_requests=16)
+@serve.deployment(name=LLM_DEPLOYMENT, max_ongoing_requests=16)
 class LLMDeployment:
     """One model per replica; blocking backend calls run off the replica's event loop."""
 
     def __init__(self, config: MemosConfig) -> None:
         keep_serve_grpc_on_loopback()
-        from memos_ray.wiring import build_chat_model
+        from memos_ray.runtime.compose import build_chat_model
 
         model = build_chat_model(config)
         if model is None:
@@ -66,53 +64,3 @@ class LLMDeployment:
         model = getattr(self, "_model", None)
         if model is not None:
             model.close()
-
-
-class HandleChatModel(ChatModel):
-    """The ChatModel interface over the deployment handle, for sync code in worker threads."""
-
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self._handle = handle
-        self._names: list[str] | None = None
-
-    @property
-    def model_names(self) -> list[str]:
-        if self._names is None:
-            self._names = _call(lambda: self._handle.model_names.remote().result())
-        return self._names
-
-    def generate(self, request: ChatRequest) -> Generation:
-        self.check_model(request.model)
-        return _call(lambda: self._handle.generate.remote(request).result())
-
-    def stream(self, request: ChatRequest) -> Iterator[Delta]:
-        self.check_model(request.model)
-        responses = self._handle.options(stream=True).stream.remote(request)
-        try:
-            while True:
-                delta = _call(lambda: next(responses, None))
-                if delta is None:
-                    return
-                yield delta
-        finally:
-            responses.cancel()
-
-    def count_tokens(self, messages: tuple[Message, ...] | list[Message]) -> int:
-        return _call(lambda: self._handle.count_tokens.remote(list(messages)).result())
-
-    def warm_prefix(self, request: ChatRequest) -> PrefixWarmup:
-        return _call(lambda: self._handle.warm_prefix.remote(request).result())
-
-
-def _call(fn: Any) -> Any:
-    """Run a handle call; errors the replica raised on purpose keep their class and status."""
-    try:
-        return fn()
-    except MemosError as exc:
-        cause = getattr(exc, "cause", None)
-        raise (cause if isinstance(cause, MemosError) else exc) from None
-    except Exception as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, MemosError):
-            raise cause from None
-        raise LLMError(f"the LLM deployment failed: {type(exc).__name__}: {exc}") from exc

@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from jobs.ingest_stages import MemorySink, WriteCounts, drop_stores, stores_for
 from memos_ray.config import MemosConfig, NoLLMConfig, load_config
 from memos_ray.errors import ConfigError
-from memos_ray.ingest.fine import FineCounts
-from memos_ray.ingest.formats import FORMATS, BadRecord, Unit, input_files, read_units
-from memos_ray.jobs_llm import LLMRoute, close_llm, open_llm
-from memos_ray.netguard import connect_or_start_ray
+from memos_ray.runtime.jobs_llm import LLMRoute, close_llm, open_llm
+from memos_ray.runtime.netguard import connect_or_start_ray
+from memos_ray.services.ingest.fine import FineCounts
+from memos_ray.services.ingest.formats import FORMATS, BadRecord, Unit, input_files, read_units
 
 logger = logging.getLogger("jobs.ingest")
 
@@ -141,7 +141,7 @@ def job_config(args: IngestArgs) -> MemosConfig:
 
 def sample_texts(args: IngestArgs, config: MemosConfig, files: list[Path]) -> list[str]:
     """Texts the job will embed, read in the driver with the same cutting as the job."""
-    from memos_ray.ingest.cutting import cut_cube
+    from memos_ray.services.ingest.cutting import cut_cube
 
     by_cube: dict[str, list[Unit]] = {}
     wanted = args.ceiling_sample
@@ -202,7 +202,7 @@ class Ceiling:
 def _embedded_owners(config: MemosConfig) -> dict[str, str]:
     """Named actors owning this data dir's embedded engines, and how each is stopped."""
     from memos_ray.config import FalkorDBConfig, QdrantEdgeConfig
-    from memos_ray.runtime import actor_suffix
+    from memos_ray.embedded.falkordb_actor import actor_suffix
 
     suffix = actor_suffix(config)
     owners: dict[str, str] = {}
@@ -224,7 +224,7 @@ def _running(name: str, namespace: str) -> bool:
 
 
 def _stop_owners(names: list[str], methods: dict[str, str], namespace: str) -> None:
-    """Flush and stop the engines this job started (as `memos_ray.runtime.stop_embedded`)."""
+    """Flush and stop the engines this job started (as `memos_ray.embedded.falkordb_actor.stop_embedded`)."""
     import ray
 
     for name in names:

@@ -24,8 +24,10 @@ import pyarrow as pa
 
 from jobs.ingest_stages import MEMORY_SCHEMA, Stores, row, stored_ids, stores_for, units_by_cube
 from memos_ray.config import MemosConfig, NoPreferenceConfig
-from memos_ray.ingest.extractions import ExtractionLedger
-from memos_ray.ingest.fine import (
+from memos_ray.models.chat import ChatModel
+from memos_ray.runtime.jobs_llm import LLMRoute, chat_model_for
+from memos_ray.services.ingest.extractions import ExtractionLedger
+from memos_ray.services.ingest.fine import (
     FINE_SEQ_BASE,
     FineCounts,
     FineRecord,
@@ -33,9 +35,7 @@ from memos_ray.ingest.fine import (
     fine_memories,
     fine_windows,
 )
-from memos_ray.jobs_llm import LLMRoute, chat_model_for
-from memos_ray.models.chat import ChatModel
-from memos_ray.service import embedding_text
+from memos_ray.services.memory import embedding_text
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class ExtractStage:
     ) -> dict[str, FineRecord]:
         """Recorded answers, asking the LLM for the windows that have none (each answer is
         recorded as soon as it comes, so a crash loses at most the ones in flight)."""
-        from memos_ray.memory.fine_reader import FineReader
+        from memos_ray.services.fine_reader import FineReader
 
         assert self._ledger is not None
         found = self._ledger.get_many([w.window_id for w in windows])
@@ -195,9 +195,9 @@ def wake_schedulers(config: MemosConfig) -> int:
 
     if config.serving.app_name not in serve.status().applications:
         return 0
-    from memos_ray.scheduler import SchedulerClient
+    from memos_ray.runtime.compose import build_tenancy_store
+    from memos_ray.scheduler.actor import SchedulerClient
     from memos_ray.stores.sql.tasks import SQLTaskStore
-    from memos_ray.wiring import build_tenancy_store
 
     tenancy = build_tenancy_store(config)
     try:

@@ -32,11 +32,11 @@ from ray.data.datasource.datasink import WriteResult
 
 from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import Edge, MemoryItem
-from memos_ray.ingest.cutting import cut_cube
-from memos_ray.ingest.fine import FineCounts
-from memos_ray.ingest.formats import BadRecord, Unit, read_units
 from memos_ray.models.embedder import Encoded
-from memos_ray.service import vector_records
+from memos_ray.services.ingest.cutting import cut_cube
+from memos_ray.services.ingest.fine import FineCounts
+from memos_ray.services.ingest.formats import BadRecord, Unit, read_units
+from memos_ray.services.memory import vector_records
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.vector.base import VectorStore
@@ -68,8 +68,8 @@ class Stores:
         The job embeds with the configured model into the configured store only; writing a
         moved cube's memories there would hide them from its searches.
         """
-        from memos_ray.space_registry import SpaceRegistry
-        from memos_ray.spaces import default_space
+        from memos_ray.services.space_registry import SpaceRegistry
+        from memos_ray.services.spaces import default_space
 
         if self._spaces is None:
             self._spaces = SpaceRegistry(self.tenancy.engine)  # type: ignore[attr-defined]
@@ -92,7 +92,7 @@ _STORES: dict[str, Stores] = {}
 def stores_for(config: MemosConfig, run_id: str) -> Stores:
     """Built once per worker process and run: Ray reuses workers across tasks, and across
     jobs in one cluster, whose store owners may have been restarted in between."""
-    from memos_ray.wiring import build_ray_stores, build_tenancy_store
+    from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
 
     key = str(config.data_dir)
     cached = _STORES.get(key)

@@ -6,8 +6,8 @@
 
 New vectors are written beside the old ones (a store of the target space), the cube's record
 is switched in one update, and the old vectors are deleted after a grace period: see
-`memos_ray.reembed`. A running app follows the switch by itself (its services resolve each
-cube's space, `memos_ray.space_routing`): run the job on the app's cluster (`--address`, or
+`memos_ray.services.reembed`. A running app follows the switch by itself (its services resolve each
+cube's space, `memos_ray.services.space_routing`): run the job on the app's cluster (`--address`, or
 `ray job submit`) while the app serves. Ends with one JSON line on stdout: totals, the
 config that makes new cubes start in the target space, and one report per cube. Running it
 again resumes a move that stopped half-way and leaves moved cubes alone.
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from memos_ray.config import MemosConfig, QdrantEdgeConfig
-from memos_ray.jobs_runtime import (
+from memos_ray.runtime.jobs import (
     add_common_args,
     emit,
     job_config,
@@ -32,16 +32,16 @@ from memos_ray.jobs_runtime import (
     report_column,
     resolve_cubes,
 )
-from memos_ray.reembed import CubeMover, ReembedParams
-from memos_ray.spaces import EmbeddingSpace, default_space, space_embedder, space_for_model
+from memos_ray.services.reembed import CubeMover, ReembedParams
+from memos_ray.services.spaces import EmbeddingSpace, default_space, space_embedder, space_for_model
 
 
 class ReembedWorker:
     """A Ray Data actor: the target model is loaded once and moves every cube it is given."""
 
     def __init__(self, config: MemosConfig, target: EmbeddingSpace, params: ReembedParams) -> None:
-        from memos_ray.spaces import SpaceRegistry, SpaceStores
-        from memos_ray.wiring import build_ray_stores, build_tenancy_store
+        from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
+        from memos_ray.services.spaces import SpaceRegistry, SpaceStores
 
         graph, vectors = build_ray_stores(config)
         registry = SpaceRegistry(build_tenancy_store(config).engine)

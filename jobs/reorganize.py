@@ -6,7 +6,7 @@
 
 Cubes are processed in parallel by a pool of Ray Data actors; each writes through the stores
 the app uses. Ends with one JSON line on stdout: totals, then one report per cube. The rules
-are in `memos_ray.memory.organize`; running it again on an unchanged cube changes nothing.
+are in `memos_ray.core.organize`; running it again on an unchanged cube changes nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 
 from memos_ray.config import MemosConfig, NoLLMConfig
-from memos_ray.jobs_llm import LLMRoute, chat_model_for, close_llm, open_llm
-from memos_ray.jobs_runtime import (
+from memos_ray.runtime.jobs import (
     add_common_args,
     emit,
     job_config,
@@ -29,19 +28,20 @@ from memos_ray.jobs_runtime import (
     report_column,
     resolve_cubes,
 )
-from memos_ray.reorganize import ReorganizeParams, Reorganizer
+from memos_ray.runtime.jobs_llm import LLMRoute, chat_model_for, close_llm, open_llm
+from memos_ray.services.reorganize import ReorganizeParams, Reorganizer
 
 
 class ReorganizeWorker:
     """A Ray Data actor: stores, embedders (loaded only if an item must be rewritten) and the
     LLM are built once and reused for every cube it is given. Each cube is read and written
-    in its own embedding space (see `memos_ray.spaces`)."""
+    in its own embedding space (see `memos_ray.services.spaces`)."""
 
     def __init__(
         self, config: MemosConfig, params: ReorganizeParams, route: LLMRoute | None
     ) -> None:
-        from memos_ray.spaces import SpaceRegistry, SpaceResolver, SpaceStores
-        from memos_ray.wiring import build_embedder, build_ray_stores, build_tenancy_store
+        from memos_ray.runtime.compose import build_embedder, build_ray_stores, build_tenancy_store
+        from memos_ray.services.spaces import SpaceRegistry, SpaceResolver, SpaceStores
 
         graph, vectors = build_ray_stores(config)
         ledger = build_tenancy_store(config)
@@ -53,7 +53,7 @@ class ReorganizeWorker:
             build_embedder(config),
         )
         self._params = params
-        # Through the LLM deployment (see memos_ray.jobs_llm), never a model of its own.
+        # Through the LLM deployment (see memos_ray.runtime.jobs_llm), never a model of its own.
         self._model = chat_model_for(config, route) if route is not None else None
         self._ledger = ledger
 

@@ -38,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = (apps[0].get("args") or {}).get("config") or {}
 
     from memos_ray.config import load_config
-    from memos_ray.netguard import OpenNetworkError, require_admin_key
+    from memos_ray.runtime.netguard import OpenNetworkError, require_admin_key
 
     config = load_config(overrides)
     try:
@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(exc.message, file=sys.stderr)
         return 2
 
-    from memos_ray.launcher import local_service
+    from memos_ray.runtime.launcher import local_service
 
     stop = threading.Event()
 
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
 
-    from memos_ray.vllm_env import add_parser as add_vllm_env_parser
+    from memos_ray.runtime.vllm_env import add_parser as add_vllm_env_parser
 
     add_vllm_env_parser(sub)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from memos_ray.memory.turn_ranking import RankingParams
+from memos_ray.core.turn_ranking import RankingParams
 
 
 class _Strict(BaseModel):
@@ -160,7 +160,7 @@ class ReaderConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    # "turns": the per-cube ranking index (memos_ray/ranking.py, weights in `ranking`);
+    # "turns": the per-cube ranking index (memos_ray/services/ranking.py, weights in `ranking`);
     # "hybrid": the store's dense + keyword recall fused by RRF, reranked (no index in memory).
     ranker: Literal["turns", "hybrid"] = "turns"
     ranking: RankingParams = Field(default_factory=RankingParams)
@@ -361,11 +361,11 @@ class SchedulerConfig(_Strict):
 
 # Built-in task handlers by label.
 BUILTIN_HANDLERS: dict[str, str] = {
-    "mem_read": "memos_ray.scheduler_tasks:mem_read",
-    "activation_refresh": "memos_ray.scheduler_tasks:activation_refresh",
-    "pref_add": "memos_ray.scheduler_tasks:pref_add",
-    "mem_feedback": "memos_ray.scheduler_tasks:mem_feedback",
-    "mem_organize": "memos_ray.scheduler_tasks:mem_organize",
+    "mem_read": "memos_ray.scheduler.tasks:mem_read",
+    "activation_refresh": "memos_ray.scheduler.tasks:activation_refresh",
+    "pref_add": "memos_ray.scheduler.tasks:pref_add",
+    "mem_feedback": "memos_ray.scheduler.tasks:mem_feedback",
+    "mem_organize": "memos_ray.scheduler.tasks:mem_organize",
 }
 
 
@@ -408,7 +408,7 @@ class ServingConfig(_Strict):
 
 
 class MemosConfig(BaseSettings):
-    """Everything needed to turn config into running backends (see `memos_ray.wiring`)."""
+    """Everything needed to turn config into running backends (see `memos_ray.runtime.compose`)."""
 
     model_config = SettingsConfigDict(
         env_prefix="MEMOS_", env_nested_delimiter="__", extra="forbid"

@@ -1,5 +1,5 @@
 """The FastAPI application: routes, body-size guard and the MemOS error envelope (whose messages
-never carry an internal address: see `memos_ray.netguard.public_message`)."""
+never carry an internal address: see `memos_ray.runtime.netguard.public_message`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from memos_ray.api.context import ApiContext
 from memos_ray.api.routes import build_routers
 from memos_ray.api.scheduler_routes import build_scheduler_routers
 from memos_ray.errors import MemosError
-from memos_ray.netguard import public_message, redact
+from memos_ray.runtime.netguard import public_message, redact
 from memos_ray.schemas.envelope import error_body
 
 logger = logging.getLogger("memos_ray.api")

@@ -19,7 +19,6 @@ from memos_ray.api.context import ApiContext
 from memos_ray.api.convert import message_text
 from memos_ray.api.deps import dependencies
 from memos_ray.api.routes import check_query, filters_by_cube, requested_cubes
-from memos_ray.chat import ChatService, ChatTurn, PreparedChat
 from memos_ray.domain.tenancy import LLMUsage
 from memos_ray.errors import (
     BadRequestError,
@@ -29,11 +28,12 @@ from memos_ray.errors import (
     ServiceUnavailableError,
 )
 from memos_ray.models.chat import Message, ReasoningSplitter, SamplingParams
-from memos_ray.netguard import public_message
+from memos_ray.runtime.netguard import public_message
 from memos_ray.schemas.chat import OpenAIChatRequest, ProductChatRequest
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.values import ValidText
-from memos_ray.tenancy import Caller
+from memos_ray.services.chat import ChatService, ChatTurn, PreparedChat
+from memos_ray.services.tenancy import Caller
 
 
 class AdapterUpload(ValidText):

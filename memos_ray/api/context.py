@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig
-from memos_ray.fine import FineService
-from memos_ray.preferences import PreferenceService
-from memos_ray.scheduler import SchedulerClient
-from memos_ray.service import MemoryService
-from memos_ray.space_routing import SpaceRouter
-from memos_ray.tenancy import AccessControl
+from memos_ray.scheduler.actor import SchedulerClient
+from memos_ray.services.chat import ChatService
+from memos_ray.services.fine import FineService
+from memos_ray.services.memory import MemoryService
+from memos_ray.services.preferences import PreferenceService
+from memos_ray.services.space_routing import SpaceRouter
+from memos_ray.services.tenancy import AccessControl
 
 
 @dataclass

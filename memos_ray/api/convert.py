@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from memos_ray.config import LimitsConfig, ReaderConfig
+from memos_ray.core.documents import Document, chunk_text, decode_file_data, parse_document
+from memos_ray.core.reader import Turn, Window, fast_windows, text_memory
+from memos_ray.core.tools import ToolMessage, schema_windows, trajectory_windows
 from memos_ray.errors import BadRequestError, PayloadTooLargeError
-from memos_ray.memory.documents import Document, chunk_text, decode_file_data, parse_document
-from memos_ray.memory.reader import Turn, Window, fast_windows, text_memory
-from memos_ray.memory.tools import ToolMessage, schema_windows, trajectory_windows
 from memos_ray.schemas.messages import ChatMessage, FilePart, ImagePart, TextPart
 from memos_ray.schemas.product import AddRequest
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header
 
 from memos_ray.api.context import ApiContext
-from memos_ray.tenancy import Caller
+from memos_ray.services.tenancy import Caller
 
 
 def dependencies(get_context: Callable[[], ApiContext]) -> tuple[Any, Any]:

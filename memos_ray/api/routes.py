@@ -21,7 +21,9 @@ from memos_ray.api.convert import (
 from memos_ray.api.deps import dependencies
 from memos_ray.api.wire import bucket, edge_json, item_json, preference_bucket
 from memos_ray.config import LimitsConfig, ReaderConfig
-from memos_ray.document_memory import add_documents
+from memos_ray.core.documents import Document
+from memos_ray.core.filters import Condition, FilterExpr, Or, parse_filter
+from memos_ray.core.reader import Window
 from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryItem, memory_id_for
 from memos_ray.domain.tenancy import Access
 from memos_ray.errors import (
@@ -30,12 +32,7 @@ from memos_ray.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
 )
-from memos_ray.feedback import FeedbackService, FeedbackTask, recover
-from memos_ray.memory.documents import Document
-from memos_ray.memory.filters import Condition, FilterExpr, Or, parse_filter
-from memos_ray.memory.reader import Window
 from memos_ray.models.chat import Message
-from memos_ray.preferences import PreferenceService, preference_note, preference_string
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.product import (
     AddRequest,
@@ -51,8 +48,11 @@ from memos_ray.schemas.product import (
     SearchRequest,
 )
 from memos_ray.schemas.values import INT64_MAX, MemoryIdText
-from memos_ray.service import TOOL_TYPES, AddOutcome, SearchOptions
-from memos_ray.tenancy import Caller
+from memos_ray.services.documents import add_documents
+from memos_ray.services.feedback import FeedbackService, FeedbackTask, recover
+from memos_ray.services.memory import TOOL_TYPES, AddOutcome, SearchOptions
+from memos_ray.services.preferences import PreferenceService, preference_note, preference_string
+from memos_ray.services.tenancy import Caller
 
 EMPTY_BUCKETS = ("pref_mem", "tool_mem", "skill_mem")
 

@@ -19,8 +19,8 @@ from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import dependencies
 from memos_ray.config import LimitsConfig
 from memos_ray.errors import BadRequestError, ServiceUnavailableError
-from memos_ray.netguard import redact
-from memos_ray.scheduler import SchedulerClient
+from memos_ray.runtime.netguard import redact
+from memos_ray.scheduler.actor import SchedulerClient
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.values import ValidText
 from memos_ray.stores.sql.tasks import Task

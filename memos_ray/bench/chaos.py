@@ -172,8 +172,8 @@ def kill(component: str, config: MemosConfig, cubes: Sequence[str]) -> str:
     """Take one part down the way a crash would; returns what was killed."""
     import ray
 
-    from memos_ray.runtime import actor_suffix
-    from memos_ray.scheduler import scheduler_name
+    from memos_ray.embedded.falkordb_actor import actor_suffix
+    from memos_ray.scheduler.actor import scheduler_name
 
     suffix = actor_suffix(config)
     namespace = config.serving.namespace
@@ -222,8 +222,8 @@ def wait_recovered(url: str, user: str, timeout_s: float = 120.0) -> float | Non
 
 
 def _wait_tasks(config: MemosConfig, timeout_s: float) -> Any:
+    from memos_ray.runtime.compose import build_tenancy_store
     from memos_ray.stores.sql.tasks import SQLTaskStore
-    from memos_ray.wiring import build_tenancy_store
 
     store = SQLTaskStore(build_tenancy_store(config).engine)  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout_s
@@ -235,7 +235,7 @@ def _wait_tasks(config: MemosConfig, timeout_s: float) -> Any:
 def verify(
     url: str, config: MemosConfig, outcome: Outcome, task_timeout_s: float
 ) -> dict[str, Any]:
-    from memos_ray.wiring import build_ray_stores
+    from memos_ray.runtime.compose import build_ray_stores
 
     graph, vectors = build_ray_stores(config)
     live: dict[str, list[str]] = {}

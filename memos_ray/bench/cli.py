@@ -24,7 +24,7 @@ def service_url(
         yield args.url, None
         return
     from memos_ray.config import load_config
-    from memos_ray.launcher import local_service
+    from memos_ray.runtime.launcher import local_service
 
     data_dir = (
         Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="memos-bench-"))
@@ -78,7 +78,7 @@ def _fine_llm(args: argparse.Namespace, data_dir: Path, stack: ExitStack) -> dic
     if not args.vllm:
         # The embedded default: SmolLM2 with transformers in the LLM deployment.
         return {"backend": "transformers"}
-    from memos_ray import vllm_env
+    from memos_ray.runtime import vllm_env
     from memos_ray.models import smollm2
 
     model_dir = smollm2.hf_dir(data_dir / "models")
@@ -111,9 +111,9 @@ def _machine() -> dict[str, Any]:
 
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
-    from memos_ray.bench.datasets import locomo_cubes, longmemeval_cubes
     from memos_ray.bench.retrieval import run_retrieval_bench
     from memos_ray.client import MemosClient
+    from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 
     loader = locomo_cubes if args.bench == "locomo" else longmemeval_cubes
     cubes = list(loader(Path(args.data)))
@@ -138,8 +138,8 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
 
 
 def cmd_offline(args: argparse.Namespace) -> int:
-    from memos_ray.bench.datasets import locomo_cubes, longmemeval_cubes
     from memos_ray.bench.offline import run_offline
+    from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 
     loader = locomo_cubes if args.dataset == "locomo" else longmemeval_cubes
     cubes = list(loader(Path(args.data)))
@@ -153,7 +153,7 @@ def cmd_offline(args: argparse.Namespace) -> int:
 
 def _memory_texts(windows: list[list[dict[str, str]]], window_messages: int) -> list[str]:
     """The exact texts the server embeds for these windows (one per memory it stores)."""
-    from memos_ray.memory.reader import Turn, fast_windows
+    from memos_ray.core.reader import Turn, fast_windows
 
     return [
         "\n".join(str(s.content) for s in w.sources)
@@ -175,8 +175,8 @@ def _windows_for(memories: int, config: MemosConfig | None) -> int:
 
 def _in_process_search(config: MemosConfig):  # type: ignore[no-untyped-def]
     """The service's search without HTTP or Serve, on the same stores (for the ratio)."""
-    from memos_ray.service import MemoryService, SearchOptions
-    from memos_ray.wiring import build_query_embedder, build_ray_stores, build_reranker
+    from memos_ray.runtime.compose import build_query_embedder, build_ray_stores, build_reranker
+    from memos_ray.services.memory import MemoryService, SearchOptions
 
     graph, vectors = build_ray_stores(config)
     embedder = build_query_embedder(config)

@@ -33,7 +33,7 @@ class EmbedderBenchArgs(BaseModel):
 def load_texts(path: Path, fmt: str) -> list[str]:
     if fmt == "lines":
         return [line for line in path.read_text().splitlines() if line.strip()]
-    from memos_ray.bench.datasets import locomo_cubes, longmemeval_cubes
+    from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 
     cubes = locomo_cubes(path) if fmt == "locomo" else longmemeval_cubes(path)
     return [

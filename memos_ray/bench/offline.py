@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from memos_ray.bench.datasets import BenchCube
-from memos_ray.memory.turn_ranking import RankingParams, RankTurn, build_index, rank
+from memos_ray.core.turn_ranking import RankingParams, RankTurn, build_index, rank
 from memos_ray.models.embedder import SentenceTransformerEmbedder
+from memos_ray.services.ingest.datasets import BenchCube
 
 
 class TokenEmbedder:

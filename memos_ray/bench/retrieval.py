@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from memos_ray.bench.datasets import BenchCube, BenchQuestion
 from memos_ray.client import MemosClient
 from memos_ray.errors import ConflictError
+from memos_ray.services.ingest.datasets import BenchCube, BenchQuestion
 
 BENCH_USER = "bench"
 MIN_IDS = 20

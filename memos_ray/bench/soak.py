@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memos_ray.core.filters import parse_filter
 from memos_ray.domain.memory import Edge, EdgeType, MemoryItem, MemoryMetadata, memory_id_for
-from memos_ray.memory.filters import parse_filter
 
 
 def _item(cube: str, n: int, rng: random.Random) -> MemoryItem:
@@ -46,8 +46,8 @@ _WORDS = ("cat", "tea", "Porto", "violin", "hiking", "June", "report", "café", 
 def run_soak(
     minutes: float, threads: int, data_dir: Path, keep: int = 20_000, log: Any = print
 ) -> dict[str, Any]:
+    from memos_ray.embedded.falkordb_server import FalkorDBServer
     from memos_ray.stores.graph.falkordb import falkordb_graph_store
-    from memos_ray.stores.local import FalkorDBServer
 
     server = FalkorDBServer(data_dir)
     server.start()

@@ -155,3 +155,12 @@ def content_hash(text: str) -> str:
 
 def memory_id_for(cube_id: str, text: str) -> str:
     return str(uuid.uuid5(_MEMORY_NAMESPACE, f"{cube_id}\x00{content_hash(text)}"))
+
+
+class SparseVector(BaseModel):
+    """Keyword weights by hashed term id (BM25 term-frequency part; IDF applied at query)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    indices: list[int] = Field(default_factory=list)
+    values: list[float] = Field(default_factory=list)

@@ -421,7 +421,7 @@ class TransformersChatModel(ChatModel):
         from safetensors.torch import load as load_tensors
 
         from memos_ray.errors import MemosError
-        from memos_ray.memory.adapters import (
+        from memos_ray.models.adapters import (
             CONFIG_FILE,
             WEIGHTS_FILE,
             check_weights,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memos_ray.memory.keywords import term_id, tokenize
+from memos_ray.core.keywords import term_id, tokenize
 
 
 @dataclass(frozen=True)

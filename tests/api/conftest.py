@@ -14,8 +14,8 @@ from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
 from memos_ray.config import MemosConfig
 from memos_ray.models.embedder import SentenceTransformerEmbedder
-from memos_ray.tenancy import AccessControl
-from memos_ray.wiring import LocalStack
+from memos_ray.runtime.compose import LocalStack
+from memos_ray.services.tenancy import AccessControl
 from tests.fixtures.servers import serve_in_thread
 
 ADMIN_KEY = "test-admin-key-0123456789"

@@ -19,8 +19,8 @@ import yaml
 
 from memos_ray.bench.chaos import COMPONENTS, failures
 from memos_ray.config import MemosConfig
+from memos_ray.runtime.compose import build_tenancy_store
 from memos_ray.stores.sql.tasks import SQLTaskStore
-from memos_ray.wiring import build_tenancy_store
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from memos_ray.config import MemosConfig
-from memos_ray.launcher import wait_ready
+from memos_ray.runtime.launcher import wait_ready
 from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.ray
@@ -36,7 +36,7 @@ def chat_url(ray_cluster: None, chat_config: MemosConfig) -> Iterator[str]:
     from ray import serve
 
     from deployments.app import build_from_config
-    from memos_ray.runtime import stop_embedded
+    from memos_ray.embedded.falkordb_actor import stop_embedded
 
     config = chat_config
     port = free_port()
@@ -267,7 +267,7 @@ def test_preferences_written_elsewhere_reach_search_and_chat(
         json={"user_id": user, "async_mode": "sync", "messages": "I fly to Oslo in May."},
         timeout=60,
     )
-    from memos_ray.runtime import actor_suffix
+    from memos_ray.embedded.falkordb_actor import actor_suffix
 
     actor = ray.get_actor(
         f"memos-milvus-{actor_suffix(chat_config)}", namespace=chat_config.serving.namespace

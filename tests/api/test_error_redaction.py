@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
 from memos_ray.errors import MemosError, NotFoundError, ServiceUnavailableError, StoreError
-from memos_ray.netguard import REDACTED, redact
+from memos_ray.runtime.netguard import REDACTED, redact
 
 # What leaked before: the Neo4j/FalkorDB store's message, word for word in its format.
 STORE_FAILURE = (

@@ -17,14 +17,14 @@ import pytest
 from memos_ray import __version__
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
-from memos_ray.chat import ChatService
 from memos_ray.config import MemosConfig
-from memos_ray.fine import FineService
-from memos_ray.memory.adapters import AdapterStore
+from memos_ray.models.adapters import AdapterStore
 from memos_ray.models.chat import ChatRequest
 from memos_ray.models.embedder import SentenceTransformerEmbedder
-from memos_ray.tenancy import AccessControl
-from memos_ray.wiring import LocalStack
+from memos_ray.runtime.compose import LocalStack
+from memos_ray.services.chat import ChatService
+from memos_ray.services.fine import FineService
+from memos_ray.services.tenancy import AccessControl
 from tests.fixtures.scripted_model import ScriptedChatModel
 from tests.fixtures.servers import serve_in_thread
 

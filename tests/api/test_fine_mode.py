@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from memos_ray.config import MemosConfig
+from memos_ray.core.reader import Turn, fast_windows
 from memos_ray.domain.memory import MemoryStatus
-from memos_ray.fine import FineService
-from memos_ray.memory.reader import Turn, fast_windows
 from memos_ray.models.embedder import SentenceTransformerEmbedder
-from memos_ray.service import SearchOptions
-from memos_ray.wiring import LocalStack
+from memos_ray.runtime.compose import LocalStack
+from memos_ray.services.fine import FineService
+from memos_ray.services.memory import SearchOptions
 from tests.fixtures.scripted_model import ScriptedChatModel
 
 
@@ -210,8 +210,8 @@ def test_real_model_runs_fine_mode_without_losing_anything(
 def test_preferences_left_to_a_pref_add_task_are_stored_once(stack: LocalStack) -> None:
     """Without a preference service FineService hands the preferences back; the scheduler's
     `pref_add` handler stores them, and running it again (a retry) changes nothing."""
-    from memos_ray.scheduler import HandlerContext
-    from memos_ray.scheduler_tasks import TaskServices, pref_add
+    from memos_ray.scheduler.actor import HandlerContext
+    from memos_ray.scheduler.tasks import TaskServices, pref_add
     from memos_ray.stores.sql.tasks import Task
 
     assert stack.preferences is not None
@@ -258,10 +258,10 @@ def test_mem_organize_task_merges_duplicates_and_builds_the_tree_once(stack: Loc
     """The scheduler's `mem_organize` handler on real stores (rules only, no LLM): an exact
     duplicate written differently is archived into the older memory, every memory gets one
     topic parent, and a second run (a retry) changes nothing."""
+    from memos_ray.core.reader import Window
     from memos_ray.domain.memory import MemoryType
-    from memos_ray.memory.reader import Window
-    from memos_ray.scheduler import HandlerContext
-    from memos_ray.scheduler_tasks import TaskServices, mem_organize
+    from memos_ray.scheduler.actor import HandlerContext
+    from memos_ray.scheduler.tasks import TaskServices, mem_organize
     from memos_ray.stores.sql.tasks import Task
 
     cube = _cube()

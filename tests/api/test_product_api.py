@@ -229,7 +229,7 @@ def test_delete_leaves_no_trace(open_api: RunningApi) -> None:
     service = open_api.stack.service
     assert service.graph.existing_ids(user, [memory_id]) == set()
     assert service.vectors.retrieve(user, [memory_id]) == []
-    from memos_ray.memory.keywords import query_vector
+    from memos_ray.core.keywords import query_vector
 
     keyword_hits = service.vectors.search_sparse([user], query_vector(marker), 10)
     assert memory_id not in [h.id for h in keyword_hits]

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 from memos_ray.config import MemosConfig
+from memos_ray.core.reader import Window
 from memos_ray.domain.memory import MemoryType, SourceMessage
-from memos_ray.launcher import wait_ready
-from memos_ray.memory.reader import Window
-from memos_ray.reembed import ReembedParams
-from memos_ray.spaces import SpaceRegistry, SpaceStores, space_for_model
+from memos_ray.runtime.launcher import wait_ready
+from memos_ray.services.reembed import ReembedParams
+from memos_ray.services.spaces import SpaceRegistry, SpaceStores, space_for_model
 from tests.fixtures.servers import free_port
 from tests.jobs.test_reembed import NEW_DIM, save_projected_model
 
@@ -55,7 +55,7 @@ def live_url(ray_cluster: None, live_config: MemosConfig) -> Iterator[str]:
     from ray import serve
 
     from deployments.app import build_from_config
-    from memos_ray.runtime import stop_embedded
+    from memos_ray.embedded.falkordb_actor import stop_embedded
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -155,9 +155,9 @@ def test_reembed_job_moves_a_cube_under_live_traffic(
     live_url: str, live_config: MemosConfig, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from jobs.reembed import run
-    from memos_ray.scheduler_tasks import build_task_services
-    from memos_ray.service import SearchOptions
-    from memos_ray.wiring import build_ray_stores, build_tenancy_store
+    from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
+    from memos_ray.scheduler.tasks import build_task_services
+    from memos_ray.services.memory import SearchOptions
 
     config = live_config
     model = save_projected_model(tmp_path_factory.mktemp("live-proj256"))

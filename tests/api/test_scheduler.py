@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from memos_ray.config import MemosConfig
-from memos_ray.scheduler import SchedulerClient, scheduler_name
+from memos_ray.runtime.compose import build_tenancy_store
+from memos_ray.scheduler.actor import SchedulerClient, scheduler_name
 from memos_ray.stores.sql.tasks import QueueFullError, SQLTaskStore, Task
-from memos_ray.wiring import build_tenancy_store
 
 pytestmark = pytest.mark.ray
 
@@ -190,9 +190,9 @@ def _api(
     from memos_ray import __version__
     from memos_ray.api.app import create_app
     from memos_ray.api.context import ApiContext
-    from memos_ray.fine import FineService
-    from memos_ray.tenancy import AccessControl
-    from memos_ray.wiring import LocalStack
+    from memos_ray.runtime.compose import LocalStack
+    from memos_ray.services.fine import FineService
+    from memos_ray.services.tenancy import AccessControl
     from tests.fixtures.scripted_model import ScriptedChatModel
     from tests.fixtures.servers import serve_in_thread
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from memos_ray.memory.reader import Turn, fast_windows
+from memos_ray.core.reader import Turn, fast_windows
 from memos_ray.models.embedder import SentenceTransformerEmbedder
-from memos_ray.service import MemoryService
+from memos_ray.services.memory import MemoryService
 from tests.api.conftest import RunningApi
 from tests.api.test_product_api import add, search
 

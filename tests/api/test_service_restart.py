@@ -28,9 +28,9 @@ import pytest
 import yaml
 
 from memos_ray.config import MemosConfig
-from memos_ray.stores.local import free_port
+from memos_ray.embedded.falkordb_server import free_port
+from memos_ray.runtime.compose import build_tenancy_store
 from memos_ray.stores.sql.tasks import SQLTaskStore
-from memos_ray.wiring import build_tenancy_store
 from tests.fixtures.listeners import Listener, answers, external_addresses, session_listeners
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,16 +24,18 @@ from memos_ray import __version__
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
 from memos_ray.config import MemosConfig, SearchConfig
+from memos_ray.core.keywords import query_vector
+from memos_ray.core.reader import Window
 from memos_ray.domain.memory import MemoryType, memory_id_for
 from memos_ray.errors import StoreError
-from memos_ray.fine import FineService
-from memos_ray.memory.keywords import query_vector
-from memos_ray.memory.reader import Window
 from memos_ray.models.embedder import SentenceTransformerEmbedder
-from memos_ray.preferences import preference_id
-from memos_ray.ranking import CubeIndexCache
-from memos_ray.scheduler import SchedulerClient
-from memos_ray.service import MemoryService, Reconciled, SearchOptions, items_for_windows
+from memos_ray.runtime.compose import LocalStack
+from memos_ray.scheduler.actor import SchedulerClient
+from memos_ray.services.fine import FineService
+from memos_ray.services.memory import MemoryService, Reconciled, SearchOptions, items_for_windows
+from memos_ray.services.preferences import preference_id
+from memos_ray.services.ranking import CubeIndexCache
+from memos_ray.services.tenancy import AccessControl
 from memos_ray.stores.preference.base import Preference, PreferenceStore
 from memos_ray.stores.sql.tasks import SQLTaskStore, Task
 from memos_ray.stores.vector.base import (
@@ -45,8 +47,6 @@ from memos_ray.stores.vector.base import (
     VectorRecord,
     VectorStore,
 )
-from memos_ray.tenancy import AccessControl
-from memos_ray.wiring import LocalStack
 from tests.fixtures.scripted_model import ScriptedChatModel
 from tests.fixtures.servers import serve_in_thread
 

@@ -13,16 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from memos_ray.core.filters import parse_filter
 from memos_ray.domain.memory import MemoryItem, MemoryMetadata
-from memos_ray.errors import (
-    FilterError,
-    QueryTimeoutError,
-    ServiceUnavailableError,
-    StoreUnavailableError,
-)
-from memos_ray.memory.filters import parse_filter
-from memos_ray.stores.graph.falkordb import FalkorDBGraphStore, falkordb_graph_store
-from memos_ray.stores.local import (
+from memos_ray.embedded.falkordb_server import (
     AOF_DIR,
     PASSWORD_FILE,
     RDB_FILE,
@@ -30,7 +23,14 @@ from memos_ray.stores.local import (
     RespError,
     resp_command,
 )
-from memos_ray.stores.supervisor import Supervisor
+from memos_ray.embedded.supervisor import Supervisor
+from memos_ray.errors import (
+    FilterError,
+    QueryTimeoutError,
+    ServiceUnavailableError,
+    StoreUnavailableError,
+)
+from memos_ray.stores.graph.falkordb import FalkorDBGraphStore, falkordb_graph_store
 
 
 def _item(cube: str, text: str, **meta: object) -> MemoryItem:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from memos_ray.core.filters import parse_filter
 from memos_ray.domain.memory import (
     Edge,
     EdgeType,
@@ -23,11 +24,10 @@ from memos_ray.domain.memory import (
     MemoryType,
     SourceMessage,
 )
+from memos_ray.embedded.falkordb_server import FalkorDBServer
 from memos_ray.errors import ConflictError
-from memos_ray.memory.filters import parse_filter
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.neo4j import Neo4jGraphStore
-from memos_ray.stores.local import FalkorDBServer
 
 NEO4J_URI = os.environ.get("MEMOS_TEST_NEO4J_URI")
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from memos_ray.embedded.milvus_server import MilvusLiteServer, milvus_lite_actor
 from memos_ray.errors import StoreError
 from memos_ray.stores.preference import Preference
 from memos_ray.stores.preference.milvus import MilvusPreferenceStore
-from memos_ray.stores.preference.milvus_server import MilvusLiteServer, milvus_lite_actor
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 8

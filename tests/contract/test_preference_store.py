@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from memos_ray.domain.memory import iso
+from memos_ray.embedded.milvus_server import MilvusLiteServer
 from memos_ray.errors import BadRequestError, StoreError
 from memos_ray.models.embedder import SentenceTransformerEmbedder
 from memos_ray.stores.preference import Preference, PreferenceStore
 from memos_ray.stores.preference.milvus import MilvusPreferenceStore, quote
-from memos_ray.stores.preference.milvus_server import MilvusLiteServer
 
 DIM = 384
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from memos_ray.core.keywords import document_vector, query_vector
 from memos_ray.errors import BadRequestError, MemosError
-from memos_ray.memory.keywords import document_vector, query_vector
 from memos_ray.stores.vector.base import (
     SparseVector,
     VectorFilter,
@@ -41,7 +41,7 @@ class Backend:
 
 
 def _actor_opener(path: Path) -> Callable[[int], VectorStore]:
-    from memos_ray.stores.actors import get_or_create_vector_actor
+    from memos_ray.embedded.actors import get_or_create_vector_actor
 
     def open_(dim: int) -> VectorStore:
         spec = (
@@ -403,7 +403,7 @@ def test_actor_store_is_shared_across_processes(ray_cluster: None, tmp_path: Pat
     """The proxy pickles into other Ray processes; all of them see one engine."""
     import ray
 
-    from memos_ray.stores.actors import get_or_create_vector_actor
+    from memos_ray.embedded.actors import get_or_create_vector_actor
 
     name = f"vectors-{uuid.uuid4()}"
     spec = (

@@ -23,9 +23,14 @@ import yaml
 
 from jobs.ingest import IngestArgs, IngestSummary, run_ingest
 from memos_ray.config import MemosConfig
+from memos_ray.embedded.falkordb_server import (
+    PASSWORD_FILE,
+    FalkorDBAddress,
+    data_dir_password,
+    free_port,
+)
+from memos_ray.runtime.compose import LocalStack
 from memos_ray.stores.graph.falkordb import falkordb_graph_store
-from memos_ray.stores.local import PASSWORD_FILE, FalkorDBAddress, data_dir_password, free_port
-from memos_ray.wiring import LocalStack
 
 pytestmark = pytest.mark.ray
 
@@ -155,10 +160,10 @@ def test_moved_cube_refused_and_a_running_apps_stores_reused(
     """A cube jobs.reembed moved is refused (the configured model and store are not its own
     any more). The store owners of a running app (here: started by the test) are used and
     left running, as under `--address auto` beside `memos-ray serve`."""
-    from memos_ray.runtime import stop_embedded
-    from memos_ray.space_registry import SpaceRegistry
-    from memos_ray.spaces import default_space, space_for_model
-    from memos_ray.wiring import build_ray_stores, build_tenancy_store
+    from memos_ray.embedded.falkordb_actor import stop_embedded
+    from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
+    from memos_ray.services.space_registry import SpaceRegistry
+    from memos_ray.services.spaces import default_space, space_for_model
 
     data_dir = tmp_path / "data"
     config = MemosConfig(data_dir=data_dir).resolved()
@@ -228,7 +233,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LocalSt
     from memos_ray import __version__
     from memos_ray.api.app import create_app
     from memos_ray.api.context import ApiContext
-    from memos_ray.tenancy import AccessControl
+    from memos_ray.services.tenancy import AccessControl
     from tests.fixtures.servers import serve_in_thread
 
     config = MemosConfig(
@@ -345,7 +350,7 @@ def _tool_call(call_id: str, arguments: str) -> dict[str, Any]:
 def test_same_memories_as_the_api_on_locomo(
     tmp_path: Path, ray_cluster: None, api: tuple[str, LocalStack]
 ) -> None:
-    from memos_ray.bench.datasets import locomo_cubes
+    from memos_ray.services.ingest.datasets import locomo_cubes
 
     path = _locomo_slice(tmp_path / "locomo.json", sessions=2)
     (cube,) = locomo_cubes(path)

@@ -18,7 +18,7 @@ from jobs.ingest import IngestArgs, IngestSummary, run_ingest
 from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import memory_id_for
 from memos_ray.models.chat import ChatRequest
-from memos_ray.wiring import LocalStack
+from memos_ray.runtime.compose import LocalStack
 from tests.fixtures.scripted_model import scripted_llm_app, scripted_llm_calls
 
 pytestmark = pytest.mark.ray
@@ -196,7 +196,7 @@ def test_through_the_real_model_in_a_deployment_of_its_own(
     small model answers, each window ends as facts or as its own text: nothing is lost."""
     from ray import serve
 
-    from memos_ray.jobs_llm import JOB_LLM_APP
+    from memos_ray.runtime.jobs_llm import JOB_LLM_APP
 
     records = [r for r in _records() if r["session_id"] == "s2"]
     source = tmp_path / "in.jsonl"

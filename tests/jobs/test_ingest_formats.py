@@ -13,8 +13,8 @@ import pytest
 
 from jobs.ingest import parse_args
 from memos_ray.domain.memory import EdgeType, MemoryType, memory_id_for
-from memos_ray.ingest.cutting import cut_cube
-from memos_ray.ingest.formats import BadRecord, Unit, input_files, read_units
+from memos_ray.services.ingest.cutting import cut_cube
+from memos_ray.services.ingest.formats import BadRecord, Unit, input_files, read_units
 
 GOOD = [
     {"cube_id": "c1", "user_id": "u1", "session_id": "s1", "role": "user", "content": "Hi"},

@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 
 from memos_ray.config import MemosConfig, NoLLMConfig, NoPreferenceConfig
+from memos_ray.core.reader import Window
 from memos_ray.domain.memory import MemoryStatus, MemoryType, SourceMessage
-from memos_ray.memory.reader import Window
 from memos_ray.models.embedder import SentenceTransformerEmbedder, default_model_path
-from memos_ray.reembed import CubeMover, ReembedParams, ReembedReport
-from memos_ray.service import MemoryService, SearchOptions
-from memos_ray.space_routing import SpaceRouter
-from memos_ray.spaces import (
+from memos_ray.runtime.compose import LocalStack
+from memos_ray.services.memory import MemoryService, SearchOptions
+from memos_ray.services.reembed import CubeMover, ReembedParams, ReembedReport
+from memos_ray.services.space_routing import SpaceRouter
+from memos_ray.services.spaces import (
     EmbeddingSpace,
     SpaceRegistry,
     SpaceResolver,
@@ -34,7 +35,6 @@ from memos_ray.spaces import (
     space_embedder,
     space_for_model,
 )
-from memos_ray.wiring import LocalStack
 
 FACTS = [
     "Alice's cat is called Tom.",
@@ -199,7 +199,7 @@ def test_move_step_by_step_never_stops_search(
 def ray_config(
     tmp_path_factory: pytest.TempPathFactory, ray_cluster: None
 ) -> Iterator[MemosConfig]:
-    from memos_ray.runtime import stop_embedded
+    from memos_ray.embedded.falkordb_actor import stop_embedded
 
     config = _config(tmp_path_factory.mktemp("reembed-ray"))
     yield config
@@ -211,8 +211,8 @@ def test_job_moves_cubes_and_is_idempotent(
     ray_config: MemosConfig, embedder: SentenceTransformerEmbedder, projected_model: Path
 ) -> None:
     from jobs.reembed import run
-    from memos_ray.spaces import stop_space_store
-    from memos_ray.wiring import build_ray_stores, build_tenancy_store
+    from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
+    from memos_ray.services.spaces import stop_space_store
 
     graph, vectors = build_ray_stores(ray_config)
     service = MemoryService(graph, vectors, embedder)

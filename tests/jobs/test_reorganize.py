@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 from memos_ray.config import MemosConfig, NoLLMConfig, NoPreferenceConfig
-from memos_ray.domain.memory import EdgeType, MemoryItem, MemoryStatus, MemoryType, SourceMessage
-from memos_ray.memory.organize import (
+from memos_ray.core.organize import (
     Entry,
     anchors,
     build_topic_tree,
@@ -30,12 +29,13 @@ from memos_ray.memory.organize import (
     plan_duplicates,
     same_anchors,
 )
-from memos_ray.memory.reader import Turn, Window, fast_windows
+from memos_ray.core.reader import Turn, Window, fast_windows
+from memos_ray.domain.memory import EdgeType, MemoryItem, MemoryStatus, MemoryType, SourceMessage
 from memos_ray.models.chat import ChatRequest
 from memos_ray.models.embedder import SentenceTransformerEmbedder
-from memos_ray.reorganize import ReorganizeParams, Reorganizer
-from memos_ray.service import MemoryService, SearchOptions
-from memos_ray.wiring import LocalStack
+from memos_ray.runtime.compose import LocalStack
+from memos_ray.services.memory import MemoryService, SearchOptions
+from memos_ray.services.reorganize import ReorganizeParams, Reorganizer
 from tests.fixtures.scripted_model import ScriptedChatModel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,7 +149,7 @@ def _check_tree(service: MemoryService, cube: str, leaf_size: int) -> list[Memor
 def ray_config(
     tmp_path_factory: pytest.TempPathFactory, ray_cluster: None
 ) -> Iterator[MemosConfig]:
-    from memos_ray.runtime import stop_embedded
+    from memos_ray.embedded.falkordb_actor import stop_embedded
 
     config = _config(tmp_path_factory.mktemp("reorganize-ray"))
     yield config
@@ -160,7 +160,7 @@ def ray_config(
 def ray_service(
     ray_config: MemosConfig, embedder: SentenceTransformerEmbedder
 ) -> Iterator[MemoryService]:
-    from memos_ray.wiring import build_ray_stores
+    from memos_ray.runtime.compose import build_ray_stores
 
     graph, vectors = build_ray_stores(ray_config)
     service = MemoryService(graph, vectors, embedder)
@@ -331,7 +331,7 @@ def test_job_asks_the_llm_deployment(ray_config: MemosConfig, ray_service: Memor
     """The job's workers send their judgements through a Serve app's LLMDeployment (here
     the scripted TEST DOUBLE deployed as one), not a model of their own."""
     from jobs.reorganize import run
-    from memos_ray.jobs_llm import LLMRoute
+    from memos_ray.runtime.jobs_llm import LLMRoute
     from tests.fixtures.scripted_model import scripted_llm_app, scripted_llm_calls
 
     cube = "judged-by-deployment"

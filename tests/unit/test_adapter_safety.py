@@ -14,7 +14,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from memos_ray.errors import BadRequestError, PayloadTooLargeError
-from memos_ray.memory.adapters import AdapterStore, base_modules_of
+from memos_ray.models.adapters import AdapterStore, base_modules_of
 from memos_ray.models.chat import Adapter, ChatRequest, LLMError, Message, SamplingParams
 from memos_ray.models.hf_chat import TransformersChatModel, _linear_layers
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from memos_ray.bench.datasets import (
+from memos_ray.bench.retrieval import ranked_turn_ids
+from memos_ray.services.ingest.datasets import (
     locomo_cubes,
     longmemeval_cubes,
     parse_locomo_time,
     parse_longmemeval_time,
 )
-from memos_ray.bench.retrieval import ranked_turn_ids
 
 
 def test_time_formats() -> None:

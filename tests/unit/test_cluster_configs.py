@@ -33,7 +33,7 @@ from ray.serve._private.deploy_utils import deploy_args_to_deployment_info
 from ray.serve.schema import ServeDeploySchema
 
 from memos_ray.config import MemosConfig, MilvusConfig, Neo4jConfig, QdrantConfig, VLLMConfig
-from memos_ray.launcher import SERVE_ENV
+from memos_ray.runtime.launcher import SERVE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from memos_ray.core.filters import And, Condition, Or, parse_filter
 from memos_ray.errors import FilterError
-from memos_ray.memory.filters import And, Condition, Or, parse_filter
 
 
 def test_equality_operators_and_nesting() -> None:

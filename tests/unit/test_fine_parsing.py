@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from memos_ray.memory.dates import resolve_relative_dates
-from memos_ray.memory.documents import chunk_text, decode_file_data, parse_document
-from memos_ray.memory.fine_reader import Extraction
-from memos_ray.memory.json_repair import JSONRepairError, parse_json
-from memos_ray.memory.tools import ToolMessage, trajectory_windows
+from memos_ray.core.dates import resolve_relative_dates
+from memos_ray.core.documents import chunk_text, decode_file_data, parse_document
+from memos_ray.core.json_repair import JSONRepairError, parse_json
+from memos_ray.core.tools import ToolMessage, trajectory_windows
+from memos_ray.services.fine_reader import Extraction
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,12 @@ from pathlib import Path
 from sqlalchemy import create_engine
 
 from memos_ray.config import FineConfig, ReaderConfig
+from memos_ray.core.reader import Turn, render_turn
 from memos_ray.domain.memory import MemoryItem, MemoryType, memory_id_for
-from memos_ray.ingest.extractions import ExtractionLedger
-from memos_ray.ingest.fine import FineRecord, FineWindow, fine_memories, fine_windows
-from memos_ray.ingest.formats import DocumentPart, TurnRecord, Unit
-from memos_ray.memory.fine_reader import ExtractedMemory, ExtractedPreference
-from memos_ray.memory.reader import Turn, render_turn
+from memos_ray.services.fine_reader import ExtractedMemory, ExtractedPreference
+from memos_ray.services.ingest.extractions import ExtractionLedger
+from memos_ray.services.ingest.fine import FineRecord, FineWindow, fine_memories, fine_windows
+from memos_ray.services.ingest.formats import DocumentPart, TurnRecord, Unit
 
 CUBE = "cube-a"
 

@@ -7,13 +7,13 @@ import math
 from typing import Any
 
 import pytest
+from memos_ray.core import filters
 from pydantic import BaseModel, ValidationError
 
+from memos_ray.core.dates import resolve_relative_dates
+from memos_ray.core.filters import parse_filter
+from memos_ray.core.turn_ranking import query_date_windows
 from memos_ray.errors import FilterError
-from memos_ray.memory import filters
-from memos_ray.memory.dates import resolve_relative_dates
-from memos_ray.memory.filters import parse_filter
-from memos_ray.memory.turn_ranking import query_date_windows
 from memos_ray.schemas.values import (
     FILTER_BOUNDS,
     INT64_MAX,
@@ -123,8 +123,8 @@ def test_far_dates_resolve_to_nothing_instead_of_failing() -> None:
 def test_file_data_is_base64_only_where_it_decodes_to_what_the_file_must_be() -> None:
     import base64
 
+    from memos_ray.core.documents import decode_file_data, parse_document
     from memos_ray.errors import BadRequestError, PayloadTooLargeError
-    from memos_ray.memory.documents import decode_file_data, parse_document
 
     # Words that happen to be valid base64 stay the words they are.
     for word in ("abcd", "Test", "heronnes"):

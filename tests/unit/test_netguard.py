@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from memos_ray.errors import ConfigError
-from memos_ray.netguard import is_loopback, start_local_ray
+from memos_ray.runtime.netguard import is_loopback, start_local_ray
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_a_job_driver_joins_a_loopback_cluster(ray_cluster: None) -> None:
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     code = (
         "import ray\n"
-        "from memos_ray.netguard import connect_or_start_ray\n"
+        "from memos_ray.runtime.netguard import connect_or_start_ray\n"
         f"assert not connect_or_start_ray({gcs!r}, log_to_driver=False)\n"
         "print(ray.get(ray.remote(lambda: 'joined').remote()), ray.util.get_node_ip_address())\n"
     )

@@ -6,8 +6,8 @@ import datetime as dt
 
 import numpy as np
 
-from memos_ray.memory.turn_ranking import RankingParams
-from memos_ray.ranking import index_cube
+from memos_ray.core.turn_ranking import RankingParams
+from memos_ray.services.ranking import index_cube
 
 
 def _payload(session: str, seq: int, text: str, **extra: object) -> dict:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+from memos_ray.core.reader import Turn, fast_windows, split_windows
 from memos_ray.domain.memory import MemoryType
-from memos_ray.memory.reader import Turn, fast_windows, split_windows
 
 
 def turns(n: int, role: str = "user") -> list[Turn]:

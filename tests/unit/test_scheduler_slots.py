@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memos_ray.scheduler import Slots
+from memos_ray.scheduler.actor import Slots
 
 
 def test_cap_holds_and_a_freed_slot_goes_to_the_longest_waiting() -> None:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from memos_ray.memory.keywords import document_vector, query_vector, stem, tokenize
-from memos_ray.memory.search import rrf_fuse, select
+from memos_ray.core.keywords import document_vector, query_vector, stem, tokenize
+from memos_ray.core.search import rrf_fuse, select
 
 
 def unit(*xs: float) -> np.ndarray:

@@ -83,7 +83,7 @@ def test_a_network_facing_config_needs_the_admin_key(
     """What `memos-ray serve` and the builder check: a non-loopback HTTP host with no admin
     key is refused, unless `serving.allow_open_network` says a proxy authenticates."""
     from memos_ray.config import load_config
-    from memos_ray.netguard import OpenNetworkError, is_loopback, require_admin_key
+    from memos_ray.runtime.netguard import OpenNetworkError, is_loopback, require_admin_key
 
     monkeypatch.delenv("MEMOS_ADMIN_KEY", raising=False)
     monkeypatch.setenv("MEMOS_SQL__URL", "postgresql://memos@db.example:5432/memos")

@@ -5,7 +5,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from memos_ray.memory.turn_ranking import (
+from memos_ray.core.turn_ranking import (
     RankingParams,
     RankTurn,
     build_index,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from memos_ray import vllm_env
+from memos_ray.runtime import vllm_env
 
 
 def test_not_ready_without_marker(tmp_path: Path) -> None:

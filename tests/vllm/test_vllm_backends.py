@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from memos_ray import vllm_env
+from memos_ray.runtime import vllm_env
 from memos_ray.models.chat import (
     Adapter,
     ChatRequest,
@@ -233,9 +233,9 @@ def test_memos_chat_route_through_vllm(
 
     from deployments.app import build_from_config
     from memos_ray.config import MemosConfig
-    from memos_ray.launcher import wait_ready
-    from memos_ray.runtime import stop_embedded
-    from memos_ray.stores.local import free_port
+    from memos_ray.embedded.falkordb_actor import stop_embedded
+    from memos_ray.embedded.falkordb_server import free_port
+    from memos_ray.runtime.launcher import wait_ready
 
     config = MemosConfig(
         data_dir=tmp_path_factory.mktemp("vllm-chat-data"),

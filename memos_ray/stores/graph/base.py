@@ -5,8 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from memos_ray.core.filters import FilterExpr
 from memos_ray.domain.memory import Edge, MemoryItem
-from memos_ray.memory.filters import FilterExpr
 
 
 class GraphStore(ABC):

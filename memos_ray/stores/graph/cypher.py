@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from memos_ray.core.filters import LIST_FIELDS, TOP_LEVEL_FIELDS, And, Condition, FilterExpr, Or
 from memos_ray.domain.memory import Edge, EdgeType, MemoryItem, MemoryMetadata, content_hash
 from memos_ray.errors import ConflictError, FilterError
-from memos_ray.memory.filters import LIST_FIELDS, TOP_LEVEL_FIELDS, And, Condition, FilterExpr, Or
 
 INFO_PREFIX = "info__"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -27,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from memos_ray.config import FalkorDBConfig
+from memos_ray.core.filters import FilterExpr
 from memos_ray.domain.memory import Edge, MemoryItem
 from memos_ray.errors import (
     BadRequestError,
@@ -35,7 +37,6 @@ from memos_ray.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from memos_ray.memory.filters import FilterExpr
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.cypher import (
     LABEL,
@@ -49,7 +50,6 @@ from memos_ray.stores.graph.cypher import (
     node_props,
     where_clause,
 )
-from memos_ray.stores.local import FalkorDBAddress
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,18 @@ def _check_params(value: Any, what: str) -> None:
             stack += [*item.keys(), *item.values()]
         elif isinstance(item, list | tuple):
             stack += item
+
+
+@dataclass(frozen=True)
+class FalkorDBAddress:
+    """What a client needs to reach the embedded server (native protocol)."""
+
+    host: str
+    port: int
+    password: str
+
+    def __repr__(self) -> str:  # never print the password
+        return f"FalkorDBAddress(host={self.host!r}, port={self.port})"
 
 
 class FalkorDBGraphStore(GraphStore):
@@ -375,7 +387,7 @@ class FalkorDBGraphStore(GraphStore):
 def falkordb_graph_store(
     address: FalkorDBAddress, config: FalkorDBConfig | None = None
 ) -> FalkorDBGraphStore:
-    """A graph store on an embedded server (see `memos_ray.stores.local.FalkorDBServer`)."""
+    """A graph store on an embedded server (see `memos_ray.embedded.falkordb_server.FalkorDBServer`)."""
     cfg = config or FalkorDBConfig()
     return FalkorDBGraphStore(
         address.host,

@@ -9,9 +9,9 @@ from typing import Any
 from neo4j import Driver, GraphDatabase, ManagedTransaction
 from neo4j.exceptions import DriverError, Neo4jError
 
+from memos_ray.core.filters import FilterExpr
 from memos_ray.domain.memory import Edge, MemoryItem
 from memos_ray.errors import ConflictError, StoreError
-from memos_ray.memory.filters import FilterExpr
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.cypher import (
     LABEL,

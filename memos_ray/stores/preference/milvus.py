@@ -35,9 +35,9 @@ from pymilvus import (
     RRFRanker,
 )
 
+from memos_ray.core.keywords import STOPWORDS
 from memos_ray.domain.memory import iso, utc_now
 from memos_ray.errors import BadRequestError, StoreError
-from memos_ray.memory.keywords import STOPWORDS
 from memos_ray.stores.preference.base import Preference, PreferenceStatus, PreferenceStore
 
 # Field sizes (VARCHAR max_length is in bytes on Milvus).

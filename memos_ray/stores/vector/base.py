@@ -10,14 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class SparseVector(BaseModel):
-    """Keyword weights by hashed term id (BM25 term-frequency part; IDF applied at query)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    indices: list[int] = Field(default_factory=list)
-    values: list[float] = Field(default_factory=list)
+from memos_ray.domain.memory import SparseVector
 
 
 class VectorRecord(BaseModel):

@@ -19,7 +19,7 @@ Threads. The shard is safe for concurrent queries and updates from several threa
 3-reader stress test ran clean) and releases the GIL while searching; writes are serialised
 here anyway, to keep flush bookkeeping simple. Only one owner may open a shard: a lock file taken
 before the engine starts refuses a second one (see `_lock_directory`); share a shard between
-processes through `memos_ray.stores.actors`.
+processes through `memos_ray.embedded.actors`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,415 @@
+"""Turn-level ranking over a whole cube, without an LLM (fast mode).
+
+Every component is z-scored over the cube's turns, so the weights are scale-free:
+
+1. BM25 over each turn's `speaker: content`.
+2. Dense: cos(q, e_t) + cos(q, n(e_prev + e_t)) + cos(q, n(e_t + e_next)); the context
+   vectors are sums of neighbouring turn embeddings (no extra encoding).
+3. S = z(bm25) + w_dense * z(dense) + w_speaker * [the query names the turn's speaker].
+4. Neighbours: S_t += g_neighbour * max(S_prev, S_next) within a session (answers and
+   their questions sit next to each other).
+5. Sessions: + lam_session_max * z(best S in the session) + lam_session_bm25 * z(BM25 of the
+   session as one document) + w_date * [the turn's date falls in a date the query names].
+6. The top `rerank_n` are re-sorted by z(S) + w_maxsim * z(MaxSim), a late-interaction
+   score over MiniLM token embeddings.
+
+Measured on the LoCoMo and LongMemEval development files (README, Benchmarks); this
+module is pure: numpy and the project's tokenizer only. The index is built from stored
+vectors (no encoding here), and the MaxSim scores of step 6 may come from anywhere (the
+vector store computes them next to the stored token vectors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from memos_ray.core.keywords import tokenize
+
+ROLE_WORDS = frozenset({"user", "assistant", "system", "tool"})
+
+Embed = Callable[[list[str]], np.ndarray]
+TokenEmbed = Callable[[list[str]], list[np.ndarray]]
+
+
+class RankingParams(BaseModel):
+    """Weights of the recipe (z-score units); defaults are the measured ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k1: float = Field(default=1.2, gt=0)
+    b: float = Field(default=0.75, ge=0, le=1)
+    w_dense: float = 1.0
+    w_speaker: float = 0.5
+    g_neighbour: float = 0.5
+    lam_session_max: float = 0.5
+    lam_session_bm25: float = 0.5
+    w_date: float = 2.0
+    # Units of the search's own session (`session_id` of the request) get this much more.
+    w_session: float = 0.5
+    rerank_n: int = Field(default=50, ge=0)
+    w_maxsim: float = 1.0
+
+
+@dataclass(frozen=True)
+class RankTurn:
+    id: str
+    session: str
+    content: str
+    speaker: str | None = None
+    chat_time: str | None = None
+
+
+def turn_text(turn: RankTurn) -> str:
+    """What is indexed: the speaker's name in front when it is a name, not a role."""
+    speaker = (turn.speaker or "").strip()
+    if not speaker or speaker.lower() in ROLE_WORDS:
+        return turn.content
+    return f"{speaker}: {turn.content}"
+
+
+# -- BM25 -------------------------------------------------------------------------------
+
+
+@dataclass
+class BM25Index:
+    postings: dict[str, tuple[np.ndarray, np.ndarray]]
+    size: int
+
+
+def bm25_build(docs: Sequence[Sequence[str]], k1: float, b: float) -> BM25Index:
+    n = len(docs)
+    avg = max(sum(len(d) for d in docs) / max(n, 1), 1.0)
+    raw: dict[str, tuple[list[int], list[float]]] = {}
+    for i, tokens in enumerate(docs):
+        norm = k1 * (1 - b + b * len(tokens) / avg)
+        for term, tf in Counter(tokens).items():
+            ids, weights = raw.setdefault(term, ([], []))
+            ids.append(i)
+            weights.append(tf * (k1 + 1) / (tf + norm))
+    postings = {}
+    for term, (ids, weights) in raw.items():
+        idf = math.log(1 + (n - len(ids) + 0.5) / (len(ids) + 0.5))
+        postings[term] = (np.asarray(ids, np.int64), np.asarray(weights, np.float32) * idf)
+    return BM25Index(postings, n)
+
+
+def bm25_score(index: BM25Index, query_tokens: Sequence[str]) -> np.ndarray:
+    scores = np.zeros(index.size, np.float32)
+    for term in set(query_tokens):
+        posting = index.postings.get(term)
+        if posting is not None:
+            scores[posting[0]] += posting[1]
+    return scores
+
+
+# -- dates ------------------------------------------------------------------------------
+
+_MONTHS = [
+    "january", "february", "march", "april", "may", "june",
+    "july", "august", "september", "october", "november", "december",
+]  # fmt: skip
+_MONTH_NUMBER = {m: i + 1 for i, m in enumerate(_MONTHS)} | {
+    m[:3]: i + 1 for i, m in enumerate(_MONTHS)
+}
+_MONTH_NUMBER["sept"] = 9
+_MONTH = r"(" + "|".join(_MONTHS) + r"|jan|feb|mar|apr|jun|jul|aug|sept|sep|oct|nov|dec)"
+_COUNT_WORDS = {
+    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+    "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+}  # fmt: skip
+_COUNT = r"(\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten)"
+_UNIT_DAYS = {"day": 1, "week": 7, "month": 30, "year": 365}
+
+DateWindow = tuple[dt.date, int] | tuple[str, int]
+
+
+def parse_date(text: str | None) -> dt.date | None:
+    """ISO ('2023-05-08T13:56:00'), LongMemEval ('2023/05/20 (Sat) 02:21') or LoCoMo text."""
+    s = (text or "").lower()
+    match = re.search(r"(\d{4})[/-](\d{1,2})[/-](\d{1,2})", s)
+    if match:
+        try:
+            return dt.date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError:
+            return None
+    match = re.search(r"(\d{1,2})\s+" + _MONTH + r",?\s+(\d{4})", s)
+    if match:
+        try:
+            return dt.date(int(match[3]), _MONTH_NUMBER[match[2]], int(match[1]))
+        except ValueError:
+            return None
+    return None
+
+
+def _count(word: str) -> int:
+    return int(word) if word.isdigit() else _COUNT_WORDS[word]
+
+
+def query_date_windows(query: str, asked_on: dt.date | None = None) -> list[DateWindow]:
+    """Dates a question names, as (centre, half-width in days) or ("month", m).
+
+    A date outside years 1..9999 (a far `reference_time`, "99999 days ago") names nothing.
+    """
+    s = query.lower()
+    out: list[DateWindow] = []
+
+    def add(make: Callable[[], DateWindow]) -> None:
+        with contextlib.suppress(ValueError, OverflowError):
+            out.append(make())
+
+    for m in re.finditer(r"(\d{1,2})(?:st|nd|rd|th)?\s+" + _MONTH + r",?\s*(\d{4})", s):
+        add(lambda m=m: (dt.date(int(m[3]), _MONTH_NUMBER[m[2]], int(m[1])), 1))
+    for m in re.finditer(_MONTH + r"\s+(\d{1,2})(?:st|nd|rd|th)?,?\s*(\d{4})", s):
+        add(lambda m=m: (dt.date(int(m[3]), _MONTH_NUMBER[m[1]], int(m[2])), 1))
+    if not out:
+        for m in re.finditer(_MONTH + r",?\s+(\d{4})", s):
+            add(lambda m=m: (dt.date(int(m[2]), _MONTH_NUMBER[m[1]], 15), 16))
+    if not out:
+        for m in re.finditer(r"\b(?:in|of|during)\s+" + _MONTH + r"\b", s):
+            out.append(("month", _MONTH_NUMBER[m[1]]))
+    if asked_on is not None:
+        day = asked_on
+        for m in re.finditer(r"\b" + _COUNT + r"\s+(day|week|month|year)s?\s+ago", s):
+            unit = _UNIT_DAYS[m[2]]
+            add(
+                lambda m=m, unit=unit: (
+                    day - dt.timedelta(days=_count(m[1]) * unit),
+                    max(1, unit // 2 + 1),
+                )
+            )
+        for m in re.finditer(r"\blast\s+(week|month|year|weekend)\b", s):
+            unit = {"week": 7, "weekend": 7, "month": 30, "year": 365}[m[1]]
+            add(lambda unit=unit: (day - dt.timedelta(days=unit), unit // 2 + 1))
+        if re.search(r"\byesterday\b", s):
+            add(lambda: (day - dt.timedelta(days=1), 1))
+        for m in re.finditer(r"\b(?:past|last)\s+" + _COUNT + r"\s+(day|week|month)s?\b", s):
+            width = _count(m[1]) * _UNIT_DAYS[m[2]]
+            add(lambda width=width: (day - dt.timedelta(days=width / 2), width // 2 + 1))
+    return out
+
+
+def _date_hits(windows: Sequence[DateWindow], days: np.ndarray, months: np.ndarray) -> np.ndarray:
+    """1 where a unit's day (an ordinal; 0 = unknown) falls in one of the windows."""
+    hits = np.zeros(len(days), bool)
+    known = days > 0
+    for centre, width in windows:
+        if centre == "month":
+            hits |= known & (months == width)
+        else:
+            hits |= known & (np.abs(days - centre.toordinal()) <= width)  # type: ignore[union-attr]
+    return hits.astype(np.float32)
+
+
+# -- index and search -------------------------------------------------------------------
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / (x.std() + 1e-9)
+
+
+@dataclass(frozen=True)
+class RankUnit:
+    """One indexed memory: a turn, or any item (a document chunk is a session of one)."""
+
+    id: str
+    session: str
+    text: str
+    speaker: str = ""
+    day: dt.date | None = None
+
+
+@dataclass
+class CubeIndex:
+    ids: list[str]
+    speakers: list[str]
+    session_of: np.ndarray
+    prev: np.ndarray
+    next: np.ndarray
+    days: np.ndarray  # date ordinals, 0 where unknown
+    months: np.ndarray
+    bm25: BM25Index
+    bm25_sessions: BM25Index
+    vectors: np.ndarray  # (n, d) unit rows
+    # |e_t + e_prev| and |e_t + e_next| (1 where there is no neighbour): the context vectors
+    # of step 2 are never materialised, their cosines come from e @ q.
+    norm_prev: np.ndarray
+    norm_next: np.ndarray
+    tokens: list[np.ndarray] | None = None
+    # Each unit's distinct keyword terms (for query-term coverage without re-tokenising).
+    terms: list[frozenset[str]] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+
+def index_units(
+    units: Sequence[RankUnit],
+    vectors: np.ndarray,
+    tokens: list[np.ndarray] | None = None,
+    params: RankingParams | None = None,
+) -> CubeIndex:
+    """Units in order (a session's units contiguous, chronological); vectors row-aligned."""
+    params = params or RankingParams()
+    n = len(units)
+    session_keys: list[str] = []
+    session_of = np.zeros(n, np.int64)
+    for i, unit in enumerate(units):
+        if not session_keys or session_keys[-1] != unit.session:
+            session_keys.append(unit.session)
+        session_of[i] = len(session_keys) - 1
+    pos = np.arange(n)
+    prev = np.where((pos > 0) & (session_of[np.maximum(pos - 1, 0)] == session_of), pos - 1, -1)
+    nxt = np.where(
+        (pos < n - 1) & (session_of[np.minimum(pos + 1, n - 1)] == session_of), pos + 1, -1
+    )
+    e = np.asarray(vectors, np.float32)
+    e = e.reshape(n, e.shape[-1] if e.ndim == 2 else 0)
+    norm_prev = np.where(prev >= 0, np.linalg.norm(e + e[np.maximum(prev, 0)], axis=1), 1.0).astype(
+        np.float32
+    )
+    norm_next = np.where(nxt >= 0, np.linalg.norm(e + e[np.maximum(nxt, 0)], axis=1), 1.0).astype(
+        np.float32
+    )
+    token_lists = [tokenize(u.text) for u in units]
+    session_docs: list[list[str]] = [[] for _ in session_keys]
+    for i, toks in enumerate(token_lists):
+        session_docs[session_of[i]].extend(toks)
+    return CubeIndex(
+        ids=[u.id for u in units],
+        speakers=[u.speaker.lower() for u in units],
+        session_of=session_of,
+        prev=prev,
+        next=nxt,
+        days=np.array([u.day.toordinal() if u.day else 0 for u in units], np.int64),
+        months=np.array([u.day.month if u.day else 0 for u in units], np.int64),
+        bm25=bm25_build(token_lists, params.k1, params.b),
+        bm25_sessions=bm25_build(session_docs, params.k1, params.b),
+        vectors=e,
+        norm_prev=np.maximum(norm_prev, 1e-9),
+        norm_next=np.maximum(norm_next, 1e-9),
+        tokens=tokens,
+        terms=[frozenset(toks) for toks in token_lists],
+    )
+
+
+def build_index(
+    turns: Sequence[RankTurn],
+    embed: Embed,
+    token_embed: TokenEmbed | None = None,
+    params: RankingParams | None = None,
+) -> CubeIndex:
+    """Turns in chronological order; a session's turns are contiguous."""
+    units = [
+        RankUnit(t.id, t.session, turn_text(t), t.speaker or "", parse_date(t.chat_time))
+        for t in turns
+    ]
+    texts = [u.text for u in units]
+    vectors = np.asarray(embed(texts), np.float32)
+    tokens = token_embed(texts) if token_embed is not None else None
+    return index_units(units, vectors, tokens, params)
+
+
+def first_stage(
+    index: CubeIndex,
+    query: str,
+    query_vector: np.ndarray,
+    asked_at: str | None = None,
+    params: RankingParams | None = None,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
+    """Steps 1-5: one fused score per unit; units outside `allowed` (a mask) get -inf."""
+    params = params or RankingParams()
+    query_tokens = tokenize(query)
+    score = _z(bm25_score(index.bm25, query_tokens))
+    cos = index.vectors @ np.asarray(query_vector, np.float32)
+    with_prev = np.where(index.prev >= 0, cos + cos[np.maximum(index.prev, 0)], cos)
+    with_next = np.where(index.next >= 0, cos + cos[np.maximum(index.next, 0)], cos)
+    dense = cos + with_prev / index.norm_prev + with_next / index.norm_next
+    score += params.w_dense * _z(dense)
+    lowered = query.lower()
+    named = {
+        s
+        for s in set(index.speakers)
+        if s and s not in ROLE_WORDS and re.search(rf"\b{re.escape(s)}\b", lowered)
+    }
+    if named:
+        score += params.w_speaker * np.array([s in named for s in index.speakers], np.float32)
+    low = score.min()
+    neighbour = np.maximum(
+        np.where(index.prev >= 0, score[np.maximum(index.prev, 0)], low),
+        np.where(index.next >= 0, score[np.maximum(index.next, 0)], low),
+    )
+    score = score + params.g_neighbour * neighbour
+    sessions = index.session_of
+    best = np.full(int(sessions.max()) + 1 if len(sessions) else 0, -np.inf, np.float32)
+    np.maximum.at(best, sessions, score)
+    score = (
+        score
+        + params.lam_session_max * _z(best)[sessions]
+        + params.lam_session_bm25 * _z(bm25_score(index.bm25_sessions, query_tokens))[sessions]
+    )
+    windows = query_date_windows(query, parse_date(asked_at))
+    if windows:
+        score = score + params.w_date * _date_hits(windows, index.days, index.months)
+    if allowed is not None:
+        score = np.where(allowed, score, -np.inf)
+    return score
+
+
+def head(score: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the n best finite scores, best first (ties by position)."""
+    finite = np.flatnonzero(np.isfinite(score))
+    if len(finite) > n:
+        part = np.argpartition(-score[finite], n - 1)[:n]
+        finite = finite[part]
+    return finite[np.lexsort((finite, -score[finite]))]
+
+
+def late_rerank(
+    score: np.ndarray, top: np.ndarray, late: np.ndarray, params: RankingParams | None = None
+) -> np.ndarray:
+    """Step 6: re-sort `top` by z(first-stage) + w_maxsim * z(MaxSim); NaN late = no vector."""
+    params = params or RankingParams()
+    if len(top) < 2 or not params.w_maxsim or np.isnan(late).all():
+        return top
+    late = np.where(np.isnan(late), np.nanmin(late), late)
+    combined = _z(score[top]) + params.w_maxsim * _z(late)
+    return top[np.argsort(-combined, kind="stable")]
+
+
+def maxsim(query_tokens: np.ndarray, doc_tokens: np.ndarray) -> float:
+    """Mean over query tokens of the best cosine against the document's tokens."""
+    return float((query_tokens @ doc_tokens.T).max(1).mean())
+
+
+def rank(
+    index: CubeIndex,
+    query: str,
+    query_vector: np.ndarray,
+    query_tokens: np.ndarray | None = None,
+    asked_at: str | None = None,
+    top_k: int = 50,
+    params: RankingParams | None = None,
+) -> list[str]:
+    """Unit ids, best first, with MaxSim over the index's own token vectors."""
+    params = params or RankingParams()
+    score = first_stage(index, query, query_vector, asked_at, params)
+    top = head(score, max(params.rerank_n, top_k))
+    rerank = top[: params.rerank_n]
+    if query_tokens is not None and index.tokens is not None:
+        late = np.array(
+            [maxsim(query_tokens, index.tokens[int(j)].astype(np.float32)) for j in rerank]
+        )
+        rerank = late_rerank(score, rerank, late, params)
+    order = np.concatenate([rerank, top[params.rerank_n :]])
+    return [index.ids[i] for i in order[:top_k]]

@@ -1,1 +1,0 @@
-"""Memory algorithms: pure functions over domain models (no Ray, web or database SDKs)."""

@@ -1,0 +1,305 @@
+"""The only place that turns configuration into concrete stores and models.
+
+Two runtimes share it: inside Ray (embedded servers owned by named actors, shared by every
+replica and job) and in one plain process (embedded servers owned by that process).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from types import TracebackType
+
+from memos_ray.config import (
+    FalkorDBConfig,
+    MemosConfig,
+    MilvusConfig,
+    Neo4jConfig,
+    NoPreferenceConfig,
+    OpenAILLMConfig,
+    QdrantConfig,
+    QdrantEdgeConfig,
+    TransformersLLMConfig,
+    VLLMConfig,
+)
+from memos_ray.models.chat import ChatModel
+from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
+from memos_ray.models.reranker import EmbeddingReranker, Reranker
+from memos_ray.services.fine import FineService
+from memos_ray.services.memory import MemoryService
+from memos_ray.services.preferences import PreferenceService
+from memos_ray.stores.graph.base import GraphStore
+from memos_ray.stores.graph.falkordb import falkordb_graph_store
+from memos_ray.stores.graph.neo4j import Neo4jGraphStore
+from memos_ray.stores.sql.base import TenancyStore
+from memos_ray.stores.sql.sqlalchemy import SQLTenancyStore
+from memos_ray.stores.vector.base import VectorStore
+from memos_ray.stores.vector.qdrant import QdrantVectorStore
+
+
+def build_embedder(config: MemosConfig) -> Embedder:
+    cfg = config.embedder
+    return SentenceTransformerEmbedder(cfg.model, device=cfg.device, batch_size=cfg.batch_size)
+
+
+def build_query_embedder(config: MemosConfig) -> Embedder | None:
+    """An in-process, naturally batched query embedder, or None to use the deployment."""
+    if not config.embedder.local_queries:
+        return None
+    import torch
+
+    from memos_ray.models.batching import BatchingEmbedder
+
+    torch.set_num_threads(config.embedder.query_threads)
+    embedder = build_embedder(config)
+    batching = BatchingEmbedder(embedder, threads=config.embedder.query_threads)
+    batching.embed(["warm up"])
+    return batching
+
+
+def build_reranker(config: MemosConfig) -> Reranker | None:
+    if config.reranker.backend == "none":
+        return None
+    return EmbeddingReranker(keyword_weight=config.reranker.keyword_weight)
+
+
+def build_chat_model(config: MemosConfig) -> ChatModel | None:
+    """The configured chat backend in this process; None when chat is switched off."""
+    llm = config.llm
+    if isinstance(llm, TransformersLLMConfig):
+        import os
+        from pathlib import Path
+
+        from memos_ray.models import smollm2
+        from memos_ray.models.hf_chat import TransformersChatModel
+
+        models_dir = config.data_path(llm.models_dir)
+        if llm.model is None:
+            path, name = smollm2.hf_dir(models_dir), smollm2.MODEL_NAME
+        else:
+            path, name = Path(llm.model).expanduser(), Path(llm.model).name
+        return TransformersChatModel(
+            path,
+            served_name=llm.served_name or name,
+            device=llm.device,
+            dtype=llm.dtype,
+            threads=llm.threads or os.cpu_count(),
+            kv_cache_dir=models_dir / "kv-cache",
+            max_prefix_caches=llm.max_prefix_caches,
+            kv_cache_disk_bytes=llm.kv_cache_disk_mb << 20,
+            max_context_tokens=llm.max_context_tokens,
+        )
+    if isinstance(llm, VLLMConfig):
+        from memos_ray.models.vllm_engine import VLLMEngineChatModel
+
+        return VLLMEngineChatModel(
+            llm.model,
+            served_model_name=llm.served_name or llm.model,
+            dtype=llm.dtype,
+            max_model_len=llm.max_model_len,
+            gpu_memory_utilization=llm.gpu_memory_utilization,
+            enforce_eager=llm.enforce_eager,
+            max_loras=llm.max_loras,
+            max_lora_rank=llm.max_lora_rank,
+            engine_kwargs=llm.engine_kwargs,
+        )
+    if isinstance(llm, OpenAILLMConfig):
+        from memos_ray.models.openai_chat import OpenAIChatModel
+
+        return OpenAIChatModel(
+            llm.base_url,
+            model=llm.model,
+            api_key=llm.api_key.get_secret_value() if llm.api_key else None,
+            extra_models=llm.extra_models,
+            read_timeout_s=llm.read_timeout_s,
+            connect_timeout_s=llm.connect_timeout_s,
+            max_retries=llm.max_retries,
+            cache_block_tokens=llm.cache_block_tokens,
+        )
+    return None
+
+
+def build_fine_service(
+    config: MemosConfig,
+    service: MemoryService,
+    model: ChatModel,
+    ledger: TenancyStore,
+    preferences: PreferenceService | None = None,
+) -> FineService:
+    fine = config.fine
+    return FineService(
+        service,
+        model,
+        max_attempts=fine.max_attempts,
+        max_tokens=fine.max_tokens,
+        similarity=fine.similarity,
+        candidates=fine.candidates,
+        ledger=ledger,
+        preferences=preferences,
+    )
+
+
+def build_preferences(
+    config: MemosConfig, service: MemoryService, *, in_ray: bool
+) -> PreferenceService | None:
+    """The preference store: inside Ray an embedded Milvus Lite is a server owned by a named
+    actor (every replica shares it); in one plain process it is a file."""
+    cfg = config.preference
+    if isinstance(cfg, NoPreferenceConfig):
+        return None
+    from memos_ray.services.preferences import PreferenceService
+    from memos_ray.stores.preference.milvus import MilvusPreferenceStore
+
+    if isinstance(cfg, MilvusConfig):
+        token = cfg.token.get_secret_value() if cfg.token else None
+        uri, collection = cfg.uri, cfg.collection
+    else:
+        folder = config.data_path(cfg.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        token, collection = None, cfg.collection
+        if in_ray:
+            import ray
+
+            from memos_ray.embedded.falkordb_actor import actor_suffix
+            from memos_ray.embedded.milvus_server import milvus_lite_actor
+
+            # The same folder the single-process file mode opens: either sees the other's data.
+            actor = milvus_lite_actor(
+                f"memos-milvus-{actor_suffix(config)}",
+                config.serving.namespace,
+                folder / "preferences.db",
+            )
+            uri = ray.get(actor.uri.remote())
+        else:
+            uri = str(folder / "preferences.db")
+    store = MilvusPreferenceStore(config.embedder.dim, uri=uri, token=token, collection=collection)
+    return PreferenceService(
+        service,
+        store,
+        implicit_evidence=config.fine.implicit_evidence,
+        similarity=config.fine.preference_similarity,
+    )
+
+
+def build_tenancy_store(config: MemosConfig) -> TenancyStore:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLTenancyStore(config.sql_url())
+
+
+def _neo4j(cfg: Neo4jConfig) -> GraphStore:
+    auth = (cfg.user, cfg.password.get_secret_value()) if cfg.password else None
+    return Neo4jGraphStore(cfg.uri, auth=auth, database=cfg.database)
+
+
+def _qdrant(cfg: QdrantConfig, config: MemosConfig) -> VectorStore:
+    return QdrantVectorStore(
+        config.embedder.dim,
+        url=cfg.url,
+        api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
+        path=str(config.data_path(cfg.path)) if cfg.path else None,
+        collection=cfg.collection,
+        timeout_s=cfg.timeout_s,
+    )
+
+
+def build_ray_stores(config: MemosConfig) -> tuple[GraphStore, VectorStore]:
+    """Stores for a process inside Ray: embedded engines are reached through named actors."""
+    import ray
+
+    from memos_ray.embedded.actors import get_or_create_vector_actor
+    from memos_ray.embedded.falkordb_actor import actor_suffix, falkordb_actor
+
+    if isinstance(config.graph, FalkorDBConfig):
+        address = ray.get(falkordb_actor(config).address.remote())
+        graph = falkordb_graph_store(address, config.graph)
+    else:
+        graph = _neo4j(config.graph)
+    if isinstance(config.vector, QdrantEdgeConfig):
+        vectors: VectorStore = get_or_create_vector_actor(
+            f"memos-vector-{actor_suffix(config)}",
+            config.serving.namespace,
+            _edge_spec(config),
+        )
+    else:
+        vectors = _qdrant(config.vector, config)
+    return graph, vectors
+
+
+def _edge_spec(config: MemosConfig) -> tuple[str, dict]:
+    assert isinstance(config.vector, QdrantEdgeConfig)
+    return (
+        "memos_ray.stores.vector.qdrant_edge:QdrantEdgeVectorStore",
+        {"dim": config.embedder.dim, "path": str(config.data_path(config.vector.path))},
+    )
+
+
+class LocalStack(AbstractContextManager["LocalStack"]):
+    """All backends in this process, no Ray: for the CLI, tests and scripts.
+
+    Embedded engines are single-process: do not run this beside a Serve app on the same
+    data dir.
+    """
+
+    def __init__(self, config: MemosConfig, embedder: Embedder | None = None) -> None:
+        from memos_ray.embedded.falkordb_server import FalkorDBServer, falkordb_server
+        from memos_ray.stores.vector.qdrant_edge import QdrantEdgeVectorStore
+
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._falkordb: FalkorDBServer | None = None
+        if isinstance(config.graph, FalkorDBConfig):
+            self._falkordb = falkordb_server(config.data_path("falkordb"), config.graph)
+            self._falkordb.start()
+            graph = falkordb_graph_store(self._falkordb.address, config.graph)
+        else:
+            graph = _neo4j(config.graph)
+        if isinstance(config.vector, QdrantEdgeConfig):
+            vectors: VectorStore = QdrantEdgeVectorStore(
+                config.embedder.dim, config.data_path(config.vector.path)
+            )
+        else:
+            vectors = _qdrant(config.vector, config)
+        self.tenancy = build_tenancy_store(config)
+        self.service = MemoryService(
+            graph,
+            vectors,
+            embedder or build_embedder(config),
+            build_reranker(config),
+            config.search,
+        )
+        self.preferences = build_preferences(config, self.service, in_ray=False)
+
+    def close(self) -> None:
+        if self.preferences is not None:
+            self.preferences.store.close()
+        self.service.close()
+        self.tenancy.close()
+        if self._falkordb is not None:
+            self._falkordb.stop()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def stop_embedded(config: MemosConfig) -> None:
+    """Stop the embedded stores of this data dir cleanly (data flushed), then drop the actors."""
+    stop_space_stores(config)  # the shards of cubes moved to other embedding spaces
+    suffix = actor_suffix(config)
+    actors = (
+        (f"memos-vector-{suffix}", "close"),
+        (f"memos-falkordb-{suffix}", "stop"),
+        (f"memos-milvus-{suffix}", "stop"),
+    )
+    for name, method in actors:
+        try:
+            actor = ray.get_actor(name, namespace=config.serving.namespace)
+        except ValueError:
+            continue
+        try:
+            ray.get(getattr(actor, method).remote(), timeout=60)
+        finally:
+            ray.kill(actor, no_restart=True)
