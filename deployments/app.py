@@ -11,6 +11,7 @@ from deployments.embedder import EmbedderDeployment
 from deployments.ingress import MemosIngress
 from deployments.llm import LLMDeployment
 from memos_ray.config import MemosConfig, TransformersLLMConfig, VLLMConfig, load_config
+from memos_ray.models import smollm2
 from memos_ray.runtime.netguard import require_admin_key
 
 
@@ -71,7 +72,6 @@ def llm_deployment(config: MemosConfig) -> Application | None:
         return None
     if isinstance(llm, TransformersLLMConfig) and llm.model is None:
         # Fail here, with the install command, rather than in replicas Serve keeps restarting.
-        from memos_ray.models import smollm2
 
         smollm2.gguf_dir()
     options: dict[str, Any] = {

@@ -14,6 +14,16 @@ from memos_ray.api.context import ApiContext
 from memos_ray.config import MemosConfig, OpenAILLMConfig
 from memos_ray.errors import ServiceUnavailableError
 from memos_ray.models.adapters import AdapterStore
+from memos_ray.models.handles import HandleChatModel, HandleEmbedder
+from memos_ray.runtime.compose import (
+    build_chat_model,
+    build_fine_service,
+    build_preferences,
+    build_query_embedder,
+    build_ray_stores,
+    build_reranker,
+    build_tenancy_store,
+)
 from memos_ray.runtime.netguard import keep_serve_grpc_on_loopback, let_ingress_rebind_its_port
 from memos_ray.scheduler.actor import SchedulerClient
 from memos_ray.services.chat import ChatService
@@ -88,16 +98,6 @@ class MemosIngress:
             return self._context
         with self._lock:
             if self._context is None:
-                from memos_ray.models.handles import HandleEmbedder
-                from memos_ray.runtime.compose import (
-                    build_fine_service,
-                    build_preferences,
-                    build_query_embedder,
-                    build_ray_stores,
-                    build_reranker,
-                    build_tenancy_store,
-                )
-
                 config = self._config
                 handle = self._embedder_handle
                 graph, vectors = build_ray_stores(config)
@@ -150,8 +150,6 @@ class MemosIngress:
         tenancy: TenancyStore,
         preferences: PreferenceService | None,
     ) -> ChatService | None:
-        from memos_ray.models.handles import HandleChatModel
-        from memos_ray.runtime.compose import build_chat_model
 
         config = self._config
         model = HandleChatModel(self._llm_handle) if self._llm_handle else None

@@ -18,6 +18,7 @@ from memos_ray.models.chat import (
     PrefixWarmup,
 )
 from memos_ray.models.handles import LLM_DEPLOYMENT
+from memos_ray.runtime.compose import build_chat_model
 from memos_ray.runtime.netguard import keep_serve_grpc_on_loopback
 
 _DONE = object()
@@ -29,7 +30,6 @@ class LLMDeployment:
 
     def __init__(self, config: MemosConfig) -> None:
         keep_serve_grpc_on_loopback()
-        from memos_ray.runtime.compose import build_chat_model
 
         model = build_chat_model(config)
         if model is None:

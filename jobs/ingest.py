@@ -26,11 +26,23 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobs.ingest_stages import MemorySink, WriteCounts, drop_stores, stores_for
-from memos_ray.config import MemosConfig, NoLLMConfig, load_config
+from jobs.ingest_fine import ExtractStage, fine_cut_batch, wake_schedulers
+from jobs.ingest_stages import (
+    EmbedStage,
+    MemorySink,
+    UnitSource,
+    WriteCounts,
+    cut_batch,
+    drop_stores,
+    stores_for,
+)
+from memos_ray.config import FalkorDBConfig, MemosConfig, NoLLMConfig, QdrantEdgeConfig, load_config
+from memos_ray.embedded.falkordb_actor import actor_suffix
 from memos_ray.errors import ConfigError
+from memos_ray.models.embedder import SentenceTransformerEmbedder
 from memos_ray.runtime.jobs_llm import LLMRoute, close_llm, open_llm
 from memos_ray.runtime.netguard import connect_or_start_ray
+from memos_ray.services.ingest.cutting import cut_cube
 from memos_ray.services.ingest.fine import FineCounts
 from memos_ray.services.ingest.formats import FORMATS, BadRecord, Unit, input_files, read_units
 
@@ -141,7 +153,6 @@ def job_config(args: IngestArgs) -> MemosConfig:
 
 def sample_texts(args: IngestArgs, config: MemosConfig, files: list[Path]) -> list[str]:
     """Texts the job will embed, read in the driver with the same cutting as the job."""
-    from memos_ray.services.ingest.cutting import cut_cube
 
     by_cube: dict[str, list[Unit]] = {}
     wanted = args.ceiling_sample
@@ -172,8 +183,6 @@ class Ceiling:
         cpu = time.process_time()
         import torch
 
-        from memos_ray.models.embedder import SentenceTransformerEmbedder
-
         torch.set_num_threads(threads)
         emb = config.embedder
         self._embedder = SentenceTransformerEmbedder(
@@ -201,8 +210,6 @@ class Ceiling:
 
 def _embedded_owners(config: MemosConfig) -> dict[str, str]:
     """Named actors owning this data dir's embedded engines, and how each is stopped."""
-    from memos_ray.config import FalkorDBConfig, QdrantEdgeConfig
-    from memos_ray.embedded.falkordb_actor import actor_suffix
 
     suffix = actor_suffix(config)
     owners: dict[str, str] = {}
@@ -224,7 +231,7 @@ def _running(name: str, namespace: str) -> bool:
 
 
 def _stop_owners(names: list[str], methods: dict[str, str], namespace: str) -> None:
-    """Flush and stop the engines this job started (as `memos_ray.embedded.falkordb_actor.stop_embedded`)."""
+    """Flush and stop the engines this job started (as `runtime.compose.stop_embedded`)."""
     import ray
 
     for name in names:
@@ -241,8 +248,6 @@ def _stop_owners(names: list[str], methods: dict[str, str], namespace: str) -> N
 def _cubes(args: IngestArgs, files: list[Path], cut: Any, cut_kwargs: dict[str, Any]) -> Any:
     """The input read, and `cut` applied to each cube's records, all together."""
     import ray.data
-
-    from jobs.ingest_stages import UnitSource
 
     ds = ray.data.read_datasource(
         UnitSource([str(f) for f in files], args.format, args.user_id, args.limit)
@@ -264,8 +269,6 @@ def _embedded(args: IngestArgs, config: MemosConfig, ds: Any, reserved: float = 
     """`reserved`: CPUs the pipeline's other actors will hold (not free yet)."""
     import ray
     from ray.data import ActorPoolStrategy
-
-    from jobs.ingest_stages import EmbedStage
 
     # Embedding-sized blocks: embedding and writing then overlap batch by batch, and the
     # write left after the last embedding is one batch, not a whole cube.
@@ -302,7 +305,6 @@ def _embedded(args: IngestArgs, config: MemosConfig, ds: Any, reserved: float = 
 
 
 def _fast_pass(args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str) -> Any:
-    from jobs.ingest_stages import cut_batch
 
     turns = not args.fine or config.fine.keep_turns
     kwargs = {"config": config, "run_id": run_id, "turns": turns}
@@ -313,8 +315,6 @@ def _fine_pass(
     args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str, route: Any
 ) -> Any:
     from ray.data import ActorPoolStrategy
-
-    from jobs.ingest_fine import ExtractStage, fine_cut_batch
 
     ds = _cubes(args, files, fine_cut_batch, {"config": config, "run_id": run_id})
     ds = ds.map_batches(
@@ -408,7 +408,6 @@ def _run_fine(
     args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str, route: LLMRoute
 ) -> FineSummary:
     """The fine pass, after the fast one; removes the job's own LLM app when done."""
-    from jobs.ingest_fine import wake_schedulers
 
     began = time.time()
     label = ""

@@ -25,7 +25,10 @@ import pyarrow as pa
 from jobs.ingest_stages import MEMORY_SCHEMA, Stores, row, stored_ids, stores_for, units_by_cube
 from memos_ray.config import MemosConfig, NoPreferenceConfig
 from memos_ray.models.chat import ChatModel
+from memos_ray.runtime.compose import build_tenancy_store
 from memos_ray.runtime.jobs_llm import LLMRoute, chat_model_for
+from memos_ray.scheduler.actor import SchedulerClient
+from memos_ray.services.fine_reader import FineReader
 from memos_ray.services.ingest.extractions import ExtractionLedger
 from memos_ray.services.ingest.fine import (
     FINE_SEQ_BASE,
@@ -36,6 +39,7 @@ from memos_ray.services.ingest.fine import (
     fine_windows,
 )
 from memos_ray.services.memory import embedding_text
+from memos_ray.stores.sql.tasks import SQLTaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +81,6 @@ class ExtractStage:
     def _stores(self) -> Stores:
         stores = stores_for(self._config, self._run_id)
         if self._ledger is None:
-            from memos_ray.stores.sql.tasks import SQLTaskStore
-
             engine = stores.tenancy.engine  # type: ignore[attr-defined]
             self._ledger = ExtractionLedger(engine)
             self._tasks = SQLTaskStore(engine)
@@ -129,7 +131,6 @@ class ExtractStage:
     ) -> dict[str, FineRecord]:
         """Recorded answers, asking the LLM for the windows that have none (each answer is
         recorded as soon as it comes, so a crash loses at most the ones in flight)."""
-        from memos_ray.services.fine_reader import FineReader
 
         assert self._ledger is not None
         found = self._ledger.get_many([w.window_id for w in windows])
@@ -195,9 +196,6 @@ def wake_schedulers(config: MemosConfig) -> int:
 
     if config.serving.app_name not in serve.status().applications:
         return 0
-    from memos_ray.runtime.compose import build_tenancy_store
-    from memos_ray.scheduler.actor import SchedulerClient
-    from memos_ray.stores.sql.tasks import SQLTaskStore
 
     tenancy = build_tenancy_store(config)
     try:

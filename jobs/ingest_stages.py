@@ -32,11 +32,15 @@ from ray.data.datasource.datasink import WriteResult
 
 from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import Edge, MemoryItem
-from memos_ray.models.embedder import Encoded
+from memos_ray.errors import ConflictError
+from memos_ray.models.embedder import Encoded, SentenceTransformerEmbedder
+from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
 from memos_ray.services.ingest.cutting import cut_cube
 from memos_ray.services.ingest.fine import FineCounts
 from memos_ray.services.ingest.formats import BadRecord, Unit, read_units
 from memos_ray.services.memory import vector_records
+from memos_ray.services.space_registry import SpaceRegistry
+from memos_ray.services.spaces import default_space
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.vector.base import VectorStore
@@ -68,8 +72,6 @@ class Stores:
         The job embeds with the configured model into the configured store only; writing a
         moved cube's memories there would hide them from its searches.
         """
-        from memos_ray.services.space_registry import SpaceRegistry
-        from memos_ray.services.spaces import default_space
 
         if self._spaces is None:
             self._spaces = SpaceRegistry(self.tenancy.engine)  # type: ignore[attr-defined]
@@ -92,7 +94,6 @@ _STORES: dict[str, Stores] = {}
 def stores_for(config: MemosConfig, run_id: str) -> Stores:
     """Built once per worker process and run: Ray reuses workers across tasks, and across
     jobs in one cluster, whose store owners may have been restarted in between."""
-    from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
 
     key = str(config.data_dir)
     cached = _STORES.get(key)
@@ -307,8 +308,6 @@ class EmbedStage:
     def _load(self) -> Any:
         import torch
 
-        from memos_ray.models.embedder import SentenceTransformerEmbedder
-
         if self._threads:
             torch.set_num_threads(self._threads)
         model, device, batch_size = self._options
@@ -459,7 +458,6 @@ class MemorySink(Datasink[WriteCounts]):
     @staticmethod
     def _register(stores: Stores, cube_id: str, user_id: str) -> None:
         """The cube exists for the API before its memories do (owned by its first user)."""
-        from memos_ray.errors import ConflictError
 
         if cube_id in stores.known_cubes:
             return

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from memos_ray.config import MemosConfig, QdrantEdgeConfig
+from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
 from memos_ray.runtime.jobs import (
     add_common_args,
     emit,
@@ -33,15 +34,20 @@ from memos_ray.runtime.jobs import (
     resolve_cubes,
 )
 from memos_ray.services.reembed import CubeMover, ReembedParams
-from memos_ray.services.spaces import EmbeddingSpace, default_space, space_embedder, space_for_model
+from memos_ray.services.spaces import (
+    EmbeddingSpace,
+    SpaceRegistry,
+    SpaceStores,
+    default_space,
+    space_embedder,
+    space_for_model,
+)
 
 
 class ReembedWorker:
     """A Ray Data actor: the target model is loaded once and moves every cube it is given."""
 
     def __init__(self, config: MemosConfig, target: EmbeddingSpace, params: ReembedParams) -> None:
-        from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
-        from memos_ray.services.spaces import SpaceRegistry, SpaceStores
 
         graph, vectors = build_ray_stores(config)
         registry = SpaceRegistry(build_tenancy_store(config).engine)

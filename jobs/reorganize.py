@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from memos_ray.config import MemosConfig, NoLLMConfig
+from memos_ray.runtime.compose import build_embedder, build_ray_stores, build_tenancy_store
 from memos_ray.runtime.jobs import (
     add_common_args,
     emit,
@@ -30,6 +31,7 @@ from memos_ray.runtime.jobs import (
 )
 from memos_ray.runtime.jobs_llm import LLMRoute, chat_model_for, close_llm, open_llm
 from memos_ray.services.reorganize import ReorganizeParams, Reorganizer
+from memos_ray.services.spaces import SpaceRegistry, SpaceResolver, SpaceStores
 
 
 class ReorganizeWorker:
@@ -40,8 +42,6 @@ class ReorganizeWorker:
     def __init__(
         self, config: MemosConfig, params: ReorganizeParams, route: LLMRoute | None
     ) -> None:
-        from memos_ray.runtime.compose import build_embedder, build_ray_stores, build_tenancy_store
-        from memos_ray.services.spaces import SpaceRegistry, SpaceResolver, SpaceStores
 
         graph, vectors = build_ray_stores(config)
         ledger = build_tenancy_store(config)

@@ -13,6 +13,14 @@ from typing import Any
 
 import yaml
 
+from memos_ray.bench.cli import add_bench_parser
+from memos_ray.client import MemosClient
+from memos_ray.config import load_config
+from memos_ray.errors import MemosError
+from memos_ray.runtime.launcher import local_service
+from memos_ray.runtime.netguard import OpenNetworkError, require_admin_key
+from memos_ray.runtime.vllm_env import add_parser as add_vllm_env_parser
+
 DEFAULT_CONFIG = Path("configs/local.yaml")
 
 
@@ -37,17 +45,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     apps = spec.get("applications") or [{}]
     overrides = (apps[0].get("args") or {}).get("config") or {}
 
-    from memos_ray.config import load_config
-    from memos_ray.runtime.netguard import OpenNetworkError, require_admin_key
-
     config = load_config(overrides)
     try:
         require_admin_key(host, config, "memos-ray")
     except OpenNetworkError as exc:
         print(exc.message, file=sys.stderr)
         return 2
-
-    from memos_ray.runtime.launcher import local_service
 
     stop = threading.Event()
 
@@ -72,7 +75,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from memos_ray.client import MemosClient
 
     return MemosClient(args.url, args.api_key)
 
@@ -192,11 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     cube.add_argument("--name")
     cube.set_defaults(func=cmd_create_cube)
 
-    from memos_ray.bench.cli import add_bench_parser
-
     add_bench_parser(sub)
-
-    from memos_ray.runtime.vllm_env import add_parser as add_vllm_env_parser
 
     add_vllm_env_parser(sub)
 
@@ -217,7 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from memos_ray.errors import MemosError
 
     try:
         return int(args.func(args) or 0)

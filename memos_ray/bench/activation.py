@@ -15,6 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memos_ray.bench.common import machine, write_report
+from memos_ray.models import smollm2
+from memos_ray.models.chat import ChatRequest, Message, SamplingParams
+
 QUESTIONS = (
     "Which city did Ana move to?",
     "What instrument does Ines play?",
@@ -43,9 +47,7 @@ def memory_lines(count: int) -> list[str]:
 def cmd_activation(args: argparse.Namespace) -> int:
     import torch
 
-    from memos_ray.bench.cli import _machine, _report
-    from memos_ray.models import smollm2
-    from memos_ray.models.chat import ChatRequest, Message, SamplingParams
+    # deferred: imports torch and transformers
     from memos_ray.models.hf_chat import TransformersChatModel
 
     models_dir = Path(args.models_dir).expanduser()
@@ -110,7 +112,7 @@ def cmd_activation(args: argparse.Namespace) -> int:
     cached_ttft = statistics.median(r["ttft_cached_s"] for r in rows)
     figures = {
         "bench": "activation",
-        "machine": _machine(),
+        "machine": machine(),
         "device": args.device,
         "torch_threads": torch.get_num_threads(),
         "model": smollm2.MODEL_NAME,
@@ -128,7 +130,7 @@ def cmd_activation(args: argparse.Namespace) -> int:
         },
         "rows": rows,
     }
-    _report(figures, Path(args.out))
+    write_report(figures, Path(args.out))
     return 0 if figures["all_equal"] else 1
 
 

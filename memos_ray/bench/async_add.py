@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from memos_ray.bench.common import machine, service_url, write_report
+
 FACTS = (
     "I adopted a grey cat named {name} last spring.",
     "My sister {name} is moving to Porto in June.",
@@ -26,8 +28,6 @@ NAMES = ("Miso", "Ana", "Ines", "Tomas", "Leila", "Oskar", "Priya", "Jonas")
 
 def cmd_async_add(args: argparse.Namespace) -> int:
     import httpx
-
-    from memos_ray.bench.cli import _machine, _report, service_url
 
     cubes = [f"async-{i}" for i in range(args.cubes)]
     bodies = []
@@ -74,7 +74,7 @@ def cmd_async_add(args: argparse.Namespace) -> int:
         drained_s = time.perf_counter() - added_at
     figures = {
         "bench": "async-add",
-        "machine": _machine(),
+        "machine": machine(),
         "adds": len(bodies),
         "cubes": len(cubes),
         "concurrency": args.concurrency,
@@ -84,7 +84,7 @@ def cmd_async_add(args: argparse.Namespace) -> int:
         "cubes_with_fine_memories": searchable,
         "tasks_failed": failed,
     }
-    _report(figures, Path(args.out))
+    write_report(figures, Path(args.out))
     return 0
 
 

@@ -31,7 +31,12 @@ from typing import Any
 
 import httpx
 
+from memos_ray.bench.common import add_service_args, machine, service_url, write_report
 from memos_ray.config import MemosConfig
+from memos_ray.embedded.falkordb_actor import actor_suffix
+from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
+from memos_ray.scheduler.actor import scheduler_name
+from memos_ray.stores.sql.tasks import SQLTaskStore
 
 COMPONENTS = ("graph", "vector", "milvus", "embedder", "ingress", "scheduler")
 
@@ -172,9 +177,6 @@ def kill(component: str, config: MemosConfig, cubes: Sequence[str]) -> str:
     """Take one part down the way a crash would; returns what was killed."""
     import ray
 
-    from memos_ray.embedded.falkordb_actor import actor_suffix
-    from memos_ray.scheduler.actor import scheduler_name
-
     suffix = actor_suffix(config)
     namespace = config.serving.namespace
     if component in ("graph", "milvus"):
@@ -222,8 +224,6 @@ def wait_recovered(url: str, user: str, timeout_s: float = 120.0) -> float | Non
 
 
 def _wait_tasks(config: MemosConfig, timeout_s: float) -> Any:
-    from memos_ray.runtime.compose import build_tenancy_store
-    from memos_ray.stores.sql.tasks import SQLTaskStore
 
     store = SQLTaskStore(build_tenancy_store(config).engine)  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout_s
@@ -235,7 +235,6 @@ def _wait_tasks(config: MemosConfig, timeout_s: float) -> Any:
 def verify(
     url: str, config: MemosConfig, outcome: Outcome, task_timeout_s: float
 ) -> dict[str, Any]:
-    from memos_ray.runtime.compose import build_ray_stores
 
     graph, vectors = build_ray_stores(config)
     live: dict[str, list[str]] = {}
@@ -394,7 +393,6 @@ def failures(figures: dict[str, Any]) -> list[str]:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from memos_ray.bench.cli import _machine, _report, service_url
 
     components = [c for c in args.components.split(",") if c]
     unknown = sorted(set(components) - set(COMPONENTS))
@@ -427,8 +425,8 @@ def cmd_chaos(args: argparse.Namespace) -> int:
             between_s=args.between,
             tail_s=args.tail,
         )
-    figures["machine"] = _machine()
-    _report(figures, Path(args.out))
+    figures["machine"] = machine()
+    write_report(figures, Path(args.out))
     bad = failures(figures)
     print("chaos: " + ("all properties held" if not bad else "FAILED: " + ", ".join(bad)))
     return 1 if bad else 0
@@ -445,7 +443,6 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_chaos_parser(kinds: Any) -> None:
-    from memos_ray.bench.cli import _service_args
 
     p = kinds.add_parser("chaos", help="mixed load while each part of the service is killed")
     p.add_argument("--components", default=",".join(COMPONENTS), help="what to kill, in order")
@@ -465,5 +462,5 @@ def add_chaos_parser(kinds: Any) -> None:
     )
     p.add_argument("--config", help="YAML overriding parts of the started service's config")
     p.add_argument("--out", default="bench-results/chaos.json")
-    _service_args(p)
+    add_service_args(p)
     p.set_defaults(func=cmd_chaos)

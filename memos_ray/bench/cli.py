@@ -5,115 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from memos_ray.config import MemosConfig
+from memos_ray.bench.activation import add_activation_parser
+from memos_ray.bench.async_add import add_async_add_parser
+from memos_ray.bench.chaos import add_chaos_parser
+from memos_ray.bench.common import add_service_args, machine, service_url, write_report
+from memos_ray.bench.ingest_job import add_ingest_job_parser
+from memos_ray.bench.load import LeanPoster, fill_cube, generate_queries, generate_windows, run_load
+from memos_ray.bench.offline import run_offline
+from memos_ray.bench.retrieval import run_retrieval_bench
+from memos_ray.bench.soak import add_graph_soak_parser
+from memos_ray.client import MemosClient
+from memos_ray.config import MemosConfig, ReaderConfig
+from memos_ray.core.reader import Turn, fast_windows
+from memos_ray.models.embedder import SentenceTransformerEmbedder
+from memos_ray.runtime.compose import build_query_embedder, build_ray_stores, build_reranker
+from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
+from memos_ray.services.memory import MemoryService, SearchOptions
 
 
 @contextmanager
-def service_url(
-    args: argparse.Namespace, extra: dict[str, Any] | None = None
-) -> Iterator[tuple[str, MemosConfig | None]]:
-    """The given --url, or a fresh local service on the embedded defaults (and its config);
-    `extra` overrides parts of the started service's config."""
-    if args.url:
-        yield args.url, None
-        return
-    from memos_ray.config import load_config
-    from memos_ray.runtime.launcher import local_service
-
-    data_dir = (
-        Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="memos-bench-"))
-    )
-    if data_dir.exists() and any(data_dir.iterdir()):
-        raise SystemExit(f"memos-ray bench: data dir {data_dir} is not empty")
-    # Retrieval, latency and ingest need no chat model (leave its replica out), except fine
-    # mode, which extracts with a remote OpenAI-compatible endpoint.
-    llm: dict[str, Any] = {"backend": "none"}
-    with ExitStack() as stack:
-        if getattr(args, "mode", "fast") == "fine":
-            llm = _fine_llm(args, data_dir, stack)
-        overrides: dict[str, Any] = {
-            **(extra or {}),
-            "data_dir": str(data_dir),
-            "admin_key": None,
-            "llm": llm,
-        }
-        if getattr(args, "facts_only", False):
-            overrides["fine"] = {"keep_turns": False}
-        config = load_config(overrides)
-        print(f"starting memos-ray on the embedded defaults in {config.data_dir} ...", flush=True)
-        with local_service(config, port=listen_port()) as url:
-            print(f"service ready at {url}", flush=True)
-            yield url, config
-
-
-def listen_port(low: int = 20000, high: int = 32767) -> int:
-    """A free port below Linux's ephemeral range (32768 up). A client hammering a closed port
-    in that range can be handed the same number as its own source port and connect to
-    itself, which then holds the port: a restarted replica could not listen on it."""
-    import random
-    import socket
-
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(low, high)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise SystemExit(f"memos-ray bench: no free port in {low}..{high}")
-
-
-def _fine_llm(args: argparse.Namespace, data_dir: Path, stack: ExitStack) -> dict[str, Any]:
-    """The extraction model: --llm-url, or (--vllm) SmolLM2 on vLLM's CPU build, started here."""
-    if args.llm_url:
-        return {"backend": "openai", "base_url": args.llm_url, "model": args.llm_model}
-    if not args.vllm:
-        # The embedded default: SmolLM2 with transformers in the LLM deployment.
-        return {"backend": "transformers"}
-    from memos_ray.runtime import vllm_env
-    from memos_ray.models import smollm2
-
-    model_dir = smollm2.hf_dir(data_dir / "models")
-    print("starting vLLM (CPU build) with SmolLM2 for extraction ...", flush=True)
-    server = stack.enter_context(vllm_env.VLLMServer(model_dir, data_dir / "vllm.log"))
-    print(f"vLLM ready at {server.base_url} in {server.startup_s:.0f} s", flush=True)
-    return {
-        "backend": "openai",
-        "base_url": f"{server.base_url}/v1",
-        "model": vllm_env.SERVED_NAME,
-        "cache_block_tokens": 128,
-    }
-
-
-def _report(figures: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
-    print(f"figures written to {path}", flush=True)
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
 def cmd_retrieval(args: argparse.Namespace) -> int:
-    from memos_ray.bench.retrieval import run_retrieval_bench
-    from memos_ray.client import MemosClient
-    from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 
     loader = locomo_cubes if args.bench == "locomo" else longmemeval_cubes
     cubes = list(loader(Path(args.data)))
@@ -131,29 +46,26 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
             resume=args.resume,
             mode=args.mode,
         )
-    figures["machine"] = _machine()
-    _report(figures, Path(args.figures or f"{args.out}.figures.json"))
+    figures["machine"] = machine()
+    write_report(figures, Path(args.figures or f"{args.out}.figures.json"))
     print(f"score with: python3 score_retrieval.py {args.data} {args.out}")
     return 0
 
 
 def cmd_offline(args: argparse.Namespace) -> int:
-    from memos_ray.bench.offline import run_offline
-    from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 
     loader = locomo_cubes if args.dataset == "locomo" else longmemeval_cubes
     cubes = list(loader(Path(args.data)))
     if args.limit:
         cubes = cubes[: args.limit]
     figures = run_offline(args.dataset, cubes, Path(args.out))
-    figures["machine"] = _machine()
-    _report(figures, Path(f"{args.out}.figures.json"))
+    figures["machine"] = machine()
+    write_report(figures, Path(f"{args.out}.figures.json"))
     return 0
 
 
 def _memory_texts(windows: list[list[dict[str, str]]], window_messages: int) -> list[str]:
     """The exact texts the server embeds for these windows (one per memory it stores)."""
-    from memos_ray.core.reader import Turn, fast_windows
 
     return [
         "\n".join(str(s.content) for s in w.sources)
@@ -166,7 +78,6 @@ def _memory_texts(windows: list[list[dict[str, str]]], window_messages: int) -> 
 
 def _windows_for(memories: int, config: MemosConfig | None) -> int:
     """Generated windows hold 4 turns; how many give `memories` memories on this reader."""
-    from memos_ray.config import ReaderConfig
 
     per_memory = (config.reader if config is not None else ReaderConfig()).window_messages
     per_window = -(-4 // min(per_memory, 4))
@@ -175,8 +86,6 @@ def _windows_for(memories: int, config: MemosConfig | None) -> int:
 
 def _in_process_search(config: MemosConfig):  # type: ignore[no-untyped-def]
     """The service's search without HTTP or Serve, on the same stores (for the ratio)."""
-    from memos_ray.runtime.compose import build_query_embedder, build_ray_stores, build_reranker
-    from memos_ray.services.memory import MemoryService, SearchOptions
 
     graph, vectors = build_ray_stores(config)
     embedder = build_query_embedder(config)
@@ -192,18 +101,10 @@ def _in_process_search(config: MemosConfig):  # type: ignore[no-untyped-def]
 def cmd_latency(args: argparse.Namespace) -> int:
     import httpx
 
-    from memos_ray.bench.load import (
-        LeanPoster,
-        fill_cube,
-        generate_queries,
-        generate_windows,
-        run_load,
-    )
-
     sizes = [int(s) for s in args.sizes.split(",")]
     levels = [int(c) for c in args.concurrency.split(",")]
     queries = generate_queries(args.queries)
-    figures: dict[str, Any] = {"bench": "latency", "machine": _machine(), "sizes": {}}
+    figures: dict[str, Any] = {"bench": "latency", "machine": machine(), "sizes": {}}
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     with (
         service_url(args) as (url, config),
@@ -244,7 +145,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
                     f"  {size} memories, concurrency {level}: {json.dumps(row[f'http_c{level}'])}"
                 )
             figures["sizes"][str(size)] = row
-    _report(figures, Path(args.out))
+    write_report(figures, Path(args.out))
     return 0
 
 
@@ -253,10 +154,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     import httpx
     import torch
-
-    from memos_ray.bench.load import fill_cube, generate_windows
-    from memos_ray.config import ReaderConfig
-    from memos_ray.models.embedder import SentenceTransformerEmbedder
 
     reader = ReaderConfig()
     windows = generate_windows(_windows_for(args.memories, None), seed=3)
@@ -281,7 +178,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     rate = stored / seconds
     figures = {
         "bench": "ingest",
-        "machine": _machine(),
+        "machine": machine(),
         "memories": stored,
         "seconds": round(seconds, 2),
         "api_memories_per_s": round(rate, 1),
@@ -290,14 +187,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         "batch": args.batch,
         "concurrency": args.concurrency,
     }
-    _report(figures, Path(args.out))
+    write_report(figures, Path(args.out))
     return 0
-
-
-def _service_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="use a running service instead of starting one")
-    p.add_argument("--api-key", default=os.environ.get("MEMOS_API_KEY"), help="for --url")
-    p.add_argument("--data-dir", help="data dir of the started service (default: a new temp dir)")
 
 
 def add_bench_parser(sub: Any) -> None:
@@ -342,7 +233,7 @@ def add_bench_parser(sub: Any) -> None:
             action="store_true",
             help="keep the answers already in --out and do only the cubes still missing",
         )
-        _service_args(p)
+        add_service_args(p)
         p.set_defaults(func=cmd_retrieval)
 
     offline = kinds.add_parser(
@@ -359,14 +250,8 @@ def add_bench_parser(sub: Any) -> None:
     latency.add_argument("--concurrency", default="1,8,32")
     latency.add_argument("--queries", type=int, default=200)
     latency.add_argument("--out", default="bench-results/latency.json")
-    _service_args(latency)
+    add_service_args(latency)
     latency.set_defaults(func=cmd_latency)
-
-    from memos_ray.bench.activation import add_activation_parser
-    from memos_ray.bench.async_add import add_async_add_parser
-    from memos_ray.bench.chaos import add_chaos_parser
-    from memos_ray.bench.ingest_job import add_ingest_job_parser
-    from memos_ray.bench.soak import add_graph_soak_parser
 
     add_activation_parser(kinds)
     add_async_add_parser(kinds)
@@ -381,5 +266,5 @@ def add_bench_parser(sub: Any) -> None:
     )
     ingest.add_argument("--concurrency", type=int, default=3, help="requests in flight")
     ingest.add_argument("--out", default="bench-results/ingest.json")
-    _service_args(ingest)
+    add_service_args(ingest)
     ingest.set_defaults(func=cmd_ingest)

@@ -18,6 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from memos_ray.models.embedder import SentenceTransformerEmbedder
+from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
+
 
 class EmbedderBenchArgs(BaseModel):
     model: str | None = None
@@ -33,7 +36,6 @@ class EmbedderBenchArgs(BaseModel):
 def load_texts(path: Path, fmt: str) -> list[str]:
     if fmt == "lines":
         return [line for line in path.read_text().splitlines() if line.strip()]
-    from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 
     cubes = locomo_cubes(path) if fmt == "locomo" else longmemeval_cubes(path)
     return [
@@ -48,8 +50,6 @@ def load_texts(path: Path, fmt: str) -> list[str]:
 def measure(texts: list[str], args: EmbedderBenchArgs) -> dict[str, Any]:
     """Throughput per batch size: repeated passes over the texts for about `seconds` each."""
     import torch
-
-    from memos_ray.models.embedder import SentenceTransformerEmbedder
 
     texts = texts[: args.limit]
     rows: dict[str, Any] = {}

@@ -21,8 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memos_ray.bench.common import machine, write_report
 from memos_ray.core.filters import parse_filter
 from memos_ray.domain.memory import Edge, EdgeType, MemoryItem, MemoryMetadata, memory_id_for
+from memos_ray.embedded.falkordb_server import FalkorDBServer
+from memos_ray.stores.graph.falkordb import falkordb_graph_store
 
 
 def _item(cube: str, n: int, rng: random.Random) -> MemoryItem:
@@ -46,8 +49,6 @@ _WORDS = ("cat", "tea", "Porto", "violin", "hiking", "June", "report", "café", 
 def run_soak(
     minutes: float, threads: int, data_dir: Path, keep: int = 20_000, log: Any = print
 ) -> dict[str, Any]:
-    from memos_ray.embedded.falkordb_server import FalkorDBServer
-    from memos_ray.stores.graph.falkordb import falkordb_graph_store
 
     server = FalkorDBServer(data_dir)
     server.start()
@@ -175,12 +176,11 @@ def run_soak(
 
 
 def cmd_graph_soak(args: argparse.Namespace) -> int:
-    from memos_ray.bench.cli import _machine, _report
 
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="memos-soak-"))
     figures = run_soak(args.minutes, args.threads, data_dir)
-    figures["machine"] = _machine()
-    _report(figures, Path(args.out))
+    figures["machine"] = machine()
+    write_report(figures, Path(args.out))
     bad = (
         figures["errors"]
         or not figures["server_stayed_up"]

@@ -1,9 +1,9 @@
 """Reorganisation algorithms: duplicates, superseded facts and the topic tree (no Ray, no DB).
 
 Inputs are plain `Entry` rows plus the cube's stored dense vectors (unit length, one row per
-entry); outputs are plans that `memos_ray.services.reorganize` applies to the stores. Everything here
-is deterministic: the same entries and vectors always give the same plan, which is what makes
-a second run of the job change nothing.
+entry); outputs are plans that `memos_ray.services.reorganize` applies to the stores.
+Everything here is deterministic: the same entries and vectors always give the same plan,
+which is what makes a second run of the job change nothing.
 
 Rules (documented in jobs/README.md):
 - Exact duplicates: the same text once case, punctuation and spacing are ignored.

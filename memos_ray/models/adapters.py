@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
+from memos_ray.config import TransformersLLMConfig, VLLMConfig
 from memos_ray.errors import BadRequestError, PayloadTooLargeError
+from memos_ray.models import smollm2
 from memos_ray.models.chat import Adapter
 
 if TYPE_CHECKING:
@@ -161,7 +163,6 @@ class AdapterStore:
     @classmethod
     def for_config(cls, config: MemosConfig) -> AdapterStore:
         """The store of the served model: its folder (when local) and the upload limits."""
-        from memos_ray.config import TransformersLLMConfig, VLLMConfig
 
         llm = config.llm
         base: Path | None = None
@@ -170,8 +171,6 @@ class AdapterStore:
             if llm.model:
                 base = Path(llm.model).expanduser()
             else:
-                from memos_ray.models import smollm2
-
                 base = smollm2.hf_dir_path(config.data_path(llm.models_dir))
         elif isinstance(llm, VLLMConfig):
             max_rank = min(max_rank, llm.max_lora_rank)

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from memos_ray.errors import BadRequestError, MemosError
+from memos_ray.models.adapters import CONFIG_FILE, WEIGHTS_FILE, check_weights, parse_adapter_config
 from memos_ray.models.chat import (
     Adapter,
     ChatModel,
@@ -420,14 +422,6 @@ class TransformersChatModel(ChatModel):
         from peft import LoraConfig
         from safetensors.torch import load as load_tensors
 
-        from memos_ray.errors import MemosError
-        from memos_ray.models.adapters import (
-            CONFIG_FILE,
-            WEIGHTS_FILE,
-            check_weights,
-            parse_adapter_config,
-        )
-
         folder = Path(adapter.path)
         try:
             raw = json.loads((folder / CONFIG_FILE).read_text())
@@ -513,7 +507,6 @@ def _visible(text: str, stops: tuple[str, ...], final: bool) -> str:
 
 
 def _context_error(prompt: int, max_tokens: int, limit: int) -> Exception:
-    from memos_ray.errors import BadRequestError
 
     return BadRequestError(
         f"prompt ({prompt} tokens) plus max_tokens ({max_tokens}) exceeds the model's "

@@ -9,6 +9,8 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from types import TracebackType
 
+import ray
+
 from memos_ray.config import (
     FalkorDBConfig,
     MemosConfig,
@@ -21,12 +23,19 @@ from memos_ray.config import (
     TransformersLLMConfig,
     VLLMConfig,
 )
+from memos_ray.embedded.actors import get_or_create_vector_actor
+from memos_ray.embedded.falkordb_actor import actor_suffix, falkordb_actor
+from memos_ray.embedded.falkordb_server import FalkorDBServer, falkordb_server
+from memos_ray.models import smollm2
+from memos_ray.models.batching import BatchingEmbedder
 from memos_ray.models.chat import ChatModel
 from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
+from memos_ray.models.openai_chat import OpenAIChatModel
 from memos_ray.models.reranker import EmbeddingReranker, Reranker
 from memos_ray.services.fine import FineService
 from memos_ray.services.memory import MemoryService
 from memos_ray.services.preferences import PreferenceService
+from memos_ray.services.spaces import stop_space_stores
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.falkordb import falkordb_graph_store
 from memos_ray.stores.graph.neo4j import Neo4jGraphStore
@@ -46,8 +55,6 @@ def build_query_embedder(config: MemosConfig) -> Embedder | None:
     if not config.embedder.local_queries:
         return None
     import torch
-
-    from memos_ray.models.batching import BatchingEmbedder
 
     torch.set_num_threads(config.embedder.query_threads)
     embedder = build_embedder(config)
@@ -69,7 +76,7 @@ def build_chat_model(config: MemosConfig) -> ChatModel | None:
         import os
         from pathlib import Path
 
-        from memos_ray.models import smollm2
+        # deferred: imports torch and transformers
         from memos_ray.models.hf_chat import TransformersChatModel
 
         models_dir = config.data_path(llm.models_dir)
@@ -89,6 +96,7 @@ def build_chat_model(config: MemosConfig) -> ChatModel | None:
             max_context_tokens=llm.max_context_tokens,
         )
     if isinstance(llm, VLLMConfig):
+        # deferred: vLLM, on GPU machines only
         from memos_ray.models.vllm_engine import VLLMEngineChatModel
 
         return VLLMEngineChatModel(
@@ -103,8 +111,6 @@ def build_chat_model(config: MemosConfig) -> ChatModel | None:
             engine_kwargs=llm.engine_kwargs,
         )
     if isinstance(llm, OpenAILLMConfig):
-        from memos_ray.models.openai_chat import OpenAIChatModel
-
         return OpenAIChatModel(
             llm.base_url,
             model=llm.model,
@@ -146,7 +152,7 @@ def build_preferences(
     cfg = config.preference
     if isinstance(cfg, NoPreferenceConfig):
         return None
-    from memos_ray.services.preferences import PreferenceService
+    # deferred: imports pymilvus
     from memos_ray.stores.preference.milvus import MilvusPreferenceStore
 
     if isinstance(cfg, MilvusConfig):
@@ -159,7 +165,7 @@ def build_preferences(
         if in_ray:
             import ray
 
-            from memos_ray.embedded.falkordb_actor import actor_suffix
+            # deferred: imports milvus_lite
             from memos_ray.embedded.milvus_server import milvus_lite_actor
 
             # The same folder the single-process file mode opens: either sees the other's data.
@@ -205,9 +211,6 @@ def build_ray_stores(config: MemosConfig) -> tuple[GraphStore, VectorStore]:
     """Stores for a process inside Ray: embedded engines are reached through named actors."""
     import ray
 
-    from memos_ray.embedded.actors import get_or_create_vector_actor
-    from memos_ray.embedded.falkordb_actor import actor_suffix, falkordb_actor
-
     if isinstance(config.graph, FalkorDBConfig):
         address = ray.get(falkordb_actor(config).address.remote())
         graph = falkordb_graph_store(address, config.graph)
@@ -240,7 +243,7 @@ class LocalStack(AbstractContextManager["LocalStack"]):
     """
 
     def __init__(self, config: MemosConfig, embedder: Embedder | None = None) -> None:
-        from memos_ray.embedded.falkordb_server import FalkorDBServer, falkordb_server
+        # deferred: imports the qdrant-edge engine
         from memos_ray.stores.vector.qdrant_edge import QdrantEdgeVectorStore
 
         self.config = config

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from memos_ray.config import MemosConfig, load_config
+from memos_ray.runtime.compose import build_ray_stores, stop_embedded
 from memos_ray.runtime.netguard import connect_or_start_ray
 
 
@@ -59,8 +60,6 @@ def ray_session(config: MemosConfig, address: str | None) -> Iterator[bool]:
         yield started
     finally:
         if started:
-            from memos_ray.embedded.falkordb_actor import stop_embedded
-
             stop_embedded(config)
             ray.shutdown()
 
@@ -76,7 +75,6 @@ def _quiet_ray_data() -> None:
 def resolve_cubes(config: MemosConfig, cubes: Sequence[str] | None, all_cubes: bool) -> list[str]:
     if not all_cubes:
         return list(dict.fromkeys(cubes or []))
-    from memos_ray.runtime.compose import build_ray_stores
 
     graph, vectors = build_ray_stores(config)
     try:

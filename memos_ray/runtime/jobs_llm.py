@@ -11,9 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from memos_ray.config import MemosConfig
+from memos_ray.config import MemosConfig, NoLLMConfig, OpenAILLMConfig
 from memos_ray.errors import ConfigError
 from memos_ray.models.chat import ChatModel
+from memos_ray.models.handles import LLM_DEPLOYMENT, HandleChatModel
+from memos_ray.runtime.compose import build_chat_model
+from memos_ray.runtime.launcher import LLM_APP_BUILDER, load_builder
 
 # The Serve app a job deploys for itself when no running app's LLM is to be used.
 JOB_LLM_APP = "memos-job-llm"
@@ -42,10 +45,7 @@ def chat_model_for(config: MemosConfig, route: LLMRoute) -> ChatModel:
     if app is not None:
         from ray import serve
 
-        from memos_ray.models.handles import LLM_DEPLOYMENT, HandleChatModel
-
         return HandleChatModel(serve.get_deployment_handle(LLM_DEPLOYMENT, app_name=app))
-    from memos_ray.runtime.compose import build_chat_model
 
     model = build_chat_model(config)
     if model is None:
@@ -61,8 +61,6 @@ def open_llm(
     job that turns out to need no answer starts no model) and removed after."""
     import ray
     from ray import serve
-
-    from memos_ray.config import NoLLMConfig, OpenAILLMConfig
 
     llm = config.llm
     if isinstance(llm, NoLLMConfig):
@@ -99,8 +97,6 @@ class LLMDeployer:
 
     def ensure(self) -> str:
         from ray import serve
-
-        from memos_ray.runtime.launcher import LLM_APP_BUILDER, load_builder
 
         if not self._deployed:
             if not serve_running():

@@ -14,6 +14,7 @@ import httpx
 from memos_ray.config import MemosConfig
 from memos_ray.embedded.falkordb_server import free_port
 from memos_ray.errors import ConfigError
+from memos_ray.runtime.compose import stop_embedded
 from memos_ray.runtime.netguard import LOOPBACK, port_free, require_admin_key, start_local_ray
 
 # Ray Serve settings that trim per-request overhead (a subset of Serve's own
@@ -115,8 +116,6 @@ def local_service(
         os.environ.setdefault("RAY_SERVE_PORT_QUARANTINE_S", "0")
         proxy_port = free_port(bind_host)
     from ray import serve
-
-    from memos_ray.embedded.falkordb_actor import stop_embedded
 
     start_local_ray(
         ray_host,

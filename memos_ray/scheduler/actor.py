@@ -9,18 +9,19 @@ from import paths (`scheduler.handlers`), so deployments can add their own.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
 from memos_ray.config import MemosConfig
+from memos_ray.embedded.falkordb_actor import actor_suffix
+from memos_ray.runtime.compose import build_tenancy_store
+from memos_ray.scheduler.context import Handler, HandlerContext, load_handler
 from memos_ray.stores.sql.tasks import QueueFullError, SQLTaskStore, Task, TaskStore
 
 logger = logging.getLogger("memos_ray.scheduler.actor")
@@ -29,51 +30,6 @@ logger = logging.getLogger("memos_ray.scheduler.actor")
 _IDLE_POLL_S = 5.0
 # How often a cube with work asks the gate again when every slot is taken.
 _GATE_POLL_S = 0.2
-
-Handler = Callable[[Task, "HandlerContext"], "dict[str, Any] | None"]
-
-
-class HandlerContext:
-    """What handlers may use; the services are built on first use in the scheduler's process
-    and reach the models through the Serve app's deployments."""
-
-    def __init__(self, config: MemosConfig, tasks: TaskStore | None = None) -> None:
-        self.config = config
-        self.tasks = tasks
-        self._services: Any = None
-        self._lock = threading.Lock()
-
-    def follow_up(self, task: Task, label: str, payload: dict[str, Any]) -> Task:
-        """Queue more work for the task's cube, once: its id derives from the task's, so a
-        handler re-run after a crash finds the follow-up it queued before. Never refused for
-        a full queue (the work was accepted already); the cube's loop runs it in turn."""
-        if self.tasks is None:
-            raise RuntimeError("this handler context has no task log")
-        return self.tasks.enqueue(
-            task.cube_id,
-            task.user_id,
-            label,
-            payload,
-            request_task_id=task.request_task_id,
-            max_attempts=self.config.scheduler.max_attempts,
-            task_id=uuid.uuid5(uuid.NAMESPACE_OID, f"{task.task_id}/{label}").hex,
-        )
-
-    def services(self) -> Any:
-        with self._lock:
-            if self._services is None:
-                from memos_ray.scheduler.tasks import build_task_services
-
-                self._services = build_task_services(self.config)
-            return self._services
-
-
-def load_handler(path: str) -> Handler:
-    module, _, name = path.partition(":")
-    handler = getattr(importlib.import_module(module), name, None)
-    if not callable(handler):
-        raise ValueError(f"scheduler handler {path!r} is not a callable module:function")
-    return handler
 
 
 class SchedulerMetrics:
@@ -226,7 +182,6 @@ class SchedulerGate:
 
 
 def scheduler_gate(config: MemosConfig) -> Any:
-    from memos_ray.embedded.falkordb_actor import actor_suffix
 
     return SchedulerGate.options(  # type: ignore[attr-defined]
         name=f"memos-sched-gate-{actor_suffix(config)}",
@@ -237,7 +192,6 @@ def scheduler_gate(config: MemosConfig) -> Any:
 
 
 def scheduler_name(config: MemosConfig, cube_id: str) -> str:
-    from memos_ray.embedded.falkordb_actor import actor_suffix
 
     return f"memos-sched-{actor_suffix(config)}-{hashlib.sha1(cube_id.encode()).hexdigest()[:16]}"
 
@@ -249,7 +203,6 @@ class CubeSchedulerActor:
     itself (for good: the next submit creates it again)."""
 
     def __init__(self, config: MemosConfig, cube_id: str) -> None:
-        from memos_ray.runtime.compose import build_tenancy_store
 
         sched = config.scheduler
         self._tasks = SQLTaskStore(build_tenancy_store(config).engine)

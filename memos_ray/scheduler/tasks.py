@@ -6,76 +6,19 @@ runs again from the start.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memos_ray.config import MemosConfig
 from memos_ray.core.reader import Turn, fast_windows
 from memos_ray.domain.memory import Edge, EdgeType, MemoryStatus
-from memos_ray.scheduler.actor import HandlerContext
-from memos_ray.services.chat import ChatService
+from memos_ray.scheduler.context import HandlerContext
+from memos_ray.scheduler.services import TaskServices
 from memos_ray.services.feedback import FeedbackService, FeedbackTask
-from memos_ray.services.fine import FineService, PreferenceBatch
-from memos_ray.services.memory import MemoryService
-from memos_ray.services.preferences import PreferenceService
+from memos_ray.services.fine import PreferenceBatch
+from memos_ray.services.reorganize import Reorganizer
 from memos_ray.stores.sql.tasks import Task
 
 if TYPE_CHECKING:
-    from memos_ray.services.space_routing import Memories
-
-
-@dataclass
-class TaskServices:
-    memory: Memories
-    # Without a preference service: extracted preferences go to a `pref_add` task, so a
-    # preference store outage retries only that write, not the LLM's reading.
-    fine: FineService | None
-    chat: ChatService | None
-    preferences: PreferenceService | None = None
-
-
-def build_task_services(config: MemosConfig) -> TaskServices:
-    """Stores as the ingress has them; models through the Serve app's deployment handles."""
-    from ray import serve
-
-    from memos_ray.config import OpenAILLMConfig, TransformersLLMConfig, VLLMConfig
-    from memos_ray.models.adapters import AdapterStore
-    from memos_ray.models.handles import EMBEDDER_DEPLOYMENT, LLM_DEPLOYMENT, HandleEmbedder
-    from memos_ray.runtime.compose import (
-        build_chat_model,
-        build_fine_service,
-        build_preferences,
-        build_ray_stores,
-        build_reranker,
-        build_tenancy_store,
-    )
-    from memos_ray.services.space_routing import route_spaces
-
-    app = config.serving.app_name
-    graph, vectors = build_ray_stores(config)
-    handle = serve.get_deployment_handle(EMBEDDER_DEPLOYMENT, app_name=app)
-    embedder = HandleEmbedder(handle, config.embedder.dim)
-    configured = MemoryService(graph, vectors, embedder, build_reranker(config), config.search)
-    tenancy = build_tenancy_store(config)
-    # Each cube in its current embedding space, as in the ingress (see memos_ray.services.spaces).
-    memory = route_spaces(
-        config,
-        configured,
-        tenancy.engine,  # type: ignore[attr-defined]
-        lambda space: HandleEmbedder(handle, space.dim, model=space.model),
-    )
-    model: Any = None
-    if isinstance(config.llm, TransformersLLMConfig | VLLMConfig):
-        model = HandleChatModel(serve.get_deployment_handle(LLM_DEPLOYMENT, app_name=app))
-    elif isinstance(config.llm, OpenAILLMConfig):
-        model = build_chat_model(config)
-    if model is None:
-        return TaskServices(memory, None, None)
-    preferences = build_preferences(config, memory, in_ray=True)
-    fine = build_fine_service(config, memory, model, tenancy, None)
-    adapters = AdapterStore(config.data_path("adapters"))
-    chat = ChatService(memory, model, config.chat, config.reader, adapters, tenancy, preferences)
-    return TaskServices(memory, fine, chat, preferences)
+    pass
 
 
 def mem_read(task: Task, context: HandlerContext) -> dict[str, Any]:
@@ -204,7 +147,6 @@ def mem_organize(task: Task, context: HandlerContext) -> dict[str, Any]:
     """Reorganise the cube (`jobs.reorganize`'s work for one cube): merge duplicates, archive
     contradicted facts, bring the topic tree up to date. Idempotent: a run over an organised
     cube changes nothing. A failed run raises, so the scheduler retries it."""
-    from memos_ray.services.reorganize import Reorganizer
 
     services: TaskServices = context.services()
     params = context.config.reorganize.model_copy(update=task.payload.get("params") or {})

@@ -6,10 +6,10 @@ default ones (another qdrant-edge shard or Qdrant collection), never mixed with 
 vectors of two models are not comparable and may differ in dimension.
 
 Which space each cube uses is durable state, a row per moved cube in the SQL store
-(`embedding_spaces`, see `memos_ray.services.space_registry`); a cube without a row is in the default
-space. Anything that embeds for a cube (a search query, an add) must use the cube's space:
-`SpaceResolver` answers that question and hands out a `MemoryService` per space; running
-services reach it through `space_routing.SpaceRouter`.
+(`embedding_spaces`, see `memos_ray.services.space_registry`); a cube without a row is in
+the default space. Anything that embeds for a cube (a search query, an add) must use the
+cube's space: `SpaceResolver` answers that question and hands out a `MemoryService` per
+space; running services reach it through `space_routing.SpaceRouter`.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from memos_ray.config import MemosConfig, QdrantConfig, QdrantEdgeConfig
+from memos_ray.embedded.actors import get_or_create_vector_actor
+from memos_ray.embedded.falkordb_actor import actor_suffix
 from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
 from memos_ray.models.reranker import Reranker
 from memos_ray.services.memory import MemoryService
 from memos_ray.services.space_registry import CubeSpace, EmbeddingSpace, SpaceRegistry
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.vector.base import VectorStore
+from memos_ray.stores.vector.qdrant import QdrantVectorStore
 
 logger = logging.getLogger("memos_ray.services.spaces")
 
@@ -99,10 +102,10 @@ class SpaceStores:
             return _qdrant(config, vector, space)
         path = config.data_path(space.location)
         if not self.in_ray:
+            # deferred: imports the qdrant-edge engine
             from memos_ray.stores.vector.qdrant_edge import QdrantEdgeVectorStore
 
             return QdrantEdgeVectorStore(space.dim, path)
-        from memos_ray.embedded.actors import get_or_create_vector_actor
 
         spec = (
             "memos_ray.stores.vector.qdrant_edge:QdrantEdgeVectorStore",
@@ -121,7 +124,6 @@ class SpaceStores:
 
 
 def space_actor_name(config: MemosConfig, space: EmbeddingSpace) -> str:
-    from memos_ray.embedded.falkordb_actor import actor_suffix
 
     digest = hashlib.sha1(space.location.encode()).hexdigest()[:10]
     return f"memos-vector-{actor_suffix(config)}-{digest}"
@@ -152,8 +154,6 @@ def stop_space_stores(config: MemosConfig) -> None:
     import ray
     from ray.util import list_named_actors
 
-    from memos_ray.embedded.falkordb_actor import actor_suffix
-
     namespace = config.serving.namespace
     prefix = f"memos-vector-{actor_suffix(config)}-"
     for entry in list_named_actors(all_namespaces=True):
@@ -170,7 +170,6 @@ def stop_space_stores(config: MemosConfig) -> None:
 
 
 def _qdrant(config: MemosConfig, vector: QdrantConfig, space: EmbeddingSpace) -> VectorStore:
-    from memos_ray.stores.vector.qdrant import QdrantVectorStore
 
     if vector.url:
         return QdrantVectorStore(

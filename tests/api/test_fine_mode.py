@@ -210,8 +210,9 @@ def test_real_model_runs_fine_mode_without_losing_anything(
 def test_preferences_left_to_a_pref_add_task_are_stored_once(stack: LocalStack) -> None:
     """Without a preference service FineService hands the preferences back; the scheduler's
     `pref_add` handler stores them, and running it again (a retry) changes nothing."""
-    from memos_ray.scheduler.actor import HandlerContext
-    from memos_ray.scheduler.tasks import TaskServices, pref_add
+    from memos_ray.scheduler.context import HandlerContext
+    from memos_ray.scheduler.services import TaskServices
+    from memos_ray.scheduler.tasks import pref_add
     from memos_ray.stores.sql.tasks import Task
 
     assert stack.preferences is not None
@@ -260,8 +261,9 @@ def test_mem_organize_task_merges_duplicates_and_builds_the_tree_once(stack: Loc
     topic parent, and a second run (a retry) changes nothing."""
     from memos_ray.core.reader import Window
     from memos_ray.domain.memory import MemoryType
-    from memos_ray.scheduler.actor import HandlerContext
-    from memos_ray.scheduler.tasks import TaskServices, mem_organize
+    from memos_ray.scheduler.context import HandlerContext
+    from memos_ray.scheduler.services import TaskServices
+    from memos_ray.scheduler.tasks import mem_organize
     from memos_ray.stores.sql.tasks import Task
 
     cube = _cube()

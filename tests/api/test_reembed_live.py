@@ -156,7 +156,7 @@ def test_reembed_job_moves_a_cube_under_live_traffic(
 ) -> None:
     from jobs.reembed import run
     from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
-    from memos_ray.scheduler.tasks import build_task_services
+    from memos_ray.scheduler.services import build_task_services
     from memos_ray.services.memory import SearchOptions
 
     config = live_config

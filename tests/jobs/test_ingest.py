@@ -23,14 +23,9 @@ import yaml
 
 from jobs.ingest import IngestArgs, IngestSummary, run_ingest
 from memos_ray.config import MemosConfig
-from memos_ray.embedded.falkordb_server import (
-    PASSWORD_FILE,
-    FalkorDBAddress,
-    data_dir_password,
-    free_port,
-)
+from memos_ray.embedded.falkordb_server import PASSWORD_FILE, data_dir_password, free_port
 from memos_ray.runtime.compose import LocalStack
-from memos_ray.stores.graph.falkordb import falkordb_graph_store
+from memos_ray.stores.graph.falkordb import FalkorDBAddress, falkordb_graph_store
 
 pytestmark = pytest.mark.ray
 
@@ -160,8 +155,7 @@ def test_moved_cube_refused_and_a_running_apps_stores_reused(
     """A cube jobs.reembed moved is refused (the configured model and store are not its own
     any more). The store owners of a running app (here: started by the test) are used and
     left running, as under `--address auto` beside `memos-ray serve`."""
-    from memos_ray.embedded.falkordb_actor import stop_embedded
-    from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store
+    from memos_ray.runtime.compose import build_ray_stores, build_tenancy_store, stop_embedded
     from memos_ray.services.space_registry import SpaceRegistry
     from memos_ray.services.spaces import default_space, space_for_model
 

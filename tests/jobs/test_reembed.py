@@ -199,7 +199,7 @@ def test_move_step_by_step_never_stops_search(
 def ray_config(
     tmp_path_factory: pytest.TempPathFactory, ray_cluster: None
 ) -> Iterator[MemosConfig]:
-    from memos_ray.embedded.falkordb_actor import stop_embedded
+    from memos_ray.runtime.compose import stop_embedded
 
     config = _config(tmp_path_factory.mktemp("reembed-ray"))
     yield config

@@ -149,7 +149,7 @@ def _check_tree(service: MemoryService, cube: str, leaf_size: int) -> list[Memor
 def ray_config(
     tmp_path_factory: pytest.TempPathFactory, ray_cluster: None
 ) -> Iterator[MemosConfig]:
-    from memos_ray.embedded.falkordb_actor import stop_embedded
+    from memos_ray.runtime.compose import stop_embedded
 
     config = _config(tmp_path_factory.mktemp("reorganize-ray"))
     yield config

@@ -7,9 +7,9 @@ import math
 from typing import Any
 
 import pytest
-from memos_ray.core import filters
 from pydantic import BaseModel, ValidationError
 
+from memos_ray.core import filters
 from memos_ray.core.dates import resolve_relative_dates
 from memos_ray.core.filters import parse_filter
 from memos_ray.core.turn_ranking import query_date_windows

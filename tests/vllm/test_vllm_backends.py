@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from memos_ray.runtime import vllm_env
 from memos_ray.models.chat import (
     Adapter,
     ChatRequest,
@@ -27,6 +26,7 @@ from memos_ray.models.chat import (
     UnknownModelError,
 )
 from memos_ray.models.openai_chat import OpenAIChatModel
+from memos_ray.runtime import vllm_env
 
 pytestmark = [
     pytest.mark.vllm,

@@ -30,6 +30,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
+
 Format = Literal["jsonl", "parquet", "locomo", "longmemeval"]
 FORMATS: tuple[str, ...] = ("jsonl", "parquet", "locomo", "longmemeval")
 _SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -229,7 +231,6 @@ def read_benchmark(
     path: Path, file_index: int, fmt: str, default_user: str, limit: int | None = None
 ) -> Iterator[Unit | BadRecord]:
     """LoCoMo conversations / LongMemEval haystacks: one unit per session, `records` = turns."""
-    from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 
     loader = locomo_cubes if fmt == "locomo" else longmemeval_cubes
     position = 0

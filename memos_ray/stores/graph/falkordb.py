@@ -387,7 +387,7 @@ class FalkorDBGraphStore(GraphStore):
 def falkordb_graph_store(
     address: FalkorDBAddress, config: FalkorDBConfig | None = None
 ) -> FalkorDBGraphStore:
-    """A graph store on an embedded server (see `memos_ray.embedded.falkordb_server.FalkorDBServer`)."""
+    """A graph store on an embedded server (`memos_ray.embedded.falkordb_server`)."""
     cfg = config or FalkorDBConfig()
     return FalkorDBGraphStore(
         address.host,
