@@ -46,7 +46,8 @@ def serve_http_host() -> str | None:
         controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     except ValueError:
         return None
-    return str(ray.get(controller.get_http_config.remote(), timeout=30).host)
+    http_config: Any = ray.get(controller.get_http_config.remote(), timeout=30)
+    return str(http_config.host)
 
 
 def build_from_config(config: MemosConfig) -> Application:
@@ -55,10 +56,10 @@ def build_from_config(config: MemosConfig) -> Application:
     if emb.omp_wait_policy:
         # Must be in the replica's environment before OpenMP starts: a runtime_env var.
         actor_options["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": emb.omp_wait_policy}}
-    embedder = EmbedderDeployment.options(
+    embedder = EmbedderDeployment.options(  # type: ignore[attr-defined]
         num_replicas=emb.num_replicas, ray_actor_options=actor_options
     ).bind(emb)
-    return MemosIngress.options(
+    return MemosIngress.options(  # type: ignore[attr-defined]
         num_replicas=config.serving.ingress_replicas,
         max_ongoing_requests=config.serving.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.serving.ingress_num_cpus},
@@ -82,4 +83,4 @@ def llm_deployment(config: MemosConfig) -> Application | None:
         options["autoscaling_config"] = llm.autoscaling.model_dump()
     else:
         options["num_replicas"] = llm.num_replicas
-    return LLMDeployment.options(**options).bind(config)
+    return LLMDeployment.options(**options).bind(config)  # type: ignore[attr-defined]

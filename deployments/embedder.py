@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
+import numpy as np
 import torch
 from ray import serve
 
@@ -32,16 +33,18 @@ class EmbedderDeployment:
             raise ConfigError(
                 f"embedder.dim is {config.dim} but the model gives {self._embedder.dim}"
             )
-        self.embed_one.set_max_batch_size(config.batch_size)
-        self.embed_one.set_batch_wait_timeout_s(config.max_batch_wait_s)
+        self.embed_one.set_max_batch_size(config.batch_size)  # type: ignore[attr-defined]
+        self.embed_one.set_batch_wait_timeout_s(config.max_batch_wait_s)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def embed_one(self, texts: list[str]) -> list[Encoded]:
         """Single texts from concurrent requests, encoded as one batch."""
         encoded = self._embedder.encode(texts)
-        tokens = encoded.tokens or [None] * len(texts)
+        tokens: list[np.ndarray | None] = (
+            list(encoded.tokens) if encoded.tokens else [None] * len(texts)
+        )
         return [
-            Encoded(encoded.dense[i : i + 1], None if tokens[i] is None else [tokens[i]])
+            Encoded(encoded.dense[i : i + 1], None if (t := tokens[i]) is None else [t])
             for i in range(len(texts))
         ]
 

@@ -14,6 +14,7 @@ from memos_ray.api.context import ApiContext
 from memos_ray.config import MemosConfig, OpenAILLMConfig
 from memos_ray.errors import ServiceUnavailableError
 from memos_ray.models.adapters import AdapterStore
+from memos_ray.models.chat import ChatModel
 from memos_ray.models.handles import HandleChatModel, HandleEmbedder
 from memos_ray.runtime.compose import (
     build_chat_model,
@@ -152,7 +153,7 @@ class MemosIngress:
     ) -> ChatService | None:
 
         config = self._config
-        model = HandleChatModel(self._llm_handle) if self._llm_handle else None
+        model: ChatModel | None = HandleChatModel(self._llm_handle) if self._llm_handle else None
         if model is None and isinstance(config.llm, OpenAILLMConfig):
             model = build_chat_model(config)
         if model is None:

@@ -21,8 +21,6 @@ from memos_ray.models.handles import LLM_DEPLOYMENT
 from memos_ray.runtime.compose import build_chat_model
 from memos_ray.runtime.netguard import keep_serve_grpc_on_loopback
 
-_DONE = object()
-
 
 @serve.deployment(name=LLM_DEPLOYMENT, max_ongoing_requests=16)
 class LLMDeployment:
@@ -46,13 +44,15 @@ class LLMDeployment:
         deltas = self._model.stream(request)
         try:
             while True:
-                delta = await asyncio.to_thread(next, deltas, _DONE)
-                if delta is _DONE:
+                delta: Delta | None = await asyncio.to_thread(next, deltas, None)
+                if delta is None:
                     return
                 yield delta
         finally:
             # A client that went away closes the backend's stream, which ends generation.
-            await asyncio.to_thread(deltas.close)
+            close = getattr(deltas, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
 
     async def count_tokens(self, messages: list[Message]) -> int:
         return await asyncio.to_thread(self._model.count_tokens, messages)

@@ -471,7 +471,7 @@ def _load_yaml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise SystemExit(f"{path}: expected a mapping")
     if "applications" in data:  # a Serve config: take the memos app's config
         apps = data.get("applications") or []
-        memos = next((a.get("args", {}).get("config", {}) for a in apps), {})
+        memos: dict[str, Any] = next((a.get("args", {}).get("config", {}) for a in apps), {})
         return {}, memos or {}
     return dict(data.get("ingest") or {}), dict(data.get("memos") or {})
 

@@ -199,6 +199,6 @@ def wake_schedulers(config: MemosConfig) -> int:
 
     tenancy = build_tenancy_store(config)
     try:
-        return SchedulerClient(config, SQLTaskStore(tenancy.engine)).resume_all()  # type: ignore[attr-defined]
+        return SchedulerClient(config, SQLTaskStore(tenancy.engine)).resume_all()
     finally:
         tenancy.close()

@@ -184,7 +184,7 @@ class UnitSource(Datasource):
                     num_rows=None,
                     size_bytes=os.path.getsize(path),
                     exec_stats=None,
-                    input_files=[path],
+                    input_files=(path,),
                 ),
                 per_task_row_limit=per_task_row_limit,
             )

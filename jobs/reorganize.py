@@ -48,7 +48,7 @@ class ReorganizeWorker:
         self._spaces = SpaceResolver(
             config,
             graph,
-            SpaceRegistry(ledger.engine),  # type: ignore[attr-defined]
+            SpaceRegistry(ledger.engine),
             SpaceStores(config, vectors, in_ray=True),
             build_embedder(config),
         )

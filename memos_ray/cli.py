@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _client(args: argparse.Namespace):
 
     return MemosClient(args.url, args.api_key)
 

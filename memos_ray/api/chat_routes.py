@@ -332,7 +332,7 @@ def _openai_turn(
     check_query(last.text(), context.config.limits)
     system = "\n\n".join(m.text() for m in req.messages if m.role in ("system", "developer"))
     history = [
-        Message(role=m.role, content=m.text())  # type: ignore[arg-type]
+        Message(role=m.role, content=m.text())
         for m in req.messages[:-1]
         if m.role in ("user", "assistant", "tool") and m.text().strip()
     ]

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -156,7 +156,9 @@ class Load:
 def _actor_pid(name: str, namespace: str) -> int:
     import ray
 
-    pid = ray.get(ray.get_actor(name, namespace=namespace).pid.remote(), timeout=30)
+    pid = cast(
+        "int | None", ray.get(ray.get_actor(name, namespace=namespace).pid.remote(), timeout=30)
+    )
     if pid is None:
         raise RuntimeError(f"{name} has no server process")
     return int(pid)
@@ -192,10 +194,10 @@ def kill(component: str, config: MemosConfig, cubes: Sequence[str]) -> str:
         # The first cube whose scheduler actor is alive (busiest first is not knowable here).
         for cube in cubes:
             try:
-                actor = ray.get_actor(scheduler_name(config, cube), namespace=namespace)
+                scheduler = ray.get_actor(scheduler_name(config, cube), namespace=namespace)
             except ValueError:
                 continue
-            ray.kill(actor, no_restart=False)
+            ray.kill(scheduler, no_restart=False)
             return f"scheduler actor of cube {cube}"
         raise RuntimeError("no cube has a scheduler actor yet (no async add was answered)")
     # A replica killed outright: Serve's controller sees it die and starts another.
@@ -225,7 +227,7 @@ def wait_recovered(url: str, user: str, timeout_s: float = 120.0) -> float | Non
 
 def _wait_tasks(config: MemosConfig, timeout_s: float) -> Any:
 
-    store = SQLTaskStore(build_tenancy_store(config).engine)  # type: ignore[attr-defined]
+    store = SQLTaskStore(build_tenancy_store(config).engine)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and store.cubes_with_pending():
         time.sleep(1.0)

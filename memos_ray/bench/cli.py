@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 from memos_ray.services.memory import MemoryService, SearchOptions
 
 
-@contextmanager
 def cmd_retrieval(args: argparse.Namespace) -> int:
 
     loader = locomo_cubes if args.bench == "locomo" else longmemeval_cubes
@@ -84,7 +83,7 @@ def _windows_for(memories: int, config: MemosConfig | None) -> int:
     return -(-memories // per_window)
 
 
-def _in_process_search(config: MemosConfig):  # type: ignore[no-untyped-def]
+def _in_process_search(config: MemosConfig):
     """The service's search without HTTP or Serve, on the same stores (for the ratio)."""
 
     graph, vectors = build_ray_stores(config)
@@ -136,7 +135,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
                 row[f"http_c{level}"] = run_load(over_http, batch, level)
                 if in_process is not None:
                     row[f"inproc_c{level}"] = run_load(
-                        lambda q, cube=cube: in_process(cube, q), batch, level
+                        functools.partial(in_process, cube), batch, level
                     )
                     row[f"http_over_inproc_p50_c{level}"] = round(
                         row[f"http_c{level}"]["p50_ms"] / row[f"inproc_c{level}"]["p50_ms"], 2

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from memos_ray.runtime import vllm_env
 from memos_ray.runtime.launcher import local_service
 
 
+@contextmanager
 def service_url(
     args: argparse.Namespace, extra: dict[str, Any] | None = None
 ) -> Iterator[tuple[str, MemosConfig | None]]:

@@ -6,6 +6,7 @@ The extraction prompt asks the LLM to do this; this pass catches what small mode
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import date, datetime, timedelta
 
@@ -52,7 +53,7 @@ def resolve_relative_dates(text: str, said_at: str | datetime | date | None) -> 
     if anchor is None:
         return text
     for pattern, kind in _PATTERNS:
-        text = pattern.sub(lambda m, kind=kind: _resolved(m, kind, anchor), text)
+        text = pattern.sub(functools.partial(_resolved, kind=kind, anchor=anchor), text)
     return text
 
 

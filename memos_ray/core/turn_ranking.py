@@ -28,6 +28,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -154,6 +155,18 @@ def _count(word: str) -> int:
     return int(word) if word.isdigit() else _COUNT_WORDS[word]
 
 
+def _on_day(year: str, month: str, day: str, width: int) -> DateWindow:
+    return dt.date(int(year), _MONTH_NUMBER[month], int(day)), width
+
+
+def _days_before(day: dt.date, days: float, width: int) -> DateWindow:
+    return day - dt.timedelta(days=days), width
+
+
+def _units_ago(day: dt.date, count: str, unit: int) -> DateWindow:
+    return day - dt.timedelta(days=_count(count) * unit), max(1, unit // 2 + 1)
+
+
 def query_date_windows(query: str, asked_on: dt.date | None = None) -> list[DateWindow]:
     """Dates a question names, as (centre, half-width in days) or ("month", m).
 
@@ -162,17 +175,17 @@ def query_date_windows(query: str, asked_on: dt.date | None = None) -> list[Date
     s = query.lower()
     out: list[DateWindow] = []
 
-    def add(make: Callable[[], DateWindow]) -> None:
+    def add(make: Callable[..., DateWindow], *args: Any) -> None:
         with contextlib.suppress(ValueError, OverflowError):
-            out.append(make())
+            out.append(make(*args))
 
     for m in re.finditer(r"(\d{1,2})(?:st|nd|rd|th)?\s+" + _MONTH + r",?\s*(\d{4})", s):
-        add(lambda m=m: (dt.date(int(m[3]), _MONTH_NUMBER[m[2]], int(m[1])), 1))
+        add(_on_day, m[3], m[2], m[1], 1)
     for m in re.finditer(_MONTH + r"\s+(\d{1,2})(?:st|nd|rd|th)?,?\s*(\d{4})", s):
-        add(lambda m=m: (dt.date(int(m[3]), _MONTH_NUMBER[m[1]], int(m[2])), 1))
+        add(_on_day, m[3], m[1], m[2], 1)
     if not out:
         for m in re.finditer(_MONTH + r",?\s+(\d{4})", s):
-            add(lambda m=m: (dt.date(int(m[2]), _MONTH_NUMBER[m[1]], 15), 16))
+            add(_on_day, m[2], m[1], "15", 16)
     if not out:
         for m in re.finditer(r"\b(?:in|of|during)\s+" + _MONTH + r"\b", s):
             out.append(("month", _MONTH_NUMBER[m[1]]))
@@ -180,20 +193,15 @@ def query_date_windows(query: str, asked_on: dt.date | None = None) -> list[Date
         day = asked_on
         for m in re.finditer(r"\b" + _COUNT + r"\s+(day|week|month|year)s?\s+ago", s):
             unit = _UNIT_DAYS[m[2]]
-            add(
-                lambda m=m, unit=unit: (
-                    day - dt.timedelta(days=_count(m[1]) * unit),
-                    max(1, unit // 2 + 1),
-                )
-            )
+            add(_units_ago, day, m[1], unit)
         for m in re.finditer(r"\blast\s+(week|month|year|weekend)\b", s):
             unit = {"week": 7, "weekend": 7, "month": 30, "year": 365}[m[1]]
-            add(lambda unit=unit: (day - dt.timedelta(days=unit), unit // 2 + 1))
+            add(_days_before, day, unit, unit // 2 + 1)
         if re.search(r"\byesterday\b", s):
-            add(lambda: (day - dt.timedelta(days=1), 1))
+            add(_days_before, day, 1, 1)
         for m in re.finditer(r"\b(?:past|last)\s+" + _COUNT + r"\s+(day|week|month)s?\b", s):
             width = _count(m[1]) * _UNIT_DAYS[m[2]]
-            add(lambda width=width: (day - dt.timedelta(days=width / 2), width // 2 + 1))
+            add(_days_before, day, width / 2, width // 2 + 1)
     return out
 
 

@@ -6,7 +6,7 @@ actor and callers hold an `ActorVectorStore`, a picklable VectorStore that forwa
 
 Concurrency inside the actor: it is a threaded actor. Reads run concurrently when the store
 says it is safe (`concurrent_reads`; qdrant-edge is, and releases the GIL while searching);
-writes are serialised; `close` waits for in-flight calls. Ray is imported only here.
+writes are serialised; `close` waits for in-flight calls.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import importlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray
@@ -326,7 +326,7 @@ def get_or_create_vector_actor(
     }
     if scheduling_strategy is not None:
         options["scheduling_strategy"] = scheduling_strategy
-    handle = ray.remote(VectorStoreActor).options(**options).remote(spec)
+    handle = cast(ActorHandle, ray.remote(VectorStoreActor).options(**options).remote(spec))
     # The first call also surfaces a constructor failure (bad spec, locked directory).
     dim = ActorVectorStore(handle, 0, timeout_s=timeout_s)._call("dim")
     return ActorVectorStore(handle, int(dim), timeout_s=timeout_s)

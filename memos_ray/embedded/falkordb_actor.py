@@ -57,9 +57,9 @@ class FalkorDBServerActor:
         self._supervisor.stop()
 
 
-def falkordb_actor(config: MemosConfig):  # type: ignore[no-untyped-def]
+def falkordb_actor(config: MemosConfig):
     assert isinstance(config.graph, FalkorDBConfig)
-    return FalkorDBServerActor.options(
+    return FalkorDBServerActor.options(  # type: ignore[attr-defined]
         name=f"memos-falkordb-{actor_suffix(config)}",
         namespace=config.serving.namespace,
         get_if_exists=True,

@@ -6,6 +6,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,10 +53,10 @@ class SentenceTransformerEmbedder(Embedder):
         self._model_name = model
         self._device = device
         self._batch_size = batch_size
-        self._model = None
+        self._model: Any = None
         self._lock = threading.Lock()
 
-    def _load(self):  # type: ignore[no-untyped-def]
+    def _load(self) -> Any:
         with self._lock:
             if self._model is None:
                 from sentence_transformers import SentenceTransformer
@@ -110,8 +111,8 @@ class SentenceTransformerEmbedder(Embedder):
                 pooled = torch.nn.functional.normalize(out["sentence_embedding"].float(), dim=-1)
                 dense[idx] = pooled.cpu().numpy()
                 # Token rows are normalised on the device and cross to the host as float16.
-                rows = torch.nn.functional.normalize(out["token_embeddings"].float(), dim=-1)
-                rows = rows.half().cpu().numpy()
+                normalised = torch.nn.functional.normalize(out["token_embeddings"].float(), dim=-1)
+                rows = normalised.half().cpu().numpy()
                 lengths = out["attention_mask"].sum(dim=1).tolist()
                 for j, i in enumerate(idx):
                     tokens[i] = _attended(rows[j], int(lengths[j]))

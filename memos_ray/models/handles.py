@@ -7,10 +7,10 @@ through these; the deployments themselves (`deployments/`) only host the models.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from memos_ray.errors import MemosError
 from memos_ray.models.chat import (
@@ -88,7 +88,9 @@ class HandleChatModel(ChatModel):
 
     def stream(self, request: ChatRequest) -> Iterator[Delta]:
         self.check_model(request.model)
-        responses = self._handle.options(stream=True).stream.remote(request)
+        responses = cast(
+            DeploymentResponseGenerator, self._handle.options(stream=True).stream.remote(request)
+        )
         try:
             while True:
                 delta = _call(lambda: next(responses, None))

@@ -99,7 +99,7 @@ class TransformersChatModel(ChatModel):
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.model = AutoModelForCausalLM.from_pretrained(
             str(model_path), dtype=getattr(torch, dtype)
-        ).to(self._device)
+        ).to(self._device)  # type: ignore[arg-type]
         self.model.eval()
         self._model_path = Path(model_path)
         self._dtype = dtype
@@ -161,7 +161,7 @@ class TransformersChatModel(ChatModel):
 
     def render(self, messages: tuple[Message, ...], generation_prompt: bool) -> str:
         with self._tokenizer_lock:
-            return self.tokenizer.apply_chat_template(
+            return self.tokenizer.apply_chat_template(  # type: ignore[return-value]
                 [m.model_dump() for m in messages],
                 tokenize=False,
                 add_generation_prompt=generation_prompt,
@@ -173,7 +173,7 @@ class TransformersChatModel(ChatModel):
 
     def _decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
+            return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def _prompt(self, messages: tuple[Message, ...], prefix_messages: int) -> _Prompt:
         full = self.render(messages, True)
@@ -407,7 +407,7 @@ class TransformersChatModel(ChatModel):
                 self._peft.eval()
             else:
                 self._peft.add_adapter(adapter.name, config)
-            result = set_peft_model_state_dict(self._peft, state, adapter_name=adapter.name)
+            result: Any = set_peft_model_state_dict(self._peft, state, adapter_name=adapter.name)
             unexpected = list(result.unexpected_keys)
             missing = [k for k in result.missing_keys if f".{adapter.name}." in k]
             if unexpected or missing:
@@ -470,7 +470,7 @@ class TransformersChatModel(ChatModel):
 
         self.model = AutoModelForCausalLM.from_pretrained(
             str(self._model_path), dtype=getattr(torch, self._dtype)
-        ).to(self._device)
+        ).to(self._device)  # type: ignore[arg-type]
         self.model.eval()
         self._peft = None
         self._caches.clear()

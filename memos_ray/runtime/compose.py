@@ -35,6 +35,7 @@ from memos_ray.models.reranker import EmbeddingReranker, Reranker
 from memos_ray.services.fine import FineService
 from memos_ray.services.memory import MemoryService
 from memos_ray.services.preferences import PreferenceService
+from memos_ray.services.space_routing import Memories
 from memos_ray.services.spaces import stop_space_stores
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.falkordb import falkordb_graph_store
@@ -126,7 +127,7 @@ def build_chat_model(config: MemosConfig) -> ChatModel | None:
 
 def build_fine_service(
     config: MemosConfig,
-    service: MemoryService,
+    service: Memories,
     model: ChatModel,
     ledger: TenancyStore,
     preferences: PreferenceService | None = None,
@@ -145,7 +146,7 @@ def build_fine_service(
 
 
 def build_preferences(
-    config: MemosConfig, service: MemoryService, *, in_ray: bool
+    config: MemosConfig, service: Memories, *, in_ray: bool
 ) -> PreferenceService | None:
     """The preference store: inside Ray an embedded Milvus Lite is a server owned by a named
     actor (every replica shares it); in one plain process it is a file."""
@@ -155,6 +156,7 @@ def build_preferences(
     # deferred: imports pymilvus
     from memos_ray.stores.preference.milvus import MilvusPreferenceStore
 
+    uri: str
     if isinstance(cfg, MilvusConfig):
         token = cfg.token.get_secret_value() if cfg.token else None
         uri, collection = cfg.uri, cfg.collection
@@ -174,7 +176,7 @@ def build_preferences(
                 config.serving.namespace,
                 folder / "preferences.db",
             )
-            uri = ray.get(actor.uri.remote())
+            uri = str(ray.get(actor.uri.remote()))
         else:
             uri = str(folder / "preferences.db")
     store = MilvusPreferenceStore(config.embedder.dim, uri=uri, token=token, collection=collection)
@@ -186,7 +188,8 @@ def build_preferences(
     )
 
 
-def build_tenancy_store(config: MemosConfig) -> TenancyStore:
+def build_tenancy_store(config: MemosConfig) -> SQLTenancyStore:
+    """The SQL store of users, cubes, grants, keys, the task log and the spaces registry."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return SQLTenancyStore(config.sql_url())
 
@@ -213,7 +216,7 @@ def build_ray_stores(config: MemosConfig) -> tuple[GraphStore, VectorStore]:
 
     if isinstance(config.graph, FalkorDBConfig):
         address = ray.get(falkordb_actor(config).address.remote())
-        graph = falkordb_graph_store(address, config.graph)
+        graph: GraphStore = falkordb_graph_store(address, config.graph)
     else:
         graph = _neo4j(config.graph)
     if isinstance(config.vector, QdrantEdgeConfig):
@@ -252,7 +255,7 @@ class LocalStack(AbstractContextManager["LocalStack"]):
         if isinstance(config.graph, FalkorDBConfig):
             self._falkordb = falkordb_server(config.data_path("falkordb"), config.graph)
             self._falkordb.start()
-            graph = falkordb_graph_store(self._falkordb.address, config.graph)
+            graph: GraphStore = falkordb_graph_store(self._falkordb.address, config.graph)
         else:
             graph = _neo4j(config.graph)
         if isinstance(config.vector, QdrantEdgeConfig):

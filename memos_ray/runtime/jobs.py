@@ -53,7 +53,9 @@ def ray_session(config: MemosConfig, address: str | None) -> Iterator[bool]:
     if not ray.is_initialized():
         # Without an address, a new cluster (even when `ray start` left one running on this
         # machine), bound to loopback like `memos-ray serve`'s.
-        kwargs = {} if address or os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}
+        kwargs: dict[str, Any] = (
+            {} if address or os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}
+        )
         started = connect_or_start_ray(address, log_to_driver=False, **kwargs)
     _quiet_ray_data()
     try:

@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -42,7 +42,7 @@ def load_builder(import_path: str) -> Callable[[MemosConfig], Any]:
     builder = getattr(importlib.import_module(module), attribute, None)
     if not callable(builder):
         raise ConfigError(f"{import_path} is not an app builder")
-    return builder  # type: ignore[no-any-return]
+    return cast("Callable[[MemosConfig], Any]", builder)
 
 
 def wait_ready(url: str, timeout_s: float = 180.0) -> None:

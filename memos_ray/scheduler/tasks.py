@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 
 def mem_read(task: Task, context: HandlerContext) -> dict[str, Any]:
-    """Fine extraction of fast memories stored by an async add; they are then archived,
-    each pointing (MERGED_TO) at what was read from it, so their ids stay resolvable."""
+    """Fine extraction of the fast memories an async add stored. With `fine.keep_turns` (the
+    default) the turns stay searchable and each fact links to them (MATERIAL); without it
+    they are archived, each pointing (MERGED_TO) at what was read from it."""
     services: TaskServices = context.services()
     if services.fine is None:
         raise RuntimeError("mem_read needs an LLM (llm.backend is 'none')")

@@ -662,7 +662,9 @@ def vector_records(
     """Vector points for items whose `embedding_text` was encoded (row i for item i)."""
     payloads = [_payload(item, seq) for item, seq in zip(items, seqs, strict=True)]
     texts = [str(p[TEXT]) for p in payloads]
-    tokens = encoded.tokens or [None] * len(items)
+    tokens: list[np.ndarray | None] = (
+        list(encoded.tokens) if encoded.tokens else [None] * len(items)
+    )
     # Built from values made here: skip re-validating 384 floats a record.
     return [
         VectorRecord.model_construct(

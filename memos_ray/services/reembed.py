@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from memos_ray.models.embedder import Embedder
@@ -192,7 +193,9 @@ class CubeMover:
         made from the text the old ones were made from."""
         texts = [str(r.payload.get(TEXT) or r.payload.get("memory") or "") for r in records]
         encoded = self.embedder.encode(texts)
-        tokens = encoded.tokens or [None] * len(records)
+        tokens: list[np.ndarray | None] = (
+            list(encoded.tokens) if encoded.tokens else [None] * len(records)
+        )
         dim = self.target.dim
         return [
             VectorRecord(

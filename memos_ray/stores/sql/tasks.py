@@ -13,10 +13,10 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import CursorResult, Engine, Result, Table, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -134,7 +134,7 @@ class SQLTaskStore(TaskStore):
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        TaskRow.__table__.create(engine, checkfirst=True)
+        cast("Table", TaskRow.__table__).create(engine, checkfirst=True)
 
     def _session(self) -> Session:
         return self._sessions()
@@ -213,11 +213,13 @@ class SQLTaskStore(TaskStore):
             ).first()
             if row is None or row.not_before > now:
                 return None
-            claimed = s.execute(
-                update(TaskRow)
-                .where(TaskRow.seq == row.seq, TaskRow.state == "waiting")
-                .values(state="in_progress", attempts=TaskRow.attempts + 1, updated_at=now)
-            ).rowcount
+            claimed = _rowcount(
+                s.execute(
+                    update(TaskRow)
+                    .where(TaskRow.seq == row.seq, TaskRow.state == "waiting")
+                    .values(state="in_progress", attempts=TaskRow.attempts + 1, updated_at=now)
+                )
+            )
             if not claimed:  # somebody else took it
                 return None
             s.refresh(row)
@@ -249,11 +251,13 @@ class SQLTaskStore(TaskStore):
 
     def requeue_unfinished(self, cube_id: str) -> int:
         def go(s: Session) -> int:
-            return s.execute(
-                update(TaskRow)
-                .where(TaskRow.cube_id == cube_id, TaskRow.state == "in_progress")
-                .values(state="waiting", updated_at=iso(utc_now()))
-            ).rowcount
+            return _rowcount(
+                s.execute(
+                    update(TaskRow)
+                    .where(TaskRow.cube_id == cube_id, TaskRow.state == "in_progress")
+                    .values(state="waiting", updated_at=iso(utc_now()))
+                )
+            )
 
         return self._run(go)
 
@@ -262,13 +266,15 @@ class SQLTaskStore(TaskStore):
             return 0
 
         def go(s: Session) -> int:
-            return s.execute(
-                delete(TaskRow).where(
-                    TaskRow.task_id.in_(list(task_ids)),
-                    TaskRow.state == "waiting",
-                    TaskRow.attempts == 0,
+            return _rowcount(
+                s.execute(
+                    delete(TaskRow).where(
+                        TaskRow.task_id.in_(list(task_ids)),
+                        TaskRow.state == "waiting",
+                        TaskRow.attempts == 0,
+                    )
                 )
-            ).rowcount
+            )
 
         return self._run(go)
 
@@ -364,7 +370,7 @@ def _task(row: TaskRow) -> Task:
         user_id=row.user_id,
         label=row.label,
         payload=json.loads(row.payload),
-        state=row.state,  # type: ignore[arg-type]
+        state=row.state,
         attempts=row.attempts,
         max_attempts=row.max_attempts,
         error=row.error,
@@ -375,3 +381,8 @@ def _task(row: TaskRow) -> Task:
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE touched (its result is a cursor result)."""
+    return cast("CursorResult[Any]", result).rowcount

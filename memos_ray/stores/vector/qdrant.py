@@ -333,7 +333,7 @@ class QdrantVectorStore(VectorStore):
             sparse = vectors.get(common.SPARSE)
             by_id[str(rec.id)] = VectorRecord(
                 id=str(rec.id),
-                dense=list(vectors[common.DENSE]),  # type: ignore[arg-type]
+                dense=list(vectors[common.DENSE]),
                 sparse=SparseVector(indices=list(sparse.indices), values=list(sparse.values))
                 if isinstance(sparse, qm.SparseVector)
                 else SparseVector(),

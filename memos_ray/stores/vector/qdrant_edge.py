@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import qdrant_edge as qe
@@ -312,7 +312,7 @@ class QdrantEdgeVectorStore(VectorStore):
             sparse = vectors.get(common.SPARSE)
             by_id[str(rec.id)] = VectorRecord(
                 id=str(rec.id),
-                dense=list(vectors[common.DENSE]),
+                dense=list(cast("list[float]", vectors[common.DENSE])),
                 sparse=SparseVector(indices=list(sparse.indices), values=list(sparse.values))
                 if isinstance(sparse, qe.SparseVector)
                 else SparseVector(),
