@@ -11,13 +11,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memos_ray import __version__
-from memos_ray.api.chat_routes import build_chat_routers
+from memos_ray.api import chat_routes, routes, scheduler_routes
 from memos_ray.api.context import ApiContext
-from memos_ray.api.routes import build_routers
-from memos_ray.api.scheduler_routes import build_scheduler_routers
 from memos_ray.errors import MemosError
 from memos_ray.runtime.netguard import public_message, redact
 from memos_ray.schemas.envelope import error_body
@@ -48,7 +46,7 @@ class BodySizeLimit:
             return
         received = 0
 
-        async def limited() -> dict:
+        async def limited() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -89,67 +87,75 @@ def _openai_type(status: int) -> str:
     return "invalid_request_error" if status < 500 else "server_error"
 
 
+async def memos_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MemosError)  # registered for MemosError
+    message = public_message(exc)
+    if message != exc.message:
+        # The client gets no internal address; the operator gets the whole story.
+        logger.error(
+            "%s %s: %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            exc.message,
+            exc_info=exc if exc.status_code >= 500 else None,
+        )
+    response = _error(request, exc.status_code, message, type(exc).__name__)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # registered for it
+    # Without the offending input: it may be huge, or NaN, which JSON cannot carry.
+    errors = jsonable_encoder([{k: v for k, v in e.items() if k != "input"} for e in exc.errors()])
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    message = redact(f"invalid request: {where}: {first.get('msg', 'validation failed')}")
+    return _error(request, 422, message, "invalid_request_error", detail=errors)
+
+
+async def restarting(request: Request, exc: Exception) -> JSONResponse:
+    # A replica or actor of the app died mid-request (Ray and Serve restart it): nothing
+    # was acknowledged, and the same request shortly after will find it back.
+    logger.warning("%s %s: %r", request.method, request.url.path, exc)
+    response = _error(
+        request, 503, "a part of the service is restarting; retry shortly", "restarting"
+    )
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    return _error(request, 500, f"internal error: {type(exc).__name__}", "server_error")
+
+
 def create_app(get_context: Callable[[], ApiContext], version: str = __version__) -> FastAPI:
     app = FastAPI(
         title="memos-ray",
         version=version,
         description="Memory operating system for LLM agents (MemOS REST dialect).",
     )
+    # Routes reach the context through `deps.current_context`.
+    app.state.context = get_context
     routers = [
-        *build_routers(get_context),
-        *build_chat_routers(get_context),
-        *build_scheduler_routers(get_context),
+        routes.health,
+        routes.product,
+        routes.admin,
+        chat_routes.product,
+        chat_routes.openai,
+        scheduler_routes.router,
     ]
     for router in routers:
         app.include_router(router)
-
-    @app.exception_handler(MemosError)
-    async def memos_error(request: Request, exc: MemosError) -> JSONResponse:
-        message = public_message(exc)
-        if message != exc.message:
-            # The client gets no internal address; the operator gets the whole story.
-            logger.error(
-                "%s %s: %s: %s",
-                request.method,
-                request.url.path,
-                type(exc).__name__,
-                exc.message,
-                exc_info=exc if exc.status_code >= 500 else None,
-            )
-        response = _error(request, exc.status_code, message, type(exc).__name__)
-        retry_after = getattr(exc, "retry_after_s", None)
-        if retry_after is not None:
-            response.headers["Retry-After"] = str(retry_after)
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Without the offending input: it may be huge, or NaN, which JSON cannot carry.
-        errors = jsonable_encoder(
-            [{k: v for k, v in e.items() if k != "input"} for e in exc.errors()]
-        )
-        first = errors[0] if errors else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        message = redact(f"invalid request: {where}: {first.get('msg', 'validation failed')}")
-        return _error(request, 422, message, "invalid_request_error", detail=errors)
-
-    @app.exception_handler(RayActorError)
-    @app.exception_handler(ActorUnavailableError)
-    @app.exception_handler(GetTimeoutError)
-    async def restarting(request: Request, exc: Exception) -> JSONResponse:
-        # A replica or actor of the app died mid-request (Ray and Serve restart it): nothing
-        # was acknowledged, and the same request shortly after will find it back.
-        logger.warning("%s %s: %r", request.method, request.url.path, exc)
-        response = _error(
-            request, 503, "a part of the service is restarting; retry shortly", "restarting"
-        )
-        response.headers["Retry-After"] = "1"
-        return response
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error", exc_info=exc)
-        return _error(request, 500, f"internal error: {type(exc).__name__}", "server_error")
-
+    app.add_exception_handler(MemosError, memos_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(RayActorError, restarting)
+    app.add_exception_handler(ActorUnavailableError, restarting)
+    app.add_exception_handler(GetTimeoutError, restarting)
+    app.add_exception_handler(Exception, unexpected)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     return app

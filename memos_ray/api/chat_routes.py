@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
@@ -16,9 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from memos_ray.api.context import ApiContext
-from memos_ray.api.convert import message_text
-from memos_ray.api.deps import dependencies
-from memos_ray.api.routes import check_query, filters_by_cube, requested_cubes
+from memos_ray.api.deps import Ctx, Who
 from memos_ray.domain.tenancy import LLMUsage
 from memos_ray.errors import (
     BadRequestError,
@@ -33,6 +31,7 @@ from memos_ray.schemas.chat import OpenAIChatRequest, ProductChatRequest
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.values import ValidText
 from memos_ray.services.chat import ChatService, ChatTurn, PreparedChat
+from memos_ray.services.inputs import check_query, filters_by_cube, message_text, requested_cubes
 from memos_ray.services.tenancy import Caller
 
 
@@ -64,191 +63,208 @@ def _usage_json(usage: LLMUsage) -> dict[str, Any]:
     }
 
 
-def build_chat_routers(get_context: Callable[[], ApiContext]) -> list[APIRouter]:
-    Ctx, Who = dependencies(get_context)
+product = APIRouter(prefix="/product")
 
-    product = APIRouter(prefix="/product")
 
-    @product.post("/chat/complete")
-    def chat_complete(req: ProductChatRequest, context: Ctx, who: Who) -> dict[str, Any]:
-        chat = _chat(context)
-        turn, write_back = _product_turn(req, context, who)
-        answer = chat.complete(turn, write_back=write_back)
-        data: dict[str, Any] = {"response": answer.response, "reasoning": answer.reasoning}
-        data.update(_extras(answer.prepared, req.include_prompt))
-        data["usage"] = answer.generation.usage.model_dump()
-        data["finish_reason"] = answer.generation.finish_reason
-        return ok(data, "Chat completed successfully")
+@product.post("/chat/complete")
+def chat_complete(req: ProductChatRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    chat = _chat(context)
+    turn, write_back = _product_turn(req, context, who)
+    answer = chat.complete(turn, write_back=write_back)
+    data: dict[str, Any] = {"response": answer.response, "reasoning": answer.reasoning}
+    data.update(_extras(answer.prepared, req.include_prompt))
+    data["usage"] = answer.generation.usage.model_dump()
+    data["finish_reason"] = answer.generation.finish_reason
+    return ok(data, "Chat completed successfully")
 
-    @product.post("/chat/stream")
-    def chat_stream(req: ProductChatRequest, context: Ctx, who: Who) -> StreamingResponse:
-        chat = _chat(context)
-        turn, write_back = _product_turn(req, context, who)
-        prepared = chat.prepare(turn)
 
-        def frames() -> Iterator[str]:
-            if req.include_prompt:
-                yield _sse({"type": "prompt", "data": prepared.prompt})
-            splitter = ReasoningSplitter()
-            end: dict[str, Any] = _extras(prepared, False)
-            try:
-                for delta in chat.stream(turn, prepared, write_back=write_back):
-                    final = delta.finish_reason is not None
-                    for kind, text in splitter.feed(delta.text, final=final):
-                        yield _sse({"type": kind, "data": text})
-                    if final:
-                        end["finish_reason"] = delta.finish_reason
-                        end["usage"] = delta.usage.model_dump() if delta.usage else None
-            except MemosError as exc:
-                logger.error("chat stream failed: %s", exc.message)
-                yield _sse({"type": "error", "data": public_message(exc)})
-            yield _sse({"type": "end", "data": end})
+@product.post("/chat/stream")
+def chat_stream(req: ProductChatRequest, context: Ctx, who: Who) -> StreamingResponse:
+    chat = _chat(context)
+    turn, write_back = _product_turn(req, context, who)
+    prepared = chat.prepare(turn)
 
-        return StreamingResponse(frames(), media_type="text/event-stream")
+    def frames() -> Iterator[str]:
+        if req.include_prompt:
+            yield _sse({"type": "prompt", "data": prepared.prompt})
+        splitter = ReasoningSplitter()
+        end: dict[str, Any] = _extras(prepared, False)
+        try:
+            for delta in chat.stream(turn, prepared, write_back=write_back):
+                final = delta.finish_reason is not None
+                for kind, text in splitter.feed(delta.text, final=final):
+                    yield _sse({"type": kind, "data": text})
+                if final:
+                    end["finish_reason"] = delta.finish_reason
+                    end["usage"] = delta.usage.model_dump() if delta.usage else None
+        except MemosError as exc:
+            logger.error("chat stream failed: %s", exc.message)
+            yield _sse({"type": "error", "data": public_message(exc)})
+        yield _sse({"type": "end", "data": end})
 
-    @product.put("/cubes/{cube_id}/adapter")
-    def put_adapter(cube_id: str, req: AdapterUpload, context: Ctx, who: Who) -> dict[str, Any]:
-        chat = _chat(context)
-        user_id = context.access.act_as(who, req.user_id or who.user_id)
-        context.access.cubes_for(user_id, [cube_id], write=True, caller=who)
-        chat.adapters.put_base64(cube_id, req.adapter_config, req.weights_base64)
-        return ok(chat.adapters.info(cube_id), "Adapter stored")
+    return StreamingResponse(frames(), media_type="text/event-stream")
 
-    @product.get("/cubes/{cube_id}/adapter")
-    def get_adapter(
-        cube_id: str, context: Ctx, who: Who, user_id: str | None = None
-    ) -> dict[str, Any]:
-        chat = _chat(context)
-        acting = context.access.act_as(who, user_id or who.user_id)
-        context.access.cubes_for(acting, [cube_id], write=False, caller=who)
-        info = chat.adapters.info(cube_id)
-        if info is None:
-            raise NotFoundError(f"cube {cube_id!r} has no adapter")
-        return ok(info, "Adapter found")
 
-    @product.delete("/cubes/{cube_id}/adapter")
-    def delete_adapter(
-        cube_id: str, context: Ctx, who: Who, user_id: str | None = None
-    ) -> dict[str, Any]:
-        chat = _chat(context)
-        acting = context.access.act_as(who, user_id or who.user_id)
-        context.access.cubes_for(acting, [cube_id], write=True, caller=who)
-        if not chat.adapters.delete(cube_id):
-            raise NotFoundError(f"cube {cube_id!r} has no adapter")
-        return ok({"cube_id": cube_id}, "Adapter deleted")
+@product.put("/cubes/{cube_id}/adapter")
+def put_adapter(cube_id: str, req: AdapterUpload, context: Ctx, who: Who) -> dict[str, Any]:
+    chat = _chat(context)
+    user_id = context.access.act_as(who, req.user_id or who.user_id)
+    context.access.cubes_for(user_id, [cube_id], write=True, caller=who)
+    chat.adapters.put_base64(cube_id, req.adapter_config, req.weights_base64)
+    return ok(chat.adapters.info(cube_id), "Adapter stored")
 
-    @product.get("/cubes/{cube_id}/llm_usage")
-    def get_llm_usage(
-        cube_id: str, context: Ctx, who: Who, user_id: str | None = None
-    ) -> dict[str, Any]:
-        acting = context.access.act_as(who, user_id or who.user_id)
-        context.access.cubes_for(acting, [cube_id], write=False, caller=who)
-        usage = context.access.tenancy.llm_usage(cube_id)
-        return ok(_usage_json(usage), "LLM usage of the cube")
 
-    @product.put("/cubes/{cube_id}/llm_budget")
-    def put_llm_budget(cube_id: str, req: BudgetRequest, context: Ctx, who: Who) -> dict[str, Any]:
-        acting = context.access.act_as(who, req.user_id or who.user_id)
-        context.access.cubes_for(acting, [cube_id], write=True, caller=who)
-        usage = context.access.tenancy.set_llm_budget(cube_id, req.budget_tokens)
-        return ok(_usage_json(usage), "Budget set")
+@product.get("/cubes/{cube_id}/adapter")
+def get_adapter(cube_id: str, context: Ctx, who: Who, user_id: str | None = None) -> dict[str, Any]:
+    chat = _chat(context)
+    acting = context.access.act_as(who, user_id or who.user_id)
+    context.access.cubes_for(acting, [cube_id], write=False, caller=who)
+    info = chat.adapters.info(cube_id)
+    if info is None:
+        raise NotFoundError(f"cube {cube_id!r} has no adapter")
+    return ok(info, "Adapter found")
 
-    openai = APIRouter(prefix="/v1")
 
-    @openai.get("/models")
-    def list_models(context: Ctx, who: Who) -> dict[str, Any]:
-        chat = _chat(context)
+@product.delete("/cubes/{cube_id}/adapter")
+def delete_adapter(
+    cube_id: str, context: Ctx, who: Who, user_id: str | None = None
+) -> dict[str, Any]:
+    chat = _chat(context)
+    acting = context.access.act_as(who, user_id or who.user_id)
+    context.access.cubes_for(acting, [cube_id], write=True, caller=who)
+    if not chat.adapters.delete(cube_id):
+        raise NotFoundError(f"cube {cube_id!r} has no adapter")
+    return ok({"cube_id": cube_id}, "Adapter deleted")
+
+
+@product.get("/cubes/{cube_id}/llm_usage")
+def get_llm_usage(
+    cube_id: str, context: Ctx, who: Who, user_id: str | None = None
+) -> dict[str, Any]:
+    acting = context.access.act_as(who, user_id or who.user_id)
+    context.access.cubes_for(acting, [cube_id], write=False, caller=who)
+    usage = context.access.tenancy.llm_usage(cube_id)
+    return ok(_usage_json(usage), "LLM usage of the cube")
+
+
+@product.put("/cubes/{cube_id}/llm_budget")
+def put_llm_budget(cube_id: str, req: BudgetRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    acting = context.access.act_as(who, req.user_id or who.user_id)
+    context.access.cubes_for(acting, [cube_id], write=True, caller=who)
+    usage = context.access.tenancy.set_llm_budget(cube_id, req.budget_tokens)
+    return ok(_usage_json(usage), "Budget set")
+
+
+openai = APIRouter(prefix="/v1")
+
+
+@openai.get("/models")
+def list_models(context: Ctx, who: Who) -> dict[str, Any]:
+    chat = _chat(context)
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "memos-ray"}
+            for name in chat.model.model_names
+        ],
+    }
+
+
+@openai.post("/chat/completions", response_model=None)
+def chat_completions(
+    req: OpenAIChatRequest,
+    context: Ctx,
+    who: Who,
+    x_memos_user_id: Annotated[str | None, Header()] = None,
+    x_memos_cube_id: Annotated[str | None, Header()] = None,
+    x_memos_write_back: Annotated[str | None, Header()] = None,
+    x_memos_include_prompt: Annotated[str | None, Header()] = None,
+) -> dict[str, Any] | StreamingResponse:
+    chat = _chat(context)
+    requested_user = x_memos_user_id or req.user
+    if who.unrestricted and not requested_user:
+        raise BadRequestError(
+            "say whose memories to use: the `user` field or an X-Memos-User-Id header"
+        )
+    user_id = context.access.act_as(who, requested_user or who.user_id)
+    cube = (
+        context.access.cubes_for(user_id, [x_memos_cube_id or user_id], write=False, caller=who)
+    )[0]
+    write_back = context.config.chat.openai_write_back
+    if x_memos_write_back is not None:
+        write_back = _flag(x_memos_write_back)
+    write_cube = _writable(context, user_id, cube, who) if write_back else None
+    turn = _openai_turn(req, context, user_id, cube, write_cube)
+    chat.model.check_model(turn.model)
+    reply = _OpenAIReply(
+        chat, turn, req, cube, write_cube is not None, _flag(x_memos_include_prompt)
+    )
+    if not req.stream:
+        return reply.completion()
+    return StreamingResponse(reply.chunks(), media_type="text/event-stream")
+
+
+class _OpenAIReply:
+    """One `/v1/chat/completions` answer in OpenAI's shapes, whole or as chunks."""
+
+    def __init__(
+        self,
+        chat: ChatService,
+        turn: ChatTurn,
+        req: OpenAIChatRequest,
+        cube: str,
+        write_back: bool,
+        include_prompt: bool,
+    ) -> None:
+        self.chat = chat
+        self.turn = turn
+        self.prepared = chat.prepare(turn)
+        self.req = req
+        self.cube = cube
+        self.write_back = write_back
+        self.include_prompt = include_prompt
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.req.model}
+
+    def completion(self) -> dict[str, Any]:
+        generation = self.chat.complete(
+            self.turn, write_back=self.write_back, prepared=self.prepared
+        ).generation
+        message = {"role": "assistant", "content": generation.text}
+        choice = {"index": 0, "message": message, "finish_reason": generation.finish_reason}
         return {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": 0, "owned_by": "memos-ray"}
-                for name in chat.model.model_names
-            ],
+            **self._head("chat.completion"),
+            "choices": [choice],
+            "usage": _openai_usage(generation.usage.model_dump()),
+            "memos": {"cube_id": self.cube, **_extras(self.prepared, self.include_prompt)},
         }
 
-    @openai.post("/chat/completions", response_model=None)
-    def chat_completions(
-        req: OpenAIChatRequest,
-        context: Ctx,
-        who: Who,
-        x_memos_user_id: Annotated[str | None, Header()] = None,
-        x_memos_cube_id: Annotated[str | None, Header()] = None,
-        x_memos_write_back: Annotated[str | None, Header()] = None,
-        x_memos_include_prompt: Annotated[str | None, Header()] = None,
-    ) -> dict[str, Any] | StreamingResponse:
-        chat = _chat(context)
-        requested_user = x_memos_user_id or req.user
-        if who.unrestricted and not requested_user:
-            raise BadRequestError(
-                "say whose memories to use: the `user` field or an X-Memos-User-Id header"
-            )
-        user_id = context.access.act_as(who, requested_user or who.user_id)
-        cube = (
-            context.access.cubes_for(user_id, [x_memos_cube_id or user_id], write=False, caller=who)
-        )[0]
-        write_back = context.config.chat.openai_write_back
-        if x_memos_write_back is not None:
-            write_back = _flag(x_memos_write_back)
-        write_cube = _writable(context, user_id, cube, who) if write_back else None
-        turn = _openai_turn(req, context, user_id, cube, write_cube)
-        chat.model.check_model(turn.model)
-        prepared = chat.prepare(turn)
-        include_prompt = _flag(x_memos_include_prompt)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        model = req.model
-        if not req.stream:
-            generation = chat.complete(
-                turn, write_back=write_cube is not None, prepared=prepared
-            ).generation
-            return {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [
-                    {
+    def chunks(self) -> Iterator[str]:
+        base = self._head("chat.completion.chunk")
+        first = {"role": "assistant", "content": ""}
+        yield _sse({**base, "choices": [{"index": 0, "delta": first, "finish_reason": None}]})
+        usage: dict[str, Any] | None = None
+        try:
+            for delta in self.chat.stream(self.turn, self.prepared, write_back=self.write_back):
+                if delta.text or delta.finish_reason:
+                    choice = {
                         "index": 0,
-                        "message": {"role": "assistant", "content": generation.text},
-                        "finish_reason": generation.finish_reason,
+                        "delta": {"content": delta.text} if delta.text else {},
+                        "finish_reason": delta.finish_reason,
                     }
-                ],
-                "usage": _openai_usage(generation.usage.model_dump()),
-                "memos": {"cube_id": cube, **_extras(prepared, include_prompt)},
-            }
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-        def chunks() -> Iterator[str]:
-            base = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-            }
-            first = {"role": "assistant", "content": ""}
-            yield _sse({**base, "choices": [{"index": 0, "delta": first, "finish_reason": None}]})
-            usage: dict[str, Any] | None = None
-            try:
-                for delta in chat.stream(turn, prepared, write_back=write_cube is not None):
-                    if delta.text or delta.finish_reason:
-                        choice = {
-                            "index": 0,
-                            "delta": {"content": delta.text} if delta.text else {},
-                            "finish_reason": delta.finish_reason,
-                        }
-                        yield _sse({**base, "choices": [choice]})
-                    if delta.usage is not None:
-                        usage = _openai_usage(delta.usage.model_dump())
-            except MemosError as exc:
-                logger.error("chat stream failed: %s", exc.message)
-                yield _sse({"error": {"message": public_message(exc), "type": "server_error"}})
-            if include_usage and usage is not None:
-                yield _sse({**base, "choices": [], "usage": usage})
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(chunks(), media_type="text/event-stream")
-
-    return [product, openai]
+                    yield _sse({**base, "choices": [choice]})
+                if delta.usage is not None:
+                    usage = _openai_usage(delta.usage.model_dump())
+        except MemosError as exc:
+            logger.error("chat stream failed: %s", exc.message)
+            yield _sse({"error": {"message": public_message(exc), "type": "server_error"}})
+        options = self.req.stream_options
+        if options and options.include_usage and usage is not None:
+            yield _sse({**base, "choices": [], "usage": usage})
+        yield "data: [DONE]\n\n"
 
 
 def _chat(context: ApiContext) -> ChatService:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from memos_ray.config import MemosConfig
 from memos_ray.scheduler.actor import SchedulerClient
+from memos_ray.services.add import AddService
 from memos_ray.services.chat import ChatService
 from memos_ray.services.fine import FineService
 from memos_ray.services.memory import MemoryService
 from memos_ray.services.preferences import PreferenceService
+from memos_ray.services.search import SearchService
 from memos_ray.services.space_routing import SpaceRouter
 from memos_ray.services.tenancy import AccessControl
 
@@ -29,3 +31,10 @@ class ApiContext:
     preferences: PreferenceService | None = None
     # Per-cube scheduler actors (inside Ray); None runs async work inline.
     scheduler: SchedulerClient | None = None
+    # The use cases the product routes call, over the services above.
+    adder: AddService = field(init=False)
+    searcher: SearchService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.adder = AddService(self.config, self.service, self.fine, self.scheduler)
+        self.searcher = SearchService(self.config, self.service, self.preferences)

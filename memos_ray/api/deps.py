@@ -4,24 +4,25 @@ No `from __future__ import annotations`: FastAPI must see these annotations as o
 """
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 
 from memos_ray.api.context import ApiContext
 from memos_ray.services.tenancy import Caller
 
 
-def dependencies(get_context: Callable[[], ApiContext]) -> tuple[Any, Any]:
-    """(Ctx, Who): annotations a handler uses to receive the context and the caller."""
+def current_context(request: Request) -> ApiContext:
+    """The process's context: `create_app` is handed how to get it (built once, lazily)."""
+    provider: Callable[[], ApiContext] = request.app.state.context
+    return provider()
 
-    def ctx() -> ApiContext:
-        return get_context()
 
-    def caller(
-        context: Annotated[ApiContext, Depends(ctx)],
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> Caller:
-        return context.access.authenticate(authorization)
+Ctx = Annotated[ApiContext, Depends(current_context)]
 
-    return Annotated[ApiContext, Depends(ctx)], Annotated[Caller, Depends(caller)]
+
+def current_caller(context: Ctx, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    return context.access.authenticate(authorization)
+
+
+Who = Annotated[Caller, Depends(current_caller)]

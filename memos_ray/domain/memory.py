@@ -10,6 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The session of memories added without one (MemOS's name for it).
+DEFAULT_SESSION = "default_session"
+
 # Deterministic ids: the same text in the same cube always gets the same id, so a
 # duplicate write is an idempotent upsert instead of a race between "check" and "insert".
 _MEMORY_NAMESPACE = uuid.UUID("6f1c2a52-5d0e-4c57-9a57-3c0d8e1b7a10")
@@ -94,7 +97,7 @@ class MemoryMetadata(BaseModel):
     model_config = ConfigDict(extra="allow", use_enum_values=True)
 
     user_id: str
-    session_id: str = "default_session"
+    session_id: str = DEFAULT_SESSION
     status: MemoryStatus = MemoryStatus.ACTIVATED
     memory_type: MemoryType = MemoryType.LONG_TERM
     key: str | None = None

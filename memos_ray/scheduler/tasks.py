@@ -123,16 +123,7 @@ def mem_feedback(task: Task, context: HandlerContext) -> dict[str, Any]:
     if services.fine is None:
         raise RuntimeError("mem_feedback needs an LLM (llm.backend is 'none')")
     request = FeedbackTask.model_validate(task.payload)
-    outcome = FeedbackService(services.fine).apply(
-        task.cube_id,
-        task.user_id,
-        request.feedback_content,
-        history=request.history,
-        retrieved_ids=request.retrieved_memory_ids,
-        corrected_answer=request.corrected_answer,
-        feedback_time=request.feedback_time,
-        session_id=request.session_id,
-    )
+    outcome = FeedbackService(services.fine).apply_task(task.cube_id, task.user_id, request)
     return {"answer": outcome.answer, "record": outcome.record(), "error": outcome.error}
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from memos_ray.config import ChatConfig, ReaderConfig
 from memos_ray.core.filters import FilterExpr
 from memos_ray.core.reader import Turn, fast_windows
-from memos_ray.domain.memory import MemoryItem
+from memos_ray.domain.memory import DEFAULT_SESSION, MemoryItem
 from memos_ray.models.adapters import AdapterStore
 from memos_ray.models.chat import (
     ChatModel,
@@ -220,7 +220,7 @@ class ChatService:
             turn.write_cube,
             turn.user_id,
             windows,
-            session_id=turn.session_id or "default_session",
+            session_id=turn.session_id or DEFAULT_SESSION,
         )
         self.warm_in_background(turn.write_cube, turn.system_prompt)
 

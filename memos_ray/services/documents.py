@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from memos_ray.core.documents import CHUNK_CHARS, Document, chunk_text
 from memos_ray.core.reader import Window
 from memos_ray.domain.memory import (
+    DEFAULT_SESSION,
     Edge,
     EdgeType,
     MemoryItem,
@@ -69,7 +70,7 @@ def add_documents(
     documents: Sequence[Document],
     *,
     fine: FineService | None = None,
-    session_id: str = "default_session",
+    session_id: str = DEFAULT_SESSION,
     tags: Sequence[str] = (),
     info: Mapping[str, Any] | None = None,
     chunk_chars: int = CHUNK_CHARS,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from memos_ray.core.json_repair import JSONRepairError, parse_json
 from memos_ray.core.reader import Window
 from memos_ray.domain.memory import (
+    DEFAULT_SESSION,
     MemoryItem,
     MemoryStatus,
     MemoryType,
@@ -132,7 +133,7 @@ class FeedbackTask(BaseModel):
     retrieved_memory_ids: list[str] = Field(default_factory=list)
     corrected_answer: str | None = None
     feedback_time: str | None = None
-    session_id: str = "default_session"
+    session_id: str = DEFAULT_SESSION
 
 
 class FeedbackService:
@@ -141,6 +142,19 @@ class FeedbackService:
         self.memory = fine.memory
         self.model = fine.model
         self.candidates = candidates
+
+    def apply_task(self, cube_id: str, user_id: str, task: FeedbackTask) -> FeedbackOutcome:
+        """Apply a feedback request as the route and the `mem_feedback` task receive it."""
+        return self.apply(
+            cube_id,
+            user_id,
+            task.feedback_content,
+            history=task.history,
+            retrieved_ids=task.retrieved_memory_ids,
+            corrected_answer=task.corrected_answer,
+            feedback_time=task.feedback_time,
+            session_id=task.session_id,
+        )
 
     def apply(
         self,
@@ -152,7 +166,7 @@ class FeedbackService:
         retrieved_ids: Sequence[str] = (),
         corrected_answer: str | None = None,
         feedback_time: str | None = None,
-        session_id: str = "default_session",
+        session_id: str = DEFAULT_SESSION,
     ) -> FeedbackOutcome:
         memories = self._concerned(cube_id, feedback, retrieved_ids)
         decision, usage, error = self._decide(feedback, memories, history, corrected_answer)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from memos_ray.core.json_repair import JSONRepairError, parse_json
 from memos_ray.core.reader import Window
 from memos_ray.domain.memory import (
+    DEFAULT_SESSION,
     Edge,
     EdgeType,
     MemoryItem,
@@ -76,7 +77,7 @@ class PreferenceBatch(BaseModel):
     preferences: list[ExtractedPreference]
     sources: list[SourceMessage]
     memory_ids: list[str]
-    session_id: str = "default_session"
+    session_id: str = DEFAULT_SESSION
 
 
 @dataclass
@@ -144,7 +145,7 @@ class FineService:
         cube_id: str,
         user_id: str,
         windows: Sequence[Window],
-        session_id: str = "default_session",
+        session_id: str = DEFAULT_SESSION,
         tags: Sequence[str] = (),
         info: Mapping[str, Any] | None = None,
         keep_raw: bool = True,

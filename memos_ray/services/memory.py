@@ -29,6 +29,7 @@ and text (`memory_id_for`), so every write below is an idempotent upsert.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,7 @@ from memos_ray.core.reader import Window
 from memos_ray.core.search import DedupMode, rrf_fuse, select
 from memos_ray.core.turn_ranking import first_stage, head, late_rerank
 from memos_ray.domain.memory import (
+    DEFAULT_SESSION,
     TEXT_MEMORY_TYPES,
     Edge,
     MemoryItem,
@@ -108,6 +110,29 @@ class SearchOptions:
     reference_time: str | None = None
 
 
+class Query:
+    """A question and its embeddings, encoded once per model whoever asks: one search hands
+    the same Query to text, tool and preference search, which share the query embedder."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._encoded: dict[int, tuple[Embedder, Encoded]] = {}
+        self._lock = threading.Lock()
+
+    def encoded(self, embedder: Embedder) -> Encoded:
+        with self._lock:
+            found = self._encoded.get(id(embedder))
+            if found is None:
+                # The embedder is kept with its vectors, so its id cannot be reused meanwhile.
+                found = (embedder, embedder.encode([self.text]))
+                self._encoded[id(embedder)] = found
+            return found[1]
+
+
+def as_query(query: str | Query) -> Query:
+    return query if isinstance(query, Query) else Query(query)
+
+
 class MemoryService:
     """Text memory operations over one graph store and one vector store."""
 
@@ -142,7 +167,7 @@ class MemoryService:
         cube_id: str,
         user_id: str,
         windows: Sequence[Window],
-        session_id: str = "default_session",
+        session_id: str = DEFAULT_SESSION,
         tags: Sequence[str] = (),
         info: Mapping[str, Any] | None = None,
         status: MemoryStatus = MemoryStatus.ACTIVATED,
@@ -334,12 +359,14 @@ class MemoryService:
 
     def search(
         self,
-        query: str,
+        question: str | Query,
         cube_filters: Mapping[str, FilterExpr | None],
         options: SearchOptions,
     ) -> dict[str, list[MemoryItem]]:
         """Rank each cube's memories, threshold by relativity, de-duplicate."""
-        encoded = self.query_embedder.encode([query])
+        asked = as_query(question)
+        query = asked.text
+        encoded = asked.encoded(self.query_embedder)
         query_dense = encoded.dense[0]
         query_tokens = encoded.tokens[0] if encoded.tokens else None
         cubes = list(cube_filters)
@@ -604,7 +631,7 @@ def items_for_windows(
     cube_id: str,
     user_id: str,
     windows: Sequence[Window],
-    session_id: str = "default_session",
+    session_id: str = DEFAULT_SESSION,
     tags: Sequence[str] = (),
     info: Mapping[str, Any] | None = None,
     status: MemoryStatus = MemoryStatus.ACTIVATED,

@@ -17,9 +17,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from memos_ray.core.reader import Window
-from memos_ray.domain.memory import MemoryItem, MemoryStatus, MemoryType, SourceMessage, iso
+from memos_ray.domain.memory import (
+    DEFAULT_SESSION,
+    MemoryItem,
+    MemoryStatus,
+    MemoryType,
+    SourceMessage,
+    iso,
+)
 from memos_ray.domain.memory import utc_now as _utc_now
 from memos_ray.services.fine_reader import ExtractedPreference
+from memos_ray.services.memory import Query, as_query
 from memos_ray.stores.preference.base import Preference, PreferenceStore
 from memos_ray.stores.vector.base import VectorFilter
 
@@ -67,7 +75,7 @@ class PreferenceService:
         user_id: str,
         preferences: Sequence[ExtractedPreference],
         sources: Sequence[SourceMessage],
-        session_id: str = "default_session",
+        session_id: str = DEFAULT_SESSION,
         memory_ids: Sequence[str] = (),
     ) -> PreferenceOutcome:
         outcome = PreferenceOutcome()
@@ -179,7 +187,7 @@ class PreferenceService:
     # -- read ------------------------------------------------------------------------------
 
     def search(
-        self, cube_ids: Sequence[str], query: str, top_k: int
+        self, cube_ids: Sequence[str], question: str | Query, top_k: int
     ) -> dict[str, list[Preference]]:
         found: dict[str, list[Preference]] = {cube: [] for cube in cube_ids}
         now = time.monotonic()
@@ -187,9 +195,10 @@ class PreferenceService:
             wanted = [c for c in cube_ids if self._empty.get(c, 0.0) < now]
         if not wanted or top_k <= 0:
             return found
-        dense = self.memory.query_embedder.embed([query])[0]
+        asked = as_query(question)
+        dense = asked.encoded(self.memory.query_embedder).dense[0]
         for cube_id in wanted:
-            found[cube_id] = self.store.search(cube_id, query, dense, top_k)
+            found[cube_id] = self.store.search(cube_id, asked.text, dense, top_k)
             if not found[cube_id]:
                 _, total = self.store.list(cube_id, 0, 1)
                 if total == 0:

@@ -21,9 +21,16 @@ from sqlalchemy import Engine
 from memos_ray.config import MemosConfig
 from memos_ray.core.filters import FilterExpr
 from memos_ray.core.reader import Window
-from memos_ray.domain.memory import Edge, MemoryItem, MemoryStatus
+from memos_ray.domain.memory import DEFAULT_SESSION, Edge, MemoryItem, MemoryStatus
 from memos_ray.errors import StoreError
-from memos_ray.services.memory import AddOutcome, MemoryService, Reconciled, SearchOptions
+from memos_ray.services.memory import (
+    AddOutcome,
+    MemoryService,
+    Query,
+    Reconciled,
+    SearchOptions,
+    as_query,
+)
 from memos_ray.services.space_registry import EmbeddingSpace, SpaceRegistry
 from memos_ray.services.spaces import SPACE_TTL_S, EmbedderFactory, SpaceResolver, SpaceStores
 from memos_ray.stores.vector.base import (
@@ -67,7 +74,7 @@ class SpaceRouter:
         cube_id: str,
         user_id: str,
         windows: Sequence[Window],
-        session_id: str = "default_session",
+        session_id: str = DEFAULT_SESSION,
         tags: Sequence[str] = (),
         info: Mapping[str, Any] | None = None,
         status: MemoryStatus = MemoryStatus.ACTIVATED,
@@ -121,7 +128,7 @@ class SpaceRouter:
 
     def search(
         self,
-        query: str,
+        query: str | Query,
         cube_filters: Mapping[str, FilterExpr | None],
         options: SearchOptions,
     ) -> dict[str, list[MemoryItem]]:
@@ -135,7 +142,8 @@ class SpaceRouter:
         # Several groups only while cubes of one search sit in different spaces (a partial
         # move): rare enough that the groups run one after the other.
         for space, filters in groups.items():
-            merged.update(self.resolver.service_in(space).search(query, filters, options))
+            asked = as_query(query)  # encoded once per space model
+            merged.update(self.resolver.service_in(space).search(asked, filters, options))
         return {cube: merged[cube] for cube in cube_filters}
 
     def close(self) -> None:

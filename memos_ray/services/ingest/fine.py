@@ -28,6 +28,7 @@ from memos_ray.config import FineConfig, ReaderConfig
 from memos_ray.core.documents import Document
 from memos_ray.core.reader import Window, fast_windows
 from memos_ray.domain.memory import (
+    DEFAULT_SESSION,
     Edge,
     EdgeType,
     MemoryItem,
@@ -54,7 +55,7 @@ class FineWindow(BaseModel):
 
     window_id: str
     user_id: str
-    session_id: str = "default_session"
+    session_id: str = DEFAULT_SESSION
     tags: list[str] = Field(default_factory=list)
     info: dict[str, Any] = Field(default_factory=dict)
     text: str

@@ -12,7 +12,7 @@ whose `tool` messages carry the `tool_call_id` they answer; `tools` holds the to
 They become tool memories exactly as the API's add makes them.
 
 `user_id` defaults to the job's user, `cube_id` to the user id (a user's own cube, as in the
-API), `session_id` to "default_session". Message records of one (cube, user, session) form
+API), `session_id` to DEFAULT_SESSION. Message records of one (cube, user, session) form
 one conversation, in file order. A record that does not validate is a `BadRecord` (file,
 line, reason): counted and reported, never silently dropped, never fatal to the job.
 
@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from memos_ray.domain.memory import DEFAULT_SESSION
 from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 
 Format = Literal["jsonl", "parquet", "locomo", "longmemeval"]
@@ -70,7 +71,7 @@ class TurnRecord(_Record):
 class _Scoped(_Record):
     cube_id: Name | None = None
     user_id: Name | None = None
-    session_id: Name = "default_session"
+    session_id: Name = DEFAULT_SESSION
 
 
 class MessageRecord(_Scoped, TurnRecord):
@@ -108,7 +109,7 @@ class Unit(BaseModel):
 
     cube_id: str
     user_id: str
-    session_id: str = "default_session"
+    session_id: str = DEFAULT_SESSION
     order: tuple[int, int]
     # "message": one record of a conversation kept as one record per message; the messages
     # of one (user, session) are joined into one conversation before cutting.

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from memos_ray.domain.memory import iso, utc_now
+from memos_ray.domain.memory import DEFAULT_SESSION, iso, utc_now
 
 PreferenceKind = Literal["explicit", "implicit"]
 PreferenceStatus = Literal["activated", "archived", "deleted"]
@@ -37,7 +37,7 @@ class Preference(BaseModel):
     reasoning: str = ""
     topic: str = ""
     source_memory_ids: list[str] = Field(default_factory=list)
-    session_id: str = "default_session"
+    session_id: str = DEFAULT_SESSION
     # Fixed-width UTC ISO text (memos_ray.domain.memory.iso), so they sort as strings.
     created_at: str = Field(default_factory=_now)
     updated_at: str = Field(default_factory=_now)

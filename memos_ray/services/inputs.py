@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from memos_ray.config import LimitsConfig, ReaderConfig
 from memos_ray.core.documents import Document, chunk_text, decode_file_data, parse_document
+from memos_ray.core.filters import FilterExpr, parse_filter
 from memos_ray.core.reader import Turn, Window, fast_windows, text_memory
 from memos_ray.core.tools import ToolMessage, schema_windows, trajectory_windows
+from memos_ray.domain.memory import TEXT_MEMORY_TYPES
 from memos_ray.errors import BadRequestError, PayloadTooLargeError
+from memos_ray.models.chat import Message
 from memos_ray.schemas.messages import ChatMessage, FilePart, ImagePart, TextPart
 from memos_ray.schemas.product import AddRequest
 
@@ -129,3 +134,53 @@ def windows_from_request(
     if not windows and not allow_empty:
         raise BadRequestError("messages is empty: nothing to remember")
     return windows
+
+
+def check_query(query: str, limits: LimitsConfig) -> None:
+    """A query is embedded and scanned against every memory: its length is bounded."""
+    if len(query) > limits.max_query_chars:
+        raise PayloadTooLargeError(
+            f"query is {len(query)} characters; the limit is {limits.max_query_chars}"
+        )
+
+
+def check_top_k(limits: LimitsConfig, **top_ks: int) -> None:
+    for name, value in top_ks.items():
+        if value > limits.max_top_k:
+            raise BadRequestError(f"{name} is over the limit of {limits.max_top_k}")
+
+
+def requested_cubes(cube_ids: list[str] | None, mem_cube_id: str | None) -> list[str] | None:
+    """The cube list of a request; MemOS's deprecated `mem_cube_id` stands for both lists."""
+    return cube_ids or ([mem_cube_id] if mem_cube_id else None)
+
+
+def filters_by_cube(raw: dict[str, Any] | None, cubes: list[str]) -> dict[str, FilterExpr | None]:
+    """A filter keyed by cube ids applies per cube; any other filter applies to all cubes."""
+    if raw and all(k in cubes for k in raw) and all(isinstance(v, dict) for v in raw.values()):
+        return {c: parse_filter(raw.get(c)) for c in cubes}
+    parsed = parse_filter(raw)
+    return {c: parsed for c in cubes}
+
+
+def memory_types(search_memory_type: str) -> list[str] | None:
+    """`search_memory_type` ("All" or a comma list of text memory types) as a type list."""
+    if search_memory_type in ("All", "", None):
+        return None
+    allowed = {str(t) for t in TEXT_MEMORY_TYPES}
+    wanted = [t.strip() for t in search_memory_type.split(",")]
+    unknown = [t for t in wanted if t not in allowed]
+    if unknown:
+        raise BadRequestError(
+            f"search_memory_type {unknown} unknown; expected 'All' or one of {sorted(allowed)}"
+        )
+    return wanted
+
+
+def history_messages(messages: list[ChatMessage] | None) -> list[Message]:
+    """Chat history as model messages, empty ones dropped."""
+    return [
+        Message(role=m.role, content=text)
+        for m in messages or []
+        if (text := message_text(m)[0]).strip()
+    ]

@@ -1,0 +1,76 @@
+"""The search use case: text memories, preferences and tool memories for one question.
+
+The question is embedded once (`Query`) and that vector serves all three searches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memos_ray.config import MemosConfig
+from memos_ray.domain.memory import MemoryItem
+from memos_ray.schemas.product import SearchRequest
+from memos_ray.services.inputs import check_query, check_top_k, filters_by_cube, memory_types
+from memos_ray.services.memory import TOOL_TYPES, Query, SearchOptions
+from memos_ray.services.preferences import PreferenceService
+from memos_ray.services.space_routing import Memories
+from memos_ray.stores.preference.base import Preference
+
+
+@dataclass
+class SearchResult:
+    text: dict[str, list[MemoryItem]]
+    # None when not asked for or not available (no preference store, no tool memories).
+    preferences: dict[str, list[Preference]] | None = None
+    tools: dict[str, list[MemoryItem]] | None = None
+
+
+class SearchService:
+    def __init__(
+        self, config: MemosConfig, memory: Memories, preferences: PreferenceService | None
+    ) -> None:
+        self.config = config
+        self.memory = memory
+        self.preferences = preferences
+
+    def check(self, req: SearchRequest) -> None:
+        """What can be refused before knowing who asks: bounds on sizes."""
+        limits = self.config.limits
+        check_top_k(
+            limits,
+            top_k=req.top_k,
+            pref_top_k=req.pref_top_k,
+            tool_mem_top_k=req.tool_mem_top_k,
+            skill_mem_top_k=req.skill_mem_top_k,
+        )
+        check_query(req.query, limits)
+
+    def search(self, req: SearchRequest, cubes: list[str]) -> SearchResult:
+        self.check(req)
+        query = Query(req.query)
+        filters = filters_by_cube(req.filter, cubes)
+        options = SearchOptions(
+            top_k=req.top_k,
+            relativity=req.relativity,
+            dedup=req.dedup or "no",
+            rerank=req.rerank,
+            memory_types=memory_types(req.search_memory_type),
+            session_id=req.session_id,
+            reference_time=req.reference_time,
+        )
+        result = SearchResult(self.memory.search(query, filters, options))
+        if req.include_preference and req.pref_top_k and self.preferences is not None:
+            result.preferences = self.preferences.search(cubes, query, req.pref_top_k)
+        with_tools = [c for c in cubes if self.memory.has_types(c, TOOL_TYPES)]
+        if req.search_tool_memory and req.tool_mem_top_k and with_tools:
+            tool_options = SearchOptions(
+                top_k=req.tool_mem_top_k,
+                relativity=req.relativity,
+                dedup="no",
+                memory_types=TOOL_TYPES,
+                reference_time=req.reference_time,
+            )
+            result.tools = self.memory.search(
+                query, {c: filters[c] for c in with_tools}, tool_options
+            )
+        return result
