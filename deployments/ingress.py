@@ -30,7 +30,7 @@ from memos_ray.scheduler.actor import SchedulerClient
 from memos_ray.services.chat import ChatService
 from memos_ray.services.memory import MemoryService
 from memos_ray.services.preferences import PreferenceService
-from memos_ray.services.space_routing import SpaceRouter, route_spaces
+from memos_ray.services.spaces import route_spaces
 from memos_ray.services.tenancy import AccessControl
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.sql.tasks import SQLTaskStore
@@ -147,7 +147,7 @@ class MemosIngress:
 
     def _chat(
         self,
-        service: SpaceRouter,
+        service: MemoryService,
         tenancy: TenancyStore,
         preferences: PreferenceService | None,
     ) -> ChatService | None:

@@ -6,11 +6,11 @@
 
 New vectors are written beside the old ones (a store of the target space), the cube's record
 is switched in one update, and the old vectors are deleted after a grace period: see
-`memos_ray.services.reembed`. A running app follows the switch by itself (its services resolve each
-cube's space, `memos_ray.services.space_routing`): run the job on the app's cluster (`--address`, or
-`ray job submit`) while the app serves. Ends with one JSON line on stdout: totals, the
-config that makes new cubes start in the target space, and one report per cube. Running it
-again resumes a move that stopped half-way and leaves moved cubes alone.
+`memos_ray.services.reembed`. A running app follows the switch by itself (its services
+resolve each cube's space, `memos_ray.services.spaces`): run the job on the app's cluster
+(`--address`, or `ray job submit`) while the app serves. Ends with one JSON line on stdout:
+totals, the config that makes new cubes start in the target space, and one report per cube.
+Running it again resumes a move that stopped half-way and leaves moved cubes alone.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from memos_ray.runtime.jobs import (
     resolve_cubes,
 )
 from memos_ray.runtime.jobs_llm import LLMRoute, chat_model_for, close_llm, open_llm
+from memos_ray.services.memory import MemoryService
 from memos_ray.services.reorganize import ReorganizeParams, Reorganizer
 from memos_ray.services.spaces import SpaceRegistry, SpaceResolver, SpaceStores
 
@@ -45,13 +46,13 @@ class ReorganizeWorker:
 
         graph, vectors = build_ray_stores(config)
         ledger = build_tenancy_store(config)
-        self._spaces = SpaceResolver(
+        spaces = SpaceResolver(
             config,
-            graph,
             SpaceRegistry(ledger.engine),
             SpaceStores(config, vectors, in_ray=True),
             build_embedder(config),
         )
+        self._memory = MemoryService(graph, search_config=config.search, spaces=spaces)
         self._params = params
         # Through the LLM deployment (see memos_ray.runtime.jobs_llm), never a model of its own.
         self._model = chat_model_for(config, route) if route is not None else None
@@ -60,8 +61,7 @@ class ReorganizeWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reports = []
         for cube in map(str, batch["cube_id"]):
-            memory = self._spaces.service_for(cube)
-            reorganizer = Reorganizer(memory, self._params, self._model, self._ledger)
+            reorganizer = Reorganizer(self._memory, self._params, self._model, self._ledger)
             reports.append(reorganizer.run(cube).model_dump_json())
         return report_column(reports)
 

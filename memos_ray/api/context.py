@@ -12,15 +12,14 @@ from memos_ray.services.fine import FineService
 from memos_ray.services.memory import MemoryService
 from memos_ray.services.preferences import PreferenceService
 from memos_ray.services.search import SearchService
-from memos_ray.services.space_routing import SpaceRouter
 from memos_ray.services.tenancy import AccessControl
 
 
 @dataclass
 class ApiContext:
     config: MemosConfig
-    # A SpaceRouter in the served app: each cube's calls go to its embedding space.
-    service: MemoryService | SpaceRouter
+    # Over every embedding space in the served app: each cube's calls go to its space.
+    service: MemoryService
     access: AccessControl
     version: str
     # None when no chat model is configured (llm.backend "none").

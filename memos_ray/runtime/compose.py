@@ -35,7 +35,6 @@ from memos_ray.models.reranker import EmbeddingReranker, Reranker
 from memos_ray.services.fine import FineService
 from memos_ray.services.memory import MemoryService
 from memos_ray.services.preferences import PreferenceService
-from memos_ray.services.space_routing import Memories
 from memos_ray.services.spaces import stop_space_stores
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.falkordb import falkordb_graph_store
@@ -127,7 +126,7 @@ def build_chat_model(config: MemosConfig) -> ChatModel | None:
 
 def build_fine_service(
     config: MemosConfig,
-    service: Memories,
+    service: MemoryService,
     model: ChatModel,
     ledger: TenancyStore,
     preferences: PreferenceService | None = None,
@@ -146,7 +145,7 @@ def build_fine_service(
 
 
 def build_preferences(
-    config: MemosConfig, service: Memories, *, in_ray: bool
+    config: MemosConfig, service: MemoryService, *, in_ray: bool
 ) -> PreferenceService | None:
     """The preference store: inside Ray an embedded Milvus Lite is a server owned by a named
     actor (every replica shares it); in one plain process it is a file."""

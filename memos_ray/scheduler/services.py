@@ -26,15 +26,15 @@ from memos_ray.services.chat import ChatService
 from memos_ray.services.fine import FineService
 from memos_ray.services.memory import MemoryService
 from memos_ray.services.preferences import PreferenceService
-from memos_ray.services.space_routing import route_spaces
+from memos_ray.services.spaces import route_spaces
 
 if TYPE_CHECKING:
-    from memos_ray.services.space_routing import Memories
+    from memos_ray.services.memory import MemoryService
 
 
 @dataclass
 class TaskServices:
-    memory: Memories
+    memory: MemoryService
     # Without a preference service: extracted preferences go to a `pref_add` task, so a
     # preference store outage retries only that write, not the LLM's reading.
     fine: FineService | None

@@ -26,8 +26,7 @@ from memos_ray.services.inputs import (
     tool_windows_from_request,
     windows_from_request,
 )
-from memos_ray.services.memory import AddOutcome
-from memos_ray.services.space_routing import Memories
+from memos_ray.services.memory import AddOutcome, MemoryService
 from memos_ray.stores.sql.tasks import Task
 
 logger = logging.getLogger("memos_ray.services.add")
@@ -83,7 +82,7 @@ def fine_read_task_id(cube_id: str, memory_ids: Sequence[str], request_task_id: 
 class _Writes:
     """What one request stored (not its duplicates), per cube, for the undo."""
 
-    def __init__(self, memory: Memories) -> None:
+    def __init__(self, memory: MemoryService) -> None:
         self.memory = memory
         self.ids: dict[str, list[str]] = {}
 
@@ -124,7 +123,7 @@ class AddService:
     def __init__(
         self,
         config: MemosConfig,
-        memory: Memories,
+        memory: MemoryService,
         fine: FineService | None = None,
         tasks: TaskQueue | None = None,
     ) -> None:

@@ -39,7 +39,7 @@ from memos_ray.stores.preference.base import Preference
 from memos_ray.stores.sql.base import TenancyStore
 
 if TYPE_CHECKING:
-    from memos_ray.services.space_routing import Memories
+    from memos_ray.services.memory import MemoryService
 
 logger = logging.getLogger("memos_ray.services.chat")
 
@@ -89,7 +89,7 @@ class ChatAnswer:
 class ChatService:
     def __init__(
         self,
-        memory: Memories,
+        memory: MemoryService,
         model: ChatModel,
         config: ChatConfig,
         reader: ReaderConfig,

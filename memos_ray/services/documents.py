@@ -29,7 +29,7 @@ from memos_ray.domain.memory import (
 from memos_ray.services.fine import FineService
 
 if TYPE_CHECKING:
-    from memos_ray.services.space_routing import Memories
+    from memos_ray.services.memory import MemoryService
 
 
 @dataclass
@@ -64,7 +64,7 @@ def document_windows(document: Document, chunk_chars: int = CHUNK_CHARS) -> list
 
 
 def add_documents(
-    memory: Memories,
+    memory: MemoryService,
     cube_id: str,
     user_id: str,
     documents: Sequence[Document],

@@ -32,7 +32,7 @@ from memos_ray.services.fine import FineService
 from memos_ray.services.memory import SearchOptions
 
 if TYPE_CHECKING:
-    from memos_ray.services.space_routing import Memories
+    from memos_ray.services.memory import MemoryService
 
 logger = logging.getLogger("memos_ray.services.feedback")
 
@@ -252,7 +252,7 @@ class FeedbackService:
 
 
 def set_status(
-    memory: Memories, cube_id: str, item: MemoryItem, status: MemoryStatus, reason: str
+    memory: MemoryService, cube_id: str, item: MemoryItem, status: MemoryStatus, reason: str
 ) -> MemoryItem:
     """A new status with a history entry holding the version it leaves."""
     changed = item.revised(reason, status=status)
@@ -260,7 +260,7 @@ def set_status(
     return changed
 
 
-def recover(memory: Memories, cube_id: str, ids: Sequence[str]) -> list[MemoryItem]:
+def recover(memory: MemoryService, cube_id: str, ids: Sequence[str]) -> list[MemoryItem]:
     """Archived or (soft-)deleted memories back to active; the rest are left as they are."""
     items = memory.graph.get_nodes([cube_id], list(ids))
     return [

@@ -35,8 +35,8 @@ from memos_ray.services.fine_reader import ExtractedPreference, FineReader
 from memos_ray.services.memory import TEXT_TYPES
 
 if TYPE_CHECKING:
+    from memos_ray.services.memory import MemoryService
     from memos_ray.services.preferences import PreferenceService
-    from memos_ray.services.space_routing import Memories
 from memos_ray.stores.preference.base import Preference
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.vector.base import VectorFilter
@@ -113,7 +113,7 @@ class FineOutcome:
 class FineService:
     def __init__(
         self,
-        memory: Memories,
+        memory: MemoryService,
         model: ChatModel,
         *,
         max_attempts: int = 2,

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -133,32 +133,108 @@ def as_query(query: str | Query) -> Query:
     return query if isinstance(query, Query) else Query(query)
 
 
+@dataclass
+class SpaceBinding:
+    """One embedding space: where its vectors live, the models that embed into it and the
+    per-cube ranking indexes built from those vectors."""
+
+    vectors: VectorStore
+    embedder: Embedder
+    # Queries may take another path (e.g. in-process) than bulk writes.
+    query_embedder: Embedder
+    indexes: CubeIndexCache
+
+
+def bind_space(
+    vectors: VectorStore,
+    embedder: Embedder,
+    search: SearchConfig,
+    query_embedder: Embedder | None = None,
+) -> SpaceBinding:
+    indexes = CubeIndexCache(vectors, search.ranking, None, search.index_max_cubes)
+    return SpaceBinding(vectors, embedder, query_embedder or embedder, indexes)
+
+
+class CubeSpaces(Protocol):
+    """Which space each cube is in (`services.spaces.SpaceResolver` reads the registry)."""
+
+    @property
+    def default(self) -> SpaceBinding: ...
+
+    def of(self, cube_id: str) -> SpaceBinding: ...
+
+    def groups(self, cube_ids: Sequence[str]) -> list[tuple[SpaceBinding, list[str]]]: ...
+
+    def close(self) -> None: ...
+
+
+class OneSpace:
+    """Every cube in the configured space: a service that never moves cubes (jobs, tests)."""
+
+    def __init__(self, space: SpaceBinding) -> None:
+        self._space = space
+
+    @property
+    def default(self) -> SpaceBinding:
+        return self._space
+
+    def of(self, cube_id: str) -> SpaceBinding:
+        return self._space
+
+    def groups(self, cube_ids: Sequence[str]) -> list[tuple[SpaceBinding, list[str]]]:
+        return [(self._space, list(cube_ids))]
+
+    def close(self) -> None:
+        self._space.vectors.close()
+
+
 class MemoryService:
-    """Text memory operations over one graph store and one vector store."""
+    """Text memory operations over one graph store and each cube's embedding space.
+
+    Calls that name a cube use that cube's space (its vector store and model), so once
+    `jobs.reembed` moves a cube, its queries are embedded with the new model and its new
+    memories land in the new store, with no restart. Reads by id need no space: the graph
+    is shared by all.
+    """
 
     def __init__(
         self,
         graph: GraphStore,
-        vectors: VectorStore,
-        embedder: Embedder,
+        vectors: VectorStore | None = None,
+        embedder: Embedder | None = None,
         reranker: Reranker | None = None,
         search_config: SearchConfig | None = None,
         query_embedder: Embedder | None = None,
+        *,
+        spaces: CubeSpaces | None = None,
     ) -> None:
+        """One space from `vectors` and `embedder`, or every space `spaces` resolves."""
         self.graph = graph
-        self.vectors = vectors
-        self.embedder = embedder
-        # Queries may use a different path (e.g. in-process) than bulk documents.
-        self.query_embedder = query_embedder or embedder
         self.reranker = reranker
         self.search_config = search_config or SearchConfig()
+        if spaces is None:
+            if vectors is None or embedder is None:
+                raise TypeError("MemoryService needs vectors and an embedder, or spaces")
+            spaces = OneSpace(bind_space(vectors, embedder, self.search_config, query_embedder))
+        self.spaces: CubeSpaces = spaces
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memos-fanout")
-        self._indexes = CubeIndexCache(
-            vectors,
-            self.search_config.ranking,
-            None,
-            self.search_config.index_max_cubes,
-        )
+
+    @property
+    def vectors(self) -> VectorStore:
+        """The configured (default) space's store; a cube's own is `vectors_of(cube)`."""
+        return self.spaces.default.vectors
+
+    @property
+    def embedder(self) -> Embedder:
+        """The configured model (preference memory is embedded with it and never moves)."""
+        return self.spaces.default.embedder
+
+    @property
+    def query_embedder(self) -> Embedder:
+        return self.spaces.default.query_embedder
+
+    def vectors_of(self, cube_id: str) -> VectorStore:
+        return self.spaces.of(cube_id).vectors
 
     # -- write ---------------------------------------------------------------------------
 
@@ -177,22 +253,24 @@ class MemoryService:
         All or nothing (see the module docstring): node first, point last, and a failure
         removes what this call created before it raises.
         """
+        at = self.spaces.of(cube_id)
         items = items_for_windows(cube_id, user_id, windows, session_id, tags, info, status)
         ids = list(items)
         in_graph = self.graph.existing_ids(cube_id, ids)
-        in_vectors = self.vectors.existing_ids(cube_id, ids) if in_graph else set()
+        in_vectors = at.vectors.existing_ids(cube_id, ids) if in_graph else set()
         complete = in_graph & in_vectors
         # A node left without its point keeps what it recorded (created_at, sources).
         half = [i for i in ids if i in in_graph and i not in complete]
         kept = {node.id: node for node in self.graph.get_nodes([cube_id], half)} if half else {}
         todo = [kept.get(i, items[i]) for i in ids if i not in complete]
         if todo:
-            self._write_new(cube_id, todo, in_graph, in_vectors)
+            self._write_new(at, cube_id, todo, in_graph, in_vectors)
         duplicates = self.graph.get_nodes([cube_id], [i for i in ids if i in complete])
         return AddOutcome(stored=todo, duplicates=duplicates)
 
     def _write_new(
         self,
+        at: SpaceBinding,
         cube_id: str,
         items: Sequence[MemoryItem],
         in_graph: set[str],
@@ -200,28 +278,31 @@ class MemoryService:
     ) -> None:
         """Nodes then points (the commit marker); on failure undo what this call created."""
         seq = time.time_ns()
-        records = self._records(items, [seq + position for position in range(len(items))])
+        records = self._records(at, items, [seq + position for position in range(len(items))])
         nodes = [item for item in items if item.id not in in_graph]
         try:
             if nodes:
                 self.graph.upsert_nodes(cube_id, nodes)
             try:
-                self.vectors.upsert(cube_id, records)
+                at.vectors.upsert(cube_id, records)
             finally:
-                self._indexes.invalidate(cube_id)
+                at.indexes.invalidate(cube_id)
         except Exception:
             self._undo(
+                at,
                 cube_id,
                 [item.id for item in items if item.id not in in_vectors],
                 [node.id for node in nodes],
             )
             raise
 
-    def _undo(self, cube_id: str, points: Sequence[str], nodes: Sequence[str]) -> None:
+    def _undo(
+        self, at: SpaceBinding, cube_id: str, points: Sequence[str], nodes: Sequence[str]
+    ) -> None:
         """Best effort: a store that is down keeps its part, which the retry completes
         (a node without a point) or search hides (a point without a node)."""
         steps: list[tuple[str, Sequence[str], Any]] = [
-            ("vector points", points, self.vectors.delete),
+            ("vector points", points, at.vectors.delete),
             ("graph nodes", nodes, self.graph.delete_nodes),
         ]
         for what, ids, remove in steps:
@@ -237,10 +318,12 @@ class MemoryService:
                     what,
                     exc_info=True,
                 )
-        self._indexes.invalidate(cube_id)
+        at.indexes.invalidate(cube_id)
 
-    def _records(self, items: Sequence[MemoryItem], seqs: Sequence[int]) -> list[VectorRecord]:
-        return vector_records(items, seqs, self.embedder.encode([embedding_text(i) for i in items]))
+    def _records(
+        self, at: SpaceBinding, items: Sequence[MemoryItem], seqs: Sequence[int]
+    ) -> list[VectorRecord]:
+        return vector_records(items, seqs, at.embedder.encode([embedding_text(i) for i in items]))
 
     def update_items(self, cube_id: str, items: Sequence[MemoryItem]) -> None:
         """Rewrite stored items whose text or metadata changed (status, sources, history).
@@ -248,35 +331,37 @@ class MemoryService:
         Vectors first: search reads them, so a failure after that leaves the graph (the
         inspectable record) one step behind rather than search showing a stale status.
         """
+        at = self.spaces.of(cube_id)
         if not items:
             return
         old = {
-            r.id: r.payload.get(SEQ) for r in self.vectors.retrieve(cube_id, [i.id for i in items])
+            r.id: r.payload.get(SEQ) for r in at.vectors.retrieve(cube_id, [i.id for i in items])
         }
         now = time.time_ns()
         seqs = [int(old.get(item.id) or now + n) for n, item in enumerate(items)]
-        records = self._records(items, seqs)
+        records = self._records(at, items, seqs)
         try:
-            self.vectors.upsert(cube_id, records)
+            at.vectors.upsert(cube_id, records)
         finally:
-            self._indexes.invalidate(cube_id)
+            at.indexes.invalidate(cube_id)
         self.graph.upsert_nodes(cube_id, items)
 
     def delete(self, cube_id: str, ids: Sequence[str]) -> list[str]:
         """Remove every trace, also of a memory that one store lost: each store is asked
         which ids it holds in this cube (vectors first: a half-done delete is never
         searchable). Returns the ids found in either store."""
+        at = self.spaces.of(cube_id)
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return []
         in_graph = self.graph.existing_ids(cube_id, wanted)
-        in_vectors = self.vectors.existing_ids(cube_id, [i for i in wanted if is_memory_id(i)])
+        in_vectors = at.vectors.existing_ids(cube_id, [i for i in wanted if is_memory_id(i)])
         present = sorted(in_graph | in_vectors)
         if in_vectors:
             try:
-                self.vectors.delete(cube_id, sorted(in_vectors))
+                at.vectors.delete(cube_id, sorted(in_vectors))
             finally:
-                self._indexes.invalidate(cube_id)
+                at.indexes.invalidate(cube_id)
         if in_graph:
             self.graph.delete_nodes(cube_id, sorted(in_graph))
         return present
@@ -289,25 +374,26 @@ class MemoryService:
         adds: an add in flight has its node and not yet its point, which this would complete
         early (harmless: the same point is written).
         """
-        scan: CubeScan = self.vectors.scan(cube_id)
+        at = self.spaces.of(cube_id)
+        scan: CubeScan = at.vectors.scan(cube_id)
         alive = self.graph.existing_ids(cube_id, scan.ids)
         orphans = sorted(set(scan.ids) - alive)
         if orphans:
             try:
-                self.vectors.delete(cube_id, orphans)
+                at.vectors.delete(cube_id, orphans)
             finally:
-                self._indexes.invalidate(cube_id)
+                at.indexes.invalidate(cube_id)
         node_ids = self.graph.find_ids(cube_id, memory_types=POINT_TYPES)
-        pointless = sorted(set(node_ids) - self.vectors.existing_ids(cube_id, node_ids))
+        pointless = sorted(set(node_ids) - at.vectors.existing_ids(cube_id, node_ids))
         if pointless:
             nodes = self.graph.get_nodes([cube_id], pointless)
             seq = time.time_ns()
             try:
-                self.vectors.upsert(
-                    cube_id, self._records(nodes, [seq + n for n in range(len(nodes))])
+                at.vectors.upsert(
+                    cube_id, self._records(at, nodes, [seq + n for n in range(len(nodes))])
                 )
             finally:
-                self._indexes.invalidate(cube_id)
+                at.indexes.invalidate(cube_id)
         return Reconciled(orphan_points=orphans, completed=pointless)
 
     def delete_matching(self, cube_id: str, filter: FilterExpr) -> list[str]:
@@ -363,25 +449,27 @@ class MemoryService:
         cube_filters: Mapping[str, FilterExpr | None],
         options: SearchOptions,
     ) -> dict[str, list[MemoryItem]]:
-        """Rank each cube's memories, threshold by relativity, de-duplicate."""
+        """Rank each cube's memories, threshold by relativity, de-duplicate. The question is
+        embedded once per embedding space among the cubes (one, unless a move is under way)."""
         asked = as_query(question)
         query = asked.text
-        encoded = asked.encoded(self.query_embedder)
-        query_dense = encoded.dense[0]
-        query_tokens = encoded.tokens[0] if encoded.tokens else None
-        cubes = list(cube_filters)
-
-        def one(cube: str) -> list[MemoryItem]:
-            if self.search_config.ranker == "turns":
-                return self._rank_cube(
-                    query, query_dense, query_tokens, cube, cube_filters[cube], options
-                )
-            return self._hybrid_cube(query, query_dense, cube, cube_filters[cube], options)
-
-        if len(cubes) == 1:
-            return {cubes[0]: one(cubes[0])}
-        futures = {cube: self._pool.submit(one, cube) for cube in cubes}
-        return {cube: fut.result() for cube, fut in futures.items()}
+        jobs: list[tuple[str, Any]] = []
+        for at, cubes in self.spaces.groups(list(cube_filters)):
+            encoded = asked.encoded(at.query_embedder)
+            dense = encoded.dense[0]
+            tokens = encoded.tokens[0] if encoded.tokens else None
+            for cube in cubes:
+                if self.search_config.ranker == "turns":
+                    args: tuple[Any, ...] = (at, query, dense, tokens, cube, cube_filters[cube])
+                    jobs.append((cube, (self._rank_cube, *args, options)))
+                else:
+                    args = (at, query, dense, cube, cube_filters[cube])
+                    jobs.append((cube, (self._hybrid_cube, *args, options)))
+        if len(jobs) == 1:
+            cube, (fn, *args) = jobs[0]
+            return {cube: fn(*args)}
+        futures = {cube: self._pool.submit(*call) for cube, call in jobs}
+        return {cube: futures[cube].result() for cube in cube_filters}
 
     def nearest(
         self, cube_id: str, text: str, limit: int, filter: VectorFilter | None = None
@@ -389,17 +477,20 @@ class MemoryService:
         """The cube's points closest to `text`, embedded as a query (one model per store:
         callers never pair an embedder with a store themselves). Hits may name a point left
         without its node by a crash: callers read the items from the graph (`get_by_ids`)."""
-        vector = self.query_embedder.embed([text])[0]
-        return self.vectors.search_dense([cube_id], vector.tolist(), limit, filter)
+        at = self.spaces.of(cube_id)
+        vector = at.query_embedder.embed([text])[0]
+        return at.vectors.search_dense([cube_id], vector.tolist(), limit, filter)
 
     def has_types(self, cube_id: str, memory_types: Sequence[str]) -> bool:
         """Whether the cube holds any active memory of these types (from its cached index)."""
+        at = self.spaces.of(cube_id)
         if self.search_config.ranker != "turns":
             return True
-        return bool(self._indexes.get(cube_id).type_set & set(memory_types))
+        return bool(at.indexes.get(cube_id).type_set & set(memory_types))
 
     def _rank_cube(
         self,
+        at: SpaceBinding,
         query: str,
         query_dense: np.ndarray,
         query_tokens: np.ndarray | None,
@@ -421,13 +512,13 @@ class MemoryService:
             )
             if not allowed_ids:
                 return []
-        cube = self._indexes.get(cube_id)
+        cube = at.indexes.get(cube_id)
         for attempt in range(2):
             index = cube.index
             if index.size == 0:
-                late = LateScores({}, self.vectors.revision(cube_id))
+                late = LateScores({}, at.vectors.revision(cube_id))
                 if late.revision != cube.revision and attempt == 0:
-                    cube = self._indexes.get(cube_id, late.revision)
+                    cube = at.indexes.get(cube_id, late.revision)
                     continue
                 return []
             allowed = cube.allowed(types, allowed_ids)
@@ -439,13 +530,11 @@ class MemoryService:
             top = head(score, max(params.rerank_n, 3 * options.top_k))
             rerank = top[: params.rerank_n]
             if query_tokens is not None and params.w_maxsim and len(rerank) > 1:
-                late = self.vectors.late_scores(
-                    cube_id, query_tokens, [index.ids[i] for i in rerank]
-                )
+                late = at.vectors.late_scores(cube_id, query_tokens, [index.ids[i] for i in rerank])
             else:
-                late = LateScores({}, self.vectors.revision(cube_id))
+                late = LateScores({}, at.vectors.revision(cube_id))
             if late.revision != cube.revision and attempt == 0:
-                cube = self._indexes.get(cube_id, late.revision)
+                cube = at.indexes.get(cube_id, late.revision)
                 continue
             break
         late_values = np.array([late.scores.get(index.ids[i], np.nan) for i in rerank])
@@ -525,6 +614,7 @@ class MemoryService:
 
     def _hybrid_cube(
         self,
+        at: SpaceBinding,
         query: str,
         query_dense: np.ndarray,
         cube_id: str,
@@ -542,7 +632,7 @@ class MemoryService:
                 return []
             vfilter.ids = allowed
         recall = max(cfg.min_recall, options.top_k * cfg.recall_factor)
-        found = self.vectors.search_hybrid(
+        found = at.vectors.search_hybrid(
             [cube_id], query_dense.tolist(), query_vector(query), recall, vfilter
         )
         fused = rrf_fuse(
@@ -624,7 +714,7 @@ class MemoryService:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
         self.graph.close()
-        self.vectors.close()
+        self.spaces.close()
 
 
 def items_for_windows(

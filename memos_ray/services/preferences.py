@@ -32,7 +32,7 @@ from memos_ray.stores.preference.base import Preference, PreferenceStore
 from memos_ray.stores.vector.base import VectorFilter
 
 if TYPE_CHECKING:
-    from memos_ray.services.space_routing import Memories
+    from memos_ray.services.memory import MemoryService
 
 _NAMESPACE = uuid.UUID("0b6f1e0e-3f59-4d61-9a1c-6d1f4cbb7a21")
 
@@ -50,7 +50,7 @@ class PreferenceOutcome:
 class PreferenceService:
     def __init__(
         self,
-        memory: Memories,
+        memory: MemoryService,
         store: PreferenceStore,
         *,
         implicit_evidence: int = 2,

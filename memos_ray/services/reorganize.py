@@ -46,7 +46,7 @@ from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.vector.base import VectorFilter
 
 if TYPE_CHECKING:
-    from memos_ray.services.space_routing import Memories
+    from memos_ray.services.memory import MemoryService
 
 logger = logging.getLogger("memos_ray.services.reorganize")
 
@@ -105,7 +105,7 @@ class Reorganizer:
 
     def __init__(
         self,
-        memory: Memories,
+        memory: MemoryService,
         params: ReorganizeParams | None = None,
         model: ChatModel | None = None,
         ledger: TenancyStore | None = None,
@@ -125,7 +125,8 @@ class Reorganizer:
         items, _ = self.memory.graph.list_nodes(
             cube_id, memory_types=TEXT_TYPES, statuses=[MemoryStatus.ACTIVATED]
         )
-        scan = self.memory.vectors.scan(
+        store = self.memory.vectors_of(cube_id)
+        scan = store.scan(
             cube_id,
             VectorFilter(memory_types=list(TEXT_TYPES), statuses=[MemoryStatus.ACTIVATED]),
         )
@@ -134,7 +135,7 @@ class Reorganizer:
         kept = sorted((i for i in items if i.id in rows), key=lambda i: i.id)
         report.unvectored = sorted(i.id for i in items if i.id not in rows)
         report.active = len(items)
-        dim = scan.dense.shape[1] if scan.dense.ndim == 2 else self.memory.vectors.dim
+        dim = scan.dense.shape[1] if scan.dense.ndim == 2 else store.dim
         vectors = (
             scan.dense[[rows[i.id] for i in kept]].astype(np.float32)
             if kept

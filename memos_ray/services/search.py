@@ -11,9 +11,8 @@ from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import MemoryItem
 from memos_ray.schemas.product import SearchRequest
 from memos_ray.services.inputs import check_query, check_top_k, filters_by_cube, memory_types
-from memos_ray.services.memory import TOOL_TYPES, Query, SearchOptions
+from memos_ray.services.memory import TOOL_TYPES, MemoryService, Query, SearchOptions
 from memos_ray.services.preferences import PreferenceService
-from memos_ray.services.space_routing import Memories
 from memos_ray.stores.preference.base import Preference
 
 
@@ -27,7 +26,7 @@ class SearchResult:
 
 class SearchService:
     def __init__(
-        self, config: MemosConfig, memory: Memories, preferences: PreferenceService | None
+        self, config: MemosConfig, memory: MemoryService, preferences: PreferenceService | None
     ) -> None:
         self.config = config
         self.memory = memory

@@ -8,8 +8,8 @@ vectors of two models are not comparable and may differ in dimension.
 Which space each cube uses is durable state, a row per moved cube in the SQL store
 (`embedding_spaces`, see `memos_ray.services.space_registry`); a cube without a row is in
 the default space. Anything that embeds for a cube (a search query, an add) must use the
-cube's space: `SpaceResolver` answers that question and hands out a `MemoryService` per
-space; running services reach it through `space_routing.SpaceRouter`.
+cube's space: `SpaceResolver` answers that question, and a `MemoryService` built over it
+(`route_spaces`) sends each cube's calls to its space's store and model.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from sqlalchemy import Engine
+
 from memos_ray.config import MemosConfig, QdrantConfig, QdrantEdgeConfig
 from memos_ray.embedded.actors import get_or_create_vector_actor
 from memos_ray.embedded.falkordb_actor import actor_suffix
 from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
-from memos_ray.models.reranker import Reranker
-from memos_ray.services.memory import MemoryService
+from memos_ray.services.memory import MemoryService, SpaceBinding, bind_space
 from memos_ray.services.space_registry import CubeSpace, EmbeddingSpace, SpaceRegistry
-from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.vector.base import VectorStore
 from memos_ray.stores.vector.qdrant import QdrantVectorStore
 
@@ -193,11 +193,11 @@ EmbedderFactory = Callable[[EmbeddingSpace], Embedder]
 
 
 class SpaceResolver:
-    """What a service needs per cube: the cube's space, its store and its embedder.
+    """Which embedding space each cube is in, and that space's store and models
+    (`memory.CubeSpaces`, for a MemoryService over every space).
 
-    `service_for(cube)` returns a MemoryService bound to the cube's current space, so a
-    caller that resolves per request searches with the old model until the switch and with
-    the new one right after it. Stores and embedders are opened once per space.
+    A caller that resolves per request searches with the old model until the switch and
+    with the new one right after it. Stores and embedders are opened once per space.
 
     A job reads the registry on every call (`ttl_s` 0). A running service passes `ttl_s`:
     what it read is trusted that long, and while no cube has a record at all the default
@@ -208,28 +208,24 @@ class SpaceResolver:
     def __init__(
         self,
         config: MemosConfig,
-        graph: GraphStore,
         registry: SpaceRegistry,
         stores: SpaceStores,
         default_embedder: Embedder,
         *,
-        default_service: MemoryService | None = None,
+        default: SpaceBinding | None = None,
         embedder_for: EmbedderFactory | None = None,
-        reranker: Reranker | None = None,
         ttl_s: float = 0.0,
     ) -> None:
         self.config = config
-        self.graph = graph
         self.registry = registry
-        self.default = default_space(config)
+        self.default_space = default_space(config)
         self.stores = stores
-        self.reranker = reranker
         self.ttl_s = ttl_s
         self._default_embedder = default_embedder
         self._embedder_for = embedder_for
-        self._services: dict[EmbeddingSpace, MemoryService] = {}
-        if default_service is not None:
-            self._services[self.default] = default_service
+        self._bindings: dict[EmbeddingSpace, SpaceBinding] = {}
+        if default is not None:
+            self._bindings[self.default_space] = default
         self._lock = threading.Lock()
         self._refresh = threading.Lock()
         self._moved_until = 0.0
@@ -238,21 +234,35 @@ class SpaceResolver:
         self._warming: set[EmbeddingSpace] = set()
 
     @property
-    def default_service(self) -> MemoryService:
-        return self.service_in(self.default)
+    def default(self) -> SpaceBinding:
+        return self.binding(self.default_space)
+
+    def of(self, cube_id: str) -> SpaceBinding:
+        return self.binding(self.space_of(cube_id))
+
+    def groups(self, cube_ids: Sequence[str]) -> list[tuple[SpaceBinding, list[str]]]:
+        """The cubes by space (one group unless a move is under way)."""
+        grouped: dict[EmbeddingSpace, list[str]] = {}
+        for cube, space in self.spaces_of(cube_ids).items():
+            grouped.setdefault(space, []).append(cube)
+        return [(self.binding(space), cubes) for space, cubes in grouped.items()]
+
+    def close(self) -> None:
+        self.stores.close()
+        self.stores.default.close()
 
     def space_of(self, cube_id: str) -> EmbeddingSpace:
         if self.ttl_s > 0 and not self._anything_moved():
-            return self.default
+            return self.default_space
         return self.spaces_of([cube_id])[cube_id]
 
     def spaces_of(self, cube_ids: Sequence[str]) -> dict[str, EmbeddingSpace]:
         """Each cube's current space, with one registry query for those not cached."""
         if self.ttl_s <= 0:
             records = self.registry.get_many(cube_ids)
-            return {c: records[c].active if c in records else self.default for c in cube_ids}
+            return {c: records[c].active if c in records else self.default_space for c in cube_ids}
         if not self._anything_moved():
-            return dict.fromkeys(cube_ids, self.default)
+            return dict.fromkeys(cube_ids, self.default_space)
         now = time.monotonic()
         spaces: dict[str, EmbeddingSpace] = {}
         for cube in cube_ids:
@@ -266,7 +276,7 @@ class SpaceResolver:
             if len(self._cached) > _MAX_CACHED:
                 self._cached.clear()
             for cube in missing:
-                space = records[cube].active if cube in records else self.default
+                space = records[cube].active if cube in records else self.default_space
                 self._cached[cube] = (now + self.ttl_s, space)
                 spaces[cube] = space
         return {c: spaces[c] for c in cube_ids}
@@ -283,28 +293,20 @@ class SpaceResolver:
                 self._refresh.release()
         return self._moved
 
-    def service_for(self, cube_id: str) -> MemoryService:
-        return self.service_in(self.space_of(cube_id))
-
-    def service_in(self, space: EmbeddingSpace) -> MemoryService:
-        service = self._services.get(space)
-        if service is not None:
-            return service
+    def binding(self, space: EmbeddingSpace) -> SpaceBinding:
+        found = self._bindings.get(space)
+        if found is not None:
+            return found
         with self._lock:
-            service = self._services.get(space)
-            if service is None:
-                service = MemoryService(
-                    self.graph,
-                    self.stores.store(space),
-                    self._embedder(space),
-                    self.reranker,
-                    self.config.search,
-                )
-                self._services[space] = service
-            return service
+            found = self._bindings.get(space)
+            if found is None:
+                store = self.stores.store(space)
+                found = bind_space(store, self._embedder(space), self.config.search)
+                self._bindings[space] = found
+            return found
 
     def _embedder(self, space: EmbeddingSpace) -> Embedder:
-        if (space.model, space.dim) == (self.default.model, self.default.dim):
+        if (space.model, space.dim) == (self.default_space.model, self.default_space.dim):
             return self._default_embedder
         if self._embedder_for is not None:
             return self._embedder_for(space)
@@ -316,7 +318,7 @@ class SpaceResolver:
             if record.state != "migrating" or target is None:
                 continue
             with self._lock:
-                if target in self._services or target in self._warming:
+                if target in self._bindings or target in self._warming:
                     continue
                 self._warming.add(target)
             threading.Thread(
@@ -325,13 +327,42 @@ class SpaceResolver:
 
     def _warm(self, space: EmbeddingSpace) -> None:
         try:
-            service = self.service_in(space)
-            service.embedder.embed(["warm up"])
-            if service.query_embedder is not service.embedder:
-                service.query_embedder.embed(["warm up"])
+            binding = self.binding(space)
+            binding.embedder.embed(["warm up"])
+            if binding.query_embedder is not binding.embedder:
+                binding.query_embedder.embed(["warm up"])
         except Exception:
             # Not fatal: the first request in that space opens it again.
             logger.warning("warming embedding space %s failed", space.slug, exc_info=True)
         finally:
             with self._lock:
                 self._warming.discard(space)
+
+
+def route_spaces(
+    config: MemosConfig,
+    service: MemoryService,
+    engine: Engine,
+    embedder_for: EmbedderFactory,
+    *,
+    in_ray: bool = True,
+    ttl_s: float = SPACE_TTL_S,
+) -> MemoryService:
+    """`service` (the configured stores and models) over every embedding space, for the
+    services that keep running while cubes move; `embedder_for` gives the embedder of any
+    other space's model."""
+    resolver = SpaceResolver(
+        config,
+        SpaceRegistry(engine),
+        SpaceStores(config, service.vectors, in_ray=in_ray),
+        service.embedder,
+        default=service.spaces.default,
+        embedder_for=embedder_for,
+        ttl_s=ttl_s,
+    )
+    return MemoryService(
+        service.graph,
+        reranker=service.reranker,
+        search_config=service.search_config,
+        spaces=resolver,
+    )

@@ -23,15 +23,15 @@ from memos_ray.core.reader import Window
 from memos_ray.domain.memory import MemoryStatus, MemoryType, SourceMessage
 from memos_ray.models.embedder import SentenceTransformerEmbedder, default_model_path
 from memos_ray.runtime.compose import LocalStack
-from memos_ray.services.memory import MemoryService, SearchOptions
+from memos_ray.services.memory import MemoryService, OneSpace, SearchOptions
 from memos_ray.services.reembed import CubeMover, ReembedParams, ReembedReport
-from memos_ray.services.space_routing import SpaceRouter
 from memos_ray.services.spaces import (
     EmbeddingSpace,
     SpaceRegistry,
     SpaceResolver,
     SpaceStores,
     default_space,
+    route_spaces,
     space_embedder,
     space_for_model,
 )
@@ -104,7 +104,7 @@ def test_move_step_by_step_never_stops_search(
     with LocalStack(config, embedder=embedder) as stack:
         graph, registry = stack.service.graph, SpaceRegistry(stack.tenancy.engine)
         stores = SpaceStores(config, stack.service.vectors, in_ray=False)
-        resolver = SpaceResolver(config, graph, registry, stores, embedder)
+        resolver = SpaceResolver(config, registry, stores, embedder)
         target = space_for_model(config, str(projected_model), NEW_DIM)
         assert target.location != default_space(config).location
         new_model = space_embedder(config, target)
@@ -112,10 +112,12 @@ def test_move_step_by_step_never_stops_search(
         cube = "moving"
         # As running services hold them: what they read is trusted for ttl_s, and "no cube
         # was ever moved" is answered from that cache without any per-cube query.
-        trusting = SpaceResolver(config, graph, registry, stores, embedder, ttl_s=3600)
-        brief = SpaceResolver(config, graph, registry, stores, embedder, ttl_s=0.2)
+        trusting = SpaceResolver(config, registry, stores, embedder, ttl_s=3600)
+        brief = SpaceResolver(config, registry, stores, embedder, ttl_s=0.2)
         assert trusting.space_of(cube) == brief.space_of(cube) == default_space(config)
-        before = resolver.service_for(cube)
+        # A writer that resolved the cube before the move and keeps writing to that space.
+        old_space = resolver.of(cube)
+        before = MemoryService(graph, search_config=config.search, spaces=OneSpace(old_space))
         ids = {t: before.add_windows(cube, "u", [_fact(t)]).stored[0].id for t in FACTS}
 
         # Copied beside the old vectors: the cube still lives in the old space.
@@ -124,7 +126,7 @@ def test_move_step_by_step_never_stops_search(
         assert source == default_space(config) and registry.get(cube).state == "migrating"
         mover.copy(cube, source, report)
         assert report.copied == len(FACTS) and report.rounds == 2  # the second finds nothing
-        assert resolver.space_of(cube) == source and resolver.service_for(cube) is before
+        assert resolver.space_of(cube) == source and resolver.of(cube) is old_space
         assert _top(before, cube, "What is the name of Alice's cat?")[0] == FACTS[0]
         new_store = stores.store(target)
         [record] = new_store.retrieve(cube, [ids[FACTS[0]]])
@@ -142,7 +144,9 @@ def test_move_step_by_step_never_stops_search(
         assert trusting.space_of(cube) == source  # within its ttl: why cleanup waits
         time.sleep(0.3)
         assert brief.space_of(cube) == target  # its ttl passed: the switch is seen
-        after = resolver.service_for(cube)
+        after = MemoryService(
+            graph, search_config=config.search, spaces=OneSpace(resolver.of(cube))
+        )
         assert resolver.space_of(cube) == target and after.vectors is new_store
         assert after.embedder.dim == NEW_DIM  # queries are now embedded with the new model
         assert _top(after, cube, "Who has a bicycle?")[0] == late
@@ -179,9 +183,9 @@ def test_move_step_by_step_never_stops_search(
         assert finished.state == "moved" and finished.copied == 0 and finished.removed_old == 1
         assert resolver.space_of(other) == target
 
-        # The router a running service holds: one search over cubes of two spaces, each
+        # The service a running app holds: one search over cubes of two spaces, each
         # embedded with its own model; writes and direct store reads follow each cube.
-        router = SpaceRouter(resolver)
+        router = MemoryService(graph, search_config=config.search, spaces=resolver)
         stays = "stays"
         router.add_windows(stays, "u", [_fact(FACTS[2])])
         assert stack.service.vectors.count(stays) == 1 and new_store.count(stays) == 0
@@ -189,7 +193,7 @@ def test_move_step_by_step_never_stops_search(
         found = router.search("Who has a bicycle?", {cube: None, stays: None}, options)
         assert list(found) == [cube, stays]
         assert found[cube][0].memory == late and found[stays][0].memory == FACTS[2]
-        assert router.vectors.count(cube) == new_store.count(cube)
+        assert router.vectors_of(cube).count(cube) == new_store.count(cube)
         [near] = router.nearest(cube, late, 1)
         assert near.id == late_id  # embedded with the cube's 256-d model, not the default
         stores.close()
@@ -229,11 +233,12 @@ def test_job_moves_cubes_and_is_idempotent(
         assert summary["errors"] == 0 and summary["moved"] == 2
         assert summary["copied"] == summary["removed_old"] == 2 * len(FACTS)
         assert summary["config_for_new_cubes"]["embedder"]["dim"] == NEW_DIM
-        resolver = SpaceResolver(ray_config, graph, registry, stores, embedder)
+        resolver = SpaceResolver(ray_config, registry, stores, embedder)
+        moved = MemoryService(graph, search_config=ray_config.search, spaces=resolver)
         for cube in cubes:
             assert registry.active(cube, default_space(ray_config)) == target
             assert vectors.count(cube) == 0 and stores.store(target).count(cube) == len(FACTS)
-            assert _top(resolver.service_for(cube), cube, "Who drives a Toyota?")[0] == FACTS[2]
+            assert _top(moved, cube, "Who drives a Toyota?")[0] == FACTS[2]
 
         again = run(ray_config, cubes, False, target, params, concurrency=1)
         assert again["moved"] == 0 and again["already_in_target"] == 2 and again["copied"] == 0
@@ -266,15 +271,20 @@ def test_space_of_the_configured_model_is_the_configured_store(tmp_path: Path) -
     assert other == EmbeddingSpace(model="/models/e5-small", dim=384, location=other.location)
 
 
-def test_the_router_offers_every_method_of_memory_service() -> None:
-    """Routes, chat, fine and preferences get a SpaceRouter in the served app: a method
-    added to MemoryService and not to the router would fail there only, so check here."""
-    import inspect
-
-    for name, method in inspect.getmembers(MemoryService, inspect.isfunction):
-        if name.startswith("_"):
-            continue
-        routed = getattr(SpaceRouter, name, None)
-        assert routed is not None, f"SpaceRouter has no {name}"
-        expected = list(inspect.signature(method).parameters)
-        assert list(inspect.signature(routed).parameters) == expected, name
+def test_the_served_app_holds_one_memory_service_over_every_space(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    """Routes, chat, fine and preferences get the served app's MemoryService itself (no
+    class mirrors its methods), each call resolved to the cube's space; unmoved cubes use
+    the configured store and model."""
+    config = _config(tmp_path)
+    with LocalStack(config, embedder=embedder) as stack:
+        served = route_spaces(
+            config, stack.service, stack.tenancy.engine, lambda space: embedder, in_ray=False
+        )
+        assert type(served) is MemoryService and isinstance(served.spaces, SpaceResolver)
+        assert served.spaces.default is stack.service.spaces.default
+        served.add_windows("plain", "u", [_fact(FACTS[0])])
+        assert stack.service.vectors.count("plain") == 1
+        assert served.vectors_of("plain") is stack.service.vectors
+        served.spaces.stores.close()
