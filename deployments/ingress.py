@@ -11,28 +11,16 @@ from ray.serve.handle import DeploymentHandle
 from memos_ray import __version__
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
-from memos_ray.config import MemosConfig, OpenAILLMConfig
+from memos_ray.config import MemosConfig
 from memos_ray.errors import ServiceUnavailableError
-from memos_ray.models.adapters import AdapterStore
-from memos_ray.models.chat import ChatModel
-from memos_ray.models.handles import HandleChatModel, HandleEmbedder
 from memos_ray.runtime.compose import (
-    build_chat_model,
-    build_fine_service,
-    build_preferences,
     build_query_embedder,
     build_ray_stores,
-    build_reranker,
-    build_tenancy_store,
+    build_services,
+    served_models,
 )
 from memos_ray.runtime.netguard import keep_serve_grpc_on_loopback, let_ingress_rebind_its_port
 from memos_ray.scheduler.actor import SchedulerClient
-from memos_ray.services.chat import ChatService
-from memos_ray.services.memory import MemoryService
-from memos_ray.services.preferences import PreferenceService
-from memos_ray.services.spaces import route_spaces
-from memos_ray.services.tenancy import AccessControl
-from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.sql.tasks import SQLTaskStore
 
 logger = logging.getLogger("ray.serve")
@@ -100,68 +88,21 @@ class MemosIngress:
         with self._lock:
             if self._context is None:
                 config = self._config
-                handle = self._embedder_handle
-                graph, vectors = build_ray_stores(config)
-                configured = MemoryService(
-                    graph,
-                    vectors,
-                    HandleEmbedder(handle, config.embedder.dim),
-                    build_reranker(config),
-                    config.search,
+                models = served_models(
+                    config,
+                    self._embedder_handle,
+                    self._llm_handle,
                     query_embedder=build_query_embedder(config),
                 )
-                admin_key = config.admin_key.get_secret_value() if config.admin_key else None
-                tenancy = build_tenancy_store(config)
-                # Each cube in its own embedding space (jobs.reembed moves cubes while this
-                # runs); other spaces' models are served by the embedder deployment too.
-                service = route_spaces(
-                    config,
-                    configured,
-                    tenancy.engine,
-                    lambda space: HandleEmbedder(handle, space.dim, model=space.model),
-                )
-                access = AccessControl(tenancy, admin_key)
-                preferences = build_preferences(config, service, in_ray=True)
-                chat = self._chat(service, tenancy, preferences)
-                fine = (
-                    build_fine_service(config, service, chat.model, tenancy, preferences)
-                    if chat
-                    else None
-                )
-                scheduler = SchedulerClient(config, SQLTaskStore(tenancy.engine))
+                graph, vectors = build_ray_stores(config)
+                services = build_services(config, graph, vectors, models, in_ray=True)
+                scheduler = SchedulerClient(config, SQLTaskStore(services.tenancy.engine))
                 resumed = scheduler.resume_all()
                 if resumed:
                     logger.info("memos-ray: resumed unfinished tasks of %d cubes", resumed)
-                self._context = ApiContext(
-                    config,
-                    service,
-                    access,
-                    __version__,
-                    chat=chat,
-                    fine=fine,
-                    preferences=preferences,
-                    scheduler=scheduler,
-                )
+                self._context = ApiContext.of(services, __version__, scheduler)
                 self._error = None
         return self._context
-
-    def _chat(
-        self,
-        service: MemoryService,
-        tenancy: TenancyStore,
-        preferences: PreferenceService | None,
-    ) -> ChatService | None:
-
-        config = self._config
-        model: ChatModel | None = HandleChatModel(self._llm_handle) if self._llm_handle else None
-        if model is None and isinstance(config.llm, OpenAILLMConfig):
-            model = build_chat_model(config)
-        if model is None:
-            return None
-        adapters = AdapterStore.for_config(config)
-        return ChatService(
-            service, model, config.chat, config.reader, adapters, tenancy, preferences
-        )
 
     def check_health(self) -> None:
         if self._error is not None:

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from memos_ray.config import MemosConfig, NoLLMConfig
-from memos_ray.runtime.compose import build_embedder, build_ray_stores, build_tenancy_store
+from memos_ray.runtime.compose import (
+    Models,
+    build_embedder,
+    build_ray_stores,
+    build_services,
+    build_tenancy_store,
+)
 from memos_ray.runtime.jobs import (
     add_common_args,
     emit,
@@ -30,9 +36,7 @@ from memos_ray.runtime.jobs import (
     resolve_cubes,
 )
 from memos_ray.runtime.jobs_llm import LLMRoute, chat_model_for, close_llm, open_llm
-from memos_ray.services.memory import MemoryService
 from memos_ray.services.reorganize import ReorganizeParams, Reorganizer
-from memos_ray.services.spaces import SpaceRegistry, SpaceResolver, SpaceStores
 
 
 class ReorganizeWorker:
@@ -46,13 +50,12 @@ class ReorganizeWorker:
 
         graph, vectors = build_ray_stores(config)
         ledger = build_tenancy_store(config)
-        spaces = SpaceResolver(
-            config,
-            SpaceRegistry(ledger.engine),
-            SpaceStores(config, vectors, in_ray=True),
-            build_embedder(config),
+        # Each cube is read and written in its own embedding space.
+        models = Models(build_embedder(config))
+        services = build_services(
+            config, graph, vectors, models, in_ray=True, tenancy=ledger, space_ttl_s=0
         )
-        self._memory = MemoryService(graph, search_config=config.search, spaces=spaces)
+        self._memory = services.memory
         self._params = params
         # Through the LLM deployment (see memos_ray.runtime.jobs_llm), never a model of its own.
         self._model = chat_model_for(config, route) if route is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memos_ray.config import MemosConfig
+from memos_ray.runtime.compose import Services
 from memos_ray.scheduler.actor import SchedulerClient
 from memos_ray.services.add import AddService
 from memos_ray.services.chat import ChatService
@@ -37,3 +38,19 @@ class ApiContext:
     def __post_init__(self) -> None:
         self.adder = AddService(self.config, self.service, self.fine, self.scheduler)
         self.searcher = SearchService(self.config, self.service, self.preferences)
+
+    @classmethod
+    def of(
+        cls, services: Services, version: str, scheduler: SchedulerClient | None = None
+    ) -> ApiContext:
+        """The context over what `runtime.compose.build_services` built."""
+        return cls(
+            services.config,
+            services.memory,
+            services.access,
+            version,
+            chat=services.chat,
+            fine=services.fine,
+            preferences=services.preferences,
+            scheduler=scheduler,
+        )

@@ -22,9 +22,9 @@ from memos_ray.client import MemosClient
 from memos_ray.config import MemosConfig, ReaderConfig
 from memos_ray.core.reader import Turn, fast_windows
 from memos_ray.models.embedder import SentenceTransformerEmbedder
-from memos_ray.runtime.compose import build_query_embedder, build_ray_stores, build_reranker
+from memos_ray.runtime.compose import Models, build_query_embedder, build_ray_stores, build_services
 from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
-from memos_ray.services.memory import MemoryService, SearchOptions
+from memos_ray.services.memory import SearchOptions
 
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
@@ -89,7 +89,7 @@ def _in_process_search(config: MemosConfig):
     graph, vectors = build_ray_stores(config)
     embedder = build_query_embedder(config)
     assert embedder is not None
-    service = MemoryService(graph, vectors, embedder, build_reranker(config), config.search)
+    service = build_services(config, graph, vectors, Models(embedder), in_ray=True).memory
 
     def search(cube_id: str, query: str) -> Any:
         return service.search(query, {cube_id: None}, SearchOptions(top_k=10))

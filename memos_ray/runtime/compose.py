@@ -1,15 +1,20 @@
-"""The only place that turns configuration into concrete stores and models.
+"""The composition root: configuration into stores, models and the services over them.
 
-Two runtimes share it: inside Ray (embedded servers owned by named actors, shared by every
-replica and job) and in one plain process (embedded servers owned by that process).
+`build_services` assembles the services for every place that serves memory: the ingress
+replica, a cube's scheduler actor, job workers, the benches and the tests. Places differ
+only in how they reach stores and models: inside Ray (embedded servers owned by named
+actors, models through the Serve app's deployment handles) or in one plain process
+(`LocalStack`: embedded servers and models owned by that process).
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from types import TracebackType
 
 import ray
+from ray.serve.handle import DeploymentHandle
 
 from memos_ray.config import (
     FalkorDBConfig,
@@ -27,15 +32,25 @@ from memos_ray.embedded.actors import get_or_create_vector_actor
 from memos_ray.embedded.falkordb_actor import actor_suffix, falkordb_actor
 from memos_ray.embedded.falkordb_server import FalkorDBServer, falkordb_server
 from memos_ray.models import smollm2
+from memos_ray.models.adapters import AdapterStore
 from memos_ray.models.batching import BatchingEmbedder
 from memos_ray.models.chat import ChatModel
 from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
+from memos_ray.models.handles import HandleChatModel, HandleEmbedder
 from memos_ray.models.openai_chat import OpenAIChatModel
 from memos_ray.models.reranker import EmbeddingReranker, Reranker
+from memos_ray.services.chat import ChatService
 from memos_ray.services.fine import FineService
 from memos_ray.services.memory import MemoryService
 from memos_ray.services.preferences import PreferenceService
-from memos_ray.services.spaces import stop_space_stores
+from memos_ray.services.spaces import (
+    SPACE_TTL_S,
+    EmbedderFactory,
+    route_spaces,
+    space_embedder,
+    stop_space_stores,
+)
+from memos_ray.services.tenancy import AccessControl
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.falkordb import falkordb_graph_store
 from memos_ray.stores.graph.neo4j import Neo4jGraphStore
@@ -237,6 +252,114 @@ def _edge_spec(config: MemosConfig) -> tuple[str, dict]:
     )
 
 
+@dataclass
+class Models:
+    """How a process reaches its models."""
+
+    # The configured embedder, for writes (and queries unless `query_embedder` is set).
+    embedder: Embedder
+    # Other embedding spaces' models (cubes moved by jobs.reembed); None loads them here.
+    embedder_for: EmbedderFactory | None = None
+    # Queries may take another path, e.g. an in-process batching embedder.
+    query_embedder: Embedder | None = None
+    # None: no chat, no fine reading, no feedback (llm.backend "none").
+    chat: ChatModel | None = None
+
+
+def served_models(
+    config: MemosConfig,
+    embedder: DeploymentHandle,
+    llm: DeploymentHandle | None = None,
+    *,
+    query_embedder: Embedder | None = None,
+) -> Models:
+    """Models through the Serve app's deployments (an OpenAI-compatible LLM is called from
+    this process directly)."""
+    chat: ChatModel | None = HandleChatModel(llm) if llm is not None else None
+    if chat is None and isinstance(config.llm, OpenAILLMConfig):
+        chat = build_chat_model(config)
+    return Models(
+        embedder=HandleEmbedder(embedder, config.embedder.dim),
+        embedder_for=lambda space: HandleEmbedder(embedder, space.dim, model=space.model),
+        query_embedder=query_embedder,
+        chat=chat,
+    )
+
+
+@dataclass
+class Services:
+    """What a process serves memory with, built once from a config by `build_services`."""
+
+    config: MemosConfig
+    # Over every embedding space: each cube's calls go to its space's store and model.
+    memory: MemoryService
+    tenancy: SQLTenancyStore
+    access: AccessControl
+    # Preference memory (Milvus); None when switched off.
+    preferences: PreferenceService | None = None
+    # None without a chat model.
+    chat: ChatService | None = None
+    # Fine mode (LLM extraction, feedback); None without a chat model.
+    fine: FineService | None = None
+
+    def close(self) -> None:
+        if self.preferences is not None:
+            self.preferences.store.close()
+        self.memory.close()
+        self.tenancy.close()
+
+
+def build_services(
+    config: MemosConfig,
+    graph: GraphStore,
+    vectors: VectorStore,
+    models: Models,
+    *,
+    in_ray: bool,
+    tenancy: SQLTenancyStore | None = None,
+    fine_writes_preferences: bool = True,
+    space_ttl_s: float = SPACE_TTL_S,
+) -> Services:
+    """The services over these stores and models; `in_ray` says whether embedded engines
+    other processes share (Milvus Lite, moved cubes' shards) are reached through actors.
+    Without `fine_writes_preferences`, fine reading returns the preferences it finds
+    instead of storing them (the scheduler queues them as their own task). A job passes
+    `space_ttl_s` 0: it reads each cube's embedding space afresh, a server caches it."""
+    tenancy = tenancy or build_tenancy_store(config)
+    configured = MemoryService(
+        graph,
+        vectors,
+        models.embedder,
+        build_reranker(config),
+        config.search,
+        query_embedder=models.query_embedder,
+    )
+    embedder_for = models.embedder_for or (lambda space: space_embedder(config, space))
+    memory = route_spaces(
+        config, configured, tenancy.engine, embedder_for, in_ray=in_ray, ttl_s=space_ttl_s
+    )
+    preferences = build_preferences(config, memory, in_ray=in_ray)
+    chat = fine = None
+    if models.chat is not None:
+        adapters = AdapterStore.for_config(config)
+        chat = ChatService(
+            memory, models.chat, config.chat, config.reader, adapters, tenancy, preferences
+        )
+        fine = build_fine_service(
+            config, memory, models.chat, tenancy, preferences if fine_writes_preferences else None
+        )
+    admin_key = config.admin_key.get_secret_value() if config.admin_key else None
+    return Services(
+        config,
+        memory,
+        tenancy,
+        AccessControl(tenancy, admin_key),
+        preferences=preferences,
+        chat=chat,
+        fine=fine,
+    )
+
+
 class LocalStack(AbstractContextManager["LocalStack"]):
     """All backends in this process, no Ray: for the CLI, tests and scripts.
 
@@ -244,7 +367,12 @@ class LocalStack(AbstractContextManager["LocalStack"]):
     data dir.
     """
 
-    def __init__(self, config: MemosConfig, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self,
+        config: MemosConfig,
+        embedder: Embedder | None = None,
+        chat: ChatModel | None = None,
+    ) -> None:
         # deferred: imports the qdrant-edge engine
         from memos_ray.stores.vector.qdrant_edge import QdrantEdgeVectorStore
 
@@ -263,21 +391,14 @@ class LocalStack(AbstractContextManager["LocalStack"]):
             )
         else:
             vectors = _qdrant(config.vector, config)
-        self.tenancy = build_tenancy_store(config)
-        self.service = MemoryService(
-            graph,
-            vectors,
-            embedder or build_embedder(config),
-            build_reranker(config),
-            config.search,
-        )
-        self.preferences = build_preferences(config, self.service, in_ray=False)
+        models = Models(embedder or build_embedder(config), chat=chat)
+        self.services = build_services(config, graph, vectors, models, in_ray=False)
+        self.tenancy = self.services.tenancy
+        self.service = self.services.memory
+        self.preferences = self.services.preferences
 
     def close(self) -> None:
-        if self.preferences is not None:
-            self.preferences.store.close()
-        self.service.close()
-        self.tenancy.close()
+        self.services.close()
         if self._falkordb is not None:
             self._falkordb.stop()
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from memos_ray.config import MemosConfig
-from memos_ray.scheduler.services import TaskServices, build_task_services
+from memos_ray.runtime.compose import Services
+from memos_ray.scheduler.services import build_task_services
 from memos_ray.stores.sql.tasks import Task, TaskStore
 
 Handler = Callable[[Task, "HandlerContext"], "dict[str, Any] | None"]
@@ -22,7 +23,7 @@ class HandlerContext:
     def __init__(self, config: MemosConfig, tasks: TaskStore | None = None) -> None:
         self.config = config
         self.tasks = tasks
-        self._services: TaskServices | None = None
+        self._services: Services | None = None
         self._lock = threading.Lock()
 
     def follow_up(self, task: Task, label: str, payload: dict[str, Any]) -> Task:
@@ -41,7 +42,7 @@ class HandlerContext:
             task_id=uuid.uuid5(uuid.NAMESPACE_OID, f"{task.task_id}/{label}").hex,
         )
 
-    def services(self) -> TaskServices:
+    def services(self) -> Services:
         with self._lock:
             if self._services is None:
                 self._services = build_task_services(self.config)

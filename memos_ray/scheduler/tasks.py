@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from memos_ray.core.reader import Turn, fast_windows
 from memos_ray.domain.memory import Edge, EdgeType, MemoryStatus
+from memos_ray.runtime.compose import Services
 from memos_ray.scheduler.context import HandlerContext
-from memos_ray.scheduler.services import TaskServices
 from memos_ray.services.feedback import FeedbackService, FeedbackTask
 from memos_ray.services.fine import PreferenceBatch
 from memos_ray.services.reorganize import Reorganizer
@@ -25,7 +25,7 @@ def mem_read(task: Task, context: HandlerContext) -> dict[str, Any]:
     """Fine extraction of the fast memories an async add stored. With `fine.keep_turns` (the
     default) the turns stay searchable and each fact links to them (MATERIAL); without it
     they are archived, each pointing (MERGED_TO) at what was read from it."""
-    services: TaskServices = context.services()
+    services: Services = context.services()
     if services.fine is None:
         raise RuntimeError("mem_read needs an LLM (llm.backend is 'none')")
     cube = task.cube_id
@@ -96,7 +96,7 @@ def pref_add(task: Task, context: HandlerContext) -> dict[str, Any]:
     """Store preferences a reading found (explicit ones at once, implicit ones as
     observations until seen on enough occasions). Idempotent: preferences are keyed by
     their text, observations by the messages they came from."""
-    services: TaskServices = context.services()
+    services: Services = context.services()
     batches = [PreferenceBatch.model_validate(b) for b in task.payload.get("batches") or []]
     if services.preferences is None:
         return {"stored": 0, "observed": 0, "skipped": "no preference store is configured"}
@@ -119,7 +119,7 @@ def pref_add(task: Task, context: HandlerContext) -> dict[str, Any]:
 def mem_feedback(task: Task, context: HandlerContext) -> dict[str, Any]:
     """A user's correction, applied as the synchronous route would (`FeedbackService`);
     what it wrote is keyed by content, so a re-run after a crash adds nothing twice."""
-    services: TaskServices = context.services()
+    services: Services = context.services()
     if services.fine is None:
         raise RuntimeError("mem_feedback needs an LLM (llm.backend is 'none')")
     request = FeedbackTask.model_validate(task.payload)
@@ -129,7 +129,7 @@ def mem_feedback(task: Task, context: HandlerContext) -> dict[str, Any]:
 
 def activation_refresh(task: Task, context: HandlerContext) -> dict[str, Any]:
     """Recompute the KV cache of the cube's activation prefix (its newest memories)."""
-    services: TaskServices = context.services()
+    services: Services = context.services()
     if services.chat is None:
         return {"tokens": 0}
     return {"tokens": services.chat.warm(task.cube_id, task.payload.get("system_prompt"))}
@@ -140,7 +140,7 @@ def mem_organize(task: Task, context: HandlerContext) -> dict[str, Any]:
     contradicted facts, bring the topic tree up to date. Idempotent: a run over an organised
     cube changes nothing. A failed run raises, so the scheduler retries it."""
 
-    services: TaskServices = context.services()
+    services: Services = context.services()
     params = context.config.reorganize.model_copy(update=task.payload.get("params") or {})
     model = services.fine.model if services.fine is not None else None
     ledger = services.fine.ledger if services.fine is not None else None

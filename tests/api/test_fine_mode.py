@@ -211,7 +211,6 @@ def test_preferences_left_to_a_pref_add_task_are_stored_once(stack: LocalStack) 
     """Without a preference service FineService hands the preferences back; the scheduler's
     `pref_add` handler stores them, and running it again (a retry) changes nothing."""
     from memos_ray.scheduler.context import HandlerContext
-    from memos_ray.scheduler.services import TaskServices
     from memos_ray.scheduler.tasks import pref_add
     from memos_ray.stores.sql.tasks import Task
 
@@ -231,7 +230,7 @@ def test_preferences_left_to_a_pref_add_task_are_stored_once(stack: LocalStack) 
     [batch] = outcome.unstored_preferences
     assert batch.memory_ids == [outcome.stored[0].id]
     context = HandlerContext(stack.config)
-    context._services = TaskServices(stack.service, None, None, stack.preferences)
+    context._services = stack.services  # as the composition root built them
     task = Task(
         task_id="t1",
         cube_id=cube,
@@ -262,7 +261,6 @@ def test_mem_organize_task_merges_duplicates_and_builds_the_tree_once(stack: Loc
     from memos_ray.core.reader import Window
     from memos_ray.domain.memory import MemoryType
     from memos_ray.scheduler.context import HandlerContext
-    from memos_ray.scheduler.services import TaskServices
     from memos_ray.scheduler.tasks import mem_organize
     from memos_ray.stores.sql.tasks import Task
 
@@ -273,7 +271,7 @@ def test_mem_organize_task_merges_duplicates_and_builds_the_tree_once(stack: Loc
         stack.service.add_windows(cube, "rosa", [window])
     rules_only = stack.config.reorganize.model_copy(update={"llm": "none"})
     context = HandlerContext(stack.config.model_copy(update={"reorganize": rules_only}))
-    context._services = TaskServices(stack.service, None, None)
+    context._services = stack.services
     task = Task(
         task_id="o1",
         cube_id=cube,
