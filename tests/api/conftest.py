@@ -15,7 +15,6 @@ from memos_ray.api.context import ApiContext
 from memos_ray.config import MemosConfig
 from memos_ray.models.embedder import SentenceTransformerEmbedder
 from memos_ray.runtime.compose import LocalStack
-from memos_ray.services.tenancy import AccessControl
 from tests.fixtures.servers import serve_in_thread
 
 ADMIN_KEY = "test-admin-key-0123456789"
@@ -41,10 +40,7 @@ def embedder() -> SentenceTransformerEmbedder:
 
 def _run(config: MemosConfig, embedder: SentenceTransformerEmbedder) -> Iterator[RunningApi]:
     with LocalStack(config, embedder=embedder) as stack:
-        admin = config.admin_key.get_secret_value() if config.admin_key else None
-        context = ApiContext(
-            config, stack.service, AccessControl(stack.tenancy, admin), __version__
-        )
+        context = ApiContext.of(stack.services, __version__)  # the composition root's
         with (
             serve_in_thread(create_app(lambda: context)) as url,
             httpx.Client(base_url=url, timeout=60) as http,

@@ -18,13 +18,9 @@ from memos_ray import __version__
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
 from memos_ray.config import MemosConfig
-from memos_ray.models.adapters import AdapterStore
 from memos_ray.models.chat import ChatRequest
 from memos_ray.models.embedder import SentenceTransformerEmbedder
 from memos_ray.runtime.compose import LocalStack
-from memos_ray.services.chat import ChatService
-from memos_ray.services.fine import FineService
-from memos_ray.services.tenancy import AccessControl
 from tests.fixtures.scripted_model import ScriptedChatModel
 from tests.fixtures.servers import serve_in_thread
 
@@ -63,29 +59,8 @@ def api(
         data_dir=tmp_path_factory.mktemp("feedback"), fine={"keep_turns": False}
     ).resolved()
     script = Script()
-    with LocalStack(config, embedder=embedder) as stack:
-        model = ScriptedChatModel(script)
-        fine = FineService(
-            stack.service, model, ledger=stack.tenancy, preferences=stack.preferences
-        )
-        chat = ChatService(
-            stack.service,
-            model,
-            config.chat,
-            config.reader,
-            AdapterStore(config.data_path("adapters")),
-            stack.tenancy,
-            stack.preferences,
-        )
-        context = ApiContext(
-            config,
-            stack.service,
-            AccessControl(stack.tenancy, None),
-            __version__,
-            chat=chat,
-            fine=fine,
-            preferences=stack.preferences,
-        )
+    with LocalStack(config, embedder=embedder, chat=ScriptedChatModel(script)) as stack:
+        context = ApiContext.of(stack.services, __version__)
         with (
             serve_in_thread(create_app(lambda: context)) as url,
             httpx.Client(base_url=url, timeout=60) as http,

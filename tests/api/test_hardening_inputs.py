@@ -6,6 +6,7 @@ One app (admin key set, small document limits) serves the whole module.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import time
@@ -26,7 +27,6 @@ from memos_ray.models.embedder import SentenceTransformerEmbedder
 from memos_ray.runtime.compose import LocalStack
 from memos_ray.scheduler.actor import SchedulerClient
 from memos_ray.services.chat import ChatService
-from memos_ray.services.tenancy import AccessControl
 from memos_ray.stores.sql.tasks import SQLTaskStore
 from tests.api.conftest import ADMIN_KEY, RunningApi
 from tests.fixtures.scripted_model import ScriptedChatModel
@@ -65,14 +65,8 @@ def api(
             AdapterStore.for_config(config),
             stack.tenancy,
         )
-        context = ApiContext(
-            config,
-            stack.service,
-            AccessControl(stack.tenancy, ADMIN_KEY),
-            __version__,
-            chat=chat,
-            scheduler=SchedulerClient(config, tasks),
-        )
+        services = dataclasses.replace(stack.services, chat=chat)
+        context = ApiContext.of(services, __version__, SchedulerClient(config, tasks))
         with (
             serve_in_thread(create_app(lambda: context)) as url,
             httpx.Client(base_url=url, timeout=60) as http,

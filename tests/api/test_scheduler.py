@@ -6,6 +6,7 @@ so the order and count of what was applied can be read back.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -192,7 +193,6 @@ def _api(
     from memos_ray.api.context import ApiContext
     from memos_ray.runtime.compose import LocalStack
     from memos_ray.services.fine import FineService
-    from memos_ray.services.tenancy import AccessControl
     from tests.fixtures.scripted_model import ScriptedChatModel
     from tests.fixtures.servers import serve_in_thread
 
@@ -210,14 +210,8 @@ def _api(
     with LocalStack(api_config, embedder=embedder) as stack:
         scheduler = SchedulerClient(api_config, SQLTaskStore(stack.tenancy.engine))
         fine = FineService(stack.service, ScriptedChatModel([]))
-        context = ApiContext(
-            api_config,
-            stack.service,
-            AccessControl(stack.tenancy, None),
-            __version__,
-            fine=fine,
-            scheduler=scheduler,
-        )
+        services = dataclasses.replace(stack.services, fine=fine)
+        context = ApiContext.of(services, __version__, scheduler)
         with (
             serve_in_thread(create_app(lambda: context)) as url,
             httpx.Client(base_url=url, timeout=60) as http,

@@ -10,6 +10,7 @@ timed-out call whose write still happened).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,6 @@ from memos_ray.services.fine import FineService
 from memos_ray.services.memory import MemoryService, Reconciled, SearchOptions, items_for_windows
 from memos_ray.services.preferences import preference_id
 from memos_ray.services.ranking import CubeIndexCache
-from memos_ray.services.tenancy import AccessControl
 from memos_ray.stores.preference.base import Preference, PreferenceStore
 from memos_ray.stores.sql.tasks import SQLTaskStore, Task
 from memos_ray.stores.vector.base import (
@@ -192,16 +192,15 @@ def api(
     with LocalStack(config, embedder=embedder) as stack:
         vectors = FaultyVectorStore(stack.service.vectors)
         service = MemoryService(stack.service.graph, vectors, embedder, None, config.search)
-        access = AccessControl(stack.tenancy, None)
         tasks = FaultyTaskStore(stack.tenancy.engine)
-        plain = ApiContext(config, service, access, __version__, preferences=stack.preferences)
-        queued = ApiContext(
-            config,
-            service,
-            access,
+        # The composition root's services, with the fault-injecting vector store under them.
+        faulty = dataclasses.replace(stack.services, memory=service)
+        plain = ApiContext.of(faulty, __version__)
+        fine = FineService(service, ScriptedChatModel([]))
+        queued = ApiContext.of(
+            dataclasses.replace(faulty, fine=fine, preferences=None),
             __version__,
-            fine=FineService(service, ScriptedChatModel([])),
-            scheduler=SchedulerClient(config, tasks),
+            SchedulerClient(config, tasks),
         )
         with (
             serve_in_thread(create_app(lambda: plain)) as url,

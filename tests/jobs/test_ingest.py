@@ -227,14 +227,13 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LocalSt
     from memos_ray import __version__
     from memos_ray.api.app import create_app
     from memos_ray.api.context import ApiContext
-    from memos_ray.services.tenancy import AccessControl
     from tests.fixtures.servers import serve_in_thread
 
     config = MemosConfig(
         data_dir=tmp_path_factory.mktemp("api"), preference={"backend": "none"}
     ).resolved()
     with LocalStack(config) as stack:
-        context = ApiContext(config, stack.service, AccessControl(stack.tenancy, None), __version__)
+        context = ApiContext.of(stack.services, __version__)
         with serve_in_thread(create_app(lambda: context)) as url:
             yield url, stack
 
