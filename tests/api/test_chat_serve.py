@@ -36,7 +36,7 @@ def chat_url(ray_cluster: None, chat_config: MemosConfig) -> Iterator[str]:
     from ray import serve
 
     from deployments.app import build_from_config
-    from memos_ray.embedded.falkordb_actor import stop_embedded
+    from memos_ray.runtime.compose import stop_embedded
 
     config = chat_config
     port = free_port()

@@ -12,7 +12,8 @@ import pytest
 
 from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import MemoryItem, MemoryMetadata
-from memos_ray.embedded.falkordb_actor import falkordb_actor, stop_embedded
+from memos_ray.embedded.falkordb_actor import falkordb_actor
+from memos_ray.runtime.compose import stop_embedded
 from memos_ray.stores.graph.falkordb import falkordb_graph_store
 
 

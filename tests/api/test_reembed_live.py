@@ -55,7 +55,7 @@ def live_url(ray_cluster: None, live_config: MemosConfig) -> Iterator[str]:
     from ray import serve
 
     from deployments.app import build_from_config
-    from memos_ray.embedded.falkordb_actor import stop_embedded
+    from memos_ray.runtime.compose import stop_embedded
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

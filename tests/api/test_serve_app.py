@@ -46,7 +46,7 @@ def serve_url(ray_cluster: None, serve_config: MemosConfig) -> Iterator[str]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
-    from memos_ray.embedded.falkordb_actor import stop_embedded
+    from memos_ray.runtime.compose import stop_embedded
 
     stop_embedded(serve_config)
 
@@ -63,7 +63,7 @@ def _deploy(config: MemosConfig, url: str) -> None:
 def test_add_search_and_restart_through_serve(serve_url: str, serve_config: MemosConfig) -> None:
     from ray import serve
 
-    from memos_ray.embedded.falkordb_actor import stop_embedded
+    from memos_ray.runtime.compose import stop_embedded
 
     _deploy(serve_config, serve_url)
     added = httpx.post(
