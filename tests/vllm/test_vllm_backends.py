@@ -233,8 +233,8 @@ def test_memos_chat_route_through_vllm(
 
     from deployments.app import build_from_config
     from memos_ray.config import MemosConfig
-    from memos_ray.runtime.compose import stop_embedded
     from memos_ray.embedded.falkordb_server import free_port
+    from memos_ray.runtime.compose import stop_embedded
     from memos_ray.runtime.launcher import wait_ready
 
     config = MemosConfig(
