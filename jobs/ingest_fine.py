@@ -81,7 +81,7 @@ class ExtractStage:
     def _stores(self) -> Stores:
         stores = stores_for(self._config, self._run_id)
         if self._ledger is None:
-            engine = stores.tenancy.engine  # type: ignore[attr-defined]
+            engine = stores.tenancy.engine
             self._ledger = ExtractionLedger(engine)
             self._tasks = SQLTaskStore(engine)
         return stores

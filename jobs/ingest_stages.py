@@ -42,7 +42,7 @@ from memos_ray.services.memory import vector_records
 from memos_ray.services.space_registry import SpaceRegistry
 from memos_ray.services.spaces import default_space
 from memos_ray.stores.graph.base import GraphStore
-from memos_ray.stores.sql.base import TenancyStore
+from memos_ray.stores.sql.sqlalchemy import SQLTenancyStore
 from memos_ray.stores.vector.base import VectorStore
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Stores:
     run_id: str
     graph: GraphStore
     vectors: VectorStore
-    tenancy: TenancyStore
+    tenancy: SQLTenancyStore
     known_cubes: set[str] = field(default_factory=set)
     _spaces: Any = None
 
@@ -74,7 +74,7 @@ class Stores:
         """
 
         if self._spaces is None:
-            self._spaces = SpaceRegistry(self.tenancy.engine)  # type: ignore[attr-defined]
+            self._spaces = SpaceRegistry(self.tenancy.engine)
         default = default_space(config)
         records = self._spaces.get_many(cube_ids)
         return {c: r.active.slug for c, r in records.items() if r.active != default}

@@ -33,7 +33,7 @@ from memos_ray.models.chat import (
     Usage,
     split_reasoning,
 )
-from memos_ray.services.memory import SearchOptions
+from memos_ray.services.memory import Query, SearchOptions
 from memos_ray.services.preferences import PreferenceService, preference_string
 from memos_ray.stores.preference.base import Preference
 from memos_ray.stores.sql.base import TenancyStore
@@ -114,8 +114,9 @@ class ChatService:
         cubes = list(turn.readable_cubes)
         primary = cubes[0]
         filters = {c: turn.cube_filters.get(c) for c in cubes}
+        query = Query(turn.query)  # embedded once for memories and preferences
         found = self.memory.search(
-            turn.query,
+            query,
             filters,
             SearchOptions(
                 top_k=turn.top_k,
@@ -132,7 +133,7 @@ class ChatService:
         retrieved = retrieved[: turn.top_k]
         preferences: list[Preference] = []
         if self.preferences is not None and turn.include_preference and turn.pref_top_k:
-            found_prefs = self.preferences.search(cubes, turn.query, turn.pref_top_k)
+            found_prefs = self.preferences.search(cubes, query, turn.pref_top_k)
             preferences = [p for cube in cubes for p in found_prefs.get(cube, [])]
             preferences = preferences[: turn.pref_top_k]
         messages: list[Message] = []

@@ -54,7 +54,7 @@ def api(
     )
     config = MemosConfig(data_dir=data_dir, admin_key=ADMIN_KEY, limits=limits).resolved()
     with LocalStack(config, embedder=embedder) as stack:
-        tasks = SQLTaskStore(stack.tenancy.engine)  # type: ignore[attr-defined]
+        tasks = SQLTaskStore(stack.tenancy.engine)
         # A scripted chat model: only the adapter routes are exercised here (the checks
         # against a real base model are in tests/unit/test_adapter_safety.py).
         chat = ChatService(
@@ -434,7 +434,7 @@ def test_queries_over_the_limit_are_413(api: RunningApi) -> None:
 
 def test_scheduler_wait_and_stream_are_bounded(api: RunningApi) -> None:
     user = seeded_user(api)
-    tasks = SQLTaskStore(api.stack.tenancy.engine)  # type: ignore[attr-defined]
+    tasks = SQLTaskStore(api.stack.tenancy.engine)
     task = tasks.enqueue(user, user, "mem_read", {"memory_ids": []})
     started = time.monotonic()
     body = {"user_name": user, "user_id": user, "timeout_seconds": 3600, "poll_interval": 1e-6}

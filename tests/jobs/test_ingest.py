@@ -162,7 +162,7 @@ def test_moved_cube_refused_and_a_running_apps_stores_reused(
     data_dir = tmp_path / "data"
     config = MemosConfig(data_dir=data_dir).resolved()
     tenancy = build_tenancy_store(config)
-    registry = SpaceRegistry(tenancy.engine)  # type: ignore[attr-defined]
+    registry = SpaceRegistry(tenancy.engine)
     target = space_for_model(config, "another-model", 8)
     registry.begin("moved", default_space(config), target)
     registry.switch("moved", target)

@@ -110,7 +110,7 @@ def _stored(data_dir: Path) -> dict[str, Any]:
 def _task_store(stack: LocalStack) -> Any:
     from memos_ray.stores.sql.tasks import SQLTaskStore
 
-    return SQLTaskStore(stack.tenancy.engine)  # type: ignore[attr-defined]
+    return SQLTaskStore(stack.tenancy.engine)
 
 
 @pytest.fixture(scope="module")
