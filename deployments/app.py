@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 from deployments.embedder import EmbedderDeployment
 from deployments.ingress import MemosIngress
@@ -36,11 +38,9 @@ def build_memos_app(args: MemosAppArgs | dict[str, Any] | None = None) -> Applic
 def serve_http_host() -> str | None:
     """The HTTP host of the running Serve instance: what its proxies (and direct-ingress
     replicas) bind. None when there is none to ask (the builder called outside Ray)."""
-    import ray
 
     if not ray.is_initialized():
         return None
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     try:
         controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)

@@ -23,8 +23,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
+import ray
+import ray.data
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray.data import ActorPoolStrategy
 
 from jobs.ingest_fine import ExtractStage, fine_cut_batch, wake_schedulers
 from jobs.ingest_stages import (
@@ -181,6 +184,7 @@ class Ceiling:
 
     def __init__(self, config: MemosConfig, threads: int) -> None:
         cpu = time.process_time()
+        # deferred: imports torch
         import torch
 
         torch.set_num_threads(threads)
@@ -221,7 +225,6 @@ def _embedded_owners(config: MemosConfig) -> dict[str, str]:
 
 
 def _running(name: str, namespace: str) -> bool:
-    import ray
 
     try:
         ray.get_actor(name, namespace=namespace)
@@ -232,7 +235,6 @@ def _running(name: str, namespace: str) -> bool:
 
 def _stop_owners(names: list[str], methods: dict[str, str], namespace: str) -> None:
     """Flush and stop the engines this job started (as `runtime.compose.stop_embedded`)."""
-    import ray
 
     for name in names:
         try:
@@ -247,7 +249,6 @@ def _stop_owners(names: list[str], methods: dict[str, str], namespace: str) -> N
 
 def _cubes(args: IngestArgs, files: list[Path], cut: Any, cut_kwargs: dict[str, Any]) -> Any:
     """The input read, and `cut` applied to each cube's records, all together."""
-    import ray.data
 
     ds = ray.data.read_datasource(
         UnitSource([str(f) for f in files], args.format, args.user_id, args.limit)
@@ -267,8 +268,6 @@ def _cubes(args: IngestArgs, files: list[Path], cut: Any, cut_kwargs: dict[str, 
 
 def _embedded(args: IngestArgs, config: MemosConfig, ds: Any, reserved: float = 0.0) -> Any:
     """`reserved`: CPUs the pipeline's other actors will hold (not free yet)."""
-    import ray
-    from ray.data import ActorPoolStrategy
 
     # Embedding-sized blocks: embedding and writing then overlap batch by batch, and the
     # write left after the last embedding is one batch, not a whole cube.
@@ -314,7 +313,6 @@ def _fast_pass(args: IngestArgs, config: MemosConfig, files: list[Path], run_id:
 def _fine_pass(
     args: IngestArgs, config: MemosConfig, files: list[Path], run_id: str, route: Any
 ) -> Any:
-    from ray.data import ActorPoolStrategy
 
     ds = _cubes(args, files, fine_cut_batch, {"config": config, "run_id": run_id})
     ds = ds.map_batches(
@@ -336,7 +334,6 @@ def _fine_pass(
 
 def run_ingest(args: IngestArgs) -> IngestSummary:
     """The whole job; joins a running Ray (tests, `--address`) or starts a local one."""
-    import ray
 
     config = job_config(args)
     files = input_files(args.input, args.format)

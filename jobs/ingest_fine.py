@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import pyarrow as pa
+from ray import serve
 
 from jobs.ingest_stages import MEMORY_SCHEMA, Stores, row, stored_ids, stores_for, units_by_cube
 from memos_ray.config import MemosConfig, NoPreferenceConfig
@@ -192,7 +193,6 @@ class ExtractStage:
 def wake_schedulers(config: MemosConfig) -> int:
     """When the service runs in this cluster, its schedulers start on the queued
     preference tasks now (otherwise they run when it next starts)."""
-    from ray import serve
 
     if config.serving.app_name not in serve.status().applications:
         return 0

@@ -306,6 +306,7 @@ class EmbedStage:
         self._ready_at = 0.0
 
     def _load(self) -> Any:
+        # deferred: imports torch
         import torch
 
         if self._threads:

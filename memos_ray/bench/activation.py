@@ -45,6 +45,7 @@ def memory_lines(count: int) -> list[str]:
 
 
 def cmd_activation(args: argparse.Namespace) -> int:
+    # deferred: imports torch
     import torch
 
     # deferred: imports torch and transformers

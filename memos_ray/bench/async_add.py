@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from memos_ray.bench.common import machine, service_url, write_report
 
 FACTS = (
@@ -27,7 +29,6 @@ NAMES = ("Miso", "Ana", "Ines", "Tomas", "Leila", "Oskar", "Priya", "Jonas")
 
 
 def cmd_async_add(args: argparse.Namespace) -> int:
-    import httpx
 
     cubes = [f"async-{i}" for i in range(args.cubes)]
     bodies = []

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import ray
+import yaml
 
 from memos_ray.bench.common import add_service_args, machine, service_url, write_report
 from memos_ray.config import MemosConfig
@@ -154,7 +156,6 @@ class Load:
 
 
 def _actor_pid(name: str, namespace: str) -> int:
-    import ray
 
     pid = cast(
         "int | None", ray.get(ray.get_actor(name, namespace=namespace).pid.remote(), timeout=30)
@@ -166,7 +167,6 @@ def _actor_pid(name: str, namespace: str) -> int:
 
 def _replica(deployment: str) -> tuple[str, Any]:
     """A live Serve replica of the deployment (named actors, so no dashboard is needed)."""
-    import ray
 
     for entry in ray.util.list_named_actors(all_namespaces=True):
         name, namespace = entry["name"], entry["namespace"]
@@ -177,7 +177,6 @@ def _replica(deployment: str) -> tuple[str, Any]:
 
 def kill(component: str, config: MemosConfig, cubes: Sequence[str]) -> str:
     """Take one part down the way a crash would; returns what was killed."""
-    import ray
 
     suffix = actor_suffix(config)
     namespace = config.serving.namespace
@@ -410,8 +409,6 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         "scheduler": {"retry_backoff_s": 0.5},
     }
     if args.config:
-        import yaml
-
         extra = _merged(extra, yaml.safe_load(Path(args.config).read_text()) or {})
     with service_url(args, extra) as (url, config):
         if config is None:

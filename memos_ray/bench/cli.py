@@ -6,8 +6,11 @@ import argparse
 import functools
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from memos_ray.bench.activation import add_activation_parser
 from memos_ray.bench.async_add import add_async_add_parser
@@ -98,7 +101,6 @@ def _in_process_search(config: MemosConfig):
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    import httpx
 
     sizes = [int(s) for s in args.sizes.split(",")]
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -149,9 +151,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    import time
 
-    import httpx
+    # deferred: imports torch
     import torch
 
     reader = ReaderConfig()
@@ -267,3 +268,11 @@ def add_bench_parser(sub: Any) -> None:
     ingest.add_argument("--out", default="bench-results/ingest.json")
     add_service_args(ingest)
     ingest.set_defaults(func=cmd_ingest)
+
+
+def main(argv: list[str]) -> int:
+    """`memos-ray bench ...` (argv after "bench")."""
+    parser = argparse.ArgumentParser(prog="memos-ray")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *argv])
+    return int(args.func(args) or 0)

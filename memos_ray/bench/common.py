@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import random
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -57,8 +60,6 @@ def listen_port(low: int = 20000, high: int = 32767) -> int:
     """A free port below Linux's ephemeral range (32768 up). A client hammering a closed port
     in that range can be handed the same number as its own source port and connect to
     itself, which then holds the port: a restarted replica could not listen on it."""
-    import random
-    import socket
 
     rng = random.Random()
     for _ in range(200):
@@ -100,7 +101,6 @@ def write_report(figures: dict[str, Any], path: Path) -> None:
 
 
 def machine() -> dict[str, Any]:
-    import platform
 
     return {
         "cpus": os.cpu_count(),

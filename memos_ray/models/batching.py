@@ -48,6 +48,7 @@ class BatchingEmbedder(Embedder):
     def _run(self) -> None:
         if self._threads:
             # OpenMP's thread count is per calling thread: set it where the model runs.
+            # deferred: imports torch
             import torch
 
             torch.set_num_threads(self._threads)

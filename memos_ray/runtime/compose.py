@@ -9,8 +9,10 @@ actors, models through the Serve app's deployment handles) or in one plain proce
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import ray
@@ -69,6 +71,7 @@ def build_query_embedder(config: MemosConfig) -> Embedder | None:
     """An in-process, naturally batched query embedder, or None to use the deployment."""
     if not config.embedder.local_queries:
         return None
+    # deferred: imports torch
     import torch
 
     torch.set_num_threads(config.embedder.query_threads)
@@ -88,9 +91,6 @@ def build_chat_model(config: MemosConfig) -> ChatModel | None:
     """The configured chat backend in this process; None when chat is switched off."""
     llm = config.llm
     if isinstance(llm, TransformersLLMConfig):
-        import os
-        from pathlib import Path
-
         # deferred: imports torch and transformers
         from memos_ray.models.hf_chat import TransformersChatModel
 
@@ -179,8 +179,6 @@ def build_preferences(
         folder.mkdir(parents=True, exist_ok=True)
         token, collection = None, cfg.collection
         if in_ray:
-            import ray
-
             # deferred: imports milvus_lite
             from memos_ray.embedded.milvus_server import milvus_lite_actor
 
@@ -226,7 +224,6 @@ def _qdrant(cfg: QdrantConfig, config: MemosConfig) -> VectorStore:
 
 def build_ray_stores(config: MemosConfig) -> tuple[GraphStore, VectorStore]:
     """Stores for a process inside Ray: embedded engines are reached through named actors."""
-    import ray
 
     if isinstance(config.graph, FalkorDBConfig):
         address = ray.get(falkordb_actor(config).address.remote())

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
+import ray.data
+from ray.data import DataContext
 
 from memos_ray.config import MemosConfig, load_config
 from memos_ray.runtime.compose import build_ray_stores, stop_embedded
@@ -47,7 +50,6 @@ def job_config(data_dir: str | None) -> MemosConfig:
 @contextmanager
 def ray_session(config: MemosConfig, address: str | None) -> Iterator[bool]:
     """Yields True when this job started the cluster (and so owns the embedded stores)."""
-    import ray
 
     started = False
     if not ray.is_initialized():
@@ -68,7 +70,6 @@ def ray_session(config: MemosConfig, address: str | None) -> Iterator[bool]:
 
 def _quiet_ray_data() -> None:
     """Progress bars go to the terminal, not into the JSON line on stdout."""
-    from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -95,7 +96,6 @@ def map_cubes(
 ) -> list[dict[str, Any]]:
     """One row per cube through a pool of `worker` actors (each builds its stores and models
     once); each worker returns a JSON report per cube."""
-    import ray.data
 
     if not cubes:
         return []

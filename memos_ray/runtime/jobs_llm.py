@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+from ray import serve
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
 from memos_ray.config import MemosConfig, NoLLMConfig, OpenAILLMConfig
 from memos_ray.errors import ConfigError
 from memos_ray.models.chat import ChatModel
@@ -34,8 +38,6 @@ class LLMRoute:
     def resolve(self) -> str | None:
         """The app to send requests to (deploying the job's own now if need be)."""
         if self.deployer is not None:
-            import ray
-
             return str(ray.get(self.deployer.ensure.remote()))
         return self.app
 
@@ -43,8 +45,6 @@ class LLMRoute:
 def chat_model_for(config: MemosConfig, route: LLMRoute) -> ChatModel:
     app = route.resolve()
     if app is not None:
-        from ray import serve
-
         return HandleChatModel(serve.get_deployment_handle(LLM_DEPLOYMENT, app_name=app))
 
     model = build_chat_model(config)
@@ -59,8 +59,6 @@ def open_llm(
     """The LLM deployment a job sends requests to: `app`'s when named; else the
     service's, when this cluster runs it; else one deployed for this job, on demand (a
     job that turns out to need no answer starts no model) and removed after."""
-    import ray
-    from ray import serve
 
     llm = config.llm
     if isinstance(llm, NoLLMConfig):
@@ -96,7 +94,6 @@ class LLMDeployer:
         self._deployed = False
 
     def ensure(self) -> str:
-        from ray import serve
 
         if not self._deployed:
             if not serve_running():
@@ -109,7 +106,6 @@ class LLMDeployer:
 
     def close(self) -> bool:
         """Remove the app if it was deployed; whether it was."""
-        from ray import serve
 
         if not self._deployed:
             return False
@@ -122,8 +118,6 @@ class LLMDeployer:
 
 
 def serve_running() -> bool:
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     try:
         ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
@@ -134,7 +128,6 @@ def serve_running() -> bool:
 
 def close_llm(route: LLMRoute) -> str:
     """Remove the job's own deployment, if it made one; where the windows went."""
-    import ray
 
     if route.deployer is None:
         return f"serve:{route.app}" if route.app else "endpoint"

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import httpx
+import ray
+from ray import serve
 
 from memos_ray.config import MemosConfig
 from memos_ray.embedded.falkordb_server import free_port
@@ -115,7 +117,6 @@ def local_service(
         # restarted after a crash would find none (NoAvailablePortError) for minutes.
         os.environ.setdefault("RAY_SERVE_PORT_QUARANTINE_S", "0")
         proxy_port = free_port(bind_host)
-    from ray import serve
 
     start_local_ray(
         ray_host,
@@ -123,7 +124,6 @@ def local_service(
         include_dashboard=dashboard,
         log_to_driver=log_to_driver,
     )
-    import ray
 
     try:
         serve.start(

@@ -22,6 +22,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import ray
+from ray._private import ray_constants
+from ray._private.services import canonicalize_bootstrap_address
+from ray.serve._private import http_util, replica
+
 from memos_ray.errors import ConfigError, MemosError, ServiceUnavailableError, StoreError
 
 if TYPE_CHECKING:
@@ -84,7 +89,6 @@ def _ray_node_ip_mode(loopback: bool) -> Iterator[None]:
     Ray read the variable when it was imported; the constant decides what "127.0.0.1"
     resolves to during `ray.init`. After it, Ray asks the connected node instead.
     """
-    from ray._private import ray_constants
 
     if loopback:
         os.environ[_SINGLE_NODE_ENV] = "0"
@@ -106,7 +110,6 @@ def start_local_ray(ray_host: str = LOOPBACK, **init_kwargs: Any) -> None:
     then required (`RAY_AUTH_MODE=token`, the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH
     or ~/.ray/auth_token, made there if missing); `RAY_AUTH_MODE=disabled` is refused.
     """
-    import ray
 
     init_kwargs["address"] = "local"
     init_kwargs.setdefault("dashboard_host", LOOPBACK)
@@ -142,7 +145,6 @@ def keep_serve_grpc_on_loopback() -> None:
     """
     if os.environ.get(_SINGLE_NODE_ENV) != "0":
         return
-    from ray.serve._private import replica
 
     original = replica.add_port_to_grpc_server
     if getattr(original, "loopback_only", False):
@@ -180,7 +182,6 @@ def let_ingress_rebind_its_port() -> None:
 
     Call it in the ingress deployment's constructor: Serve starts that server right after it.
     """
-    from ray.serve._private import http_util
 
     if isinstance(http_util.socket, _ReuseAddrSockets):
         return
@@ -194,7 +195,6 @@ def connect_or_start_ray(address: str | None, ray_host: str = LOOPBACK, **kwargs
     driver's node IP is loopback too, or Ray waits for a raylet on the routable address.
     Returns True when this process started the cluster.
     """
-    import ray
 
     external = address or os.environ.get("RAY_ADDRESS")
     if not external or external == "local":
@@ -213,8 +213,6 @@ def _gcs_on_loopback(address: str) -> bool:
     if "://" in address:  # Ray Client (ray://) or a dashboard URL: no local node joins
         return False
     if address == "auto":
-        from ray._private.services import canonicalize_bootstrap_address
-
         try:
             address = canonicalize_bootstrap_address(address) or ""
         except (ConnectionError, ValueError):

@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
+from ray.util import metrics
 
 from memos_ray.config import MemosConfig
 from memos_ray.embedded.falkordb_actor import actor_suffix
@@ -36,7 +37,6 @@ class SchedulerMetrics:
     """Prometheus metrics through Ray's metrics API (scraped with the Ray dashboard's)."""
 
     def __init__(self) -> None:
-        from ray.util import metrics
 
         self.finished = metrics.Counter(
             "memos_scheduler_tasks",

@@ -20,6 +20,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+import ray
+from ray.util import list_named_actors
 from sqlalchemy import Engine
 
 from memos_ray.config import MemosConfig, QdrantConfig, QdrantEdgeConfig
@@ -133,7 +135,6 @@ def stop_space_store(config: MemosConfig, space: EmbeddingSpace) -> None:
     """Flush and stop the actor owning one space's shard."""
     if not isinstance(config.vector, QdrantEdgeConfig) or space == default_space(config):
         return
-    import ray
 
     try:
         actor = ray.get_actor(space_actor_name(config, space), namespace=config.serving.namespace)
@@ -151,8 +152,6 @@ def stop_space_stores(config: MemosConfig) -> None:
     leaves no shard owned by an actor that outlives it."""
     if not isinstance(config.vector, QdrantEdgeConfig):
         return
-    import ray
-    from ray.util import list_named_actors
 
     namespace = config.serving.namespace
     prefix = f"memos-vector-{actor_suffix(config)}-"

@@ -216,6 +216,7 @@ def read_parquet(
     path: Path, file_index: int, default_user: str, limit: int | None = None
 ) -> Iterator[Unit | BadRecord]:
     """Row numbers count from 1, like lines."""
+    # deferred: imports pyarrow
     import pyarrow.parquet as pq
 
     row_no = 0
