@@ -229,7 +229,7 @@ def test_point_without_node_is_not_found_and_delete_removes_it(api: Api) -> None
     word = f"orphanword{uuid.uuid4().hex[:6]}"
     [item] = items_for_windows(user, user, [note(f"My locker code is {word}.")]).values()
     seq = 1
-    api.vectors.upsert(user, api.service._records([item], [seq]))
+    api.vectors.upsert(user, api.service._records(api.service.spaces.of(user), [item], [seq]))
     assert api.traces(user, item.id, word)["vectors"]
     assert not api.traces(user, item.id, word)["graph"]
 
@@ -285,7 +285,7 @@ def test_retried_add_completes_a_point_left_without_its_node(api: Api) -> None:
     word = f"pointword{uuid.uuid4().hex[:6]}"
     text = f"The boiler service is booked with {word} plumbing."
     [item] = items_for_windows(user, user, [note(text)]).values()
-    api.vectors.upsert(user, api.service._records([item], [1]))
+    api.vectors.upsert(user, api.service._records(api.service.spaces.of(user), [item], [1]))
     response = api.add(user, text)
     assert "1 stored, 0 duplicates" in response.json()["message"]
     assert api.traces(user, item.id, word) == EVERYWHERE
@@ -446,7 +446,7 @@ def test_reconcile_removes_orphan_points_and_completes_half_written_memories(api
         user, user, [note("Only the point was written."), note("Only the node.")]
     )
     orphan, half = items.values()
-    api.vectors.upsert(user, api.service._records([orphan], [1]))
+    api.vectors.upsert(user, api.service._records(api.service.spaces.of(user), [orphan], [1]))
     topic = half.model_copy(
         update={
             "id": str(uuid.uuid4()),
