@@ -50,7 +50,7 @@ def test_every_component_killed_once_under_load_loses_nothing(tmp_path: Path) ->
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)  # its own cluster: it kills parts of it
     args = ["bench", "chaos", "--config", str(overrides), "--data-dir", str(data_dir)]
-    args += ["--workers", "3", "--warmup", "4", "--between", "3", "--tail", "3", "--out", str(out)]
+    args += ["--workers", "3", "--warmup", "2", "--between", "1", "--tail", "2", "--out", str(out)]
     run = subprocess.run(
         [sys.executable, "-m", "memos_ray.cli", *args],
         cwd=REPO,
