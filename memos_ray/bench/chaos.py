@@ -49,6 +49,8 @@ class Outcome:
 
     acked: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (cube, text)
     deleted: dict[str, str] = field(default_factory=dict)  # id -> cube
+    # Deletes that got no answer (the ingress died mid-request): done or not, unknowable.
+    unanswered_deletes: dict[str, str] = field(default_factory=dict)  # id -> cube
     tasks: dict[str, str] = field(default_factory=dict)  # task id -> cube
     answers: Counter[str] = field(default_factory=Counter)  # "op status" -> count
     server_errors: list[str] = field(default_factory=list)
@@ -147,9 +149,12 @@ class Load:
 
     def _delete(self, http: httpx.Client, user: str, memory_id: str) -> None:
         answer = self._post(http, "delete_memory", {"user_id": user, "memory_ids": [memory_id]})
-        if answer is not None:
-            with self.outcome.lock:
-                self.outcome.deleted[memory_id] = self.outcome.acked[memory_id][0]
+        with self.outcome.lock:
+            cube = self.outcome.acked[memory_id][0]
+            if answer is not None:
+                self.outcome.deleted[memory_id] = cube
+            else:
+                self.outcome.unanswered_deletes[memory_id] = cube
 
 
 # -- killing -----------------------------------------------------------------------------
@@ -240,7 +245,7 @@ def verify(
     graph, vectors = build_ray_stores(config)
     live: dict[str, list[str]] = {}
     for memory_id, (cube, _) in outcome.acked.items():
-        if memory_id not in outcome.deleted:
+        if memory_id not in outcome.deleted and memory_id not in outcome.unanswered_deletes:
             live.setdefault(cube, []).append(memory_id)
     missing_graph: list[str] = []
     missing_vectors: list[str] = []
@@ -258,6 +263,9 @@ def verify(
         missing_keywords += [i for i in ids if i in texts and not texts[i]]
         graph_ids = set(graph.find_ids(cube))
         orphans += sorted(set(scan.ids) - graph_ids)
+    applied = sum(
+        1 for i, cube in outcome.unanswered_deletes.items() if not graph.get_nodes([cube], [i])
+    )
     ghosts: list[str] = []
     for memory_id, cube in outcome.deleted.items():
         if graph.get_nodes([cube], [memory_id]) or vectors.retrieve(cube, [memory_id]):
@@ -291,6 +299,9 @@ def verify(
     return {
         "acknowledged_adds": len(outcome.acked),
         "acknowledged_deletes": len(outcome.deleted),
+        # Their memories may be there or not: checked neither as lost nor as ghosts.
+        "unanswered_deletes": len(outcome.unanswered_deletes),
+        "unanswered_deletes_applied": applied,
         "lost_in_graph": len(missing_graph),
         "lost_in_vectors": len(missing_vectors),
         "lost_in_keyword_index": len(missing_keywords),
