@@ -201,9 +201,7 @@ def build_preferences(
 
 
 def build_tenancy_store(config: MemosConfig) -> SQLTenancyStore:
-    """The SQL store of users, cubes, grants, keys, the task log and the spaces registry."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    return SQLTenancyStore(config.sql_url())
+    return SQLTenancyStore.for_config(config)
 
 
 def _neo4j(cfg: Neo4jConfig) -> GraphStore:

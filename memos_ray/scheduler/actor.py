@@ -21,8 +21,8 @@ from ray.util import metrics
 
 from memos_ray.config import MemosConfig
 from memos_ray.embedded.falkordb_actor import actor_suffix
-from memos_ray.runtime.compose import build_tenancy_store
 from memos_ray.scheduler.context import Handler, HandlerContext, load_handler
+from memos_ray.stores.sql.sqlalchemy import SQLTenancyStore
 from memos_ray.stores.sql.tasks import QueueFullError, SQLTaskStore, Task, TaskStore
 
 logger = logging.getLogger("memos_ray.scheduler.actor")
@@ -205,7 +205,7 @@ class CubeSchedulerActor:
     def __init__(self, config: MemosConfig, cube_id: str) -> None:
 
         sched = config.scheduler
-        self._tasks = SQLTaskStore(build_tenancy_store(config).engine)
+        self._tasks = SQLTaskStore(SQLTenancyStore.for_config(config).engine)
         handlers = {label: load_handler(path) for label, path in sched.handler_paths().items()}
         self._core = CubeScheduler(
             cube_id,

@@ -6,12 +6,13 @@ import importlib
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memos_ray.config import MemosConfig
-from memos_ray.runtime.compose import Services
-from memos_ray.scheduler.services import build_task_services
 from memos_ray.stores.sql.tasks import Task, TaskStore
+
+if TYPE_CHECKING:
+    from memos_ray.runtime.compose import Services
 
 Handler = Callable[[Task, "HandlerContext"], "dict[str, Any] | None"]
 
@@ -45,6 +46,10 @@ class HandlerContext:
     def services(self) -> Services:
         with self._lock:
             if self._services is None:
+                # deferred: the service stack (Serve handles, store clients; about 2 s of
+                # imports) loads when a handler first asks for it, not in every cube's actor.
+                from memos_ray.scheduler.services import build_task_services
+
                 self._services = build_task_services(self.config)
             return self._services
 

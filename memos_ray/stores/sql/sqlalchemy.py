@@ -33,6 +33,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import iso, utc_now
 from memos_ray.domain.tenancy import Access, Cube, Grant, LLMUsage, User
 from memos_ray.errors import (
@@ -130,6 +131,13 @@ def _cube(row: CubeRow) -> Cube:
 
 class SQLTenancyStore(TenancyStore):
     """One engine shared by all threads; every call runs in its own short transaction."""
+
+    @classmethod
+    def for_config(cls, config: MemosConfig) -> SQLTenancyStore:
+        """The configured store (SQLite in the data dir by default): users, cubes, grants,
+        keys, the task log and the embedding spaces registry."""
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(config.sql_url())
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         parsed = normalize_url(url)
