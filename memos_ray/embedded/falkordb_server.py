@@ -55,6 +55,21 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
+# How long a server on a configured port waits for a previous owner to let it go.
+PORT_RELEASE_WAIT_S = 15.0
+
+
+def _wait_port_free(host: str, port: int, timeout_s: float = PORT_RELEASE_WAIT_S) -> bool:
+    """A server of a process killed a moment ago dies with it (its parent-death signal),
+    but not at once: a restart on the same port waits for that instead of failing."""
+    deadline = time.monotonic() + timeout_s
+    while not _port_free(host, port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def data_dir_password(data_dir: Path) -> str:
     """The server's password: made once per data dir, kept in a 0600 file, reused after.
 
@@ -170,6 +185,7 @@ class FalkorDBServer:
         self.startup_timeout_s = startup_timeout_s
         self._password: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     @property
     def log_path(self) -> Path:
@@ -202,6 +218,10 @@ class FalkorDBServer:
         if self.is_running():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._want_redis_port is not None and not self._started:
+            # A first start only: a restart's failures are the supervisor's to back off.
+            _wait_port_free(self.host, self._want_redis_port)
+        self._started = True
         # An auto-picked port is kept across restarts (clients hold it) unless taken.
         for _attempt in range(3):
             if self._redis_port is None or not _port_free(self.host, self._redis_port):

@@ -271,3 +271,26 @@ def test_supervisor_backs_off_and_reports_the_server_down(tmp_path: Path) -> Non
         squatter.close()
         supervisor.stop()
     assert supervisor.status().state == "stopped"
+
+
+def test_a_first_start_waits_for_the_port_a_dying_server_still_holds(tmp_path: Path) -> None:
+    """A job re-run right after its predecessor was killed: the old server still holds the
+    configured port for a moment (it dies with its parent, not at once); the new one waits
+    for it instead of failing."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    threading.Timer(1.0, holder.close).start()
+    server = FalkorDBServer(tmp_path / "graph", redis_port=port, startup_timeout_s=10)
+    began = time.monotonic()
+    try:
+        server.start()
+        assert server.redis_port == port and server.is_running()
+        assert time.monotonic() - began >= 0.9
+    finally:
+        holder.close()
+        server.stop()
