@@ -60,8 +60,9 @@ class AccessControl:
             raise UnauthorizedError("missing Authorization: Bearer <api key>")
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise UnauthorizedError("Authorization must be 'Bearer <api key>'")
+        # `Token` is the scheme MemOS's own clients send.
+        if scheme.lower() not in ("bearer", "token") or not token:
+            raise UnauthorizedError("Authorization must be 'Bearer <api key>' or 'Token <api key>'")
         if hmac.compare_digest(token.encode(), self._admin_key.encode()):  # type: ignore[union-attr]
             return Caller(user_id=None, is_admin=True)
         user_id = self.tenancy.user_for_key(token)

@@ -32,6 +32,20 @@ def test_every_route_but_health_needs_a_key(auth_api: RunningApi) -> None:
     assert bad.status_code == 401
 
 
+def test_memos_token_scheme_is_accepted_like_bearer(
+    auth_api: RunningApi, users: dict[str, str]
+) -> None:
+    """MemOS's clients send `Authorization: Token <key>`; other schemes stay refused."""
+    body = {"user_id": users["alice"], "query": "anything"}
+    for scheme in ("Token", "token", "Bearer"):
+        headers = {"Authorization": f"{scheme} {users['alice_key']}"}
+        response = auth_api.http.post("/product/search", json=body, headers=headers)
+        assert response.status_code == 200, (scheme, response.text)
+    for bad in (f"Basic {users['alice_key']}", "Token", f"Token {users['alice_key']}x"):
+        response = auth_api.http.post("/product/search", json=body, headers={"Authorization": bad})
+        assert response.status_code == 401, (bad, response.text)
+
+
 def test_cross_tenant_access_needs_a_grant(auth_api: RunningApi, users: dict[str, str]) -> None:
     alice, bob = users["alice"], users["bob"]
     a_key, b_key = users["alice_key"], users["bob_key"]
