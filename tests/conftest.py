@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = [
+    "tests.fixtures.api",
     "tests.fixtures.falkordb",
     "tests.fixtures.llm",
     "tests.fixtures.postgres",

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.api.conftest import ADMIN_KEY, RunningApi
+from tests.fixtures.api import ADMIN_KEY, RunningApi
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from memos_ray.cli import main
 from memos_ray.client import MemosClient
 from memos_ray.errors import BadRequestError, NotFoundError, PayloadTooLargeError
-from tests.api.conftest import RunningApi
+from tests.fixtures.api import RunningApi
 
 
 def test_client_round_trip(open_api: RunningApi) -> None:

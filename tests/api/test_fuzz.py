@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.api.conftest import RunningApi
+from tests.fixtures.api import RunningApi
 
 EXAMPLES = int(os.environ.get("MEMOS_FUZZ_EXAMPLES", "12"))
 # Routes whose generated requests would only wait (long polls, streams): fuzzed with their

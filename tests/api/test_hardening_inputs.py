@@ -28,7 +28,7 @@ from memos_ray.runtime.compose import LocalStack
 from memos_ray.scheduler.actor import SchedulerClient
 from memos_ray.services.chat import ChatService
 from memos_ray.stores.sql.tasks import SQLTaskStore
-from tests.api.conftest import ADMIN_KEY, RunningApi
+from tests.fixtures.api import ADMIN_KEY, RunningApi
 from tests.fixtures.scripted_model import ScriptedChatModel
 from tests.fixtures.servers import serve_in_thread
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from tests.api.conftest import RunningApi
+from tests.fixtures.api import RunningApi
 
 CONVERSATION = [
     {

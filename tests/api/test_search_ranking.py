@@ -7,8 +7,8 @@ import uuid
 from memos_ray.core.reader import Turn, fast_windows
 from memos_ray.models.embedder import SentenceTransformerEmbedder
 from memos_ray.services.memory import MemoryService
-from tests.api.conftest import RunningApi
 from tests.api.test_product_api import add, search
+from tests.fixtures.api import RunningApi
 
 
 def _user() -> str:
