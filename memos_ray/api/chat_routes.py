@@ -27,7 +27,12 @@ from memos_ray.errors import (
 )
 from memos_ray.models.chat import Message, ReasoningSplitter, SamplingParams
 from memos_ray.runtime.netguard import public_message
-from memos_ray.schemas.chat import OpenAIChatRequest, ProductChatRequest
+from memos_ray.schemas.chat import (
+    BusinessChatRequest,
+    OpenAIChatRequest,
+    PlaygroundChatRequest,
+    ProductChatRequest,
+)
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.values import ValidText
 from memos_ray.services.chat import ChatService, ChatTurn, PreparedChat
@@ -80,6 +85,25 @@ def chat_complete(req: ProductChatRequest, context: Ctx, who: Who) -> dict[str, 
 
 @product.post("/chat/stream")
 def chat_stream(req: ProductChatRequest, context: Ctx, who: Who) -> StreamingResponse:
+    return _stream(req, context, who)
+
+
+@product.post("/chat/stream/playground")
+def chat_stream_playground(req: PlaygroundChatRequest, context: Ctx, who: Who) -> StreamingResponse:
+    """MemOS's playground chat: the same stream (the guide step is the playground UI's)."""
+    return _stream(req, context, who)
+
+
+@product.post("/chat/stream/business_user")
+def chat_stream_business_user(
+    req: BusinessChatRequest, context: Ctx, who: Who
+) -> StreamingResponse:
+    """MemOS's chat for a business user: the same stream, on the same access checks (the
+    business key is MemOS's own routing label; memos-ray authenticates by API key)."""
+    return _stream(req, context, who)
+
+
+def _stream(req: ProductChatRequest, context: ApiContext, who: Caller) -> StreamingResponse:
     chat = _chat(context)
     turn, write_back = _product_turn(req, context, who)
     prepared = chat.prepare(turn)

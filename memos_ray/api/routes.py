@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
 from memos_ray.api.wire import bucket, edge_json, item_json, preference_bucket
-from memos_ray.core.filters import Condition, FilterExpr, Or, parse_filter
+from memos_ray.core.filters import And, Condition, FilterExpr, Or, parse_filter
 from memos_ray.domain.memory import (
     DEFAULT_SESSION,
     Edge,
@@ -23,7 +23,6 @@ from memos_ray.domain.memory import (
 from memos_ray.domain.tenancy import Access
 from memos_ray.errors import (
     BadRequestError,
-    NotFoundError,
     ServiceUnavailableError,
 )
 from memos_ray.schemas.envelope import ok
@@ -43,8 +42,13 @@ from memos_ray.schemas.product import (
 from memos_ray.schemas.values import INT64_MAX, MemoryIdText
 from memos_ray.services.add import Added
 from memos_ray.services.feedback import FeedbackService, FeedbackTask, recover
-from memos_ray.services.inputs import check_query, history_messages, requested_cubes
-from memos_ray.services.memory import SearchOptions
+from memos_ray.services.inputs import (
+    check_query,
+    history_messages,
+    message_text,
+    requested_cubes,
+)
+from memos_ray.services.memory import TOOL_TYPES, VISIBLE_STATUSES, SearchOptions
 from memos_ray.services.preferences import PreferenceService, preference_note, preference_string
 from memos_ray.services.tenancy import Caller
 
@@ -70,11 +74,38 @@ product = APIRouter(prefix="/product")
 
 @product.post("/add")
 def add(req: AddRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    user_id = context.access.act_as(who, req.user_id)
     requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
+    user_id = acting_user(context, who, req.user_id, requested)
+    # As in MemOS, writing to a cube id nobody has yet makes it: the writer owns it.
+    for cube_id in requested or []:
+        context.access.claim_cube(user_id, cube_id, who)
     cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
+    if req.is_feedback:
+        return _feedback_add(req, context, user_id, cubes[0])
     result = context.adder.add(req, user_id, cubes)
     return ok([_added(a) for a in result.added], result.message)
+
+
+def _feedback_add(req: AddRequest, context: ApiContext, user_id: str, cube_id: str) -> dict:
+    """MemOS's `is_feedback` add: the last user message is feedback on the conversation
+    before it (`chat_history` and the earlier messages)."""
+    if context.fine is None:
+        raise ServiceUnavailableError("feedback needs an LLM (llm.backend is 'none')")
+    messages = req.messages if isinstance(req.messages, list) else []
+    spoken = [m for m in messages if m.role == "user" and message_text(m)[0].strip()]
+    content = message_text(spoken[-1])[0] if spoken else (req.memory_content or "")
+    if isinstance(req.messages, str):
+        content = req.messages
+    if not content.strip():
+        raise BadRequestError("is_feedback: no user message to read the feedback from")
+    before = [m for m in messages if not spoken or m is not spoken[-1]]
+    task = FeedbackTask(
+        feedback_content=content,
+        history=history_messages([*(req.chat_history or []), *before]),
+        session_id=req.session_id or DEFAULT_SESSION,
+    )
+    outcome = _apply_feedback(context, cube_id, user_id, task, req.async_mode)
+    return ok([outcome], "Feedback " + ("queued" if "task_id" in outcome else "applied"))
 
 
 @product.post("/search")
@@ -85,7 +116,7 @@ def search(req: SearchRequest, context: Ctx, who: Who) -> dict[str, Any]:
     cubes = context.access.cubes_for(user_id, requested, write=False, caller=who)
     found = context.searcher.search(req, cubes)
     payload = SearchData(text_mem=[], pref_mem=[], tool_mem=[], skill_mem=[]).model_dump()
-    payload["text_mem"] = [bucket(c, found.text[c]) for c in cubes]
+    payload["text_mem"] = [bucket(c, found.text.get(c, [])) for c in cubes]
     for name in EMPTY_BUCKETS:
         payload[name] = [bucket(c, []) for c in cubes]
     if found.preferences is not None:
@@ -103,7 +134,20 @@ def search(req: SearchRequest, context: Ctx, who: Who) -> dict[str, Any]:
 
 @product.post("/get_memory")
 def get_memory(req: GetMemoryRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    user_id = context.access.act_as(who, req.user_id)
+    return ok(_memories_page(req, context, who), "Memories retrieved successfully")
+
+
+@product.post("/get_memory_dashboard")
+def get_memory_dashboard(req: GetMemoryRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    """MemOS's dashboard listing: the same page as /get_memory (its cube optional too)."""
+    return ok(_memories_page(req, context, who), "Memories retrieved successfully")
+
+
+def _memories_page(req: GetMemoryRequest, context: ApiContext, who: Caller) -> dict[str, Any]:
+    """A page of the cube's text memories with its preferences and tool memories (MemOS's
+    GetMemoryResponse buckets); the cube is `mem_cube_id`, else the user's own."""
+    requested = [req.mem_cube_id] if req.mem_cube_id else None
+    user_id = acting_user(context, who, req.user_id, requested)
     cube_id = req.mem_cube_id or user_id
     context.access.cubes_for(user_id, [cube_id], write=False, caller=who)
     page_size = req.page_size
@@ -121,16 +165,27 @@ def get_memory(req: GetMemoryRequest, context: Ctx, who: Who) -> dict[str, Any]:
     data: dict[str, Any] = {"text_mem": [bucket(cube_id, items, total)]}
     for name in EMPTY_BUCKETS:
         data[name] = [bucket(cube_id, [])]
-    return ok(data, "Memories retrieved successfully")
+    limit = page_size or context.config.limits.max_page_size
+    if req.include_preference and context.preferences is not None:
+        preferences, count = context.preferences.store.list(cube_id, limit=limit)
+        data["pref_mem"] = [preference_bucket(cube_id, preferences) | {"total_nodes": count}]
+    if req.include_tool_memory:
+        tools, count = context.service.graph.list_nodes(
+            cube_id, memory_types=TOOL_TYPES, statuses=VISIBLE_STATUSES, limit=limit
+        )
+        data["tool_mem"] = [bucket(cube_id, tools, count)]
+    return data
 
 
 @product.get("/get_memory/{memory_id}")
 def get_memory_by_id(
     memory_id: str, context: Ctx, who: Who, user_id: str | None = None
 ) -> dict[str, Any]:
+    """MemOS answers an unknown id with 200 and `data: null`; so does a memory in a cube the
+    caller may not read (its existence is not told)."""
     items = _readable_items(context, who, user_id, [memory_id])
     if not items:
-        raise NotFoundError(f"memory {memory_id!r} not found")
+        return ok(None, f"Memory with ID {memory_id} not found")
     return ok(item_json(items[0]), "Memory retrieved successfully")
 
 
@@ -153,7 +208,7 @@ def get_all(req: GetAllRequest, context: Ctx, who: Who) -> dict[str, Any]:
         check_query(req.search_query, context.config.limits)
     result = []
     for cube_id in cubes:
-        if req.memory_type != "text_mem":
+        if req.memory_type != "text_mem":  # act_mem, param_mem: none are kept as lists
             result.append({"cube_id": cube_id, "memories": [], "memory_statistics": {}})
             continue
         memory = context.service
@@ -171,14 +226,20 @@ def get_all(req: GetAllRequest, context: Ctx, who: Who) -> dict[str, Any]:
 
 @product.post("/delete_memory")
 def delete_memory(req: DeleteMemoryRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    user_id = context.access.act_as(who, req.user_id or who.user_id)
     requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
+    user_id = acting_user(context, who, req.user_id, requested)
     cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
     selector: FilterExpr | None = None
     if req.filter:
         selector = parse_filter(req.filter)
     elif req.file_ids:
         selector = Or(tuple(Condition("file_ids", "contains", f) for f in req.file_ids))
+    elif req.quick:
+        # MemOS's quick delete: every memory of that user and/or session in the cubes.
+        quick = [Condition("user_id", "eq", req.user_id)] if req.user_id else []
+        if req.session_id is not None:
+            quick.append(Condition("session_id", "eq", req.session_id))
+        selector = quick[0] if len(quick) == 1 else And(tuple(quick))
     deleted: dict[str, list[str]] = {}
     for cube_id in cubes:
         if selector is not None:
@@ -198,36 +259,57 @@ def delete_memory(req: DeleteMemoryRequest, context: Ctx, who: Who) -> dict[str,
 
 @product.post("/feedback")
 def feedback(req: FeedbackRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    if not req.feedback_content.strip():
+    """MemOS's MemoryResponse: `data` is a list of one process record (`record`, and the
+    corrected `answer` when `corrected_answer` is true; `task_id` when queued)."""
+    if not (req.feedback_content or "").strip():
         raise BadRequestError("feedback_content is empty")
     if context.fine is None:
         raise ServiceUnavailableError("feedback needs an LLM (llm.backend is 'none')")
-    user_id = context.access.act_as(who, req.user_id)
     requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
+    user_id = acting_user(context, who, req.user_id, requested)
     cube_id = context.access.cubes_for(user_id, requested, write=True, caller=who)[0]
     task = FeedbackTask(
-        feedback_content=req.feedback_content,
+        feedback_content=req.feedback_content or "",
         history=history_messages(req.history),
         retrieved_memory_ids=req.retrieved_memory_ids or [],
-        corrected_answer=req.corrected_answer,
         feedback_time=req.feedback_time,
         session_id=req.session_id or DEFAULT_SESSION,
     )
-    if req.async_mode == "async" and context.scheduler is not None:
+    outcome = _apply_feedback(context, cube_id, user_id, task, req.async_mode)
+    if not req.corrected_answer:
+        outcome.pop("answer", None)
+    message = outcome.pop("message")
+    return ok([outcome], message)
+
+
+def _apply_feedback(
+    context: ApiContext, cube_id: str, user_id: str, task: FeedbackTask, async_mode: str
+) -> dict[str, Any]:
+    assert context.fine is not None
+    if async_mode == "async" and context.scheduler is not None:
         # Recorded before the answer; the cube's scheduler applies it in order with the
         # cube's other writes. Poll /product/scheduler/status for its record.
         queued = context.scheduler.submit(
             cube_id, user_id, "mem_feedback", task.model_dump(mode="json")
         )
-        data = {"task_id": queued.task_id, "state": queued.state}
-        return ok(data, f"Feedback queued as task {queued.task_id}")
+        return {
+            "task_id": queued.task_id,
+            "state": queued.state,
+            "cube_id": cube_id,
+            "message": f"Feedback queued as task {queued.task_id}",
+        }
     outcome = FeedbackService(context.fine).apply_task(cube_id, user_id, task)
     message = "Feedback applied"
-    if req.async_mode == "async":
+    if async_mode == "async":
         message += " (no scheduler runs, so synchronously)"
     if outcome.error:
         message += "; the LLM's decision was unreadable, the feedback is kept as a memory"
-    return ok({"answer": outcome.answer, "record": outcome.record()}, message)
+    return {
+        "answer": outcome.answer,
+        "record": outcome.record(),
+        "cube_id": cube_id,
+        "message": message,
+    }
 
 
 @product.post("/recover_memory")
@@ -243,6 +325,7 @@ def recover_memory(req: RecoverRequest, context: Ctx, who: Who) -> dict[str, Any
 
 @product.post("/create_cube")
 def create_cube(req: CreateCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    context.access.require_write(who)
     owner = context.access.act_as(who, req.owner_id)
     cube_id = req.cube_id or str(uuid.uuid4())
     cube = context.access.tenancy.create_cube(cube_id, req.cube_name or cube_id, owner)
@@ -310,6 +393,20 @@ def _cube_graph(
         "tree_structure": None,
     }
     return {"cube_id": cube_id, "memories": [graph], "memory_statistics": stats}
+
+
+def acting_user(
+    context: ApiContext, who: Caller, user_id: str | None, cubes: list[str] | None
+) -> str:
+    """The user a request acts for. MemOS makes `user_id` optional where cubes are named:
+    a key stands for its owner, and the admin key (or open mode) acts as the first named
+    cube's owner."""
+    if user_id or not who.unrestricted:
+        return context.access.act_as(who, user_id or who.user_id)
+    cube = context.access.tenancy.get_cube(cubes[0]) if cubes else None
+    if cube is None:
+        raise BadRequestError("user_id is required (or name an existing cube)")
+    return context.access.act_as(who, cube.owner_id)
 
 
 def _readable_items(

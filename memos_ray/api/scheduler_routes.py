@@ -8,17 +8,18 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body, Query
 from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
+from memos_ray.api.routes import acting_user
 from memos_ray.config import LimitsConfig
-from memos_ray.errors import BadRequestError, ServiceUnavailableError
+from memos_ray.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from memos_ray.runtime.netguard import redact
 from memos_ray.scheduler.actor import SchedulerClient
 from memos_ray.schemas.envelope import ok
@@ -26,6 +27,9 @@ from memos_ray.schemas.values import ValidText
 from memos_ray.stores.sql.tasks import Task
 
 _STREAM_POLL_S = 0.5
+_STATES = ("waiting", "in_progress", "completed", "failed", "cancelled")
+# A summary counts at most this many of the newest tasks.
+_ALL_LIMIT = 100_000
 
 
 class WaitRequest(ValidText):
@@ -53,25 +57,81 @@ router = APIRouter(prefix="/product/scheduler")
 def status(
     context: Ctx, who: Who, user_id: str | None = None, task_id: str | None = None
 ) -> dict[str, Any]:
+    """MemOS's StatusResponse: `data` lists the tasks (each with `task_id` and `status`, plus
+    memos-ray's record); an unknown task is 404. The counts by state come as `summary`."""
     scheduler = _scheduler(context)
     acting = context.access.act_as(who, user_id or who.user_id)
     tasks = _tasks(scheduler, acting, task_id)
-    summary: dict[str, int] = {}
-    for task in tasks:
-        summary[task.state] = summary.get(task.state, 0) + 1
-    return ok({"tasks": [_task_json(t) for t in tasks], "summary": summary}, "Task status")
+    if task_id and not tasks:
+        raise NotFoundError(f"task {task_id!r} not found for user {acting!r}")
+    body = ok([_task_json(t) for t in tasks], "Memory get status successfully")
+    body["summary"] = _summary(tasks)
+    return body
+
+
+@router.get("/allstatus")
+def all_status(context: Ctx, who: Who, user_id: str | None = None) -> dict[str, Any]:
+    """MemOS's AllStatusResponse. The admin key (or open mode) sees every task; a user's
+    key sees its own."""
+    scheduler = _scheduler(context)
+    if who.unrestricted and not user_id:
+        tasks = scheduler.tasks.find(limit=_ALL_LIMIT)
+    else:
+        acting = context.access.act_as(who, user_id or who.user_id)
+        tasks = scheduler.tasks.find(user_id=acting, limit=_ALL_LIMIT)
+    counts = _summary(tasks)
+    summary = {state: counts.get(state, 0) for state in _STATES}
+    summary["pending"] = summary["waiting"] + summary["in_progress"]
+    summary["total"] = len(tasks)
+    data = {"scheduler_summary": summary, "all_tasks_summary": summary}
+    return ok(data, "Scheduler status summary retrieved successfully")
+
+
+@router.get("/task_queue_status")
+def task_queue_status(context: Ctx, who: Who, user_id: str | None = None) -> dict[str, Any]:
+    """MemOS's TaskQueueResponse over the task log: one queue per cube (its `stream_keys`),
+    running tasks as `pending`, waiting ones as `remaining`."""
+    scheduler = _scheduler(context)
+    acting = context.access.act_as(who, user_id or who.user_id)
+    queued = scheduler.tasks.find(user_id=acting, states=["waiting", "in_progress"])
+    running = [t.task_id for t in queued if t.state == "in_progress"]
+    waiting = [t.task_id for t in queued if t.state == "waiting"]
+    data = {
+        "user_id": acting,
+        "user_name": acting,
+        "mem_cube_id": queued[0].cube_id if queued else None,
+        "stream_keys": sorted({t.cube_id for t in queued}),
+        "users_count": 1 if queued else 0,
+        "pending_tasks_count": len(running),
+        "remaining_tasks_count": len(waiting),
+        "pending_tasks_detail": running,
+        "remaining_tasks_detail": waiting,
+    }
+    return ok(data, "Scheduler task queue status retrieved successfully")
 
 
 @router.post("/wait")
-async def wait(req: WaitRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    """Async: while it sleeps between polls it holds no thread, only the SQL reads do."""
+async def wait(
+    context: Ctx,
+    who: Who,
+    body: Annotated[WaitRequest | None, Body()] = None,
+    user_name: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    timeout_seconds: Annotated[float | None, Query(gt=0, le=3600)] = None,
+    poll_interval: Annotated[float | None, Query(gt=0, le=60)] = None,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+) -> dict[str, Any]:
+    """MemOS passes query parameters, memos-ray's clients a JSON body: either works.
+
+    Async: while it sleeps between polls it holds no thread, only the SQL reads do."""
+    req = _wait_request(body, user_name, timeout_seconds, poll_interval, user_id)
 
     def authorise() -> tuple[SchedulerClient, str]:
         scheduler = _scheduler(context)
-        acting = context.access.act_as(who, req.user_id or who.user_id)
+        acting = acting_user(context, who, req.user_id, [req.user_name])
         cube = context.access.cubes_for(acting, [req.user_name], write=False, caller=who)[0]
         return scheduler, cube
 
+    started = time.monotonic()
     scheduler, cube = await run_in_threadpool(authorise)
     timeout, poll = wait_plan(req.timeout_seconds, req.poll_interval, context.config.limits)
     deadline = time.monotonic() + timeout
@@ -84,13 +144,76 @@ async def wait(req: WaitRequest, context: Ctx, who: Who) -> dict[str, Any]:
     )
     data = {
         "cube_id": cube,
+        "user_name": req.user_name,
         "pending": pending,
+        "running_tasks": pending,
         "failed": failed,
         "timed_out": pending > 0,
+        "waited_seconds": round(time.monotonic() - started, 3),
         "timeout_seconds": timeout,
         "poll_interval": poll,
     }
-    return ok(data, "Queue drained" if not pending else "Timed out with tasks pending")
+    return ok(data, "idle" if not pending else "timeout")
+
+
+def _wait_request(
+    body: WaitRequest | None,
+    user_name: str | None,
+    timeout_seconds: float | None,
+    poll_interval: float | None,
+    user_id: str | None,
+) -> WaitRequest:
+    fields: dict[str, Any] = body.model_dump() if body is not None else {}
+    given = {
+        "user_name": user_name,
+        "timeout_seconds": timeout_seconds,
+        "poll_interval": poll_interval,
+        "user_id": user_id,
+    }
+    fields.update({k: v for k, v in given.items() if v is not None})
+    if not fields.get("user_name"):
+        raise BadRequestError("user_name is required (a query parameter or in the body)")
+    return WaitRequest(**fields)
+
+
+@router.get("/wait/stream")
+def wait_stream(
+    context: Ctx,
+    who: Who,
+    user_name: Annotated[str, Query(min_length=1, max_length=128)],
+    timeout_seconds: Annotated[float, Query(gt=0, le=3600)] = 120.0,
+    poll_interval: Annotated[float, Query(gt=0, le=60)] = 0.5,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+) -> StreamingResponse:
+    """MemOS's progress stream for a queue: a frame per poll (`running` with the count of
+    active tasks, then `idle`), or `timeout`. `user_name` is the cube (a user's default cube
+    has the user's id)."""
+    scheduler = _scheduler(context)
+    acting = acting_user(context, who, user_id, [user_name])
+    cube = context.access.cubes_for(acting, [user_name], write=False, caller=who)[0]
+    timeout, poll = wait_plan(timeout_seconds, poll_interval, context.config.limits)
+
+    async def frames() -> AsyncIterator[str]:
+        started = time.monotonic()
+        while True:
+            active = await run_in_threadpool(scheduler.tasks.pending, cube)
+            elapsed = time.monotonic() - started
+            timed_out = active > 0 and elapsed >= timeout
+            state = "timeout" if timed_out else ("running" if active else "idle")
+            frame: dict[str, Any] = {
+                "user_name": user_name,
+                "active_tasks": active,
+                "elapsed_seconds": round(elapsed, 3),
+                "status": state,
+            }
+            if timed_out:
+                frame["timed_out"] = True
+            yield f"data: {json.dumps(frame)}\n\n"
+            if state != "running":
+                return
+            await asyncio.sleep(min(poll, max(0.0, timeout - elapsed) + 0.01))
+
+    return StreamingResponse(frames(), media_type="text/event-stream")
 
 
 @router.get("/stream")
@@ -146,10 +269,18 @@ def _tasks(scheduler: SchedulerClient, user_id: str, task_id: str | None) -> lis
     return scheduler.tasks.find(user_id=user_id, limit=200)
 
 
+def _summary(tasks: list[Task]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for task in tasks:
+        counts[task.state] = counts.get(task.state, 0) + 1
+    return counts
+
+
 def _task_json(task: Task) -> dict[str, Any]:
     """A task as clients see it: its error (a handler's exception text, which may name a
     store's address or the data dir) redacted."""
     data = task.model_dump(exclude={"payload", "seq", "not_before"})
+    data["status"] = task.state  # MemOS's name for it
     if data.get("error"):
         data["error"] = redact(str(data["error"]))
     return data

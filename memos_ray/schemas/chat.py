@@ -45,6 +45,15 @@ class ProductChatRequest(ValidText):
         return value
 
 
+class PlaygroundChatRequest(ProductChatRequest):
+    beginner_guide_step: str | None = Field(default=None, max_length=256)
+
+
+class BusinessChatRequest(ProductChatRequest):
+    business_key: str = Field(min_length=1, max_length=256)
+    need_search: bool = False
+
+
 class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

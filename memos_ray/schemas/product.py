@@ -20,8 +20,36 @@ class _Request(ValidText):
     model_config = ConfigDict(extra="ignore")
 
 
+def _raw_items_as_messages(data: Any) -> Any:
+    """MemOS's add model turns `memory_content` and `doc_path` into role-less raw items in
+    `messages` (`{"type": "text", "text"}`, `{"type": "file", "file": {...}}`): text items
+    join `memory_content` (the same text twice is stored once), file items become a user
+    message carrying the file part."""
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        return data
+    messages: list[Any] = []
+    texts: list[str] = []
+    for item in data["messages"]:
+        if isinstance(item, dict) and "role" not in item and item.get("type") == "text":
+            text = item.get("text")
+            if not isinstance(text, str):
+                raise ValueError("a raw text item of messages needs a string `text`")
+            if text != data.get("memory_content"):
+                texts.append(text)
+        elif isinstance(item, dict) and "role" not in item and item.get("type") == "file":
+            messages.append({"role": "user", "content": [item]})
+        else:
+            messages.append(item)
+    data = dict(data)
+    if texts:
+        data["memory_content"] = "\n\n".join(filter(None, [data.get("memory_content"), *texts]))
+    data["messages"] = messages or None
+    return data
+
+
 class AddRequest(_Request):
-    user_id: str = Field(min_length=1, max_length=128)
+    # MemOS lets an API key's owner stand for it; memos-ray needs it only without a key.
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
     session_id: SessionId | None = None
     task_id: SessionId | None = None
     writable_cube_ids: IdList | None = None
@@ -38,6 +66,11 @@ class AddRequest(_Request):
     source: str | None = None
     # memos-ray's: tool definitions (OpenAI format) to keep as ToolSchemaMemory.
     tools: ToolList | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _raw_items(cls, data: Any) -> Any:
+        return _raw_items_as_messages(data)
 
 
 class AddedMemory(BaseModel):
@@ -89,8 +122,9 @@ class SearchData(BaseModel):
 
 
 class GetMemoryRequest(_Request):
-    mem_cube_id: str | None = None
-    user_id: str = Field(min_length=1, max_length=128)
+    # MemOS needs only the cube; memos-ray also takes the user (whose default cube it is).
+    mem_cube_id: str | None = Field(default=None, min_length=1, max_length=128)
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
     include_preference: bool = True
     include_tool_memory: bool = True
     include_skill_memory: bool = True
@@ -101,7 +135,8 @@ class GetMemoryRequest(_Request):
 
 class GetAllRequest(_Request):
     user_id: str = Field(min_length=1, max_length=128)
-    memory_type: Literal["text_mem", "act_mem", "para_mem"] = "text_mem"
+    # Activation and parametric memories are not kept as lists here: their buckets are empty.
+    memory_type: Literal["text_mem", "act_mem", "param_mem", "para_mem"] = "text_mem"
     mem_cube_ids: IdList | None = None
     search_query: str | None = None
     search_type: Literal["fulltext", "embedding"] = "embedding"
@@ -114,16 +149,32 @@ class DeleteMemoryRequest(_Request):
     filter: FilterDict | None = None
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
     session_id: SessionId | None = None
+    conversation_id: SessionId | None = None
     mem_cube_id: str | None = None
+    auto_cleanup_working: bool | None = False
 
     @model_validator(mode="after")
     def _exactly_one_selector(self) -> DeleteMemoryRequest:
+        """MemOS's modes: ids, file ids, or a filter; `user_id` / `session_id` alone are the
+        quick delete (every memory of that user / session in the writable cubes). With ids
+        or a filter, `user_id` is the user acting (memos-ray's reading)."""
+        if self.conversation_id is not None:
+            if self.session_id is not None and self.session_id != self.conversation_id:
+                raise ValueError("conversation_id and session_id differ")
+            self.session_id = self.conversation_id
         given = [n for n in ("memory_ids", "file_ids", "filter") if getattr(self, n)]
-        if len(given) != 1:
+        if len(given) > 1 or (not given and not self.quick):
             raise ValueError(
-                "give exactly one non-empty selector among memory_ids, file_ids and filter"
+                "give exactly one non-empty selector among memory_ids, file_ids and filter, "
+                "or user_id / session_id alone for a quick delete"
             )
         return self
+
+    @property
+    def quick(self) -> bool:
+        """A quick delete: no ids and no filter, only user_id and/or session_id."""
+        selectors = (self.memory_ids, self.file_ids, self.filter)
+        return not any(selectors) and (self.user_id is not None or self.session_id is not None)
 
 
 class CreateCubeRequest(_Request):
@@ -151,12 +202,13 @@ class FeedbackRequest(_Request):
     session_id: SessionId | None = None
     history: list[ChatMessage] | None = None
     retrieved_memory_ids: IdList | None = None
-    feedback_content: str = Field(min_length=1, max_length=100_000)
+    feedback_content: str | None = Field(default=None, max_length=100_000)
     feedback_time: str | None = None
     writable_cube_ids: IdList | None = None
     mem_cube_id: str | None = None
     async_mode: Literal["async", "sync"] = "sync"
-    corrected_answer: str | None = None
+    # MemOS's: whether to answer with a corrected answer (the LLM's reply to the feedback).
+    corrected_answer: bool = False
     info: InfoDict | None = None
 
 

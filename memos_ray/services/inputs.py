@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from memos_ray.config import LimitsConfig, ReaderConfig
@@ -9,7 +10,7 @@ from memos_ray.core.documents import Document, chunk_text, decode_file_data, par
 from memos_ray.core.filters import FilterExpr, parse_filter
 from memos_ray.core.reader import Turn, Window, fast_windows, text_memory
 from memos_ray.core.tools import ToolMessage, schema_windows, trajectory_windows
-from memos_ray.domain.memory import TEXT_MEMORY_TYPES
+from memos_ray.domain.memory import TEXT_MEMORY_TYPES, MemoryType
 from memos_ray.errors import BadRequestError, PayloadTooLargeError
 from memos_ray.models.chat import Message
 from memos_ray.schemas.messages import ChatMessage, FilePart, ImagePart, TextPart
@@ -56,6 +57,11 @@ def documents_from_request(req: AddRequest, limits: LimitsConfig) -> list[Docume
         if isinstance(message.content, str) or not message.content:
             continue
         for part in message.content:
+            if isinstance(part, FilePart) and not part.file.file_data and _server_path(part):
+                raise BadRequestError(
+                    "a file part names a path on the server (MemOS's doc_path); memos-ray "
+                    "reads no server files: send the file's content as `file_data` (base64)"
+                )
             if not isinstance(part, FilePart) or not part.file.file_data:
                 continue
             name = part.file.filename or part.file.file_id or "document"
@@ -76,6 +82,11 @@ def documents_from_request(req: AddRequest, limits: LimitsConfig) -> list[Docume
                 )
             documents.append(Document(name=name, text=text, file_id=part.file.file_id))
     return documents
+
+
+def _server_path(part: FilePart) -> bool:
+    extra = part.file.model_extra or {}
+    return bool(extra.get("path") or extra.get("doc_path"))
 
 
 def tool_windows_from_request(req: AddRequest) -> list[Window]:
@@ -163,18 +174,40 @@ def filters_by_cube(raw: dict[str, Any] | None, cubes: list[str]) -> dict[str, F
     return {c: parsed for c in cubes}
 
 
-def memory_types(search_memory_type: str) -> list[str] | None:
-    """`search_memory_type` ("All" or a comma list of text memory types) as a type list."""
+@dataclass(frozen=True)
+class SearchTypes:
+    """What a `search_memory_type` asks for: text types (None: all), tool types, and
+    whether preferences are wanted."""
+
+    text: tuple[str, ...] | None
+    tools: tuple[str, ...]
+    preferences: bool
+    explicit: bool
+
+
+# Kinds MemOS names that memos-ray keeps none of: asking for them finds nothing.
+_KEPT_NONE = ("SkillMemory", "AllSummaryMemory")
+_TOOL_TYPES = (str(MemoryType.TOOL_SCHEMA), str(MemoryType.TOOL_TRAJECTORY))
+
+
+def search_types(search_memory_type: str | None) -> SearchTypes:
+    """`search_memory_type`: "All", or a comma list of MemOS memory types."""
     if search_memory_type in ("All", "", None):
-        return None
-    allowed = {str(t) for t in TEXT_MEMORY_TYPES}
+        return SearchTypes(text=None, tools=_TOOL_TYPES, preferences=True, explicit=False)
+    text_types = {str(t) for t in TEXT_MEMORY_TYPES}
+    allowed = text_types | set(_TOOL_TYPES) | {str(MemoryType.PREFERENCE), *_KEPT_NONE}
     wanted = [t.strip() for t in search_memory_type.split(",")]
     unknown = [t for t in wanted if t not in allowed]
     if unknown:
         raise BadRequestError(
             f"search_memory_type {unknown} unknown; expected 'All' or one of {sorted(allowed)}"
         )
-    return wanted
+    return SearchTypes(
+        text=tuple(t for t in wanted if t in text_types),
+        tools=tuple(t for t in wanted if t in _TOOL_TYPES),
+        preferences=str(MemoryType.PREFERENCE) in wanted,
+        explicit=True,
+    )
 
 
 def history_messages(messages: list[ChatMessage] | None) -> list[Message]:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import MemoryItem
 from memos_ray.schemas.product import SearchRequest
-from memos_ray.services.inputs import check_query, check_top_k, filters_by_cube, memory_types
-from memos_ray.services.memory import TOOL_TYPES, MemoryService, Query, SearchOptions
+from memos_ray.services.inputs import check_query, check_top_k, filters_by_cube, search_types
+from memos_ray.services.memory import MemoryService, Query, SearchOptions
 from memos_ray.services.preferences import PreferenceService
 from memos_ray.stores.preference.base import Preference
 
@@ -46,27 +46,33 @@ class SearchService:
 
     def search(self, req: SearchRequest, cubes: list[str]) -> SearchResult:
         self.check(req)
+        types = search_types(req.search_memory_type)
         query = Query(req.query)
         filters = filters_by_cube(req.filter, cubes)
-        options = SearchOptions(
-            top_k=req.top_k,
-            relativity=req.relativity,
-            dedup=req.dedup or "no",
-            rerank=req.rerank,
-            memory_types=memory_types(req.search_memory_type),
-            session_id=req.session_id,
-            reference_time=req.reference_time,
-        )
-        result = SearchResult(self.memory.search(query, filters, options))
-        if req.include_preference and req.pref_top_k and self.preferences is not None:
+        result = SearchResult({c: [] for c in cubes})
+        if types.text is None or types.text:
+            options = SearchOptions(
+                top_k=req.top_k,
+                relativity=req.relativity,
+                dedup=req.dedup or "no",
+                rerank=req.rerank,
+                memory_types=list(types.text) if types.text else None,
+                session_id=req.session_id,
+                reference_time=req.reference_time,
+            )
+            result.text = self.memory.search(query, filters, options)
+        wants_preferences = types.preferences and (req.include_preference or types.explicit)
+        if wants_preferences and req.pref_top_k and self.preferences is not None:
             result.preferences = self.preferences.search(cubes, query, req.pref_top_k)
-        with_tools = [c for c in cubes if self.memory.has_types(c, TOOL_TYPES)]
-        if req.search_tool_memory and req.tool_mem_top_k and with_tools:
+        tool_types = list(types.tools)
+        with_tools = [c for c in cubes if tool_types and self.memory.has_types(c, tool_types)]
+        wants_tools = req.search_tool_memory or (types.explicit and bool(tool_types))
+        if wants_tools and req.tool_mem_top_k and with_tools:
             tool_options = SearchOptions(
                 top_k=req.tool_mem_top_k,
                 relativity=req.relativity,
                 dedup="no",
-                memory_types=TOOL_TYPES,
+                memory_types=tool_types,
                 reference_time=req.reference_time,
             )
             result.tools = self.memory.search(

@@ -74,6 +74,23 @@ class AccessControl:
         if not caller.unrestricted:
             raise ForbiddenError("this route needs the admin key")
 
+    def require_write(self, caller: Caller) -> None:
+        """Every key may write until keys carry scopes."""
+
+    def claim_cube(self, user_id: str, cube_id: str, caller: Caller) -> bool:
+        """MemOS's writes make the cubes they name: a cube id nobody has yet becomes the
+        writer's own cube (owner `user_id`). True if it was made now."""
+        if cube_id in self._known_cubes or self.tenancy.get_cube(cube_id) is not None:
+            return False
+        self.require_write(caller)
+        self.tenancy.ensure_user(user_id)
+        try:
+            self.tenancy.create_cube(cube_id, cube_id, user_id)
+        except ConflictError:  # made concurrently, or the id is taken by a user's name
+            return False
+        self._remember(self._known_cubes, cube_id)
+        return True
+
     def act_as(self, caller: Caller, user_id: str | None) -> str:
         """The user a request acts for: the caller itself, or anyone for admin / open mode."""
         if caller.unrestricted:

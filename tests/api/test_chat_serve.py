@@ -325,12 +325,12 @@ def test_async_add_is_distilled_later_by_the_cube_scheduler(chat_url: str) -> No
     status = httpx.get(
         f"{chat_url}/product/scheduler/status", params={"user_id": user}, timeout=30
     ).json()["data"]
-    [task] = [t for t in status["tasks"] if t["label"] == "mem_read"]
+    [task] = [t for t in status if t["label"] == "mem_read"]
     assert task["state"] == "completed"
     result = task["result"]
     # Its follow-ups: a mem_organize of the cube when it stored memories, and a pref_add
     # when it read preferences; each ran in its own task.
-    others = [t for t in status["tasks"] if t["task_id"] != task["task_id"]]
+    others = [t for t in status if t["task_id"] != task["task_id"]]
     assert [t["task_id"] for t in others] == result["follow_up_task_ids"]
     assert all(t["state"] == "completed" for t in others)
     labels = [t["label"] for t in others]
@@ -382,7 +382,7 @@ def test_async_feedback_is_applied_by_the_cube_scheduler(chat_url: str) -> None:
     status = httpx.get(
         f"{chat_url}/product/scheduler/status", params={"user_id": user}, timeout=30
     ).json()["data"]
-    [task] = status["tasks"]
+    [task] = status
     assert task["task_id"] == task_id and task["label"] == "mem_feedback"
     assert task["state"] == "completed"
     assert set(task["result"]["record"]) == {"add", "update", "delete"}

@@ -323,7 +323,7 @@ def test_async_add_queues_work_and_says_429_when_full(api: httpx.Client) -> None
     assert refused and int(refused[0].headers["Retry-After"]) > 0
     assert "queued" in refused[0].json()["message"]
     status = api.get("/product/scheduler/status", params={"user_id": "busy", "task_id": "req-0"})
-    assert [t["task_id"] for t in status.json()["data"]["tasks"]] == [entry["task_id"]]
+    assert [t["task_id"] for t in status.json()["data"]] == [entry["task_id"]]
     waited = api.post(
         "/product/scheduler/wait",
         json={"user_name": "busy", "user_id": "busy", "timeout_seconds": 30},
@@ -339,10 +339,11 @@ def test_dead_letter_is_visible_through_the_status_api(
     scheduler = SchedulerClient(api_config, SQLTaskStore(build_tenancy_store(api_config).engine))
     bad = scheduler.submit("doomed", "doomed", "fail", {"n": 7})
     _wait_done(scheduler, "doomed")
-    data = api.get("/product/scheduler/status", params={"user_id": "doomed"}).json()["data"]
-    [task] = data["tasks"]
+    body = api.get("/product/scheduler/status", params={"user_id": "doomed"}).json()
+    [task] = body["data"]
     assert task["task_id"] == bad.task_id and task["state"] == "failed" and task["attempts"] == 3
-    assert "handler refuses task 7" in task["error"] and data["summary"] == {"failed": 1}
+    assert task["status"] == "failed"  # MemOS's field name
+    assert "handler refuses task 7" in task["error"] and body["summary"] == {"failed": 1}
     stream = api.get("/product/scheduler/stream", params={"user_id": "doomed"})
     frames = [
         json.loads(line[6:]) for line in stream.text.splitlines() if line.startswith("data: ")

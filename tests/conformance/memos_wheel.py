@@ -88,4 +88,4 @@ def _admin_models(path: Path) -> types.ModuleType:
 
 def build(model: type[Any], **fields: Any) -> dict[str, Any]:
     """A request body as MemOS's own model writes it (its defaults and validators applied)."""
-    return model(**fields).model_dump(mode="json", exclude_none=True)
+    return model(**fields).model_dump(mode="json", exclude_none=True, warnings=False)
