@@ -502,3 +502,128 @@ def test_every_memos_product_route_is_served(service: Service, memos: Memos) -> 
     app = service.http.get("/openapi.json").json()["paths"]
     ours = {(method.upper(), path) for path, item in app.items() for method in item}
     assert theirs - ours == set()
+
+
+@pytest.fixture(scope="module")
+def tenants(service: Service) -> dict[str, str]:
+    """Two users with their own keys; alice owns a memory and a finished task."""
+    names: dict[str, str] = {}
+    for who in ("alice", "bob"):
+        user_id = f"{who}-{uuid.uuid4().hex[:6]}"
+        made = service.post("/admin/users", {"user_id": user_id})
+        assert made.status_code == 200, made.text
+        names[who], names[f"{who}_key"] = user_id, made.json()["data"]["api_key"]
+    alice, key = names["alice"], names["alice_key"]
+    body = {"user_id": alice, "async_mode": "sync", "messages": "Alice's safe code is 2718."}
+    added = service.post("/product/add", body, key=key)
+    assert added.status_code == 200, added.text
+    names["memory_id"] = added.json()["data"][0]["memory_id"]
+    queued = service.post("/product/add", {"user_id": alice, "messages": "Alice likes tea."}, key)
+    assert queued.status_code == 200, queued.text
+    names["task_id"] = queued.json()["data"][0]["task_id"]
+    waited = service.call(
+        "POST", "/product/scheduler/wait", key, params={"user_name": alice, "timeout_seconds": 60}
+    )
+    assert waited.json()["data"]["running_tasks"] == 0
+    return names
+
+
+def test_no_new_route_crosses_tenants(service: Service, tenants: dict[str, str]) -> None:
+    """Bob's key against Alice's cube, ids and tasks, through every route added for MemOS:
+    each is refused, or answers as if Alice's things did not exist."""
+    alice, bob, key = tenants["alice"], tenants["bob"], tenants["bob_key"]
+    memory_id = tenants["memory_id"]
+
+    def post(path: str, body: Any) -> httpx.Response:
+        return service.post(path, body, key=key)
+
+    def get(path: str, **params: Any) -> httpx.Response:
+        return service.call("GET", path, key, params=params)
+
+    refused = {
+        "register": post("/product/register_cube", {"mem_cube_name_or_path": alice}),
+        "dashboard": post("/product/get_memory_dashboard", {"mem_cube_id": alice}),
+        "get_memory": post("/product/get_memory", {"mem_cube_id": alice}),
+        "record delete": post(
+            "/product/delete_memory_by_record_id", {"mem_cube_id": alice, "record_id": "x"}
+        ),
+        "record hard delete": post(
+            "/product/delete_memory_by_record_id",
+            {"mem_cube_id": alice, "record_id": "x", "hard_delete": True},
+        ),
+        "record recover": post(
+            "/product/recover_memory_by_record_id", {"mem_cube_id": alice, "delete_record_id": "x"}
+        ),
+        "suggestions": post("/product/suggestions", {"mem_cube_id": alice, "language": "en"}),
+        "add to alice": post("/product/add", {"writable_cube_ids": [alice], "messages": "hi"}),
+        "feedback add": post(
+            "/product/add",
+            {
+                "writable_cube_ids": [alice],
+                "is_feedback": True,
+                "messages": [{"role": "user", "content": "no"}],
+            },
+        ),
+        "quick delete": post("/product/delete_memory", {"user_id": alice}),
+        "delete ids": post(
+            "/product/delete_memory", {"writable_cube_ids": [alice], "memory_ids": [memory_id]}
+        ),
+        "search prefs": post(
+            "/product/search",
+            {
+                "user_id": bob,
+                "query": "code",
+                "readable_cube_ids": [alice],
+                "search_memory_type": "PreferenceMemory",
+            },
+        ),
+        "playground": post(
+            "/product/chat/stream/playground",
+            {"user_id": bob, "query": "code?", "readable_cube_ids": [alice]},
+        ),
+        "business": post(
+            "/product/chat/stream/business_user",
+            {"user_id": bob, "query": "code?", "readable_cube_ids": [alice], "business_key": "b"},
+        ),
+        "status": get("/product/scheduler/status", user_id=alice),
+        "queue": get("/product/scheduler/task_queue_status", user_id=alice),
+        "wait": service.call(
+            "POST",
+            "/product/scheduler/wait",
+            key,
+            params={"user_name": alice, "timeout_seconds": 1},
+        ),
+        "wait stream": get("/product/scheduler/wait/stream", user_name=alice),
+    }
+    for what, response in refused.items():
+        assert response.status_code == 403, (what, response.status_code, response.text)
+
+    assert post("/product/exist_mem_cube_id", {"mem_cube_id": alice}).json()["data"] == {
+        alice: False
+    }
+    owners = post("/product/get_user_names_by_memory_ids", {"memory_ids": [memory_id]})
+    assert owners.json()["data"] == {memory_id: None}
+    assert get(f"/product/get_memory/{memory_id}").json()["data"] is None
+    own_task = get("/product/scheduler/status", user_id=bob, task_id=tenants["task_id"])
+    assert own_task.status_code == 404
+    summary = get("/product/scheduler/allstatus").json()["data"]["all_tasks_summary"]
+    assert summary["total"] == 0  # bob has no tasks; alice's are not counted for him
+
+    # Bob's own new cube is his: alice cannot read it.
+    mine = f"bobs-{uuid.uuid4().hex[:6]}"
+    made = post(
+        "/product/add",
+        {"writable_cube_ids": [mine], "async_mode": "sync", "messages": "Bob's bike lock is 1234."},
+    )
+    assert made.status_code == 200, made.text
+    peek = service.post(
+        "/product/search",
+        {"user_id": alice, "query": "bike lock", "readable_cube_ids": [mine]},
+        key=tenants["alice_key"],
+    )
+    assert peek.status_code == 403
+
+    # Alice's memory is untouched, and still hers.
+    body = {"user_id": alice, "query": "safe code", "relativity": 0}
+    found = service.post("/product/search", body, key=tenants["alice_key"]).json()["data"]
+    assert memory_id in [m["id"] for m in found["text_mem"][0]["memories"]]
