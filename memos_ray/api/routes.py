@@ -259,14 +259,14 @@ admin = APIRouter(prefix="/admin")
 def create_user(req: CreateUserRequest, context: Ctx, who: Who) -> dict[str, Any]:
     context.access.require_admin(who)
     context.access.tenancy.create_user(req.user_id)
-    key = context.access.tenancy.create_api_key(req.user_id)
+    key, _ = context.access.tenancy.create_api_key(req.user_id)
     return ok({"user_id": req.user_id, "api_key": key}, "User created")
 
 
 @admin.post("/keys")
 def create_key(req: CreateUserRequest, context: Ctx, who: Who) -> dict[str, Any]:
     context.access.require_admin(who)
-    key = context.access.tenancy.create_api_key(req.user_id)
+    key, _ = context.access.tenancy.create_api_key(req.user_id)
     return ok({"user_id": req.user_id, "api_key": key}, "API key created")
 
 
