@@ -301,3 +301,15 @@ def test_keys_are_stored_hashed(auth_api: RunningApi, reader: dict[str, str]) ->
     assert row["key_hash"] == hashlib.sha256(reader["key"].encode()).hexdigest()
     assert row["scopes"] == "read" and row["description"] == "dashboards"
     assert row["last_used_at"] is not None  # just used
+
+
+def test_open_mode_stays_open(open_api: RunningApi) -> None:
+    """No master key configured: no key is needed, any caller may manage keys and write."""
+    health = open_api.http.get("/admin/health").json()
+    assert health == {"status": "ok", "auth_enabled": False, "master_key_configured": False}
+    user = _uid("local")
+    created = open_api.post("/admin/keys", {"user_name": user, "scopes": ["read"]})
+    assert created.status_code == 200, created.text
+    listed = _call(open_api, "GET", f"/admin/keys?user_name={user}").json()["keys"]
+    assert listed[0]["created_by"] is None
+    assert open_api.post("/product/add", {"user_id": user, "messages": "hi"}).status_code == 200
