@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memos_ray.core.turn_ranking import RankingParams
@@ -415,8 +415,12 @@ class MemosConfig(BaseSettings):
     )
 
     data_dir: Path = Field(default_factory=lambda: Path("~/.memos-ray").expanduser())
-    # Set: every route but /health needs a Bearer key. Unset: open, loopback-only, local use.
+    # The master key. Set: every route but /health needs a Bearer key. Unset (and no
+    # admin_key_sha256): open, loopback-only, local use.
     admin_key: SecretStr | None = None
+    # The master key given by its sha256 (hex) instead, so the plaintext is in no config:
+    # what POST /admin/generate-master-key prints. Either one turns authentication on.
+    admin_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     service_name: str = "memos-ray"
     graph: GraphConfig = Field(default_factory=FalkorDBConfig)
     vector: VectorConfig = Field(default_factory=QdrantEdgeConfig)
@@ -434,9 +438,25 @@ class MemosConfig(BaseSettings):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     reorganize: ReorganizeConfig = Field(default_factory=ReorganizeConfig)
 
+    @field_validator("admin_key_sha256", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # An exported-but-empty MEMOS_ADMIN_KEY_SHA256 means "not set", like MEMOS_ADMIN_KEY.
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return value or None
+        return value
+
     @property
     def auth_enabled(self) -> bool:
-        return self.admin_key is not None and bool(self.admin_key.get_secret_value())
+        return self.admin_key_plain is not None or self.admin_key_sha256 is not None
+
+    @property
+    def admin_key_plain(self) -> str | None:
+        """The configured admin key's text, None when unset or empty."""
+        if self.admin_key is None:
+            return None
+        return self.admin_key.get_secret_value() or None
 
     def resolved(self) -> MemosConfig:
         """An absolute data_dir (Ray workers may run in another working directory)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,7 +14,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memos_ray import __version__
-from memos_ray.api import chat_routes, cube_routes, routes, scheduler_routes
+from memos_ray.api import admin_routes, chat_routes, cube_routes, deps, routes, scheduler_routes
 from memos_ray.api.context import ApiContext
 from memos_ray.errors import MemosError
 from memos_ray.runtime.netguard import public_message, redact
@@ -141,17 +141,11 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
     )
     # Routes reach the context through `deps.current_context`.
     app.state.context = get_context
-    routers = [
-        routes.health,
-        routes.product,
-        cube_routes.router,
-        routes.admin,
-        chat_routes.product,
-        chat_routes.openai,
-        scheduler_routes.router,
-    ]
-    for router in routers:
+    for router in (routes.health, admin_routes.router, chat_routes.openai):
         app.include_router(router)
+    product = (routes.product, cube_routes.router, chat_routes.product, scheduler_routes.router)
+    for router in product:
+        app.include_router(router, dependencies=[Depends(deps.refuse_read_only)])
     app.add_exception_handler(MemosError, memos_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(RayActorError, restarting)

@@ -26,3 +26,30 @@ def current_caller(context: Ctx, authorization: Annotated[str | None, Header()] 
 
 
 Who = Annotated[Caller, Depends(current_caller)]
+
+
+# The /product routes that change something. Their handlers refuse read-only keys as well
+# (through `cubes_for(..., write=True)`) except create_cube, but only after checks of their
+# own (an LLM or chat model configured, ...): this refuses them first, the same on every
+# deployment. Routers carry `refuse_read_only` as a dependency.
+WRITE_ROUTES = frozenset(
+    {
+        ("POST", "/product/add"),
+        ("POST", "/product/delete_memory"),
+        ("POST", "/product/feedback"),
+        ("POST", "/product/recover_memory"),
+        ("POST", "/product/create_cube"),
+        ("PUT", "/product/cubes/{cube_id}/adapter"),
+        ("DELETE", "/product/cubes/{cube_id}/adapter"),
+        ("PUT", "/product/cubes/{cube_id}/llm_budget"),
+        ("POST", "/product/delete_memory_by_record_id"),
+        ("POST", "/product/recover_memory_by_record_id"),
+    }
+)
+
+
+def refuse_read_only(request: Request, context: Ctx, who: Who) -> None:
+    """A key without the `write` scope gets 403 on WRITE_ROUTES."""
+    route = getattr(request.scope.get("route"), "path", None)
+    if (request.method, route) in WRITE_ROUTES:
+        context.access.require_write(who)

@@ -1,5 +1,5 @@
-"""The /product (MemOS dialect) and /admin routes: each parses, authorises, calls a service
-and renders. Handlers are sync: they run in a pool.
+"""The /product routes (MemOS dialect; /admin is in `admin_routes`): each parses, authorises,
+calls a service and renders. Handlers are sync: they run in a pool.
 
 No `from __future__ import annotations` here: FastAPI must see the dependency aliases
 (`deps.Ctx`, `deps.Who`) as objects, not strings.
@@ -20,7 +20,6 @@ from memos_ray.domain.memory import (
     Edge,
     MemoryItem,
 )
-from memos_ray.domain.tenancy import Access
 from memos_ray.errors import (
     BadRequestError,
     ServiceUnavailableError,
@@ -29,12 +28,10 @@ from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.product import (
     AddRequest,
     CreateCubeRequest,
-    CreateUserRequest,
     DeleteMemoryRequest,
     FeedbackRequest,
     GetAllRequest,
     GetMemoryRequest,
-    GrantRequest,
     RecoverRequest,
     SearchData,
     SearchRequest,
@@ -333,31 +330,6 @@ def create_cube(req: CreateCubeRequest, context: Ctx, who: Who) -> dict[str, Any
         {"cube_id": cube.cube_id, "cube_name": cube.cube_name, "owner_id": cube.owner_id},
         "Cube created successfully",
     )
-
-
-admin = APIRouter(prefix="/admin")
-
-
-@admin.post("/users")
-def create_user(req: CreateUserRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    context.access.require_admin(who)
-    context.access.tenancy.create_user(req.user_id)
-    key = context.access.tenancy.create_api_key(req.user_id)
-    return ok({"user_id": req.user_id, "api_key": key}, "User created")
-
-
-@admin.post("/keys")
-def create_key(req: CreateUserRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    context.access.require_admin(who)
-    key = context.access.tenancy.create_api_key(req.user_id)
-    return ok({"user_id": req.user_id, "api_key": key}, "API key created")
-
-
-@admin.post("/grants")
-def grant(req: GrantRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    context.access.require_admin(who)
-    granted = context.access.tenancy.grant(req.cube_id, req.user_id, Access(req.access))
-    return ok(granted.model_dump(mode="json"), "Access granted")
 
 
 def _delete_preferences(preferences: PreferenceService, cube_id: str, ids: list[str]) -> list[str]:

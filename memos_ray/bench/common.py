@@ -45,6 +45,7 @@ def service_url(
             **(extra or {}),
             "data_dir": str(data_dir),
             "admin_key": None,
+            "admin_key_sha256": None,
             "llm": llm,
         }
         if getattr(args, "facts_only", False):

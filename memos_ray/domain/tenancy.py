@@ -1,7 +1,8 @@
-"""Users, cubes and grants: who may read or write which memories."""
+"""Users, cubes, grants and API keys: who may read or write which memories."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -15,6 +16,36 @@ class Access(StrEnum):
     @property
     def can_write(self) -> bool:
         return self in (Access.WRITE, Access.OWNER)
+
+
+class Scope(StrEnum):
+    """What an API key may do. Cumulative: `write` implies reading, `admin` implies both (an
+    admin could mint itself such a key anyway)."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+# Keys made before scopes existed, and keys of users created by /admin/users.
+FULL_USER_SCOPES: tuple[Scope, ...] = (Scope.READ, Scope.WRITE)
+# MemOS's `all` scope: everything.
+ALL_SCOPES = "all"
+
+
+def parse_scopes(scopes: Iterable[str]) -> tuple[Scope, ...]:
+    """Known scope names, deduplicated in canonical order; ValueError on an unknown one."""
+    wanted: set[Scope] = set()
+    for name in scopes:
+        if name == ALL_SCOPES:
+            wanted.update(Scope)
+            continue
+        try:
+            wanted.add(Scope(name))
+        except ValueError:
+            known = ", ".join([*(s.value for s in Scope), ALL_SCOPES])
+            raise ValueError(f"unknown scope {name!r}; known scopes: {known}") from None
+    return tuple(s for s in Scope if s in wanted)
 
 
 class User(BaseModel):
@@ -60,3 +91,36 @@ class LLMUsage(BaseModel):
     @property
     def over_budget(self) -> bool:
         return self.budget_tokens is not None and self.total_tokens >= self.budget_tokens
+
+
+class ApiKey(BaseModel):
+    """A key's record; the key itself is never kept, only its hash (which this omits)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Public id: what listings show and revocation takes.
+    key_id: str
+    user_id: str
+    key_prefix: str
+    scopes: tuple[Scope, ...]
+    description: str | None = None
+    created_at: str
+    # ISO texts like every timestamp in the store; None: never expires / never used.
+    expires_at: str | None = None
+    created_by: str | None = None
+    last_used_at: str | None = None
+    revoked: bool = False
+
+    def expired(self, now_iso: str) -> bool:
+        return self.expires_at is not None and self.expires_at <= now_iso
+
+    def active(self, now_iso: str) -> bool:
+        return not self.revoked and not self.expired(now_iso)
+
+    @property
+    def can_write(self) -> bool:
+        return Scope.WRITE in self.scopes or Scope.ADMIN in self.scopes
+
+    @property
+    def is_admin(self) -> bool:
+        return Scope.ADMIN in self.scopes

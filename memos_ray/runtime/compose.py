@@ -343,12 +343,11 @@ def build_services(
         fine = build_fine_service(
             config, memory, models.chat, tenancy, preferences if fine_writes_preferences else None
         )
-    admin_key = config.admin_key.get_secret_value() if config.admin_key else None
     return Services(
         config,
         memory,
         tenancy,
-        AccessControl(tenancy, admin_key),
+        AccessControl(tenancy, config.admin_key_plain, config.admin_key_sha256),
         preferences=preferences,
         chat=chat,
         fine=fine,

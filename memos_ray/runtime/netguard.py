@@ -77,8 +77,8 @@ def require_admin_key(host: str | None, config: MemosConfig, where: str) -> None
         return
     raise OpenNetworkError(
         f"{where}: refusing to serve on {host} without MEMOS_ADMIN_KEY: the API would be open "
-        "to the network. Set MEMOS_ADMIN_KEY (every route but /health then needs a Bearer key), "
-        "or use a loopback host."
+        "to the network. Set MEMOS_ADMIN_KEY or MEMOS_ADMIN_KEY_SHA256 (every route but "
+        "/health then needs a Bearer key), or use a loopback host."
     )
 
 

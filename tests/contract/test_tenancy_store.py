@@ -8,12 +8,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.exc import IntegrityError
 
-from memos_ray.domain.tenancy import Access
+from memos_ray.domain.tenancy import Access, Scope
 from memos_ray.errors import BadRequestError, ConflictError, NotFoundError
 from memos_ray.stores.sql.sqlalchemy import SQLTenancyStore
 
@@ -88,7 +90,7 @@ def test_max_length_id_accepted(store: SQLTenancyStore) -> None:
 
 def test_api_key_identifies_its_user(store: SQLTenancyStore) -> None:
     store.create_user("alice")
-    key = store.create_api_key("alice")
+    key, _ = store.create_api_key("alice")
     assert key.startswith("mrk_")
     assert len(key) >= 40
     assert store.user_for_key(key) == "alice"
@@ -96,7 +98,7 @@ def test_api_key_identifies_its_user(store: SQLTenancyStore) -> None:
 
 def test_invalid_keys_identify_nobody(store: SQLTenancyStore) -> None:
     store.create_user("alice")
-    key = store.create_api_key("alice")
+    key, _ = store.create_api_key("alice")
     for wrong in ["", "mrk_", "nope", key + "x", key[:-1], key.upper(), "mrk_" + "a" * 1000]:
         assert store.user_for_key(wrong) is None
 
@@ -104,8 +106,8 @@ def test_invalid_keys_identify_nobody(store: SQLTenancyStore) -> None:
 def test_two_keys_per_user(store: SQLTenancyStore) -> None:
     store.create_user("alice")
     store.create_user("bob")
-    k1, k2 = store.create_api_key("alice"), store.create_api_key("alice")
-    kb = store.create_api_key("bob")
+    (k1, _), (k2, _) = store.create_api_key("alice"), store.create_api_key("alice")
+    kb, _ = store.create_api_key("bob")
     assert len({k1, k2, kb}) == 3
     assert store.user_for_key(k1) == store.user_for_key(k2) == "alice"
     assert store.user_for_key(kb) == "bob"
@@ -118,7 +120,7 @@ def test_key_for_unknown_user_not_found(store: SQLTenancyStore) -> None:
 
 def test_keys_are_stored_hashed(store: SQLTenancyStore) -> None:
     store.create_user("alice")
-    key = store.create_api_key("alice")
+    key, _ = store.create_api_key("alice")
     rows = _rows(store, "SELECT * FROM api_keys")
     assert len(rows) == 1
     assert all(key not in str(value) for value in rows[0])
@@ -130,7 +132,7 @@ def test_keys_are_stored_hashed(store: SQLTenancyStore) -> None:
 
 def test_revoked_key_is_ignored(store: SQLTenancyStore) -> None:
     store.create_user("alice")
-    revoked, kept = store.create_api_key("alice"), store.create_api_key("alice")
+    (revoked, _), (kept, _) = store.create_api_key("alice"), store.create_api_key("alice")
     digest = hashlib.sha256(revoked.encode()).hexdigest()
     with store.engine.begin() as conn:
         conn.execute(
@@ -138,6 +140,154 @@ def test_revoked_key_is_ignored(store: SQLTenancyStore) -> None:
         )
     assert store.user_for_key(revoked) is None
     assert store.user_for_key(kept) == "alice"
+
+
+def test_key_records_scopes_description_expiry_and_creator(store: SQLTenancyStore) -> None:
+    store.create_user("alice")
+    expires = datetime.now(UTC) + timedelta(days=3)
+    key, record = store.create_api_key(
+        "alice", ["write", "read", "read"], "ci bot", expires, created_by="root"
+    )
+    assert record.scopes == (Scope.READ, Scope.WRITE)
+    assert (record.user_id, record.description, record.created_by) == ("alice", "ci bot", "root")
+    assert record.expires_at is not None and ISO.match(record.expires_at)
+    assert re.fullmatch(r"[0-9a-f]{32}", record.key_id)
+    assert key.startswith(record.key_prefix)
+    found = store.key_for(key)
+    assert found is not None
+    assert found.model_dump(exclude={"last_used_at"}) == record.model_dump(exclude={"last_used_at"})
+    assert store.key_for(key + "x") is None
+    # The default: a key that reads and writes, as before scopes existed.
+    _, plain = store.create_api_key("alice")
+    assert plain.scopes == (Scope.READ, Scope.WRITE) and plain.expires_at is None
+    _, everything = store.create_api_key("alice", ["all"])
+    assert everything.scopes == (Scope.READ, Scope.WRITE, Scope.ADMIN)
+
+
+def test_bad_scopes_and_descriptions_rejected(store: SQLTenancyStore) -> None:
+    store.create_user("alice")
+    for scopes in (["read", "root"], [], "read"):
+        with pytest.raises(BadRequestError):
+            store.create_api_key("alice", scopes)
+    for description in ("d" * 501, "nul\x00"):
+        with pytest.raises(BadRequestError):
+            store.create_api_key("alice", description=description)
+    assert store.list_api_keys("alice") == []
+
+
+def test_expired_key_identifies_nobody(store: SQLTenancyStore) -> None:
+    store.create_user("alice")
+    soon, record = store.create_api_key("alice", expires_at=datetime.now(UTC) + timedelta(days=1))
+    assert store.key_for(soon) is not None
+    past = "2000-01-01T00:00:00.000000Z"
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE api_keys SET expires_at = :p WHERE key_id = :k"),
+            {"p": past, "k": record.key_id},
+        )
+    assert store.key_for(soon) is None
+    assert store.user_for_key(soon) is None
+    (listed,) = store.list_api_keys("alice")
+    assert listed.expires_at == past and not listed.revoked
+
+
+def test_list_and_revoke_keys(store: SQLTenancyStore) -> None:
+    store.create_user("alice")
+    store.create_user("bob")
+    a1, r1 = store.create_api_key("alice")
+    _, r2 = store.create_api_key("alice", ["read"])
+    _, rb = store.create_api_key("bob")
+    assert [k.key_id for k in store.list_api_keys("alice")] == [r2.key_id, r1.key_id]
+    assert {k.key_id for k in store.list_api_keys()} == {r1.key_id, r2.key_id, rb.key_id}
+    assert store.list_api_keys("ghost") == [] and store.list_api_keys("a\nb") == []
+    assert store.revoke_api_key(r1.key_id) is True
+    assert store.revoke_api_key(r1.key_id) is False  # already revoked
+    assert store.revoke_api_key("no-such-key") is False
+    assert store.revoke_api_key("k" * 1000) is False
+    assert store.key_for(a1) is None
+    revoked = {k.key_id: k.revoked for k in store.list_api_keys()}
+    assert revoked == {r1.key_id: True, r2.key_id: False, rb.key_id: False}
+
+
+def test_last_used_is_recorded_at_most_once_a_minute(store: SQLTenancyStore) -> None:
+    store.create_user("alice")
+    key, record = store.create_api_key("alice")
+    assert record.last_used_at is None
+    store.key_for(key)
+    (first,) = _rows(store, "SELECT last_used_at FROM api_keys")
+    assert first[0] is not None and ISO.match(first[0])
+    store.key_for(key)
+    assert _rows(store, "SELECT last_used_at FROM api_keys") == [first]
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE api_keys SET last_used_at = '2000-01-01T00:00:00.000000Z'"))
+    store.key_for(key)
+    (later,) = _rows(store, "SELECT last_used_at FROM api_keys")
+    assert later[0] > "2000-01-01T00:00:00.000000Z"
+
+
+# The api_keys table as the first release created it (PostgreSQL and SQLite spellings agree).
+_OLD_SCHEMA = [
+    "CREATE TABLE users (user_id VARCHAR(128) NOT NULL, created_at VARCHAR(32) NOT NULL, "
+    "CONSTRAINT pk_users PRIMARY KEY (user_id))",
+    "CREATE TABLE api_keys (id {serial} NOT NULL, user_id VARCHAR(128) NOT NULL, "
+    "key_hash VARCHAR(64) NOT NULL, key_prefix VARCHAR(16) NOT NULL, "
+    "created_at VARCHAR(32) NOT NULL, revoked BOOLEAN DEFAULT {false} NOT NULL, "
+    "CONSTRAINT pk_api_keys PRIMARY KEY (id), "
+    "CONSTRAINT fk_api_keys_user_id_users FOREIGN KEY(user_id) REFERENCES users (user_id) "
+    "ON DELETE CASCADE, CONSTRAINT uq_api_keys_key_hash UNIQUE (key_hash))",
+    "CREATE INDEX ix_api_keys_user_id ON api_keys (user_id)",
+]
+
+
+def test_an_old_api_keys_table_is_migrated(store_url: str) -> None:
+    """A database from before scopes: its columns are added at start, its keys get ids and
+    keep reading and writing."""
+    url = make_url(store_url)
+    postgres = url.get_backend_name() == "postgresql"
+    if not postgres:
+        Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(store_url)
+    old_key = "mrk_" + "o" * 43
+    with engine.begin() as conn:
+        for ddl in _OLD_SCHEMA:
+            spelled = ddl.format(
+                serial="SERIAL" if postgres else "INTEGER", false="false" if postgres else "0"
+            )
+            conn.execute(text(spelled))
+        conn.execute(text("INSERT INTO users VALUES ('old', '2024-01-01T00:00:00.000000Z')"))
+        for key in (old_key, "mrk_" + "p" * 43):
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (user_id, key_hash, key_prefix, created_at) "
+                    "VALUES ('old', :h, :p, '2024-01-01T00:00:00.000000Z')"
+                ),
+                {"h": hashlib.sha256(key.encode()).hexdigest(), "p": key[:8]},
+            )
+    engine.dispose()
+
+    store = SQLTenancyStore(store_url)
+    try:
+        record = store.key_for(old_key)
+        assert record is not None
+        assert record.user_id == "old" and record.scopes == (Scope.READ, Scope.WRITE)
+        assert record.can_write and not record.is_admin
+        ids = {k.key_id for k in store.list_api_keys("old")}
+        assert len(ids) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+        new_key, _ = store.create_api_key("old", ["read"], "after the migration")
+    finally:
+        store.close()
+
+    again = SQLTenancyStore(store_url)  # nothing left to migrate: ids and keys are kept
+    try:
+        assert ids < {k.key_id for k in again.list_api_keys("old")}
+        assert again.key_for(new_key).scopes == (Scope.READ,)  # type: ignore[union-attr]
+        assert again.revoke_api_key(record.key_id)
+        assert again.key_for(old_key) is None
+        # The backfilled ids are unique, like new ones.
+        with pytest.raises(IntegrityError), again.engine.begin() as conn:
+            conn.execute(text("UPDATE api_keys SET key_id = 'same'"))
+    finally:
+        again.close()
 
 
 # --- cubes ------------------------------------------------------------------------------
@@ -307,7 +457,7 @@ def test_sqlite_persists_across_reopen(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'memos.db'}"
     first = SQLTenancyStore(url)
     first.create_user("alice")
-    key = first.create_api_key("alice")
+    key, _ = first.create_api_key("alice")
     first.create_cube("c1", "one", "alice")
     first.create_user("bob")
     first.grant("c1", "bob", Access.READ)

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from datetime import datetime
 
-from memos_ray.domain.tenancy import Access, Cube, Grant, LLMUsage, User
+from memos_ray.domain.tenancy import (
+    FULL_USER_SCOPES,
+    Access,
+    ApiKey,
+    Cube,
+    Grant,
+    LLMUsage,
+    Scope,
+    User,
+)
 
 
 class TenancyStore(ABC):
@@ -22,12 +33,34 @@ class TenancyStore(ABC):
     def get_user(self, user_id: str) -> User | None: ...
 
     @abstractmethod
-    def create_api_key(self, user_id: str) -> str:
-        """Mint a new key for an existing user; returns the plaintext once."""
+    def create_api_key(
+        self,
+        user_id: str,
+        scopes: Iterable[Scope | str] = FULL_USER_SCOPES,
+        description: str | None = None,
+        expires_at: datetime | None = None,
+        created_by: str | None = None,
+    ) -> tuple[str, ApiKey]:
+        """Mint a new key for an existing user: the plaintext (returned this once) and its
+        record. BadRequestError for an unknown scope or none at all."""
 
     @abstractmethod
+    def key_for(self, api_key: str) -> ApiKey | None:
+        """The record of a plaintext key, or None when unknown, revoked or expired."""
+
     def user_for_key(self, api_key: str) -> str | None:
-        """The user a plaintext key belongs to, or None."""
+        """The user a usable plaintext key belongs to, or None."""
+        key = self.key_for(api_key)
+        return key.user_id if key is not None else None
+
+    @abstractmethod
+    def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
+        """Every key's record (revoked and expired ones included), newest first; one user's
+        with `user_id`."""
+
+    @abstractmethod
+    def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key (kept for the record); False when unknown or already revoked."""
 
     @abstractmethod
     def create_cube(self, cube_id: str, cube_name: str, owner_id: str) -> Cube:

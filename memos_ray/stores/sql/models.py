@@ -23,6 +23,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # Ids are validated to at most this many characters before they reach the database.
 ID_MAX_LEN = 128
 NAME_MAX_LEN = 256
+DESCRIPTION_MAX_LEN = 500
+KEY_ID_LEN = 32
 _TS_LEN = 32
 
 # Deterministic constraint names, so future migrations can refer to them on every backend.
@@ -60,6 +62,15 @@ class ApiKeyRow(Base):
     key_prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[str] = mapped_column(String(_TS_LEN))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Added after the first release: `migrate.add_missing_columns` adds them to older tables,
+    # hence nullable key_id there (backfilled at start) and the server default of scopes
+    # (keys made before scopes existed could read and write).
+    key_id: Mapped[str] = mapped_column(String(KEY_ID_LEN), unique=True)
+    scopes: Mapped[str] = mapped_column(String(64), server_default="read,write")
+    description: Mapped[str | None] = mapped_column(String(DESCRIPTION_MAX_LEN), nullable=True)
+    expires_at: Mapped[str | None] = mapped_column(String(_TS_LEN), nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(ID_MAX_LEN), nullable=True)
+    last_used_at: Mapped[str | None] = mapped_column(String(_TS_LEN), nullable=True)
 
 
 class CubeRow(Base):

@@ -14,19 +14,38 @@ Decisions:
   cube whose id is not yet a user reserves that id: creating such a user is then refused.
   Both checks run under one namespace lock (an advisory lock on PostgreSQL, a process lock on
   SQLite, whose writers are serialised anyway), so the two orders cannot race.
+- API keys carry a public `key_id` (listings and revocation use it), scopes, an optional
+  expiry and `last_used_at`, written at most once a minute per key so that authenticating
+  stays one read. Tables from before these columns get them at start (`migrate`); old keys
+  keep reading and writing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, MetaData, create_engine, event, func, select, text
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    MetaData,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
@@ -35,7 +54,17 @@ from sqlalchemy.pool import StaticPool
 
 from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import iso, utc_now
-from memos_ray.domain.tenancy import Access, Cube, Grant, LLMUsage, User
+from memos_ray.domain.tenancy import (
+    FULL_USER_SCOPES,
+    Access,
+    ApiKey,
+    Cube,
+    Grant,
+    LLMUsage,
+    Scope,
+    User,
+    parse_scopes,
+)
 from memos_ray.errors import (
     BadRequestError,
     ConfigError,
@@ -45,8 +74,11 @@ from memos_ray.errors import (
     StoreError,
 )
 from memos_ray.stores.sql.base import TenancyStore
+from memos_ray.stores.sql.migrate import add_missing_columns, has_unique_index
 from memos_ray.stores.sql.models import (
+    DESCRIPTION_MAX_LEN,
     ID_MAX_LEN,
+    KEY_ID_LEN,
     NAME_MAX_LEN,
     ApiKeyRow,
     Base,
@@ -56,7 +88,11 @@ from memos_ray.stores.sql.models import (
     UserRow,
 )
 
+logger = logging.getLogger("memos_ray.stores.sql")
+
 KEY_PREFIX = "mrk_"
+# How stale `last_used_at` may get: one write per key per minute, not one per request.
+_LAST_USED_EVERY = timedelta(minutes=1)
 # Long enough to tell keys apart in a listing, far too short to matter for guessing.
 _DISPLAY_PREFIX_LEN = len(KEY_PREFIX) + 4
 # Keys we mint are ~47 characters; anything much longer is not ours, so skip the lookup.
@@ -118,6 +154,43 @@ def _usage(row: LLMUsageRow) -> LLMUsage:
         completion_tokens=row.completion_tokens,
         budget_tokens=row.budget_tokens,
     )
+
+
+def _api_key(row: ApiKeyRow) -> ApiKey:
+    return ApiKey(
+        key_id=row.key_id,
+        user_id=row.user_id,
+        key_prefix=row.key_prefix,
+        scopes=parse_scopes(s for s in (row.scopes or "").split(",") if s),
+        description=row.description,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        created_by=row.created_by,
+        last_used_at=row.last_used_at,
+        revoked=bool(row.revoked),
+    )
+
+
+def _check_scopes(scopes: Iterable[Scope | str]) -> tuple[Scope, ...]:
+    if isinstance(scopes, str):
+        raise BadRequestError("scopes must be a list of scope names")
+    try:
+        parsed = parse_scopes(scopes)
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None
+    if not parsed:
+        raise BadRequestError("an API key needs at least one scope")
+    return parsed
+
+
+def _check_description(description: str | None) -> str | None:
+    if description is None or description == "":
+        return None
+    if not isinstance(description, str) or len(description) > DESCRIPTION_MAX_LEN:
+        raise BadRequestError(f"description must be text of at most {DESCRIPTION_MAX_LEN} chars")
+    if "\x00" in description:
+        raise BadRequestError("description must not contain NUL characters")
+    return description
 
 
 def _cube(row: CubeRow) -> Cube:
@@ -190,7 +263,7 @@ class SQLTenancyStore(TenancyStore):
         return engine
 
     def _create_schema(self) -> None:
-        create_tables(Base.metadata, self._engine, self._safe_url())
+        create_tables(Base.metadata, self._engine, self._safe_url(), after=_backfill_key_ids)
 
     @contextmanager
     def _txn(self, conflict: str | None = None) -> Iterator[Session]:
@@ -272,33 +345,94 @@ class SQLTenancyStore(TenancyStore):
 
     # --- keys ---------------------------------------------------------------------------
 
-    def create_api_key(self, user_id: str) -> str:
+    def create_api_key(
+        self,
+        user_id: str,
+        scopes: Iterable[Scope | str] = FULL_USER_SCOPES,
+        description: str | None = None,
+        expires_at: datetime | None = None,
+        created_by: str | None = None,
+    ) -> tuple[str, ApiKey]:
         _check_id("user_id", user_id)
+        parsed = _check_scopes(scopes)
+        description = _check_description(description)
+        if created_by is not None:
+            _check_id("created_by", created_by)
         api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKeyRow(
+            key_id=uuid.uuid4().hex,
+            user_id=user_id,
+            key_hash=hash_key(api_key),
+            key_prefix=api_key[:_DISPLAY_PREFIX_LEN],
+            created_at=iso(utc_now()),
+            revoked=False,
+            scopes=",".join(parsed),
+            description=description,
+            expires_at=iso(expires_at) if expires_at is not None else None,
+            created_by=created_by,
+        )
         with self._txn() as s:
             if s.get(UserRow, user_id) is None:
                 raise NotFoundError(f"user {user_id!r} not found")
-            s.add(
-                ApiKeyRow(
-                    user_id=user_id,
-                    key_hash=hash_key(api_key),
-                    key_prefix=api_key[:_DISPLAY_PREFIX_LEN],
-                    created_at=iso(utc_now()),
-                    revoked=False,
-                )
-            )
-        return api_key
+            s.add(row)
+            s.flush()
+            record = _api_key(row)
+        return api_key, record
 
-    def user_for_key(self, api_key: str) -> str | None:
+    def key_for(self, api_key: str) -> ApiKey | None:
         if not isinstance(api_key, str) or not api_key.startswith(KEY_PREFIX):
             return None
         if len(api_key) > _MAX_KEY_LEN:
             return None
-        stmt = select(ApiKeyRow.user_id).where(
-            ApiKeyRow.key_hash == hash_key(api_key), ApiKeyRow.revoked.is_(False)
+        stmt = select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(api_key))
+        with self._txn() as s:
+            row = s.execute(stmt).scalar_one_or_none()
+            key = _api_key(row) if row is not None else None
+        now = utc_now()
+        if key is None or not key.active(iso(now)):
+            return None
+        self._touch(key, now)
+        return key
+
+    def _touch(self, key: ApiKey, now: datetime) -> None:
+        """Record the use, unless recorded within the last minute (by any process)."""
+        stale = iso(now - _LAST_USED_EVERY)
+        if key.last_used_at is not None and key.last_used_at > stale:
+            return
+        stmt = (
+            update(ApiKeyRow)
+            .where(
+                ApiKeyRow.key_id == key.key_id,
+                or_(ApiKeyRow.last_used_at.is_(None), ApiKeyRow.last_used_at <= stale),
+            )
+            .values(last_used_at=iso(now))
+        )
+        try:
+            with self._txn() as s:
+                s.execute(stmt)
+        except StoreError as exc:  # bookkeeping only: the key was valid, let the request in
+            logger.warning("could not record the use of API key %s: %s", key.key_id, exc)
+
+    def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
+        stmt = select(ApiKeyRow).order_by(ApiKeyRow.created_at.desc(), ApiKeyRow.id.desc())
+        if user_id is not None:
+            if not _valid_id(user_id):
+                return []
+            stmt = stmt.where(ApiKeyRow.user_id == user_id)
+        with self._txn() as s:
+            return [_api_key(row) for row in s.scalars(stmt)]
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        if not isinstance(key_id, str) or not key_id or len(key_id) > KEY_ID_LEN:
+            return False
+        stmt = (
+            update(ApiKeyRow)
+            .where(ApiKeyRow.key_id == key_id, ApiKeyRow.revoked.is_(False))
+            .values(revoked=True)
         )
         with self._txn() as s:
-            return s.execute(stmt).scalar_one_or_none()
+            result = cast(CursorResult[Any], s.execute(stmt))
+            return result.rowcount > 0
 
     # --- cubes and grants ---------------------------------------------------------------
 
@@ -446,10 +580,16 @@ class SQLTenancyStore(TenancyStore):
         self._engine.dispose()
 
 
-def create_tables(metadata: MetaData, engine: Engine, where: str = "the SQL store") -> None:
-    """Create what is missing. create_all checks before creating, yet two processes starting
-    at once can still race on SQLite (PostgreSQL takes a lock here), so a lost race is
-    retried once the winner is done."""
+def create_tables(
+    metadata: MetaData,
+    engine: Engine,
+    where: str = "the SQL store",
+    after: Callable[[Connection], None] | None = None,
+) -> None:
+    """Create what is missing, add columns missing from existing tables, then run `after`
+    (a backfill) in the same transaction. create_all checks before creating, yet two
+    processes starting at once can still race on SQLite (PostgreSQL takes a lock here), so a
+    lost race is retried once the winner is done."""
     last: SQLAlchemyError | None = None
     for _ in range(3):
         try:
@@ -457,7 +597,25 @@ def create_tables(metadata: MetaData, engine: Engine, where: str = "the SQL stor
                 if engine.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK})
                 metadata.create_all(conn)
+                added = add_missing_columns(conn, metadata)
+                if added:
+                    logger.info("added columns to existing tables in %s: %s", where, added)
+                if after is not None:
+                    after(conn)
             return
         except SQLAlchemyError as exc:
             last = exc
     raise StoreError(f"cannot create tables in {where}: {last}")
+
+
+def _backfill_key_ids(conn: Connection) -> None:
+    """Give keys from before `key_id` existed an id, then make the ids unique."""
+    missing = conn.execute(select(ApiKeyRow.id).where(ApiKeyRow.key_id.is_(None))).scalars()
+    for row_id in list(missing):
+        conn.execute(
+            update(ApiKeyRow)
+            .where(ApiKeyRow.id == row_id, ApiKeyRow.key_id.is_(None))
+            .values(key_id=uuid.uuid4().hex)
+        )
+    if not has_unique_index(conn, ApiKeyRow.__tablename__, ["key_id"]):
+        conn.execute(text("CREATE UNIQUE INDEX uq_api_keys_key_id ON api_keys (key_id)"))
