@@ -627,3 +627,39 @@ def test_no_new_route_crosses_tenants(service: Service, tenants: dict[str, str])
     body = {"user_id": alice, "query": "safe code", "relativity": 0}
     found = service.post("/product/search", body, key=tenants["alice_key"]).json()["data"]
     assert memory_id in [m["id"] for m in found["text_mem"][0]["memories"]]
+
+
+def test_a_read_key_changes_nothing_through_new_routes(
+    service: Service, memos: Memos, tenants: dict[str, str]
+) -> None:
+    alice = tenants["alice"]
+    made = service.post("/admin/keys", build(memos.admin.CreateKeyRequest, user_name=alice))
+    key = memos.admin.CreateKeyResponse.model_validate(made.json()).key  # MemOS's default: read
+    writes = {
+        "record delete": (
+            "/product/delete_memory_by_record_id",
+            {"mem_cube_id": alice, "record_id": "r"},
+        ),
+        "record recover": (
+            "/product/recover_memory_by_record_id",
+            {"mem_cube_id": alice, "delete_record_id": "r"},
+        ),
+        "register new": (
+            "/product/register_cube",
+            {"mem_cube_name_or_path": f"new-{uuid.uuid4().hex[:6]}"},
+        ),
+        "add to new": (
+            "/product/add",
+            {"writable_cube_ids": [f"new-{uuid.uuid4().hex[:6]}"], "messages": "x"},
+        ),
+        "feedback add": ("/product/add", {"is_feedback": True, "messages": "no"}),
+        "quick delete": ("/product/delete_memory", {"user_id": alice}),
+    }
+    for what, (path, body) in writes.items():
+        response = service.post(path, body, key=key)
+        assert response.status_code == 403, (what, response.text)
+    read = service.post("/product/search", {"user_id": alice, "query": "safe code"}, key=key)
+    assert read.status_code == 200, read.text
+    body = {"user_id": alice, "query": "safe code", "relativity": 0}
+    found = service.post("/product/search", body, key=key).json()["data"]
+    assert tenants["memory_id"] in [m["id"] for m in found["text_mem"][0]["memories"]]
