@@ -663,3 +663,20 @@ def test_a_read_key_changes_nothing_through_new_routes(
     body = {"user_id": alice, "query": "safe code", "relativity": 0}
     found = service.post("/product/search", body, key=key).json()["data"]
     assert tenants["memory_id"] in [m["id"] for m in found["text_mem"][0]["memories"]]
+
+
+def test_a_self_declared_user_name_is_not_trusted(
+    service: Service, tenants: dict[str, str]
+) -> None:
+    """MemOS without auth takes `X-User-Name` at its word; with keys on, only the key counts."""
+    alice = tenants["alice"]
+    body = {"user_id": alice, "query": "safe code", "relativity": 0}
+    bare = service.http.post("/product/search", json=body, headers={"X-User-Name": alice})
+    assert bare.status_code == 401
+    headers = {"X-User-Name": alice, "Authorization": f"Token {tenants['bob_key']}"}
+    as_bob = service.http.post("/product/search", json=body, headers=headers)
+    assert as_bob.status_code == 403  # bob's key may not act as alice, whatever the header
+    mine = {"user_id": tenants["bob"], "query": "safe code", "relativity": 0}
+    found = service.http.post("/product/search", json=mine, headers=headers).json()["data"]
+    assert all(b["cube_id"] == tenants["bob"] for b in found["text_mem"])
+    assert tenants["memory_id"] not in [m["id"] for b in found["text_mem"] for m in b["memories"]]
