@@ -14,7 +14,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memos_ray import __version__
-from memos_ray.api import chat_routes, routes, scheduler_routes
+from memos_ray.api import chat_routes, routes, scheduler_routes, sdk_routes
 from memos_ray.api.context import ApiContext
 from memos_ray.errors import MemosError
 from memos_ray.runtime.netguard import public_message, redact
@@ -148,6 +148,7 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
         chat_routes.product,
         chat_routes.openai,
         scheduler_routes.router,
+        sdk_routes.router,
     ]
     for router in routers:
         app.include_router(router)
