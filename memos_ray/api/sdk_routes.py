@@ -712,6 +712,9 @@ def _add_files(
     result = context.adder.add(add, actor, [cube_id])
     chunks = [a.item for a in result.added if a.action == "document"]
     details = {d["id"]: d for d in sdk_wire.file_details(chunks)}
+    for chunk in chunks:  # the memories each file became
+        for fid in sdk_wire.file_ids_of(chunk):
+            details[fid].setdefault("memory_ids", []).append(chunk.id)
     return [details.get(f.id) or sdk_wire.empty_file(f.id, f.name, kb_id) for f in files]
 
 

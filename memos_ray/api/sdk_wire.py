@@ -205,6 +205,7 @@ def empty_file(fid: str, name: str, knowledgebase_id: str) -> dict[str, Any]:
         "status": "failed",
         "chunks": 0,
         "knowledgebase_id": knowledgebase_id,
+        "memory_ids": [],
         "error": "the file holds no text",
     }
 
