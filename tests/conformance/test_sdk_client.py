@@ -26,6 +26,7 @@ from memos_ray.config import MemosConfig
 from memos_ray.models.chat import ChatRequest
 from memos_ray.models.embedder import SentenceTransformerEmbedder
 from memos_ray.runtime.compose import LocalStack
+from memos_ray.stores.sql.tasks import SQLTaskStore, Task
 from tests.conformance.conftest import Memos
 from tests.fixtures.api import ADMIN_KEY, RunningApi
 from tests.fixtures.scripted_model import ScriptedChatModel
@@ -299,15 +300,21 @@ class Script:
 
 
 @pytest.fixture(scope="module")
-def llm_api(
+def llm_stack(
     tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder
-) -> Iterator[tuple[str, Script]]:
+) -> Iterator[tuple[LocalStack, Script]]:
     config = MemosConfig(data_dir=tmp_path_factory.mktemp("sdk-llm")).resolved()
     script = Script()
     with LocalStack(config, embedder=embedder, chat=ScriptedChatModel(script)) as stack:
-        context = ApiContext.of(stack.services, __version__)
-        with serve_in_thread(create_app(lambda: context)) as url:
-            yield url, script
+        yield stack, script
+
+
+@pytest.fixture(scope="module")
+def llm_api(llm_stack: tuple[LocalStack, Script]) -> Iterator[tuple[str, Script]]:
+    stack, script = llm_stack
+    context = ApiContext.of(stack.services, __version__)
+    with serve_in_thread(create_app(lambda: context)) as url:
+        yield url, script
 
 
 def test_chat_answers_with_memory_and_continues_the_conversation(
@@ -375,3 +382,54 @@ def test_feedback_is_applied_and_its_task_reports_completed(
     assert client.get_task_status(feedback.task_id).data.status == "completed"
     found = client.search_memory("Where does Eve work?", user_id="sdk-eve")
     assert "Eve now works at the library." in _values(found.memories)
+
+
+class QueueOnly:
+    """A TEST DOUBLE of `SchedulerClient`: tasks are recorded in the real task log and left
+    waiting (no scheduler actor runs them), so what the routes answer about them is fixed."""
+
+    def __init__(self, tasks: SQLTaskStore) -> None:
+        self.tasks = tasks
+
+    def ensure_room(self, cube_ids: Any) -> None:
+        pass
+
+    def record(
+        self, cube_id: str, user_id: str, label: str, payload: dict[str, Any], **kw: Any
+    ) -> Task:
+        return self.tasks.enqueue(cube_id, user_id, label, payload, **kw)
+
+    def submit(self, cube_id: str, user_id: str, label: str, payload: dict[str, Any]) -> Task:
+        return self.tasks.enqueue(cube_id, user_id, label, payload)
+
+    def wake(self, cube_id: str) -> None:
+        pass
+
+    def discard(self, task_ids: Any) -> int:
+        return 0
+
+
+def test_with_a_scheduler_adds_and_feedback_answer_their_queued_tasks(
+    llm_stack: tuple[LocalStack, Script], memos: Memos
+) -> None:
+    stack, _ = llm_stack
+    tasks = SQLTaskStore(stack.services.tenancy.engine)
+    scheduler: Any = QueueOnly(tasks)
+    context = ApiContext.of(stack.services, __version__, scheduler=scheduler)
+    with serve_in_thread(create_app(lambda: context)) as url:
+        client = _client(memos, url)
+        added = client.add_message(
+            [{"role": "user", "content": "I collect stamps."}], user_id="sdk-fay"
+        )
+        assert added.status == "waiting"
+        [task] = tasks.get([added.task_id])
+        assert task.label == "mem_read" and task.cube_id == "sdk-fay"
+        status = client.get_task_status(added.task_id)
+        assert status.data.task_id == added.task_id and status.data.status == "waiting"
+
+        feedback = client.add_feedback(user_id="sdk-fay", feedback_content="I quit stamps.")
+        assert feedback.status == "waiting"
+        [queued] = tasks.get([feedback.task_id])
+        assert queued.label == "mem_feedback"
+        assert queued.payload["feedback_content"] == "I quit stamps."
+        assert client.get_task_status(feedback.task_id).data.status == "waiting"
