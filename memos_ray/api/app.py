@@ -14,7 +14,15 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memos_ray import __version__
-from memos_ray.api import admin_routes, chat_routes, cube_routes, deps, routes, scheduler_routes
+from memos_ray.api import (
+    admin_routes,
+    chat_routes,
+    cube_routes,
+    deps,
+    routes,
+    scheduler_routes,
+    sdk_routes,
+)
 from memos_ray.api.context import ApiContext
 from memos_ray.errors import MemosError
 from memos_ray.runtime.netguard import public_message, redact
@@ -143,8 +151,15 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
     app.state.context = get_context
     for router in (routes.health, admin_routes.router, chat_routes.openai):
         app.include_router(router)
-    product = (routes.product, cube_routes.router, chat_routes.product, scheduler_routes.router)
-    for router in product:
+    # Routes that may change memories: a read-scoped key is refused on deps.WRITE_ROUTES.
+    memory_routers = (
+        routes.product,
+        cube_routes.router,
+        chat_routes.product,
+        scheduler_routes.router,
+        sdk_routes.router,
+    )
+    for router in memory_routers:
         app.include_router(router, dependencies=[Depends(deps.refuse_read_only)])
     app.add_exception_handler(MemosError, memos_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -44,6 +44,14 @@ WRITE_ROUTES = frozenset(
         ("PUT", "/product/cubes/{cube_id}/llm_budget"),
         ("POST", "/product/delete_memory_by_record_id"),
         ("POST", "/product/recover_memory_by_record_id"),
+        # The MemOS SDK dialect (`memos_ray.api.sdk_routes`).
+        ("POST", "/api/openmem/v1/add/message"),
+        ("POST", "/api/openmem/v1/delete/memory"),
+        ("POST", "/api/openmem/v1/add/feedback"),
+        ("POST", "/api/openmem/v1/create/knowledgebase"),
+        ("POST", "/api/openmem/v1/delete/knowledgebase"),
+        ("POST", "/api/openmem/v1/add/knowledgebase-file"),
+        ("POST", "/api/openmem/v1/delete/knowledgebase-file"),
     }
 )
 

@@ -61,6 +61,12 @@ class Ledger:
         if path.endswith("/product/add") and response.status_code == 200:
             data = response.json().get("data") or []
             self.acknowledged.update(e["memory_id"] for e in data if "memory_id" in e)
+        # The MemOS SDK dialect's adds: messages, and knowledge-base files.
+        if path.endswith("/add/message") and response.status_code == 200:
+            self.acknowledged.update(response.json()["data"]["memory_ids"])
+        if path.endswith("/add/knowledgebase-file") and response.status_code == 200:
+            for entry in response.json()["data"]:
+                self.acknowledged.update(entry["memory_ids"])
 
 
 # This app runs without an LLM and outside Ray: routes that need one answer 503 saying so.
