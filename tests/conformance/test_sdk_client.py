@@ -433,3 +433,28 @@ def test_with_a_scheduler_adds_and_feedback_answer_their_queued_tasks(
         assert queued.label == "mem_feedback"
         assert queued.payload["feedback_content"] == "I quit stamps."
         assert client.get_task_status(feedback.task_id).data.status == "waiting"
+
+
+def test_a_read_scoped_key_only_reads_through_the_sdk(auth_api: RunningApi, memos: Memos) -> None:
+    """MemOS's default key scope is `read`: such a key searches and lists, and every SDK
+    call that would change memories is refused (403) before anything is written."""
+    writer = _client(memos, auth_api.url, _user(auth_api, "rhea"))
+    writer.add_message([{"role": "user", "content": "Rhea's boat is called Tern."}], "rhea", "r-1")
+    made = auth_api.post("/admin/keys", {"user_name": "rhea", "scopes": ["read"]}, key=ADMIN_KEY)
+    assert made.status_code == 200, made.text
+    reader = _client(memos, auth_api.url, made.json()["key"])
+    found = reader.search_memory("what is the boat called", user_id="rhea")
+    assert any("Tern" in m.memory_value for m in found.data.memory_detail_list)
+    headers = {"Authorization": f"Token {made.json()['key']}"}
+    message = [{"role": "user", "content": "Overwritten."}]
+    writes = {
+        "/add/message": {"user_id": "rhea", "messages": message},
+        "/delete/memory": {"user_id": "rhea"},
+        "/add/feedback": {"user_id": "rhea", "feedback_content": "no", "conversation_id": "r-1"},
+        "/create/knowledgebase": {"knowledgebase_name": "kb"},
+    }
+    for path, body in writes.items():
+        response = auth_api.http.post(f"{PREFIX}{path}", json=body, headers=headers)
+        assert response.status_code == 403, (path, response.text)
+    again = reader.search_memory("what is the boat called", user_id="rhea")
+    assert any("Tern" in m.memory_value for m in again.data.memory_detail_list)
