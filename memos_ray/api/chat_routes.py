@@ -103,6 +103,30 @@ def chat_stream_business_user(
     return _stream(req, context, who)
 
 
+def chat_frames(
+    chat: ChatService,
+    turn: ChatTurn,
+    prepared: PreparedChat,
+    write_back: bool,
+    end: dict[str, Any],
+) -> Iterator[str]:
+    """MemOS's chat stream: `text` / `reasoning` frames, an `error` frame if generation
+    fails, then `end` carrying `end`'s fields with the finish reason and usage."""
+    splitter = ReasoningSplitter()
+    try:
+        for delta in chat.stream(turn, prepared, write_back=write_back):
+            final = delta.finish_reason is not None
+            for kind, text in splitter.feed(delta.text, final=final):
+                yield _sse({"type": kind, "data": text})
+            if final:
+                end["finish_reason"] = delta.finish_reason
+                end["usage"] = delta.usage.model_dump() if delta.usage else None
+    except MemosError as exc:
+        logger.error("chat stream failed: %s", exc.message)
+        yield _sse({"type": "error", "data": public_message(exc)})
+    yield _sse({"type": "end", "data": end})
+
+
 def _stream(req: ProductChatRequest, context: ApiContext, who: Caller) -> StreamingResponse:
     chat = _chat(context)
     turn, write_back = _product_turn(req, context, who)
@@ -111,20 +135,7 @@ def _stream(req: ProductChatRequest, context: ApiContext, who: Caller) -> Stream
     def frames() -> Iterator[str]:
         if req.include_prompt:
             yield _sse({"type": "prompt", "data": prepared.prompt})
-        splitter = ReasoningSplitter()
-        end: dict[str, Any] = _extras(prepared, False)
-        try:
-            for delta in chat.stream(turn, prepared, write_back=write_back):
-                final = delta.finish_reason is not None
-                for kind, text in splitter.feed(delta.text, final=final):
-                    yield _sse({"type": kind, "data": text})
-                if final:
-                    end["finish_reason"] = delta.finish_reason
-                    end["usage"] = delta.usage.model_dump() if delta.usage else None
-        except MemosError as exc:
-            logger.error("chat stream failed: %s", exc.message)
-            yield _sse({"type": "error", "data": public_message(exc)})
-        yield _sse({"type": "end", "data": end})
+        yield from chat_frames(chat, turn, prepared, write_back, _extras(prepared, False))
 
     return StreamingResponse(frames(), media_type="text/event-stream")
 

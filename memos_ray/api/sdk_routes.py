@@ -26,7 +26,7 @@ import base64
 import json
 import math
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from memos_ray.api import sdk_wire
+from memos_ray.api.chat_routes import chat_frames
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
 from memos_ray.core.filters import And, Condition, FilterExpr, Or, parse_filter
@@ -45,12 +46,11 @@ from memos_ray.domain.tenancy import Access
 from memos_ray.errors import (
     BadRequestError,
     ForbiddenError,
-    MemosError,
     NotFoundError,
     ServiceUnavailableError,
 )
-from memos_ray.models.chat import Message, ReasoningSplitter, SamplingParams
-from memos_ray.runtime.netguard import public_message, redact
+from memos_ray.models.chat import Message, SamplingParams
+from memos_ray.runtime.netguard import redact
 from memos_ray.schemas import sdk
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.product import AddRequest, SearchRequest
@@ -303,22 +303,9 @@ def chat(req: sdk.ChatRequest, context: Ctx, who: Who) -> dict[str, Any] | Strea
         return ok(data, "Chat completed successfully")
     prepared = service.prepare(turn)
 
-    def frames() -> Iterator[str]:
-        splitter = ReasoningSplitter()
-        end: dict[str, Any] = {"memory_ids": [m.id for m in prepared.memories]}
-        try:
-            for delta in service.stream(turn, prepared, write_back=write_back):
-                final = delta.finish_reason is not None
-                for kind, text in splitter.feed(delta.text, final=final):
-                    yield _sse({"type": kind, "data": text})
-                if final:
-                    end["finish_reason"] = delta.finish_reason
-                    end["usage"] = delta.usage.model_dump() if delta.usage else None
-        except MemosError as exc:
-            yield _sse({"type": "error", "data": public_message(exc)})
-        yield _sse({"type": "end", "data": end})
-
-    return StreamingResponse(frames(), media_type="text/event-stream")
+    end: dict[str, Any] = {"memory_ids": [m.id for m in prepared.memories]}
+    frames = chat_frames(service, turn, prepared, write_back, end)
+    return StreamingResponse(frames, media_type="text/event-stream")
 
 
 # -- knowledge bases --------------------------------------------------------------------------
@@ -634,10 +621,6 @@ def _chat_turn(
         include_preference=req.include_preference,
         pref_top_k=req.preference_limit_number,
     )
-
-
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 def _kb_actor(context: ApiContext, who: Caller, kb_id: str) -> str:
