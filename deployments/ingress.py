@@ -67,10 +67,11 @@ class MemosIngress:
         self._lock = threading.Lock()
         register_replica(self)
         if config.auth_enabled:
-            logger.info("memos-ray: API keys required (MEMOS_ADMIN_KEY is set)")
+            logger.info("memos-ray: API keys required (a master key is configured)")
         else:
             logger.warning(
-                "memos-ray: running OPEN for local use: no MEMOS_ADMIN_KEY, no authentication; "
+                "memos-ray: running OPEN for local use: no MEMOS_ADMIN_KEY (or _SHA256), no "
+                "authentication; "
                 "keep the HTTP server on a loopback address"
             )
         threading.Thread(target=self._warm, daemon=True).start()
