@@ -133,8 +133,13 @@ class MemosClient:
         return self._call("POST", "/product/get_memory", json=body)
 
     def get_memory_by_id(self, memory_id: str, user_id: str | None = None) -> Any:
+        """The memory; NotFoundError where the service answers MemOS's `data: null` (an id
+        unknown, deleted, or in a cube this key may not read)."""
         params = {"user_id": user_id} if user_id else None
-        return self._call("GET", f"/product/get_memory/{memory_id}", params=params)
+        found = self._call("GET", f"/product/get_memory/{memory_id}", params=params)
+        if found is None:
+            raise NotFoundError(f"memory {memory_id!r} not found")
+        return found
 
     def get_memory_by_ids(self, memory_ids: list[str], user_id: str | None = None) -> Any:
         params = {"user_id": user_id} if user_id else None

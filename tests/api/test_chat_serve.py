@@ -372,7 +372,7 @@ def test_async_feedback_is_applied_by_the_cube_scheduler(chat_url: str) -> None:
         timeout=60,
     )
     assert queued.status_code == 200, queued.text
-    task_id = queued.json()["data"]["task_id"]
+    task_id = queued.json()["data"][0]["task_id"]
     waited = httpx.post(
         f"{chat_url}/product/scheduler/wait",
         json={"user_name": user, "user_id": user, "timeout_seconds": 300},
