@@ -152,9 +152,11 @@ class VectorStoreActor:
         with self._reading() as store:
             return store.search_hybrid(cube_ids, dense, sparse, limit, filter)
 
-    def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
+    def retrieve(
+        self, cube_id: str, ids: Sequence[str], with_tokens: bool = False
+    ) -> list[VectorRecord]:
         with self._reading() as store:
-            return store.retrieve(cube_id, ids)
+            return store.retrieve(cube_id, ids, with_tokens)
 
     def revision(self, cube_id: str) -> str:
         with self._reading() as store:
@@ -257,8 +259,10 @@ class ActorVectorStore(VectorStore):
     ) -> HybridCandidates:
         return self._call("search_hybrid", list(cube_ids), list(dense), sparse, limit, filter)
 
-    def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
-        return self._call("retrieve", cube_id, list(ids))
+    def retrieve(
+        self, cube_id: str, ids: Sequence[str], with_tokens: bool = False
+    ) -> list[VectorRecord]:
+        return self._call("retrieve", cube_id, list(ids), with_tokens)
 
     def revision(self, cube_id: str) -> str:
         return self._call("revision", cube_id)

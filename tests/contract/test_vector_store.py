@@ -540,3 +540,20 @@ def test_late_scores_are_maxsim_over_stored_token_vectors(store: VectorStore) ->
     only_first = store.late_scores("cube-a", query, [recs[0].id])
     assert set(only_first.scores) == {recs[0].id}
     assert store.late_scores("cube-b", query, [r.id for r in recs]).scores == {}
+
+
+def test_retrieve_with_tokens_returns_the_stored_token_vectors(store: VectorStore) -> None:
+    """What a cube dump reads: the token rows come back as stored (float16), only on request."""
+    rng = np.random.default_rng(17)
+    tokens = _unit(rng, 4)
+    rec = _with_tokens(_rec(tokens.mean(0) / np.linalg.norm(tokens.mean(0)), text="t"), tokens)
+    bare = _rec(_unit(rng, 1)[0], text="bare")
+    store.upsert("cube-a", [rec, bare])
+    plain = {r.id: r for r in store.retrieve("cube-a", [rec.id, bare.id])}
+    assert plain[rec.id].tokens is None
+    full = {r.id: r for r in store.retrieve("cube-a", [rec.id, bare.id], with_tokens=True)}
+    got = full[rec.id].tokens
+    assert got is not None and got.shape == tokens.shape
+    np.testing.assert_allclose(got.astype(np.float32), tokens.astype(np.float16), atol=1e-3)
+    assert full[bare.id].tokens is None
+    assert store.retrieve("cube-b", [rec.id], with_tokens=True) == []

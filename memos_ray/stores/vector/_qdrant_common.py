@@ -106,6 +106,13 @@ def token_rows(tokens: Any) -> list[list[float]] | None:
     return rows
 
 
+def token_array(rows: Any) -> np.ndarray | None:
+    """Stored token vectors back as the float16 array the embedder made; None if absent."""
+    if not rows:
+        return None
+    return np.asarray(rows, dtype=np.float16)
+
+
 def collect_scan(pages: Iterable[Sequence[Any]], dim: int, revision: str) -> CubeScan:
     """A CubeScan from pages of records (either SDK's: `.id`, `.vector` dict, `.payload`)."""
     ids: list[str] = []

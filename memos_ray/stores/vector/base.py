@@ -159,8 +159,11 @@ class VectorStore(ABC):
         """MaxSim of the query's token vectors against each listed point's token vectors."""
 
     @abstractmethod
-    def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
-        """The stored records with these ids (missing ids are skipped)."""
+    def retrieve(
+        self, cube_id: str, ids: Sequence[str], with_tokens: bool = False
+    ) -> list[VectorRecord]:
+        """The stored records with these ids (missing ids are skipped); `with_tokens` also
+        reads each point's token vectors (a cube dump carries them, search never needs to)."""
 
     def existing_ids(self, cube_id: str, ids: Sequence[str]) -> set[str]:
         """The subset of `ids` with a point in the cube (an add's commit marker, see

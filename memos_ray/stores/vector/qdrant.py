@@ -314,7 +314,9 @@ class QdrantVectorStore(VectorStore):
             for p in points
         ]
 
-    def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
+    def retrieve(
+        self, cube_id: str, ids: Sequence[str], with_tokens: bool = False
+    ) -> list[VectorRecord]:
         wanted = common.point_ids(ids)
         if not wanted:
             return []
@@ -323,7 +325,11 @@ class QdrantVectorStore(VectorStore):
                 self._collection,
                 ids=wanted,
                 with_payload=True,
-                with_vectors=[common.DENSE, common.SPARSE],
+                with_vectors=[
+                    common.DENSE,
+                    common.SPARSE,
+                    *([common.TOKENS] if with_tokens else []),
+                ],
             )
         by_id: dict[str, VectorRecord] = {}
         for rec in found:
@@ -338,6 +344,7 @@ class QdrantVectorStore(VectorStore):
                 if isinstance(sparse, qm.SparseVector)
                 else SparseVector(),
                 payload=common.from_payload(rec.payload),
+                tokens=common.token_array(vectors.get(common.TOKENS)),
             )
         return [by_id[i] for i in wanted if i in by_id]
 

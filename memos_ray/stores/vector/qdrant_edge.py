@@ -298,12 +298,15 @@ class QdrantEdgeVectorStore(VectorStore):
             )
         return LateScores({str(p.id): float(p.score) for p in points}, revision)
 
-    def retrieve(self, cube_id: str, ids: Sequence[str]) -> list[VectorRecord]:
+    def retrieve(
+        self, cube_id: str, ids: Sequence[str], with_tokens: bool = False
+    ) -> list[VectorRecord]:
         wanted = common.point_ids(ids)
         if not wanted:
             return []
         with common.sdk_errors("retrieve"):
-            found = self._live().retrieve(list(wanted), True, [common.DENSE, common.SPARSE])
+            names = [common.DENSE, common.SPARSE, *([common.TOKENS] if with_tokens else [])]
+            found = self._live().retrieve(list(wanted), True, names)
         by_id: dict[str, VectorRecord] = {}
         for rec in found:
             if (rec.payload or {}).get(common.CUBE_KEY) != cube_id:
@@ -317,6 +320,7 @@ class QdrantEdgeVectorStore(VectorStore):
                 if isinstance(sparse, qe.SparseVector)
                 else SparseVector(),
                 payload=common.from_payload(rec.payload),
+                tokens=common.token_array(vectors.get(common.TOKENS)),
             )
         return [by_id[i] for i in wanted if i in by_id]
 
