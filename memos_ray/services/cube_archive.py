@@ -1,0 +1,514 @@
+"""A MemCube as a portable directory: dump a cube, load it elsewhere or under another name.
+
+Layout (format `memos-ray-cube`, version 1):
+
+    manifest.json      format, version, the cube, its embedding space, counts, and a sha256
+                       and size for every other file (written last)
+    memories.jsonl     every memory node (any type, any status) with its metadata, sources
+                       and history; topic nodes included
+    edges.jsonl        the cube's graph edges, each once (written with its source node)
+    vectors.jsonl      one line per vector point: its memory id, its sequence number and how
+                       many token rows it has
+    dense.f32          the points' pooled vectors, float32 rows in vectors.jsonl's order
+    tokens.f16         their token vectors (late interaction), float16 rows, concatenated
+    preferences.jsonl  the cube's preferences (re-embedded on load: there are few)
+    adapter/           the cube's LoRA adapter, if it has one
+
+Both directions stream in batches, so memory stays flat as the cube grows. A dump is
+written into a hidden sibling directory and renamed into place when complete: a dump that
+dies midway leaves no directory that loads. A load checks the manifest, the format version
+and every checksum before it writes anything, and refuses a non-empty target cube.
+
+Loading under another name maps ids: an id derived from the cube and the text (as every
+add derives them) is derived again for the new cube, so later adds of the same text still
+deduplicate; any other id is mapped by a stable hash of the new cube and the old id. Edges
+and preferences' source ids follow the mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from memos_ray.domain.memory import Edge, MemoryItem, iso, memory_id_for, utc_now
+from memos_ray.errors import BadRequestError, ConflictError
+from memos_ray.models.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
+from memos_ray.models.embedder import Encoded
+from memos_ray.services.memory import MemoryService, embedding_text, vector_records
+from memos_ray.services.preferences import PreferenceService, preference_id
+from memos_ray.services.ranking import SEQ
+from memos_ray.stores.preference.base import Preference
+
+FORMAT = "memos-ray-cube"
+VERSION = 1
+BATCH = 512
+_NAMESPACE = uuid.UUID("5b0d3c52-3f6e-4d39-9d55-0c2f1b6a7e41")
+_FILES = (
+    "memories.jsonl",
+    "edges.jsonl",
+    "vectors.jsonl",
+    "dense.f32",
+    "tokens.f16",
+    "preferences.jsonl",
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+class ArchiveError(BadRequestError):
+    """A dump that cannot be loaded: missing, corrupt, truncated, or of another format."""
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str
+    bytes: int = Field(ge=0)
+
+
+class ArchivedSpace(BaseModel):
+    """The embedding space the dump's vectors are in: a load into the same one keeps them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    dim: int = Field(ge=1)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["memos-ray-cube"]
+    version: int
+    cube_id: str
+    cube_name: str
+    owner_id: str | None = None
+    created_at: str
+    space: ArchivedSpace
+    counts: dict[str, int]
+    files: dict[str, FileEntry]
+
+
+@dataclass
+class LoadReport:
+    cube_id: str
+    memories: int = 0
+    vectors: int = 0
+    edges: int = 0
+    preferences: int = 0
+    adapter: bool = False
+    # True when the dump's space differs from the target's and every point was re-embedded.
+    reembedded: bool = False
+    id_map: dict[str, str] = field(default_factory=dict)
+
+
+class _Hashed:
+    """A file written once, its sha256 and size kept as it goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file: IO[bytes] = path.open("wb")
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
+    def line(self, value: Any) -> None:
+        self.write(json.dumps(value, ensure_ascii=False).encode() + b"\n")
+
+    def close(self) -> FileEntry:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return FileEntry(sha256=self.digest.hexdigest(), bytes=self.size)
+
+
+def dump(
+    memory: MemoryService,
+    cube_id: str,
+    target: Path,
+    *,
+    space: ArchivedSpace,
+    cube_name: str | None = None,
+    owner_id: str | None = None,
+    preferences: PreferenceService | None = None,
+    adapters: AdapterStore | None = None,
+    batch: int = BATCH,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Write the cube into `target` (which must not exist yet)."""
+    target = target.expanduser().resolve()
+    if target.exists():
+        raise ConflictError(f"{target.name} exists already; dump into a new directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    try:
+        manifest = _write(
+            memory,
+            cube_id,
+            work,
+            space,
+            cube_name,
+            owner_id,
+            preferences,
+            adapters,
+            batch,
+            progress,
+        )
+        os.replace(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write(
+    memory: MemoryService,
+    cube_id: str,
+    work: Path,
+    space: ArchivedSpace,
+    cube_name: str | None,
+    owner_id: str | None,
+    preferences: PreferenceService | None,
+    adapters: AdapterStore | None,
+    batch: int,
+    progress: Progress | None,
+) -> Manifest:
+    out = {name: _Hashed(work / name) for name in _FILES}
+    counts = dict.fromkeys(("memories", "edges", "vectors", "token_rows", "preferences"), 0)
+    vectors = memory.vectors_of(cube_id)
+    total = memory.graph.count(cube_id)
+    offset = 0
+    while True:
+        # Newest first; a cube taking writes while it is dumped may shift a page (stop the
+        # writers, or dump again: a dump is a snapshot only of a quiet cube).
+        nodes, _ = memory.graph.list_nodes(cube_id, offset=offset, limit=batch)
+        if not nodes:
+            break
+        offset += len(nodes)
+        ids = [n.id for n in nodes]
+        for node in nodes:
+            data = node.model_dump(mode="json")
+            data["metadata"].pop("embedding", None)
+            data["metadata"].pop("relativity", None)
+            out["memories.jsonl"].line(data)
+        counts["memories"] += len(nodes)
+        own = set(ids)
+        for edge in memory.graph.get_edges(cube_id, ids):
+            if edge.source in own:
+                out["edges.jsonl"].line(edge.model_dump(mode="json"))
+                counts["edges"] += 1
+        for record in vectors.retrieve(cube_id, ids, with_tokens=True):
+            tokens = record.tokens if record.tokens is not None else None
+            rows = 0 if tokens is None else len(tokens)
+            out["vectors.jsonl"].line(
+                {"id": record.id, "seq": record.payload.get(SEQ), "tokens": rows}
+            )
+            out["dense.f32"].write(np.asarray(record.dense, dtype="<f4").tobytes())
+            if tokens is not None and rows:
+                out["tokens.f16"].write(np.asarray(tokens, dtype="<f2").tobytes())
+            counts["vectors"] += 1
+            counts["token_rows"] += rows
+        if progress is not None:
+            progress("dump", counts["memories"], total)
+    if preferences is not None:
+        start = 0
+        while True:
+            page, _ = preferences.store.list(cube_id, offset=start, limit=batch)
+            for item in page:
+                out["preferences.jsonl"].line(item.model_dump(mode="json", exclude={"score"}))
+            counts["preferences"] += len(page)
+            if len(page) < batch:
+                break
+            start += len(page)
+    files = {name: handle.close() for name, handle in out.items()}
+    adapter = adapters.get(cube_id) if adapters is not None else None
+    if adapter is not None:
+        (work / "adapter").mkdir()
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            blob = (Path(adapter.path) / name).read_bytes()
+            (work / "adapter" / name).write_bytes(blob)
+            files[f"adapter/{name}"] = FileEntry(
+                sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob)
+            )
+    counts["adapter"] = int(adapter is not None)
+    manifest = Manifest(
+        format=FORMAT,
+        version=VERSION,
+        cube_id=cube_id,
+        cube_name=cube_name or cube_id,
+        owner_id=owner_id,
+        created_at=iso(utc_now()),
+        space=space,
+        counts=counts,
+        files=files,
+    )
+    path = work / "manifest.json"
+    path.write_text(manifest.model_dump_json(indent=2))
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
+    return manifest
+
+
+def read_manifest(source: Path) -> Manifest:
+    """The manifest, with every file it lists checked (size and sha256)."""
+    path = source / "manifest.json"
+    if not path.is_file():
+        raise ArchiveError(
+            f"{source.name}: no manifest.json (not a cube dump, or an unfinished one)"
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArchiveError(f"{source.name}: manifest.json is unreadable: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ArchiveError(f"{source.name}: not a {FORMAT} dump")
+    if raw.get("version") != VERSION:
+        raise ArchiveError(
+            f"{source.name}: format version {raw.get('version')!r}; this memos-ray reads "
+            f"version {VERSION}"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ArchiveError(f"{source.name}: manifest.json is malformed: {exc}") from exc
+    for name in (*_FILES, *(f for f in manifest.files if f.startswith("adapter/"))):
+        entry = manifest.files.get(name)
+        if entry is None:
+            raise ArchiveError(f"{source.name}: the manifest lists no {name}")
+        _check_file(source, name, entry)
+    return manifest
+
+
+def _check_file(source: Path, name: str, entry: FileEntry) -> None:
+    path = source / name
+    if not path.is_file():
+        raise ArchiveError(f"{source.name}: {name} is missing")
+    if path.stat().st_size != entry.bytes:
+        raise ArchiveError(
+            f"{source.name}: {name} is {path.stat().st_size} bytes, the manifest says "
+            f"{entry.bytes} (truncated or changed)"
+        )
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != entry.sha256:
+        raise ArchiveError(f"{source.name}: {name} does not match its checksum (corrupt)")
+
+
+def map_id(old_id: str, text: str, old_cube: str, new_cube: str) -> str:
+    """The id a memory of `old_cube` takes in `new_cube` (itself when the cube is the same)."""
+    if new_cube == old_cube:
+        return old_id
+    if old_id == memory_id_for(old_cube, text):
+        return memory_id_for(new_cube, text)
+    return str(uuid.uuid5(_NAMESPACE, f"{new_cube}\x00{old_id}"))
+
+
+def load(
+    memory: MemoryService,
+    source: Path,
+    *,
+    as_cube: str | None = None,
+    space: ArchivedSpace,
+    preferences: PreferenceService | None = None,
+    adapters: AdapterStore | None = None,
+    batch: int = BATCH,
+    progress: Progress | None = None,
+) -> LoadReport:
+    """Write the dump at `source` into `as_cube` (default: the dumped cube's id), which must
+    hold no memories. `space` is the target cube's embedding space: the same as the dump's
+    keeps the stored vectors, another one re-embeds every point."""
+    source = source.expanduser().resolve()
+    manifest = read_manifest(source)
+    cube_id = as_cube or manifest.cube_id
+    if memory.graph.count(cube_id):
+        raise ConflictError(f"cube {cube_id!r} already holds memories; load into a new cube")
+    same_space = manifest.space == space
+    report = LoadReport(cube_id=cube_id, reembedded=not same_space)
+    id_map = _id_map(source, manifest, cube_id)
+    report.id_map = id_map
+    at = memory.spaces.of(cube_id)
+    vectors = _vector_lines(source, manifest, id_map)
+    try:
+        for nodes in _batches(_memories(source, manifest, cube_id, id_map), batch):
+            # Nodes first: a vector point is an add's commit marker (see MemoryService).
+            memory.graph.upsert_nodes(cube_id, nodes)
+            report.memories += len(nodes)
+            points = [(n, vectors.pop(n.id)) for n in nodes if n.id in vectors]
+            if points:
+                items = [n for n, _ in points]
+                seqs = [p.seq for _, p in points]
+                if same_space:
+                    encoded = _read_vectors(source, [p for _, p in points], space.dim)
+                else:
+                    encoded = at.embedder.encode([embedding_text(i) for i in items])
+                at.vectors.upsert(cube_id, vector_records(items, seqs, encoded))
+                report.vectors += len(items)
+            if progress is not None:
+                progress("load", report.memories, manifest.counts.get("memories", 0))
+        for edges in _batches(_edges(source, id_map), batch):
+            memory.graph.add_edges(cube_id, edges)
+            report.edges += len(edges)
+    finally:
+        at.indexes.invalidate(cube_id)
+    if preferences is not None:
+        report.preferences = _load_preferences(
+            source, preferences, manifest, cube_id, id_map, batch
+        )
+    if adapters is not None and "adapter/adapter_config.json" in manifest.files:
+        config = json.loads((source / "adapter" / CONFIG_FILE).read_text())
+        adapters.put(cube_id, config, (source / "adapter" / WEIGHTS_FILE).read_bytes())
+        report.adapter = True
+    return report
+
+
+@dataclass
+class _Point:
+    new_id: str
+    seq: int
+    # Byte offsets of its rows in dense.f32 and tokens.f16.
+    dense_at: int
+    tokens_at: int
+    token_rows: int
+
+
+def _id_map(source: Path, manifest: Manifest, cube_id: str) -> dict[str, str]:
+    """Old id to new id, one pass over memories.jsonl (ids only are kept)."""
+    mapping: dict[str, str] = {}
+    for data in _json_lines(source / "memories.jsonl"):
+        mapping[data["id"]] = map_id(data["id"], data["memory"], manifest.cube_id, cube_id)
+    if len(mapping) != manifest.counts.get("memories", -1):
+        raise ArchiveError(f"{source.name}: memories.jsonl does not hold the counted memories")
+    return mapping
+
+
+def _vector_lines(source: Path, manifest: Manifest, id_map: dict[str, str]) -> dict[str, _Point]:
+    """Each point's place in dense.f32 / tokens.f16, keyed by its new id."""
+    points: dict[str, _Point] = {}
+    dense_at = tokens_at = 0
+    width = manifest.space.dim
+    for data in _json_lines(source / "vectors.jsonl"):
+        rows = int(data["tokens"])
+        seq = data.get("seq")
+        new_id = id_map.get(data["id"])
+        if new_id is None:
+            raise ArchiveError(f"{source.name}: a vector point has no memory ({data['id']})")
+        points[new_id] = _Point(
+            new_id=new_id,
+            seq=int(seq) if seq is not None else 0,
+            dense_at=dense_at,
+            tokens_at=tokens_at,
+            token_rows=rows,
+        )
+        dense_at += width * 4
+        tokens_at += rows * width * 2
+    if dense_at != manifest.files["dense.f32"].bytes:
+        raise ArchiveError(f"{source.name}: dense.f32 does not hold one row per point")
+    if tokens_at != manifest.files["tokens.f16"].bytes:
+        raise ArchiveError(f"{source.name}: tokens.f16 does not hold the counted token rows")
+    return points
+
+
+def _memories(
+    source: Path, manifest: Manifest, cube_id: str, id_map: dict[str, str]
+) -> Iterator[MemoryItem]:
+    for data in _json_lines(source / "memories.jsonl"):
+        data["id"] = id_map[data["id"]]
+        data["cube_id"] = cube_id
+        try:
+            yield MemoryItem.model_validate(data)
+        except ValidationError as exc:
+            raise ArchiveError(f"{source.name}: a memory is malformed: {exc}") from exc
+
+
+def _edges(source: Path, id_map: dict[str, str]) -> Iterator[Edge]:
+    for data in _json_lines(source / "edges.jsonl"):
+        edge = Edge.model_validate(data)
+        if edge.source in id_map and edge.target in id_map:
+            yield Edge(source=id_map[edge.source], target=id_map[edge.target], type=edge.type)
+
+
+def _read_vectors(source: Path, points: Sequence[_Point], dim: int) -> Encoded:
+    dense = np.zeros((len(points), dim), dtype=np.float32)
+    tokens: list[np.ndarray] = []
+    with (source / "dense.f32").open("rb") as fd, (source / "tokens.f16").open("rb") as ft:
+        for i, point in enumerate(points):
+            fd.seek(point.dense_at)
+            dense[i] = np.frombuffer(fd.read(dim * 4), dtype="<f4")
+            ft.seek(point.tokens_at)
+            raw = ft.read(point.token_rows * dim * 2)
+            tokens.append(np.frombuffer(raw, dtype="<f2").reshape(point.token_rows, dim))
+    has_tokens = any(len(t) for t in tokens)
+    return Encoded(dense, tokens if has_tokens else None)
+
+
+def _load_preferences(
+    source: Path,
+    preferences: PreferenceService,
+    manifest: Manifest,
+    cube_id: str,
+    id_map: dict[str, str],
+    batch: int,
+) -> int:
+    done = 0
+    lines = _json_lines(source / "preferences.jsonl")
+    for page in _batches(lines, batch):
+        items = []
+        for data in page:
+            item = Preference.model_validate(data)
+            new_id = (
+                preference_id(cube_id, item.preference)
+                if item.id == preference_id(manifest.cube_id, item.preference)
+                else map_id(item.id, item.preference, manifest.cube_id, cube_id)
+            )
+            sources = [id_map.get(s, s) for s in item.source_memory_ids]
+            items.append(
+                item.model_copy(
+                    update={"id": new_id, "cube_id": cube_id, "source_memory_ids": sources}
+                )
+            )
+        dense = preferences.memory.query_embedder.embed([i.preference for i in items])
+        preferences.store.upsert(cube_id, items, np.asarray(dense, dtype=np.float32))
+        done += len(items)
+    return done
+
+
+def _json_lines(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise ArchiveError(f"{path.name} line {number} is not JSON") from exc
+            if not isinstance(value, dict):
+                raise ArchiveError(f"{path.name} line {number} is not an object")
+            yield value
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    page: list[Any] = []
+    for item in items:
+        page.append(item)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page

@@ -1,0 +1,287 @@
+"""A cube dumped to a directory and loaded back (under another name, or in another data dir)
+is the same cube: texts, metadata, edges, vectors, preferences, adapter, and search ranking.
+
+The LLM that makes facts, a feedback update and a preference is the scripted TEST DOUBLE
+(tests/fixtures/scripted_model.py); the stores and the embedder are real.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from safetensors.numpy import save as save_tensors
+
+from memos_ray import __version__
+from memos_ray.api.app import create_app
+from memos_ray.api.context import ApiContext
+from memos_ray.config import MemosConfig
+from memos_ray.models.adapters import AdapterStore
+from memos_ray.models.chat import ChatRequest
+from memos_ray.models.embedder import SentenceTransformerEmbedder
+from memos_ray.runtime.compose import LocalStack
+from memos_ray.services import cube_archive
+from memos_ray.services.cube_archive import ArchivedSpace, ArchiveError
+from memos_ray.services.memory import SearchOptions
+from tests.fixtures.scripted_model import ScriptedChatModel
+from tests.fixtures.servers import serve_in_thread
+
+CUBE = "orig"
+SPACE = ArchivedSpace(model="", dim=384)
+
+
+def _scripted(request: ChatRequest) -> str:
+    system = request.messages[0].content
+    if system.startswith("You turn a conversation"):
+        return json.dumps(
+            {
+                "memories": [
+                    {"key": "", "memory_type": "UserMemory", "value": "Ines lives in Lisbon."}
+                ],
+                "preferences": [{"preference": "Ines prefers night trains", "kind": "explicit"}],
+            }
+        )
+    if system.startswith("You compare"):
+        return json.dumps({"decision": "keep", "operations": []})
+    if system.startswith("The user corrects"):
+        update = {"op": "update", "index": 0, "text": "Ines lives in Porto."}
+        return json.dumps({"operations": [update], "answer": "Noted."})
+    return "ok"
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder
+) -> Iterator[LocalStack]:
+    config = MemosConfig(data_dir=tmp_path_factory.mktemp("archive")).resolved()
+    with LocalStack(config, embedder=embedder, chat=ScriptedChatModel(_scripted)) as stack:
+        context = ApiContext.of(stack.services, __version__)
+        with (
+            serve_in_thread(create_app(lambda: context)) as url,
+            httpx.Client(base_url=url, timeout=60) as http,
+        ):
+            _fill(http)
+        yield stack
+
+
+def _post(http: httpx.Client, path: str, body: dict[str, Any]) -> Any:
+    response = http.post(path, json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def _fill(http: httpx.Client) -> None:
+    """Memories of every kind: turns, a fact with its history and MERGED_TO, a preference, a
+    tool trajectory, document chunks with their edges."""
+    sync = {"user_id": CUBE, "async_mode": "sync"}
+    turns = [
+        {"role": "user", "content": "I moved to Lisbon last spring.", "chat_time": "2026-03-01"},
+        {"role": "assistant", "content": "How do you like it?", "chat_time": "2026-03-01"},
+    ]
+    _post(http, "/product/add", {**sync, "mode": "fast", "messages": turns})
+    _post(http, "/product/add", {**sync, "mode": "fine", "messages": turns[:1]})
+    _post(
+        http,
+        "/product/feedback",
+        {"user_id": CUBE, "feedback_content": "I live in Porto now, not Lisbon."},
+    )
+    tools = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "content": "Snow", "tool_call_id": "c1"},
+    ]
+    _post(http, "/product/add", {**sync, "mode": "fast", "messages": tools})
+    text = "\n\n".join(f"Chapter {n}. The lighthouse keeper logs storm {n}." for n in range(40))
+    data = base64.b64encode(text.encode()).decode()
+    doc = {"type": "file", "file": {"file_data": data, "filename": "log.txt"}}
+    _post(
+        http,
+        "/product/add",
+        {**sync, "mode": "fast", "messages": [{"role": "user", "content": [doc]}]},
+    )
+
+
+def _adapter(store: AdapterStore, cube: str) -> None:
+    r, width = 2, 8
+    weights = save_tensors(
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.ones(
+                (r, width), dtype=np.float32
+            ),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.ones(
+                (width, r), dtype=np.float32
+            ),
+        }
+    )
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": 4, "target_modules": ["q_proj"]}
+    store.put(cube, config, weights)
+
+
+def _snapshot(stack: LocalStack, cube: str) -> dict[str, Any]:
+    memory = stack.services.memory
+    nodes, _ = memory.graph.list_nodes(cube)
+    ids = [n.id for n in nodes]
+    points = memory.vectors_of(cube).retrieve(cube, ids, with_tokens=True)
+    assert stack.services.preferences is not None
+    prefs, _ = stack.services.preferences.store.list(cube)
+    return {
+        "nodes": {n.id: n for n in nodes},
+        "edges": {(e.source, e.target, e.type) for e in memory.graph.get_edges(cube)},
+        "points": {p.id: p for p in points},
+        "prefs": prefs,
+    }
+
+
+def _ranking(stack: LocalStack, cube: str, query: str) -> list[str]:
+    found = stack.services.memory.search(query, {cube: None}, SearchOptions(top_k=10))
+    return [m.id for m in found[cube]]
+
+
+def test_dump_then_load_under_another_name_is_the_same_cube(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    adapters = AdapterStore(tmp_path / "adapters")
+    _adapter(adapters, CUBE)
+    memory, prefs = stack.services.memory, stack.services.preferences
+    before = _snapshot(stack, CUBE)
+    kinds = {str(n.metadata.memory_type) for n in before["nodes"].values()}
+    assert {"LongTermMemory", "UserMemory", "ToolTrajectoryMemory", "RawFileMemory"} <= kinds
+    assert any(e[2] == "MERGED_TO" for e in before["edges"]) and before["prefs"]
+    assert any(p.tokens is not None for p in before["points"].values())
+
+    seen: list[tuple[str, int, int]] = []
+    manifest = cube_archive.dump(
+        memory,
+        CUBE,
+        tmp_path / "dump",
+        space=SPACE,
+        preferences=prefs,
+        adapters=adapters,
+        batch=7,
+        progress=lambda *step: seen.append(step),
+    )
+    assert manifest.counts["memories"] == len(before["nodes"]) and seen
+    assert manifest.counts["edges"] == len(before["edges"]) and manifest.counts["adapter"] == 1
+
+    report = cube_archive.load(
+        memory,
+        tmp_path / "dump",
+        as_cube="copy",
+        space=SPACE,
+        preferences=prefs,
+        adapters=adapters,
+        batch=5,
+    )
+    assert not report.reembedded and report.memories == len(before["nodes"])
+    after = _snapshot(stack, "copy")
+    id_map = report.id_map
+    assert set(after["nodes"]) == {id_map[i] for i in before["nodes"]}
+    for old_id, old in before["nodes"].items():
+        new = after["nodes"][id_map[old_id]]
+        assert new.memory == old.memory and new.cube_id == "copy"
+        assert new.metadata.model_dump() == old.metadata.model_dump()
+    assert after["edges"] == {(id_map[s], id_map[t], k) for s, t, k in before["edges"]}
+    for old_id, point in before["points"].items():
+        copy = after["points"][id_map[old_id]]
+        np.testing.assert_allclose(copy.dense, point.dense, atol=1e-6)
+        if point.tokens is None:
+            assert copy.tokens is None
+        else:
+            assert copy.tokens is not None
+            np.testing.assert_array_equal(copy.tokens, point.tokens)
+        assert copy.sparse == point.sparse
+    assert sorted(p.preference for p in after["prefs"]) == sorted(
+        p.preference for p in before["prefs"]
+    )
+    assert adapters.info("copy") is not None and report.adapter
+    for query in ("Where does Ines live?", "storm 7 lighthouse", "weather in Oslo"):
+        assert _ranking(stack, "copy", query) == [id_map[i] for i in _ranking(stack, CUBE, query)]
+
+
+def test_a_load_into_another_data_dir_keeps_the_ids(
+    stack: LocalStack, tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    memory = stack.services.memory
+    cube_archive.dump(memory, CUBE, tmp_path / "dump", space=SPACE)
+    config = MemosConfig(data_dir=tmp_path / "elsewhere").resolved()
+    with LocalStack(config, embedder=embedder) as other:
+        report = cube_archive.load(other.services.memory, tmp_path / "dump", space=SPACE)
+        assert report.cube_id == CUBE and all(k == v for k, v in report.id_map.items())
+        query = "Where does Ines live?"
+        theirs = other.services.memory.search(query, {CUBE: None}, SearchOptions(top_k=10))
+        assert [m.id for m in theirs[CUBE]] == _ranking(stack, CUBE, query)
+
+
+def test_another_space_re_embeds(stack: LocalStack, tmp_path: Path) -> None:
+    memory = stack.services.memory
+    dumped = ArchivedSpace(model="some/other-model", dim=384)
+    cube_archive.dump(memory, CUBE, tmp_path / "dump", space=dumped)
+    report = cube_archive.load(memory, tmp_path / "dump", as_cube="reembedded", space=SPACE)
+    assert report.reembedded and report.vectors > 0
+    query = "Where does Ines live?"
+    assert _ranking(stack, "reembedded", query)[0] == report.id_map[_ranking(stack, CUBE, query)[0]]
+
+
+def test_bad_dumps_are_refused_and_write_nothing(stack: LocalStack, tmp_path: Path) -> None:
+    memory = stack.services.memory
+    good = tmp_path / "dump"
+    cube_archive.dump(memory, CUBE, good, space=SPACE)
+
+    def broken(name: str, change: Any) -> Path:
+        target = tmp_path / name
+        shutil.copytree(good, target)
+        change(target)
+        return target
+
+    def flip(path: Path) -> None:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+    def version(target: Path) -> None:
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest["version"] = 99
+        (target / "manifest.json").write_text(json.dumps(manifest))
+
+    cases = {
+        "corrupt": (lambda t: flip(t / "memories.jsonl"), "checksum"),
+        "truncated": (
+            lambda t: (t / "dense.f32").write_bytes((t / "dense.f32").read_bytes()[:-100]),
+            "truncated",
+        ),
+        "version": (version, "version 99"),
+        "no manifest": (lambda t: (t / "manifest.json").unlink(), "no manifest"),
+    }
+    for name, (change, words) in cases.items():
+        target = broken(name.replace(" ", "-"), change)
+        with pytest.raises(ArchiveError, match=words):
+            cube_archive.load(memory, target, as_cube=f"bad-{name.replace(' ', '-')}", space=SPACE)
+        assert memory.graph.count(f"bad-{name.replace(' ', '-')}") == 0, name
+
+
+def test_a_dump_killed_midway_leaves_nothing_that_loads(stack: LocalStack, tmp_path: Path) -> None:
+    memory = stack.services.memory
+
+    def die(stage: str, done: int, total: int) -> None:
+        raise KeyboardInterrupt  # what a kill looks like to the writer
+
+    with pytest.raises(KeyboardInterrupt):
+        cube_archive.dump(memory, CUBE, tmp_path / "dump", space=SPACE, batch=3, progress=die)
+    assert list(tmp_path.iterdir()) == []
