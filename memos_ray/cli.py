@@ -139,6 +139,90 @@ def cmd_admin_grant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_stack(args: argparse.Namespace) -> Any:
+    """The data dir's embedded stores, opened in this process (the service must be stopped:
+    embedded stores have one owner at a time)."""
+    # deferred: torch and the stores load only for the commands that use them
+    from memos_ray.runtime.compose import LocalStack
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.data_dir:
+        os.environ["MEMOS_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
+    apps = _serve_spec(args.config).get("applications") or [{}]
+    config = load_config((apps[0].get("args") or {}).get("config") or {})
+    return LocalStack(config)
+
+
+def _progress(stage: str, done: int, total: int) -> None:
+    print(f"\r{stage}: {done}/{total} memories", end="", file=sys.stderr, flush=True)
+
+
+def cmd_cube_dump(args: argparse.Namespace) -> int:
+    from memos_ray.models.adapters import AdapterStore
+    from memos_ray.services import cube_archive
+
+    with _local_stack(args) as stack:
+        config, memory = stack.config, stack.services.memory
+        space = cube_archive.space_of(
+            memory, args.cube, config.embedder.model or "", config.embedder.dim
+        )
+        cube = stack.services.tenancy.get_cube(args.cube)
+        manifest = cube_archive.dump(
+            memory,
+            args.cube,
+            Path(args.dir),
+            space=space,
+            cube_name=cube.cube_name if cube else None,
+            owner_id=cube.owner_id if cube else None,
+            preferences=stack.services.preferences,
+            adapters=AdapterStore.for_config(config),
+            progress=_progress,
+        )
+    print(file=sys.stderr)
+    print(json.dumps({"cube_id": manifest.cube_id, "dir": args.dir, **manifest.counts}))
+    return 0
+
+
+def cmd_cube_load(args: argparse.Namespace) -> int:
+    from memos_ray.domain.tenancy import Scope
+    from memos_ray.models.adapters import AdapterStore
+    from memos_ray.services import cube_archive
+    from memos_ray.services.tenancy import Caller
+
+    with _local_stack(args) as stack:
+        config, memory = stack.config, stack.services.memory
+        manifest = cube_archive.read_manifest(Path(args.dir).expanduser().resolve())
+        cube_id = args.as_cube or manifest.cube_id
+        owner = args.owner or manifest.owner_id or cube_id
+        # The operator, on the data dir itself: like the master key.
+        operator = Caller(user_id=None, is_admin=True, scopes=frozenset(Scope))
+        stack.services.access.claim_cube(owner, cube_id, operator)
+        space = cube_archive.space_of(
+            memory, cube_id, config.embedder.model or "", config.embedder.dim
+        )
+        report = cube_archive.load(
+            memory,
+            Path(args.dir),
+            as_cube=cube_id,
+            space=space,
+            preferences=stack.services.preferences,
+            adapters=AdapterStore.for_config(config),
+            progress=_progress,
+        )
+    print(file=sys.stderr)
+    summary = {
+        "cube_id": report.cube_id,
+        "memories": report.memories,
+        "vectors": report.vectors,
+        "edges": report.edges,
+        "preferences": report.preferences,
+        "adapter": report.adapter,
+        "reembedded": report.reembedded,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memos-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +279,27 @@ def build_parser() -> argparse.ArgumentParser:
     cube.add_argument("--cube-id")
     cube.add_argument("--name")
     cube.set_defaults(func=cmd_create_cube)
+
+    cubes = sub.add_parser("cube", help="dump a cube to a directory, or load one (service stopped)")
+    cube_sub = cubes.add_subparsers(dest="cube_command", required=True)
+    for name, helptext in (
+        ("dump", "write CUBE into DIR (a new directory)"),
+        ("load", "load the dump in DIR (into a cube without memories)"),
+    ):
+        cmd = cube_sub.add_parser(name, help=helptext)
+        cmd.add_argument(
+            "--config", type=Path, help="Serve config YAML (default configs/local.yaml)"
+        )
+        cmd.add_argument("--data-dir", help="the data dir of the embedded stores (MEMOS_DATA_DIR)")
+        if name == "dump":
+            cmd.add_argument("cube")
+            cmd.add_argument("dir")
+            cmd.set_defaults(func=cmd_cube_dump)
+        else:
+            cmd.add_argument("dir")
+            cmd.add_argument("--as", dest="as_cube", help="load under this cube id")
+            cmd.add_argument("--owner", help="the owner of a cube the load creates")
+            cmd.set_defaults(func=cmd_cube_load)
 
     # Its subcommands are parsed by memos_ray.bench.cli (see `main`).
     sub.add_parser("bench", help="benchmarks, separate from the tests (memos-ray bench -h)")

@@ -99,6 +99,18 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry]
 
 
+def space_of(
+    memory: MemoryService, cube_id: str, default_model: str, default_dim: int
+) -> ArchivedSpace:
+    """The cube's embedding space as a dump records it (a moved cube's own, else the
+    deployment's)."""
+    resolve = getattr(memory.spaces, "space_of", None)
+    if resolve is not None:
+        space = resolve(cube_id)
+        return ArchivedSpace(model=space.model, dim=space.dim)
+    return ArchivedSpace(model=default_model, dim=default_dim)
+
+
 @dataclass
 class LoadReport:
     cube_id: str

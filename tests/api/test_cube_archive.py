@@ -23,6 +23,7 @@ from memos_ray import __version__
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
 from memos_ray.config import MemosConfig
+from memos_ray.core.reader import text_memory
 from memos_ray.models.adapters import AdapterStore
 from memos_ray.models.chat import ChatRequest
 from memos_ray.models.embedder import SentenceTransformerEmbedder
@@ -285,3 +286,38 @@ def test_a_dump_killed_midway_leaves_nothing_that_loads(stack: LocalStack, tmp_p
     with pytest.raises(KeyboardInterrupt):
         cube_archive.dump(memory, CUBE, tmp_path / "dump", space=SPACE, batch=3, progress=die)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cli_dumps_and_loads_a_data_dirs_cube(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`memos-ray cube dump` / `cube load --as` on stopped data dirs (the portable case)."""
+    from memos_ray.cli import main
+
+    source, target = tmp_path / "source", tmp_path / "target"
+    with LocalStack(MemosConfig(data_dir=source).resolved(), embedder=embedder) as stack:
+        stack.services.access.tenancy.create_user("kim")
+        stack.services.access.tenancy.create_cube("kims-notes", "Kim's notes", "kim")
+        memory = stack.services.memory
+        memory.add_windows("kims-notes", "kim", [text_memory("Kim's locker is number 12.")])
+    assert (
+        main(["cube", "dump", "kims-notes", str(tmp_path / "dump"), "--data-dir", str(source)]) == 0
+    )
+    dumped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert dumped["memories"] == 1 and dumped["vectors"] == 1
+    assert (
+        main(["cube", "load", str(tmp_path / "dump"), "--as", "kim2", "--data-dir", str(target)])
+        == 0
+    )
+    loaded = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert loaded["cube_id"] == "kim2" and loaded["memories"] == 1 and not loaded["reembedded"]
+    with LocalStack(MemosConfig(data_dir=target).resolved(), embedder=embedder) as other:
+        cube = other.services.tenancy.get_cube("kim2")
+        assert cube is not None and cube.owner_id == "kim"
+        found = other.services.memory.search("locker", {"kim2": None}, SearchOptions(top_k=3))
+        assert found["kim2"][0].memory == "Kim's locker is number 12."
+    # A second load into the same, now non-empty cube is refused; nothing changes.
+    assert (
+        main(["cube", "load", str(tmp_path / "dump"), "--as", "kim2", "--data-dir", str(target)])
+        == 1
+    )
