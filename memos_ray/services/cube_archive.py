@@ -31,6 +31,8 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +46,12 @@ from memos_ray.domain.memory import Edge, MemoryItem, iso, memory_id_for, utc_no
 from memos_ray.errors import BadRequestError, ConflictError
 from memos_ray.models.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
 from memos_ray.models.embedder import Encoded
-from memos_ray.services.memory import MemoryService, embedding_text, vector_records
+from memos_ray.services.memory import (
+    MemoryService,
+    SpaceBinding,
+    embedding_text,
+    vector_records,
+)
 from memos_ray.services.preferences import PreferenceService, preference_id
 from memos_ray.services.ranking import SEQ
 from memos_ray.stores.preference.base import Preference
@@ -342,10 +349,12 @@ def load(
     adapters: AdapterStore | None = None,
     batch: int = BATCH,
     progress: Progress | None = None,
+    keep_map: bool = False,
 ) -> LoadReport:
     """Write the dump at `source` into `as_cube` (default: the dumped cube's id), which must
     hold no memories. `space` is the target cube's embedding space: the same as the dump's
-    keeps the stored vectors, another one re-embeds every point."""
+    keeps the stored vectors, another one re-embeds every point. The old-to-new id map lives
+    in a temporary SQLite file, so memory stays flat; `keep_map` also returns it."""
     source = source.expanduser().resolve()
     manifest = read_manifest(source)
     cube_id = as_cube or manifest.cube_id
@@ -353,36 +362,40 @@ def load(
         raise ConflictError(f"cube {cube_id!r} already holds memories; load into a new cube")
     same_space = manifest.space == space
     report = LoadReport(cube_id=cube_id, reembedded=not same_space)
-    id_map = _id_map(source, manifest, cube_id)
-    report.id_map = id_map
     at = memory.spaces.of(cube_id)
-    vectors = _vector_lines(source, manifest, id_map)
-    try:
-        for nodes in _batches(_memories(source, manifest, cube_id, id_map), batch):
-            # Nodes first: a vector point is an add's commit marker (see MemoryService).
-            memory.graph.upsert_nodes(cube_id, nodes)
-            report.memories += len(nodes)
-            points = [(n, vectors.pop(n.id)) for n in nodes if n.id in vectors]
-            if points:
-                items = [n for n, _ in points]
-                seqs = [p.seq for _, p in points]
-                if same_space:
-                    encoded = _read_vectors(source, [p for _, p in points], space.dim)
-                else:
-                    encoded = at.embedder.encode([embedding_text(i) for i in items])
-                at.vectors.upsert(cube_id, vector_records(items, seqs, encoded))
-                report.vectors += len(items)
-            if progress is not None:
-                progress("load", report.memories, manifest.counts.get("memories", 0))
-        for edges in _batches(_edges(source, id_map), batch):
-            memory.graph.add_edges(cube_id, edges)
-            report.edges += len(edges)
-    finally:
-        at.indexes.invalidate(cube_id)
-    if preferences is not None:
-        report.preferences = _load_preferences(
-            source, preferences, manifest, cube_id, id_map, batch
-        )
+    with tempfile.TemporaryDirectory(prefix="memos-load-") as scratch:
+        ids = _IdMap(Path(scratch) / "ids.sqlite")
+        try:
+            _map_ids(source, manifest, cube_id, ids, batch)
+            _check_vectors(source, manifest, ids, batch)
+            try:
+                _write_memories(
+                    memory,
+                    source,
+                    manifest,
+                    cube_id,
+                    ids,
+                    space,
+                    same_space,
+                    at,
+                    report,
+                    batch,
+                    progress,
+                )
+                for page in _batches(_json_lines(source / "edges.jsonl"), batch):
+                    edges = _mapped_edges(page, ids)
+                    memory.graph.add_edges(cube_id, edges)
+                    report.edges += len(edges)
+            finally:
+                at.indexes.invalidate(cube_id)
+            if preferences is not None:
+                report.preferences = _load_preferences(
+                    source, preferences, manifest, cube_id, ids, batch
+                )
+            if keep_map:
+                report.id_map = ids.everything()
+        finally:
+            ids.close()
     if adapters is not None and "adapter/adapter_config.json" in manifest.files:
         config = json.loads((source / "adapter" / CONFIG_FILE).read_text())
         adapters.put(cube_id, config, (source / "adapter" / WEIGHTS_FILE).read_bytes())
@@ -390,84 +403,161 @@ def load(
     return report
 
 
-@dataclass
-class _Point:
-    new_id: str
-    seq: int
-    # Byte offsets of its rows in dense.f32 and tokens.f16.
-    dense_at: int
-    tokens_at: int
-    token_rows: int
+class _IdMap:
+    """Old id to new id, on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path)
+        self._db.execute("CREATE TABLE ids (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
+
+    def add(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO ids VALUES (?, ?)", pairs)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM ids").fetchone()[0])
+
+    def get(self, olds: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        unique = list(dict.fromkeys(olds))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT old, new FROM ids WHERE old IN ({marks})", chunk)
+            found.update(dict(rows.fetchall()))
+        return found
+
+    def everything(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT old, new FROM ids").fetchall())
+
+    def close(self) -> None:
+        self._db.close()
 
 
-def _id_map(source: Path, manifest: Manifest, cube_id: str) -> dict[str, str]:
-    """Old id to new id, one pass over memories.jsonl (ids only are kept)."""
-    mapping: dict[str, str] = {}
-    for data in _json_lines(source / "memories.jsonl"):
-        mapping[data["id"]] = map_id(data["id"], data["memory"], manifest.cube_id, cube_id)
-    if len(mapping) != manifest.counts.get("memories", -1):
-        raise ArchiveError(f"{source.name}: memories.jsonl does not hold the counted memories")
-    return mapping
-
-
-def _vector_lines(source: Path, manifest: Manifest, id_map: dict[str, str]) -> dict[str, _Point]:
-    """Each point's place in dense.f32 / tokens.f16, keyed by its new id."""
-    points: dict[str, _Point] = {}
-    dense_at = tokens_at = 0
-    width = manifest.space.dim
-    for data in _json_lines(source / "vectors.jsonl"):
-        rows = int(data["tokens"])
-        seq = data.get("seq")
-        new_id = id_map.get(data["id"])
-        if new_id is None:
-            raise ArchiveError(f"{source.name}: a vector point has no memory ({data['id']})")
-        points[new_id] = _Point(
-            new_id=new_id,
-            seq=int(seq) if seq is not None else 0,
-            dense_at=dense_at,
-            tokens_at=tokens_at,
-            token_rows=rows,
-        )
-        dense_at += width * 4
-        tokens_at += rows * width * 2
-    if dense_at != manifest.files["dense.f32"].bytes:
-        raise ArchiveError(f"{source.name}: dense.f32 does not hold one row per point")
-    if tokens_at != manifest.files["tokens.f16"].bytes:
-        raise ArchiveError(f"{source.name}: tokens.f16 does not hold the counted token rows")
-    return points
-
-
-def _memories(
-    source: Path, manifest: Manifest, cube_id: str, id_map: dict[str, str]
-) -> Iterator[MemoryItem]:
-    for data in _json_lines(source / "memories.jsonl"):
-        data["id"] = id_map[data["id"]]
-        data["cube_id"] = cube_id
+def _map_ids(source: Path, manifest: Manifest, cube_id: str, ids: _IdMap, batch: int) -> None:
+    for page in _batches(_json_lines(source / "memories.jsonl"), batch):
         try:
-            yield MemoryItem.model_validate(data)
-        except ValidationError as exc:
-            raise ArchiveError(f"{source.name}: a memory is malformed: {exc}") from exc
+            ids.add(
+                [(d["id"], map_id(d["id"], d["memory"], manifest.cube_id, cube_id)) for d in page]
+            )
+        except (KeyError, TypeError) as exc:
+            raise ArchiveError(f"{source.name}: a memory has no id or text") from exc
+    if ids.count() != manifest.counts.get("memories", -1):
+        raise ArchiveError(f"{source.name}: memories.jsonl does not hold the counted memories")
 
 
-def _edges(source: Path, id_map: dict[str, str]) -> Iterator[Edge]:
-    for data in _json_lines(source / "edges.jsonl"):
-        edge = Edge.model_validate(data)
-        if edge.source in id_map and edge.target in id_map:
-            yield Edge(source=id_map[edge.source], target=id_map[edge.target], type=edge.type)
+def _check_vectors(source: Path, manifest: Manifest, ids: _IdMap, batch: int) -> None:
+    """Every point names a memory, and the vector files hold exactly their rows."""
+    dense = tokens = 0
+    width = manifest.space.dim
+    for page in _batches(_json_lines(source / "vectors.jsonl"), batch):
+        known = ids.get([str(d.get("id")) for d in page])
+        for data in page:
+            if str(data.get("id")) not in known:
+                raise ArchiveError(
+                    f"{source.name}: a vector point has no memory ({data.get('id')})"
+                )
+            rows = data.get("tokens")
+            if not isinstance(rows, int) or rows < 0:
+                raise ArchiveError(f"{source.name}: a vector point's token count is malformed")
+            dense += width * 4
+            tokens += rows * width * 2
+    if dense != manifest.files["dense.f32"].bytes:
+        raise ArchiveError(f"{source.name}: dense.f32 does not hold one row per point")
+    if tokens != manifest.files["tokens.f16"].bytes:
+        raise ArchiveError(f"{source.name}: tokens.f16 does not hold the counted token rows")
 
 
-def _read_vectors(source: Path, points: Sequence[_Point], dim: int) -> Encoded:
-    dense = np.zeros((len(points), dim), dtype=np.float32)
-    tokens: list[np.ndarray] = []
-    with (source / "dense.f32").open("rb") as fd, (source / "tokens.f16").open("rb") as ft:
-        for i, point in enumerate(points):
-            fd.seek(point.dense_at)
-            dense[i] = np.frombuffer(fd.read(dim * 4), dtype="<f4")
-            ft.seek(point.tokens_at)
-            raw = ft.read(point.token_rows * dim * 2)
-            tokens.append(np.frombuffer(raw, dtype="<f2").reshape(point.token_rows, dim))
-    has_tokens = any(len(t) for t in tokens)
-    return Encoded(dense, tokens if has_tokens else None)
+class _VectorReader:
+    """The dump's points in order. They are a subsequence of memories.jsonl (a dump writes
+    each batch's points after its nodes, in node order), so a walk pairs them up."""
+
+    def __init__(self, source: Path, dim: int) -> None:
+        self._lines = _json_lines(source / "vectors.jsonl")
+        self._dense = (source / "dense.f32").open("rb")
+        self._tokens = (source / "tokens.f16").open("rb")
+        self._dim = dim
+        self._next: dict[str, Any] | None = next(self._lines, None)
+
+    def take(self, old_id: str) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """(seq, dense row, token rows) if the next point is this memory's, else None."""
+        if self._next is None or self._next.get("id") != old_id:
+            return None
+        data, self._next = self._next, next(self._lines, None)
+        dense = np.frombuffer(self._dense.read(self._dim * 4), dtype="<f4")
+        rows = int(data["tokens"])
+        raw = self._tokens.read(rows * self._dim * 2)
+        tokens = np.frombuffer(raw, dtype="<f2").reshape(rows, self._dim)
+        seq = data.get("seq")
+        return (int(seq) if seq is not None else 0), dense, tokens
+
+    def done(self) -> bool:
+        return self._next is None
+
+    def close(self) -> None:
+        self._dense.close()
+        self._tokens.close()
+
+
+def _write_memories(
+    memory: MemoryService,
+    source: Path,
+    manifest: Manifest,
+    cube_id: str,
+    ids: _IdMap,
+    space: ArchivedSpace,
+    same_space: bool,
+    at: SpaceBinding,
+    report: LoadReport,
+    batch: int,
+    progress: Progress | None,
+) -> None:
+    reader = _VectorReader(source, manifest.space.dim)
+    try:
+        for page in _batches(_json_lines(source / "memories.jsonl"), batch):
+            mapped = ids.get([d["id"] for d in page])
+            nodes: list[MemoryItem] = []
+            points: list[tuple[MemoryItem, int, np.ndarray, np.ndarray]] = []
+            for data in page:
+                old_id = data["id"]
+                data["id"], data["cube_id"] = mapped[old_id], cube_id
+                try:
+                    node = MemoryItem.model_validate(data)
+                except ValidationError as exc:
+                    raise ArchiveError(f"{source.name}: a memory is malformed: {exc}") from exc
+                nodes.append(node)
+                point = reader.take(old_id)
+                if point is not None:
+                    points.append((node, *point))
+            # Nodes first: a vector point is an add's commit marker (see MemoryService).
+            memory.graph.upsert_nodes(cube_id, nodes)
+            report.memories += len(nodes)
+            if points:
+                items = [p[0] for p in points]
+                seqs = [p[1] for p in points]
+                if same_space:
+                    dense = np.stack([p[2] for p in points]).astype(np.float32)
+                    tokens = [p[3] for p in points]
+                    encoded = Encoded(dense, tokens if any(len(t) for t in tokens) else None)
+                else:
+                    encoded = at.embedder.encode([embedding_text(i) for i in items])
+                at.vectors.upsert(cube_id, vector_records(items, seqs, encoded))
+                report.vectors += len(items)
+            if progress is not None:
+                progress("load", report.memories, manifest.counts.get("memories", 0))
+        if not reader.done():
+            raise ArchiveError(f"{source.name}: vectors.jsonl is out of order with the memories")
+    finally:
+        reader.close()
+
+
+def _mapped_edges(page: Sequence[dict[str, Any]], ids: _IdMap) -> list[Edge]:
+    edges = [Edge.model_validate(d) for d in page]
+    mapped = ids.get([e.source for e in edges] + [e.target for e in edges])
+    return [
+        Edge(source=mapped[e.source], target=mapped[e.target], type=e.type)
+        for e in edges
+        if e.source in mapped and e.target in mapped
+    ]
 
 
 def _load_preferences(
@@ -475,13 +565,14 @@ def _load_preferences(
     preferences: PreferenceService,
     manifest: Manifest,
     cube_id: str,
-    id_map: dict[str, str],
+    ids: _IdMap,
     batch: int,
 ) -> int:
     done = 0
     lines = _json_lines(source / "preferences.jsonl")
     for page in _batches(lines, batch):
         items = []
+        sources_of = ids.get([s for d in page for s in d.get("source_memory_ids") or []])
         for data in page:
             item = Preference.model_validate(data)
             new_id = (
@@ -489,7 +580,7 @@ def _load_preferences(
                 if item.id == preference_id(manifest.cube_id, item.preference)
                 else map_id(item.id, item.preference, manifest.cube_id, cube_id)
             )
-            sources = [id_map.get(s, s) for s in item.source_memory_ids]
+            sources = [sources_of.get(s, s) for s in item.source_memory_ids]
             items.append(
                 item.model_copy(
                     update={"id": new_id, "cube_id": cube_id, "source_memory_ids": sources}

@@ -189,6 +189,7 @@ def test_dump_then_load_under_another_name_is_the_same_cube(
         preferences=prefs,
         adapters=adapters,
         batch=5,
+        keep_map=True,
     )
     assert not report.reembedded and report.memories == len(before["nodes"])
     after = _snapshot(stack, "copy")
@@ -223,7 +224,9 @@ def test_a_load_into_another_data_dir_keeps_the_ids(
     cube_archive.dump(memory, CUBE, tmp_path / "dump", space=SPACE)
     config = MemosConfig(data_dir=tmp_path / "elsewhere").resolved()
     with LocalStack(config, embedder=embedder) as other:
-        report = cube_archive.load(other.services.memory, tmp_path / "dump", space=SPACE)
+        report = cube_archive.load(
+            other.services.memory, tmp_path / "dump", space=SPACE, keep_map=True
+        )
         assert report.cube_id == CUBE and all(k == v for k, v in report.id_map.items())
         query = "Where does Ines live?"
         theirs = other.services.memory.search(query, {CUBE: None}, SearchOptions(top_k=10))
@@ -234,7 +237,9 @@ def test_another_space_re_embeds(stack: LocalStack, tmp_path: Path) -> None:
     memory = stack.services.memory
     dumped = ArchivedSpace(model="some/other-model", dim=384)
     cube_archive.dump(memory, CUBE, tmp_path / "dump", space=dumped)
-    report = cube_archive.load(memory, tmp_path / "dump", as_cube="reembedded", space=SPACE)
+    report = cube_archive.load(
+        memory, tmp_path / "dump", as_cube="reembedded", space=SPACE, keep_map=True
+    )
     assert report.reembedded and report.vectors > 0
     query = "Where does Ines live?"
     assert _ranking(stack, "reembedded", query)[0] == report.id_map[_ranking(stack, CUBE, query)[0]]
