@@ -16,6 +16,7 @@ from memos_ray.bench.activation import add_activation_parser
 from memos_ray.bench.async_add import add_async_add_parser
 from memos_ray.bench.chaos import add_chaos_parser
 from memos_ray.bench.common import add_service_args, machine, service_url, write_report
+from memos_ray.bench.cube_archive import add_cube_archive_parser
 from memos_ray.bench.ingest_job import add_ingest_job_parser
 from memos_ray.bench.load import LeanPoster, fill_cube, generate_queries, generate_windows, run_load
 from memos_ray.bench.offline import run_offline
@@ -256,6 +257,7 @@ def add_bench_parser(sub: Any) -> None:
     add_activation_parser(kinds)
     add_async_add_parser(kinds)
     add_chaos_parser(kinds)
+    add_cube_archive_parser(kinds)
     add_graph_soak_parser(kinds)
     add_ingest_job_parser(kinds)
 
