@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
 from memos_ray.api.routes import acting_user
+from memos_ray.domain.tenancy import Access
 from memos_ray.errors import BadRequestError
 from memos_ray.models.chat import Message
 from memos_ray.schemas.cubes import (
@@ -20,7 +21,9 @@ from memos_ray.schemas.cubes import (
     MemoryIdsRequest,
     RecoverByRecordRequest,
     RegisterCubeRequest,
+    ShareCubeRequest,
     SuggestionRequest,
+    UnregisterCubeRequest,
 )
 from memos_ray.schemas.envelope import ok
 from memos_ray.services import records
@@ -101,6 +104,23 @@ def recover_memory_by_record_id(
     cube_id = _writable(context, who, req.mem_cube_id)
     count = records.recover(context.service, cube_id, req.delete_record_id)
     return ok({"status": "success", "count": count}, "Called Successfully")
+
+
+@router.post("/share_cube")
+def share_cube(req: ShareCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    user_id = acting_user(context, who, req.user_id, [req.cube_id])
+    granted = context.access.share(
+        who, user_id, req.cube_id, req.target_user_id, Access(req.access)
+    )
+    return ok(granted.model_dump(mode="json"), "Cube shared")
+
+
+@router.post("/unregister_cube")
+def unregister_cube(req: UnregisterCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    user_id = acting_user(context, who, req.user_id, [req.cube_id])
+    removed = context.access.unregister(who, user_id, req.cube_id)
+    data = {"cube_id": req.cube_id, "user_id": user_id, "removed": removed}
+    return ok(data, "Cube unregistered" if removed else "The user had no grant on the cube")
 
 
 @router.post("/suggestions")

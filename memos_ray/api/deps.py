@@ -44,6 +44,8 @@ WRITE_ROUTES = frozenset(
         ("PUT", "/product/cubes/{cube_id}/llm_budget"),
         ("POST", "/product/delete_memory_by_record_id"),
         ("POST", "/product/recover_memory_by_record_id"),
+        ("POST", "/product/share_cube"),
+        ("POST", "/product/unregister_cube"),
         # The MemOS SDK dialect (`memos_ray.api.sdk_routes`).
         ("POST", "/api/openmem/v1/add/message"),
         ("POST", "/api/openmem/v1/delete/memory"),

@@ -42,6 +42,22 @@ class RecoverByRecordRequest(_Request):
     delete_record_id: str = Field(min_length=1, max_length=256)
 
 
+class ShareCubeRequest(_Request):
+    """MemOS's `share_cube`: the owner gives another user access to a cube."""
+
+    cube_id: str = CubeId
+    target_user_id: str = Field(min_length=1, max_length=128)
+    access: Literal["read", "write"] = "read"
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class UnregisterCubeRequest(_Request):
+    """MemOS's `unregister_cube`: the cube leaves the user's view; its data stays."""
+
+    cube_id: str = CubeId
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
 class SuggestionRequest(_Request):
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
     mem_cube_id: str = CubeId

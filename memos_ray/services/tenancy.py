@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from memos_ray.domain.tenancy import Access, Scope
+from memos_ray.domain.tenancy import Access, Grant, Scope
 from memos_ray.errors import (
     BadRequestError,
     ConflictError,
@@ -124,6 +124,27 @@ class AccessControl:
         """Refuse read-only keys on a route that changes anything."""
         if not caller.can_write:
             raise ForbiddenError("this API key is read-only; writing needs the 'write' scope")
+
+    def share(
+        self, caller: Caller, user_id: str, cube_id: str, target: str, access: Access
+    ) -> Grant:
+        """The owner (or the admin) grants another user read or write access."""
+        self.require_write(caller)
+        if self.tenancy.get_cube(cube_id) is None:
+            raise NotFoundError(f"unknown cube {cube_id!r}")
+        if not caller.unrestricted and self.tenancy.access_of(user_id, cube_id) != Access.OWNER:
+            raise ForbiddenError(f"only the owner of cube {cube_id!r} may share it")
+        return self.tenancy.grant(cube_id, target, access)
+
+    def unregister(self, caller: Caller, user_id: str, cube_id: str) -> bool:
+        """The user's grant on the cube is removed: it leaves the user's view, and the
+        owner's data stays. An owner keeps its cube (delete its memories to empty it)."""
+        self.require_write(caller)
+        if self.tenancy.access_of(user_id, cube_id) == Access.OWNER:
+            raise BadRequestError(
+                f"user {user_id!r} owns cube {cube_id!r}; an owner cannot unregister it"
+            )
+        return self.tenancy.revoke(cube_id, user_id)
 
     def claim_cube(self, user_id: str, cube_id: str, caller: Caller) -> bool:
         """MemOS's writes make the cubes they name: a cube id nobody has yet becomes the

@@ -121,3 +121,37 @@ def test_owned_cube_and_duplicate_user(auth_api: RunningApi, users: dict[str, st
     assert again.status_code == 409
     dup = auth_api.post("/admin/users", {"user_id": users["alice"]}, key=ADMIN_KEY)
     assert dup.status_code == 409
+
+
+def test_owners_share_and_users_unregister(auth_api: RunningApi, users: dict[str, str]) -> None:
+    """MemOS's share_cube / unregister_cube: only the owner shares; a grantee's unregister
+    removes its own access and nothing of the owner's data."""
+    alice, bob = users["alice"], users["bob"]
+    a_key, b_key = users["alice_key"], users["bob_key"]
+    cube = f"shared-{uuid.uuid4().hex[:6]}"
+    made = auth_api.post("/product/create_cube", {"owner_id": alice, "cube_id": cube}, key=a_key)
+    assert made.status_code == 200, made.text
+    note = {"user_id": alice, "writable_cube_ids": [cube], "messages": "The wifi code is 31415."}
+    assert auth_api.post("/product/add", note, key=a_key).status_code == 200
+    query = {"user_id": bob, "query": "wifi code", "readable_cube_ids": [cube]}
+    assert auth_api.post("/product/search", query, key=b_key).status_code == 403
+
+    share = {"cube_id": cube, "target_user_id": bob, "access": "read"}
+    assert auth_api.post("/product/share_cube", share, key=b_key).status_code == 403
+    shared = auth_api.post("/product/share_cube", share, key=a_key)
+    assert shared.status_code == 200 and shared.json()["data"]["access"] == "read", shared.text
+    found = auth_api.post("/product/search", query, key=b_key)
+    assert found.status_code == 200 and found.json()["data"]["text_mem"][0]["memories"]
+    write = {"user_id": bob, "writable_cube_ids": [cube], "messages": "Bob was here."}
+    assert auth_api.post("/product/add", write, key=b_key).status_code == 403
+    reshare = {"cube_id": cube, "target_user_id": alice}
+    assert auth_api.post("/product/share_cube", reshare, key=b_key).status_code == 403
+
+    gone = auth_api.post("/product/unregister_cube", {"cube_id": cube}, key=b_key)
+    assert gone.status_code == 200 and gone.json()["data"]["removed"], gone.text
+    assert auth_api.post("/product/search", query, key=b_key).status_code == 403
+    own = auth_api.post("/product/unregister_cube", {"cube_id": cube}, key=a_key)
+    assert own.status_code == 400
+    mine = {"user_id": alice, "query": "wifi code", "readable_cube_ids": [cube]}
+    still = auth_api.post("/product/search", mine, key=a_key).json()["data"]["text_mem"][0]
+    assert "31415" in still["memories"][0]["memory"]

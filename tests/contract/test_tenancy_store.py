@@ -554,3 +554,14 @@ def test_namespace_race_has_one_winner(store: SQLTenancyStore) -> None:
     with ThreadPoolExecutor(2) as pool:
         results = sorted(f.result() for f in [pool.submit(make_user), pool.submit(make_cube)])
     assert results.count("lost") == 1, results
+
+
+def test_revoke_removes_a_grant_and_never_ownership(shared: SQLTenancyStore) -> None:
+    shared.grant("cube", "reader", Access.WRITE)
+    assert shared.revoke("cube", "reader") is True
+    assert shared.access_of("reader", "cube") is None
+    assert shared.revoke("cube", "reader") is False  # nothing left to remove
+    assert shared.revoke("cube", "owner") is False
+    assert shared.access_of("owner", "cube") is Access.OWNER
+    assert shared.revoke("no-such-cube", "reader") is False
+    assert shared.revoke("cube", "x" * 500) is False  # an invalid id names nothing

@@ -74,6 +74,10 @@ class TenancyStore(ABC):
         """Give (or change) a user's read/write access to a cube."""
 
     @abstractmethod
+    def revoke(self, cube_id: str, user_id: str) -> bool:
+        """Remove a user's grant on a cube (never the owner's access); True if one existed."""
+
+    @abstractmethod
     def access_of(self, user_id: str, cube_id: str) -> Access | None:
         """OWNER for the owner, the granted level otherwise, None without access."""
 

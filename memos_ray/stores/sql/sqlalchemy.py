@@ -39,6 +39,7 @@ from sqlalchemy import (
     Engine,
     MetaData,
     create_engine,
+    delete,
     event,
     func,
     or_,
@@ -488,6 +489,13 @@ class SQLTenancyStore(TenancyStore):
                 return Grant(cube_id=cube_id, user_id=user_id, access=Access.OWNER)
             s.execute(stmt)
         return Grant(cube_id=cube_id, user_id=user_id, access=level)
+
+    def revoke(self, cube_id: str, user_id: str) -> bool:
+        if not (_valid_id(user_id) and _valid_id(cube_id)):
+            return False
+        with self._txn() as s:
+            stmt = delete(GrantRow).where(GrantRow.cube_id == cube_id, GrantRow.user_id == user_id)
+            return bool(cast(CursorResult[Any], s.execute(stmt)).rowcount)
 
     def access_of(self, user_id: str, cube_id: str) -> Access | None:
         if not (_valid_id(user_id) and _valid_id(cube_id)):
