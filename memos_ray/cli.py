@@ -176,6 +176,7 @@ def cmd_cube_dump(args: argparse.Namespace) -> int:
             owner_id=cube.owner_id if cube else None,
             preferences=stack.services.preferences,
             adapters=AdapterStore.for_config(config),
+            batch=args.batch,
             progress=_progress,
         )
     print(file=sys.stderr)
@@ -207,6 +208,7 @@ def cmd_cube_load(args: argparse.Namespace) -> int:
             space=space,
             preferences=stack.services.preferences,
             adapters=AdapterStore.for_config(config),
+            batch=args.batch,
             progress=_progress,
         )
     print(file=sys.stderr)
@@ -291,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", type=Path, help="Serve config YAML (default configs/local.yaml)"
         )
         cmd.add_argument("--data-dir", help="the data dir of the embedded stores (MEMOS_DATA_DIR)")
+        cmd.add_argument("--batch", type=int, default=512, help="memories per batch")
         if name == "dump":
             cmd.add_argument("cube")
             cmd.add_argument("dir")

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -326,3 +331,56 @@ def test_the_cli_dumps_and_loads_a_data_dirs_cube(
         main(["cube", "load", str(tmp_path / "dump"), "--as", "kim2", "--data-dir", str(target)])
         == 1
     )
+
+
+def test_a_dump_process_killed_midway_leaves_nothing_that_loads(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    """SIGKILL of `memos-ray cube dump` while it writes: no directory under the target's name,
+    and the half-written one beside it is refused by load."""
+    data = tmp_path / "data"
+    # No Milvus Lite here: its file lock stays with this process after close, and the dump
+    # runs in another one.
+    config = MemosConfig(data_dir=data, preference={"backend": "none"}).resolved()
+    with LocalStack(config, embedder=embedder) as stack:
+        windows = [text_memory(f"Entry {n}: shelf {n % 97}, box {n}.") for n in range(1500)]
+        stack.services.memory.add_windows("big", "big", windows)
+    target = tmp_path / "big.cube"
+    command = [sys.executable, "-m", "memos_ray.cli", "cube", "dump", "big", str(target)]
+    command += ["--data-dir", str(data), "--batch", "4"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env["MEMOS_PREFERENCE__BACKEND"] = "none"
+    log = tmp_path / "dump.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+        )
+    partial: list[Path] = []
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            partial = list(tmp_path.glob(".big.cube.partial-*"))
+            written = partial[0] / "memories.jsonl" if partial else None
+            if written is not None and written.exists() and written.stat().st_size > 20_000:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the dump ended first: {log.read_text()[-2000:]}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # Its embedded graph server was in the same process group: let it go before reopening.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    assert not target.exists()
+    assert partial
+    with LocalStack(config, embedder=embedder) as stack:
+        with pytest.raises(ArchiveError, match="no manifest"):
+            cube_archive.load(stack.services.memory, partial[0], as_cube="half", space=SPACE)
+        assert stack.services.memory.graph.count("half") == 0
