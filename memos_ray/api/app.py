@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,7 +18,6 @@ from memos_ray.api import (
     admin_routes,
     chat_routes,
     cube_routes,
-    deps,
     routes,
     scheduler_routes,
     sdk_routes,
@@ -149,18 +148,20 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
     )
     # Routes reach the context through `deps.current_context`.
     app.state.context = get_context
-    for router in (routes.health, admin_routes.router, chat_routes.openai):
-        app.include_router(router)
-    # Routes that may change memories: a read-scoped key is refused on deps.WRITE_ROUTES.
-    memory_routers = (
+    # Every handler that changes something calls `access.require_write` before any other
+    # check, so a read-scoped key gets the same 403 on every deployment.
+    routers = (
+        routes.health,
+        admin_routes.router,
         routes.product,
         cube_routes.router,
         chat_routes.product,
+        chat_routes.openai,
         scheduler_routes.router,
         sdk_routes.router,
     )
-    for router in memory_routers:
-        app.include_router(router, dependencies=[Depends(deps.refuse_read_only)])
+    for router in routers:
+        app.include_router(router)
     app.add_exception_handler(MemosError, memos_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(RayActorError, restarting)

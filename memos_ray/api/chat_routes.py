@@ -73,7 +73,7 @@ product = APIRouter(prefix="/product")
 
 @product.post("/chat/complete")
 def chat_complete(req: ProductChatRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    chat = _chat(context)
+    chat = require_chat(context)
     turn, write_back = _product_turn(req, context, who)
     answer = chat.complete(turn, write_back=write_back)
     data: dict[str, Any] = {"response": answer.response, "reasoning": answer.reasoning}
@@ -128,7 +128,7 @@ def chat_frames(
 
 
 def _stream(req: ProductChatRequest, context: ApiContext, who: Caller) -> StreamingResponse:
-    chat = _chat(context)
+    chat = require_chat(context)
     turn, write_back = _product_turn(req, context, who)
     prepared = chat.prepare(turn)
 
@@ -142,7 +142,8 @@ def _stream(req: ProductChatRequest, context: ApiContext, who: Caller) -> Stream
 
 @product.put("/cubes/{cube_id}/adapter")
 def put_adapter(cube_id: str, req: AdapterUpload, context: Ctx, who: Who) -> dict[str, Any]:
-    chat = _chat(context)
+    context.access.require_write(who)
+    chat = require_chat(context)
     user_id = context.access.act_as(who, req.user_id or who.user_id)
     context.access.cubes_for(user_id, [cube_id], write=True, caller=who)
     chat.adapters.put_base64(cube_id, req.adapter_config, req.weights_base64)
@@ -151,7 +152,7 @@ def put_adapter(cube_id: str, req: AdapterUpload, context: Ctx, who: Who) -> dic
 
 @product.get("/cubes/{cube_id}/adapter")
 def get_adapter(cube_id: str, context: Ctx, who: Who, user_id: str | None = None) -> dict[str, Any]:
-    chat = _chat(context)
+    chat = require_chat(context)
     acting = context.access.act_as(who, user_id or who.user_id)
     context.access.cubes_for(acting, [cube_id], write=False, caller=who)
     info = chat.adapters.info(cube_id)
@@ -164,7 +165,8 @@ def get_adapter(cube_id: str, context: Ctx, who: Who, user_id: str | None = None
 def delete_adapter(
     cube_id: str, context: Ctx, who: Who, user_id: str | None = None
 ) -> dict[str, Any]:
-    chat = _chat(context)
+    context.access.require_write(who)
+    chat = require_chat(context)
     acting = context.access.act_as(who, user_id or who.user_id)
     context.access.cubes_for(acting, [cube_id], write=True, caller=who)
     if not chat.adapters.delete(cube_id):
@@ -184,6 +186,7 @@ def get_llm_usage(
 
 @product.put("/cubes/{cube_id}/llm_budget")
 def put_llm_budget(cube_id: str, req: BudgetRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    context.access.require_write(who)
     acting = context.access.act_as(who, req.user_id or who.user_id)
     context.access.cubes_for(acting, [cube_id], write=True, caller=who)
     usage = context.access.tenancy.set_llm_budget(cube_id, req.budget_tokens)
@@ -195,7 +198,7 @@ openai = APIRouter(prefix="/v1")
 
 @openai.get("/models")
 def list_models(context: Ctx, who: Who) -> dict[str, Any]:
-    chat = _chat(context)
+    chat = require_chat(context)
     return {
         "object": "list",
         "data": [
@@ -215,7 +218,7 @@ def chat_completions(
     x_memos_write_back: Annotated[str | None, Header()] = None,
     x_memos_include_prompt: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any] | StreamingResponse:
-    chat = _chat(context)
+    chat = require_chat(context)
     requested_user = x_memos_user_id or req.user
     if who.unrestricted and not requested_user:
         raise BadRequestError(
@@ -302,7 +305,7 @@ class _OpenAIReply:
         yield "data: [DONE]\n\n"
 
 
-def _chat(context: ApiContext) -> ChatService:
+def require_chat(context: ApiContext) -> ChatService:
     if context.chat is None:
         raise ServiceUnavailableError("no chat model is configured (llm.backend is 'none')")
     return context.chat

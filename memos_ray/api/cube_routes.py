@@ -11,7 +11,6 @@ from fastapi import APIRouter
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
-from memos_ray.api.routes import acting_user
 from memos_ray.domain.tenancy import Access
 from memos_ray.errors import BadRequestError
 from memos_ray.models.chat import Message
@@ -46,7 +45,7 @@ def register_cube(req: RegisterCubeRequest, context: Ctx, who: Who) -> dict[str,
             "give a cube name or mem_cube_id"
         )
     cube_id = req.mem_cube_id or name
-    user_id = acting_user(context, who, req.user_id, [cube_id])
+    user_id = context.access.acting_user(who, req.user_id, [cube_id])
     if context.access.tenancy.get_cube(cube_id) is None:
         context.access.claim_cube(user_id, cube_id, who)
     context.access.cubes_for(user_id, [cube_id], write=False, caller=who)
@@ -57,12 +56,7 @@ def register_cube(req: RegisterCubeRequest, context: Ctx, who: Who) -> dict[str,
 @router.post("/exist_mem_cube_id")
 def exist_mem_cube_id(req: ExistCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
     """Whether the cube exists for the caller: a cube it may not read is reported absent."""
-    cube = context.access.tenancy.get_cube(req.mem_cube_id)
-    exists = cube is not None
-    if exists and not who.unrestricted:
-        assert who.user_id is not None
-        exists = context.access.readable_cube(who.user_id, req.mem_cube_id, who)
-    return ok({req.mem_cube_id: exists}, "Successfully")
+    return ok({req.mem_cube_id: context.access.may_read(who, req.mem_cube_id)}, "Successfully")
 
 
 @router.post("/get_user_names_by_memory_ids")
@@ -74,9 +68,8 @@ def get_user_names_by_memory_ids(req: MemoryIdsRequest, context: Ctx, who: Who) 
     readable: dict[str, bool] = {}
     for memory_id, cube_id in located.items():
         if cube_id not in readable:
-            readable[cube_id] = who.unrestricted or (
-                who.user_id is not None and context.access.readable_cube(who.user_id, cube_id, who)
-            )
+            # The admin sees every owner, also of cubes only the graph knows.
+            readable[cube_id] = who.unrestricted or context.access.may_read(who, cube_id)
         if readable[cube_id]:
             names[memory_id] = cube_id
     return ok(names, "Successfully")
@@ -88,6 +81,7 @@ def delete_memory_by_record_id(
 ) -> dict[str, Any]:
     """Soft: the cube's visible memories become `deleted` under the record id. Hard: what
     that record deleted is purged from every store."""
+    context.access.require_write(who)
     cube_id = _writable(context, who, req.mem_cube_id)
     if req.hard_delete:
         count = records.hard_delete(context.service, cube_id, req.record_id)
@@ -101,6 +95,7 @@ def delete_memory_by_record_id(
 def recover_memory_by_record_id(
     req: RecoverByRecordRequest, context: Ctx, who: Who
 ) -> dict[str, Any]:
+    context.access.require_write(who)
     cube_id = _writable(context, who, req.mem_cube_id)
     count = records.recover(context.service, cube_id, req.delete_record_id)
     return ok({"status": "success", "count": count}, "Called Successfully")
@@ -108,7 +103,7 @@ def recover_memory_by_record_id(
 
 @router.post("/share_cube")
 def share_cube(req: ShareCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    user_id = acting_user(context, who, req.user_id, [req.cube_id])
+    user_id = context.access.acting_user(who, req.user_id, [req.cube_id])
     granted = context.access.share(
         who, user_id, req.cube_id, req.target_user_id, Access(req.access)
     )
@@ -117,7 +112,7 @@ def share_cube(req: ShareCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
 
 @router.post("/unregister_cube")
 def unregister_cube(req: UnregisterCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    user_id = acting_user(context, who, req.user_id, [req.cube_id])
+    user_id = context.access.acting_user(who, req.user_id, [req.cube_id])
     removed = context.access.unregister(who, user_id, req.cube_id)
     data = {"cube_id": req.cube_id, "user_id": user_id, "removed": removed}
     return ok(data, "Cube unregistered" if removed else "The user had no grant on the cube")
@@ -125,7 +120,7 @@ def unregister_cube(req: UnregisterCubeRequest, context: Ctx, who: Who) -> dict[
 
 @router.post("/suggestions")
 def suggestions(req: SuggestionRequest, context: Ctx, who: Who) -> dict[str, Any]:
-    user_id = acting_user(context, who, req.user_id, [req.mem_cube_id])
+    user_id = context.access.acting_user(who, req.user_id, [req.mem_cube_id])
     cube_id = context.access.cubes_for(user_id, [req.mem_cube_id], write=False, caller=who)[0]
     if isinstance(req.message, str):
         conversation = [Message(role="user", content=req.message)] if req.message.strip() else []
@@ -141,5 +136,5 @@ def suggestions(req: SuggestionRequest, context: Ctx, who: Who) -> dict[str, Any
 
 
 def _writable(context: ApiContext, who: Caller, cube_id: str) -> str:
-    user_id = acting_user(context, who, None, [cube_id])
+    user_id = context.access.acting_user(who, None, [cube_id])
     return context.access.cubes_for(user_id, [cube_id], write=True, caller=who)[0]

@@ -71,8 +71,9 @@ product = APIRouter(prefix="/product")
 
 @product.post("/add")
 def add(req: AddRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    context.access.require_write(who)
     requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
-    user_id = acting_user(context, who, req.user_id, requested)
+    user_id = context.access.acting_user(who, req.user_id, requested)
     # As in MemOS, writing to a cube id nobody has yet makes it: the writer owns it.
     for cube_id in requested or []:
         context.access.claim_cube(user_id, cube_id, who)
@@ -144,7 +145,7 @@ def _memories_page(req: GetMemoryRequest, context: ApiContext, who: Caller) -> d
     """A page of the cube's text memories with its preferences and tool memories (MemOS's
     GetMemoryResponse buckets); the cube is `mem_cube_id`, else the user's own."""
     requested = [req.mem_cube_id] if req.mem_cube_id else None
-    user_id = acting_user(context, who, req.user_id, requested)
+    user_id = context.access.acting_user(who, req.user_id, requested)
     cube_id = req.mem_cube_id or user_id
     context.access.cubes_for(user_id, [cube_id], write=False, caller=who)
     page_size = req.page_size
@@ -223,8 +224,9 @@ def get_all(req: GetAllRequest, context: Ctx, who: Who) -> dict[str, Any]:
 
 @product.post("/delete_memory")
 def delete_memory(req: DeleteMemoryRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    context.access.require_write(who)
     requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
-    user_id = acting_user(context, who, req.user_id, requested)
+    user_id = context.access.acting_user(who, req.user_id, requested)
     cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
     selector: FilterExpr | None = None
     if req.filter:
@@ -258,12 +260,13 @@ def delete_memory(req: DeleteMemoryRequest, context: Ctx, who: Who) -> dict[str,
 def feedback(req: FeedbackRequest, context: Ctx, who: Who) -> dict[str, Any]:
     """MemOS's MemoryResponse: `data` is a list of one process record (`record`, and the
     corrected `answer` when `corrected_answer` is true; `task_id` when queued)."""
+    context.access.require_write(who)
     if not (req.feedback_content or "").strip():
         raise BadRequestError("feedback_content is empty")
     if context.fine is None:
         raise ServiceUnavailableError("feedback needs an LLM (llm.backend is 'none')")
     requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
-    user_id = acting_user(context, who, req.user_id, requested)
+    user_id = context.access.acting_user(who, req.user_id, requested)
     cube_id = context.access.cubes_for(user_id, requested, write=True, caller=who)[0]
     task = FeedbackTask(
         feedback_content=req.feedback_content or "",
@@ -311,6 +314,7 @@ def _apply_feedback(
 
 @product.post("/recover_memory")
 def recover_memory(req: RecoverRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    context.access.require_write(who)
     user_id = context.access.act_as(who, req.user_id)
     requested = requested_cubes(req.writable_cube_ids, req.mem_cube_id)
     cubes = context.access.cubes_for(user_id, requested, write=True, caller=who)
@@ -365,20 +369,6 @@ def _cube_graph(
         "tree_structure": None,
     }
     return {"cube_id": cube_id, "memories": [graph], "memory_statistics": stats}
-
-
-def acting_user(
-    context: ApiContext, who: Caller, user_id: str | None, cubes: list[str] | None
-) -> str:
-    """The user a request acts for. MemOS makes `user_id` optional where cubes are named:
-    a key stands for its owner, and the admin key (or open mode) acts as the first named
-    cube's owner."""
-    if user_id or not who.unrestricted:
-        return context.access.act_as(who, user_id or who.user_id)
-    cube = context.access.tenancy.get_cube(cubes[0]) if cubes else None
-    if cube is None:
-        raise BadRequestError("user_id is required (or name an existing cube)")
-    return context.access.act_as(who, cube.owner_id)
 
 
 def _readable_items(

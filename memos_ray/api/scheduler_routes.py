@@ -17,7 +17,6 @@ from starlette.concurrency import run_in_threadpool
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
-from memos_ray.api.routes import acting_user
 from memos_ray.config import LimitsConfig
 from memos_ray.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from memos_ray.runtime.netguard import redact
@@ -127,7 +126,7 @@ async def wait(
 
     def authorise() -> tuple[SchedulerClient, str]:
         scheduler = _scheduler(context)
-        acting = acting_user(context, who, req.user_id, [req.user_name])
+        acting = context.access.acting_user(who, req.user_id, [req.user_name])
         cube = context.access.cubes_for(acting, [req.user_name], write=False, caller=who)[0]
         return scheduler, cube
 
@@ -189,7 +188,7 @@ def wait_stream(
     active tasks, then `idle`), or `timeout`. `user_name` is the cube (a user's default cube
     has the user's id)."""
     scheduler = _scheduler(context)
-    acting = acting_user(context, who, user_id, [user_name])
+    acting = context.access.acting_user(who, user_id, [user_name])
     cube = context.access.cubes_for(acting, [user_name], write=False, caller=who)[0]
     timeout, poll = wait_plan(timeout_seconds, poll_interval, context.config.limits)
 

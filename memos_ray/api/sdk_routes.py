@@ -37,7 +37,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from memos_ray.api import sdk_wire
-from memos_ray.api.chat_routes import chat_frames
+from memos_ray.api.chat_routes import chat_frames, require_chat
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
 from memos_ray.core.filters import And, Condition, FilterExpr, Or, parse_filter
@@ -79,6 +79,7 @@ M = TypeVar("M", bound=BaseModel)
 def add_message(req: sdk.AddMessageRequest, context: Ctx, who: Who) -> dict[str, Any]:
     """Store the messages in each subject's cube (and the `allow_knowledgebase_ids` cubes).
     Every subject is authorised before anything is written."""
+    context.access.require_write(who)
     plans: list[tuple[str, list[str]]] = []
     for subject in _subjects(req.user_id) or _subjects(req.agent_id) or [None]:
         user_id = context.access.act_as(who, subject or who.user_id)
@@ -184,7 +185,7 @@ def get_memory_by_id(memory_id: str, context: Ctx, who: Who) -> dict[str, Any]:
     """One memory of a cube the caller may read; any other id is a 404, whether it exists in
     another tenant's cube or nowhere."""
     located = context.service.locate([memory_id])
-    cubes = [c for c in set(located.values()) if _readable(context, who, c)]
+    cubes = [c for c in set(located.values()) if context.access.may_read(who, c)]
     items = context.service.get_by_ids(cubes, [memory_id]) if cubes else []
     if not items:
         raise NotFoundError(f"memory {memory_id!r} not found")
@@ -208,6 +209,7 @@ def delete_memory(req: sdk.DeleteMemoryRequest, context: Ctx, who: Who) -> dict[
     """By `memory_ids`: those in cubes the caller may write are deleted, the others are left
     alone as if unknown (no existence leak). By `filter` (and `memory_type`): within the
     subject's cube. By subject alone: every memory (and preference) of its cube."""
+    context.access.require_write(who)
     if req.memory_ids:
         deleted = _delete_ids(context, who, req, req.memory_ids)
     else:
@@ -231,6 +233,7 @@ def add_feedback(req: sdk.AddFeedbackRequest, context: Ctx, who: Who) -> dict[st
     """The user's correction, applied by the LLM to the memories it concerns (as
     /product/feedback), with the conversation's messages as its history. Queued on the
     cube's scheduler when one runs; otherwise applied before the answer."""
+    context.access.require_write(who)
     if context.fine is None:
         raise ServiceUnavailableError("feedback needs an LLM (llm.backend is 'none')")
     if not req.feedback_content.strip():
@@ -288,7 +291,7 @@ def chat(req: sdk.ChatRequest, context: Ctx, who: Who) -> dict[str, Any] | Strea
     conversation's earlier messages are the history, and (`add_message_on_answer`) the
     question and answer are added to the conversation. `max_tokens` above
     `chat.max_tokens_limit` is lowered to it (the SDK always sends 8192)."""
-    service = _chat(context)
+    service = require_chat(context)
     turn = _chat_turn(req, context, who, service)
     write_back = turn.write_cube is not None
     if not req.stream:
@@ -318,6 +321,7 @@ def create_knowledgebase(
     """A new cube owned by the caller. With the admin key or in open mode and no `user_id`
     (the SDK sends none), the knowledge base owns itself: its id is also a user id, with no
     API key, and user keys reach it through /admin/grants. The description is not kept."""
+    context.access.require_write(who)
     kb_id = f"kb-{uuid.uuid4()}"
     if who.unrestricted and not req.user_id:
         context.access.tenancy.ensure_user(kb_id)
@@ -336,6 +340,7 @@ def delete_knowledgebase(
     """Deletes every memory (and preference) of the knowledge base; only its owner may. The
     cube itself stays, empty (memos-ray never deletes cubes or users: the id stays reserved
     for its owner, and files may be added to it again)."""
+    context.access.require_write(who)
     kb_id = req.knowledgebase_id
     actor = _kb_actor(context, who, kb_id)
     context.access.cubes_for(actor, [kb_id], write=True, caller=who)
@@ -366,6 +371,7 @@ async def add_knowledgebase_file(
     from a URL), or a multipart form of `file` parts with `knowledgebase_id` (and `type`) in
     the query, as the SDK sends them. Text, markdown and PDF, with the limits of /product/add
     documents. Only `document` files: MemOS's `skill` packages are not supported (400)."""
+    context.access.require_write(who)
     body = await request.body()
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):
@@ -392,6 +398,7 @@ def delete_knowledgebase_file(
 ) -> dict[str, Any]:
     """Deletes every memory made from these files (as /product/delete_memory's `file_ids`),
     in the knowledge bases their ids name; write access to each is needed (403)."""
+    context.access.require_write(who)
     by_kb = _files_by_kb(req.file_ids)
     plans = []
     for kb_id, ids in by_kb.items():
@@ -429,7 +436,7 @@ def get_knowledgebase_file(
     wanted = list(dict.fromkeys(req.file_ids or []))
     found: dict[str, dict[str, Any]] = {}
     for kb_id, ids in _files_by_kb(wanted, strict=False).items():
-        if not _readable(context, who, kb_id):
+        if not context.access.may_read(who, kb_id):
             continue
         chunks = _chunks(context, kb_id, _file_selector(ids))
         found.update((f["id"], f) for f in sdk_wire.file_details(chunks, ids))
@@ -460,13 +467,6 @@ def _subject(context: ApiContext, who: Caller, user_id: str | None, agent_id: st
     return context.access.act_as(who, user_id or agent_id or who.user_id)
 
 
-def _readable(context: ApiContext, who: Caller, cube_id: str) -> bool:
-    if who.unrestricted:
-        return context.access.tenancy.get_cube(cube_id) is not None
-    assert who.user_id is not None
-    return context.access.readable_cube(who.user_id, cube_id, who)
-
-
 def _writable(context: ApiContext, who: Caller, user_id: str, cube_id: str) -> bool:
     try:
         context.access.cubes_for(user_id, [cube_id], write=True, caller=who)
@@ -476,7 +476,7 @@ def _writable(context: ApiContext, who: Caller, user_id: str, cube_id: str) -> b
 
 
 def _task_visible(context: ApiContext, who: Caller, user_id: str, cube_id: str) -> bool:
-    return who.unrestricted or user_id == who.user_id or _readable(context, who, cube_id)
+    return who.unrestricted or user_id == who.user_id or context.access.may_read(who, cube_id)
 
 
 def _add_request(req: sdk.AddMessageRequest, user_id: str, cubes: list[str]) -> AddRequest:
@@ -574,12 +574,6 @@ def _clear_cube(context: ApiContext, cube_id: str) -> list[str]:
     if context.preferences is not None:
         context.preferences.store.delete_cube(cube_id)
     return deleted
-
-
-def _chat(context: ApiContext) -> ChatService:
-    if context.chat is None:
-        raise ServiceUnavailableError("no chat model is configured (llm.backend is 'none')")
-    return context.chat
 
 
 def _chat_turn(

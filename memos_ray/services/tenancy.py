@@ -215,6 +215,23 @@ class AccessControl:
                     f"unknown cube {cube_id!r}; create it with /product/create_cube"
                 )
 
+    def acting_user(self, caller: Caller, user_id: str | None, cubes: Sequence[str] | None) -> str:
+        """The user a request acts for. MemOS makes `user_id` optional where cubes are named:
+        a key stands for its owner, and the admin key (or open mode) acts as the first named
+        cube's owner."""
+        if user_id or not caller.unrestricted:
+            return self.act_as(caller, user_id or caller.user_id)
+        cube = self.tenancy.get_cube(cubes[0]) if cubes else None
+        if cube is None:
+            raise BadRequestError("user_id is required (or name an existing cube)")
+        return self.act_as(caller, cube.owner_id)
+
+    def may_read(self, caller: Caller, cube_id: str) -> bool:
+        """Whether the caller itself may read the cube (an unknown cube: no)."""
+        if caller.unrestricted:
+            return self.tenancy.get_cube(cube_id) is not None
+        return caller.user_id is not None and self.readable_cube(caller.user_id, cube_id, caller)
+
     def readable_cube(self, user_id: str, cube_id: str, caller: Caller) -> bool:
         if self.tenancy.get_cube(cube_id) is None:
             return False
