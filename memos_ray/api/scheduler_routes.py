@@ -27,8 +27,6 @@ from memos_ray.stores.sql.tasks import Task
 
 _STREAM_POLL_S = 0.5
 _STATES = ("waiting", "in_progress", "completed", "failed", "cancelled")
-# A summary counts at most this many of the newest tasks.
-_ALL_LIMIT = 100_000
 
 
 class WaitRequest(ValidText):
@@ -73,15 +71,13 @@ def all_status(context: Ctx, who: Who, user_id: str | None = None) -> dict[str, 
     """MemOS's AllStatusResponse. The admin key (or open mode) sees every task; a user's
     key sees its own."""
     scheduler = _scheduler(context)
-    if who.unrestricted and not user_id:
-        tasks = scheduler.tasks.find(limit=_ALL_LIMIT)
-    else:
+    acting = None
+    if not (who.unrestricted and not user_id):
         acting = context.access.act_as(who, user_id or who.user_id)
-        tasks = scheduler.tasks.find(user_id=acting, limit=_ALL_LIMIT)
-    counts = _summary(tasks)
+    counts = scheduler.tasks.count_by_state(acting)
     summary = {state: counts.get(state, 0) for state in _STATES}
     summary["pending"] = summary["waiting"] + summary["in_progress"]
-    summary["total"] = len(tasks)
+    summary["total"] = sum(counts.values())
     data = {"scheduler_summary": summary, "all_tasks_summary": summary}
     return ok(data, "Scheduler status summary retrieved successfully")
 

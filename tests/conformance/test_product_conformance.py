@@ -351,6 +351,10 @@ def test_scheduler_routes(service: Service, memos: Memos, user: str, added: dict
     )
     summary = _valid(m.AllStatusResponse, service.call("GET", "/product/scheduler/allstatus"))
     assert summary.data.all_tasks_summary.completed >= 1
+    theirs = service.call("GET", "/product/scheduler/allstatus", params={"user_id": user})
+    counted = _valid(m.AllStatusResponse, theirs).data.all_tasks_summary
+    assert counted.total == len(every.data) == counted.completed  # every one of them ran
+    assert summary.data.all_tasks_summary.total >= counted.total
     queue = _valid(
         m.TaskQueueResponse,
         service.call("GET", "/product/scheduler/task_queue_status", params={"user_id": user}),

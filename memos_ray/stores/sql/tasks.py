@@ -112,6 +112,10 @@ class TaskStore(ABC):
         """Tasks in arrival order, newest last."""
 
     @abstractmethod
+    def count_by_state(self, user_id: str | None = None) -> dict[str, int]:
+        """How many tasks (of the user, or all) are in each state."""
+
+    @abstractmethod
     def pending(self, cube_id: str) -> int:
         """Waiting plus in-progress tasks of the cube."""
 
@@ -310,6 +314,15 @@ class SQLTaskStore(TaskStore):
                 query = query.where(TaskRow.state.in_(list(states)))
             rows = s.scalars(query.order_by(TaskRow.seq.desc()).limit(limit)).all()
             return [_task(r) for r in reversed(rows)]
+
+        return self._run(go)
+
+    def count_by_state(self, user_id: str | None = None) -> dict[str, int]:
+        def go(s: Session) -> dict[str, int]:
+            query = select(TaskRow.state, func.count()).group_by(TaskRow.state)
+            if user_id is not None:
+                query = query.where(TaskRow.user_id == user_id)
+            return {str(state): int(n) for state, n in s.execute(query).all()}
 
         return self._run(go)
 
