@@ -38,6 +38,7 @@ from memos_ray.services.cube_archive import ArchivedSpace, ArchiveError
 from memos_ray.services.memory import SearchOptions
 from tests.fixtures.scripted_model import ScriptedChatModel
 from tests.fixtures.servers import serve_in_thread
+from tests.fixtures.traces import weather_trace
 
 CUBE = "orig"
 SPACE = ArchivedSpace(model="", dim=384)
@@ -98,21 +99,7 @@ def _fill(http: httpx.Client) -> None:
         "/product/feedback",
         {"user_id": CUBE, "feedback_content": "I live in Porto now, not Lisbon."},
     )
-    tools = [
-        {"role": "user", "content": "Weather in Oslo?"},
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [
-                {
-                    "id": "c1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
-                }
-            ],
-        },
-        {"role": "tool", "content": "Snow", "tool_call_id": "c1"},
-    ]
+    tools = weather_trace("Weather in Oslo?", "Oslo", "Snow")
     _post(http, "/product/add", {**sync, "mode": "fast", "messages": tools})
     text = "\n\n".join(f"Chapter {n}. The lighthouse keeper logs storm {n}." for n in range(40))
     data = base64.b64encode(text.encode()).decode()

@@ -35,6 +35,7 @@ from tests.conformance.conftest import Memos
 from tests.conformance.memos_wheel import build
 from tests.fixtures.scripted_model import ScriptedChatModel
 from tests.fixtures.servers import serve_in_thread
+from tests.fixtures.traces import weather_trace
 
 pytestmark = pytest.mark.ray
 
@@ -145,21 +146,7 @@ def added(service: Service, memos: Memos, user: str) -> dict[str, Any]:
         user_id=user,
         async_mode="sync",
         mode="fast",
-        messages=[
-            {"role": "user", "content": "What is the weather in Oslo?"},
-            {
-                "role": "assistant",
-                "content": "",
-                "tool_calls": [
-                    {
-                        "id": "c1",
-                        "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
-                    }
-                ],
-            },
-            {"role": "tool", "content": "Snow, -3 C", "tool_call_id": "c1"},
-        ],
+        messages=weather_trace("What is the weather in Oslo?", "Oslo", "Snow, -3 C"),
     )
     _valid(m.MemoryResponse, service.post("/product/add", tool))
     later = build(
