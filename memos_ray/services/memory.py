@@ -325,6 +325,38 @@ class MemoryService:
     ) -> list[VectorRecord]:
         return vector_records(items, seqs, at.embedder.encode([embedding_text(i) for i in items]))
 
+    @staticmethod
+    def _reuse_or_encode(
+        at: SpaceBinding, items: Sequence[MemoryItem], stored: Mapping[str, VectorRecord]
+    ) -> Encoded:
+        """Vectors for rewritten items: only a changed text needs the model; a status or
+        metadata change (archive, delete, recover) keeps the vectors it has."""
+        texts = [embedding_text(i) for i in items]
+        fresh = [
+            n
+            for n, (item, text) in enumerate(zip(items, texts, strict=True))
+            if (r := stored.get(item.id)) is None or r.payload.get(TEXT) != text
+        ]
+        encoded = at.embedder.encode([texts[n] for n in fresh]) if fresh else None
+        dim = at.vectors.dim
+        dense = np.zeros((len(items), dim), dtype=np.float32)
+        none = np.zeros((0, dim), dtype=np.float16)
+        tokens: list[np.ndarray] = [none] * len(items)
+        row = {n: k for k, n in enumerate(fresh)}
+        for n, item in enumerate(items):
+            if n in row:
+                assert encoded is not None
+                dense[n] = encoded.dense[row[n]]
+                if encoded.tokens:
+                    tokens[n] = encoded.tokens[row[n]]
+            else:
+                record = stored[item.id]
+                dense[n] = np.asarray(record.dense, dtype=np.float32)
+                if record.tokens is not None:
+                    tokens[n] = record.tokens
+        has_tokens = any(len(t) for t in tokens)
+        return Encoded(dense, tokens if has_tokens else None)
+
     def update_items(self, cube_id: str, items: Sequence[MemoryItem]) -> None:
         """Rewrite stored items whose text or metadata changed (status, sources, history).
 
@@ -334,12 +366,15 @@ class MemoryService:
         at = self.spaces.of(cube_id)
         if not items:
             return
-        old = {
-            r.id: r.payload.get(SEQ) for r in at.vectors.retrieve(cube_id, [i.id for i in items])
+        stored = {
+            r.id: r for r in at.vectors.retrieve(cube_id, [i.id for i in items], with_tokens=True)
         }
         now = time.time_ns()
-        seqs = [int(old.get(item.id) or now + n) for n, item in enumerate(items)]
-        records = self._records(at, items, seqs)
+        seqs = [
+            int((r.payload.get(SEQ) if (r := stored.get(item.id)) else None) or now + n)
+            for n, item in enumerate(items)
+        ]
+        records = vector_records(items, seqs, self._reuse_or_encode(at, items, stored))
         try:
             at.vectors.upsert(cube_id, records)
         finally:

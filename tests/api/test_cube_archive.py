@@ -371,3 +371,33 @@ def test_a_dump_process_killed_midway_leaves_nothing_that_loads(
         with pytest.raises(ArchiveError, match="no manifest"):
             cube_archive.load(stack.services.memory, partial[0], as_cube="half", space=SPACE)
         assert stack.services.memory.graph.count("half") == 0
+
+
+def test_a_status_change_keeps_the_vectors_without_re_embedding(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What record deletes and recovers rely on: `update_items` re-encodes only changed text."""
+    from memos_ray.domain.memory import MemoryStatus
+    from memos_ray.services.feedback import set_status
+
+    memory = stack.services.memory
+    at = memory.spaces.of(CUBE)
+    nodes, _ = memory.graph.list_nodes(CUBE, statuses=["activated"], limit=3)
+    before = {r.id: r for r in at.vectors.retrieve(CUBE, [n.id for n in nodes], True)}
+    calls: list[int] = []
+    encode = at.embedder.encode
+    monkeypatch.setattr(
+        at.embedder, "encode", lambda texts: calls.append(len(texts)) or encode(texts)
+    )
+    for node in nodes:
+        set_status(memory, CUBE, node, MemoryStatus.ARCHIVED, "test")
+    assert calls == []
+    after = {r.id: r for r in at.vectors.retrieve(CUBE, [n.id for n in nodes], True)}
+    for node in nodes:
+        np.testing.assert_array_equal(after[node.id].dense, before[node.id].dense)
+        assert after[node.id].payload["status"] == "archived"
+        set_status(memory, CUBE, node, MemoryStatus.ACTIVATED, "back")
+    changed = nodes[0].model_copy(update={"memory": nodes[0].memory + " (edited)"})
+    memory.update_items(CUBE, [changed])
+    assert calls == [1]  # a changed text is embedded again
+    memory.update_items(CUBE, [nodes[0]])  # as it was
