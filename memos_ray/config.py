@@ -390,6 +390,12 @@ class LimitsConfig(_Strict):
     max_adapter_rank: int = Field(default=64, ge=1)
 
 
+class ArchiveConfig(_Strict):
+    # Where dumps made and loaded over the API live (relative to data_dir unless absolute):
+    # each user gets its own folder below it, and requests name a dump, never a path.
+    export_dir: str = "exports"
+
+
 class ServingConfig(_Strict):
     # Ray namespace of the named actors that own embedded stores.
     namespace: str = "memos"
@@ -437,6 +443,7 @@ class MemosConfig(BaseSettings):
     fine: FineConfig = Field(default_factory=FineConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     reorganize: ReorganizeConfig = Field(default_factory=ReorganizeConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     @field_validator("admin_key_sha256", mode="before")
     @classmethod

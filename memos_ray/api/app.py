@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from memos_ray import __version__
 from memos_ray.api import (
     admin_routes,
+    archive_routes,
     chat_routes,
     cube_routes,
     routes,
@@ -155,6 +156,7 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
         admin_routes.router,
         routes.product,
         cube_routes.router,
+        archive_routes.router,
         chat_routes.product,
         chat_routes.openai,
         scheduler_routes.router,

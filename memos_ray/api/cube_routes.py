@@ -5,9 +5,10 @@ cubes resolve only inside cubes the caller may read (or write, for changes).
 No `from __future__ import annotations`: FastAPI must see the dependency aliases as objects.
 """
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
+from fastapi import Path as PathParam
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
@@ -15,6 +16,7 @@ from memos_ray.domain.tenancy import Access
 from memos_ray.errors import BadRequestError
 from memos_ray.models.chat import Message
 from memos_ray.schemas.cubes import (
+    ClearCubeRequest,
     DeleteByRecordRequest,
     ExistCubeRequest,
     MemoryIdsRequest,
@@ -23,6 +25,7 @@ from memos_ray.schemas.cubes import (
     ShareCubeRequest,
     SuggestionRequest,
     UnregisterCubeRequest,
+    UserInfoRequest,
 )
 from memos_ray.schemas.envelope import ok
 from memos_ray.services import records
@@ -32,6 +35,8 @@ from memos_ray.services.suggestions import suggest
 from memos_ray.services.tenancy import Caller
 
 router = APIRouter(prefix="/product")
+
+CubePath = Annotated[str, PathParam(min_length=1, max_length=128)]
 
 
 @router.post("/register_cube")
@@ -116,6 +121,52 @@ def unregister_cube(req: UnregisterCubeRequest, context: Ctx, who: Who) -> dict[
     removed = context.access.unregister(who, user_id, req.cube_id)
     data = {"cube_id": req.cube_id, "user_id": user_id, "removed": removed}
     return ok(data, "Cube unregistered" if removed else "The user had no grant on the cube")
+
+
+@router.post("/get_user_info")
+def get_user_info(req: UserInfoRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    """MemOS's `get_user_info`: the user, its role, and every cube it may reach (owned, then
+    granted) with its access level."""
+    user_id = context.access.act_as(who, req.user_id or who.user_id)
+    tenancy = context.access.tenancy
+    user = tenancy.get_user(user_id)
+    cubes = [
+        {"cube_id": c.cube_id, "cube_name": c.cube_name, "owner_id": c.owner_id, "access": "owner"}
+        for c in tenancy.cubes_of(user_id)
+    ]
+    for grant in tenancy.grants_of(user_id):
+        cube = tenancy.get_cube(grant.cube_id)
+        if cube is not None:
+            cubes.append(
+                {
+                    "cube_id": cube.cube_id,
+                    "cube_name": cube.cube_name,
+                    "owner_id": cube.owner_id,
+                    "access": str(grant.access),
+                }
+            )
+    # The role is the caller's when it asks about itself; another user seen by the admin.
+    is_admin = who.is_admin and user_id == who.user_id
+    data = {
+        "user_id": user_id,
+        "user_name": user_id,
+        "role": "ADMIN" if is_admin else "USER",
+        "created_at": user.created_at if user else None,
+        "accessible_cubes": cubes,
+    }
+    return ok(data, "User info retrieved successfully")
+
+
+@router.post("/cubes/{cube_id}/clear")
+def clear_cube(cube_id: CubePath, req: ClearCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    """MemOS's `delete_all_memories`: every memory and preference of the cube is deleted from
+    every store (write access needed); the cube, its owner and grants stay."""
+    context.access.require_write(who)
+    user_id = context.access.acting_user(who, req.user_id, [cube_id])
+    context.access.cubes_for(user_id, [cube_id], write=True, caller=who)
+    deleted = records.clear_cube(context.service, context.preferences, cube_id)
+    data = {"cube_id": cube_id, "deleted_count": len(deleted)}
+    return ok(data, f"Deleted {len(deleted)} memories")
 
 
 @router.post("/suggestions")

@@ -22,6 +22,9 @@ from memos_ray.domain.memory import (
 )
 from memos_ray.errors import (
     BadRequestError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
     ServiceUnavailableError,
 )
 from memos_ray.schemas.envelope import ok
@@ -35,6 +38,7 @@ from memos_ray.schemas.product import (
     RecoverRequest,
     SearchData,
     SearchRequest,
+    UpdateMemoryRequest,
 )
 from memos_ray.schemas.values import INT64_MAX, MemoryIdText
 from memos_ray.services.add import Added
@@ -254,6 +258,32 @@ def delete_memory(req: DeleteMemoryRequest, context: Ctx, who: Who) -> dict[str,
         {"status": "success", "deleted": deleted, "deleted_count": count},
         f"Deleted {count} memories",
     )
+
+
+@product.post("/update_memory")
+def update_memory(req: UpdateMemoryRequest, context: Ctx, who: Who) -> dict[str, Any]:
+    """memos-ray's (MemOS's MCP `update_memory`): new text for one memory, re-embedded; the
+    version it replaces is kept in `metadata.history`. Deleted memories are recovered first."""
+    context.access.require_write(who)
+    user_id = context.access.acting_user(who, req.user_id, [req.mem_cube_id])
+    cube_id = context.access.cubes_for(user_id, [req.mem_cube_id], write=True, caller=who)[0]
+    if len(req.memory.encode()) > context.config.limits.max_message_bytes:
+        raise PayloadTooLargeError(
+            f"memory is over {context.config.limits.max_message_bytes} bytes"
+        )
+    found = context.service.get_by_ids([cube_id], [req.memory_id])
+    if not found:
+        raise NotFoundError(f"memory {req.memory_id!r} not found in cube {cube_id!r}")
+    item = found[0]
+    if item.metadata.status not in VISIBLE_STATUSES:
+        raise ConflictError(
+            f"memory {req.memory_id!r} is {item.metadata.status}; recover it before updating"
+        )
+    if item.memory == req.memory:
+        return ok(item_json(item), "Memory unchanged")
+    updated = item.revised(req.reason).model_copy(update={"memory": req.memory})
+    context.service.update_items(cube_id, [updated])
+    return ok(item_json(updated), "Memory updated successfully")
 
 
 @product.post("/feedback")

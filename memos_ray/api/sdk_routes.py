@@ -54,6 +54,7 @@ from memos_ray.runtime.netguard import redact
 from memos_ray.schemas import sdk
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.product import AddRequest, SearchRequest
+from memos_ray.services import records
 from memos_ray.services.add import Added
 from memos_ray.services.chat import ChatService, ChatTurn
 from memos_ray.services.feedback import FeedbackService, FeedbackTask
@@ -217,7 +218,7 @@ def delete_memory(req: sdk.DeleteMemoryRequest, context: Ctx, who: Who) -> dict[
         cube_id = context.access.cubes_for(user_id, [user_id], write=True, caller=who)[0]
         selector = _delete_selector(req)
         if selector is None:
-            deleted = {cube_id: _clear_cube(context, cube_id)}
+            deleted = {cube_id: records.clear_cube(context.service, context.preferences, cube_id)}
         else:
             deleted = {cube_id: context.service.delete_matching(cube_id, selector)}
     count = sum(len(v) for v in deleted.values())
@@ -346,7 +347,7 @@ def delete_knowledgebase(
     context.access.cubes_for(actor, [kb_id], write=True, caller=who)
     if not who.unrestricted and context.access.tenancy.access_of(actor, kb_id) != Access.OWNER:
         raise ForbiddenError(f"only the owner may delete knowledge base {kb_id!r}")
-    deleted = _clear_cube(context, kb_id)
+    deleted = records.clear_cube(context.service, context.preferences, kb_id)
     data = {"success": True, "deleted_count": len(deleted)}
     return ok(data, f"Knowledge base emptied: {len(deleted)} memories deleted")
 
@@ -566,14 +567,6 @@ def _delete_selector(req: sdk.DeleteMemoryRequest) -> FilterExpr | None:
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else And(tuple(parts))
-
-
-def _clear_cube(context: ApiContext, cube_id: str) -> list[str]:
-    """Every memory of the cube, and its preferences."""
-    deleted = context.service.delete(cube_id, context.service.graph.find_ids(cube_id))
-    if context.preferences is not None:
-        context.preferences.store.delete_cube(cube_id)
-    return deleted
 
 
 def _chat_turn(

@@ -63,3 +63,36 @@ class SuggestionRequest(_Request):
     mem_cube_id: str = CubeId
     language: Literal["zh", "en"] = "zh"
     message: str | list[ChatMessage] | None = None
+
+
+class UserInfoRequest(_Request):
+    """MemOS's `get_user_info`: who the user is and which cubes it may reach."""
+
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class ClearCubeRequest(_Request):
+    """memos-ray's: every memory of the cube (MemOS's `delete_all_memories`)."""
+
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+# A dump's name: one directory below the user's own export folder, never a path.
+DumpName = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class DumpCubeRequest(_Request):
+    """memos-ray's: the cube written as a `memos-ray-cube` dump into the export folder."""
+
+    name: str = DumpName
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class LoadCubeRequest(_Request):
+    """memos-ray's: a dump of the export folder loaded as a new cube."""
+
+    name: str = DumpName
+    cube_id: str | None = Field(default=None, min_length=1, max_length=128)
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+    # The admin may load another user's dump; a user reads only its own folder.
+    from_user_id: str | None = Field(default=None, min_length=1, max_length=128)

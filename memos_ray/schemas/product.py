@@ -219,3 +219,14 @@ class RecoverRequest(_Request):
     memory_ids: list[str] = Field(min_length=1, max_length=1000)
     writable_cube_ids: IdList | None = None
     mem_cube_id: str | None = None
+
+
+class UpdateMemoryRequest(_Request):
+    """memos-ray's: a memory's new text (MemOS's `update_memory`); the version it replaces
+    stays in the memory's history."""
+
+    mem_cube_id: str = Field(min_length=1, max_length=128)
+    memory_id: str = Field(min_length=1, max_length=256)
+    memory: str = Field(min_length=1, max_length=100_000)
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+    reason: str = Field(default="updated by the user", max_length=1000)

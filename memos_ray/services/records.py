@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from memos_ray.domain.memory import MemoryItem, MemoryStatus, MemoryType
 from memos_ray.services.memory import VISIBLE_STATUSES, MemoryService
+from memos_ray.services.preferences import PreferenceService
 
 RECORD_KEY = "delete_record_id"
 # The status a memory had before the delete (an archived memory is recovered archived).
@@ -74,3 +75,14 @@ def recover(memory: MemoryService, cube_id: str, record_id: str) -> int:
     for start in range(0, len(changed), _BATCH):
         memory.update_items(cube_id, changed[start : start + _BATCH])
     return len(changed)
+
+
+def clear_cube(
+    memory: MemoryService, preferences: PreferenceService | None, cube_id: str
+) -> list[str]:
+    """Every memory of the cube, and its preferences, gone from every store; the cube itself
+    (its id, owner and grants) stays. Returns the memory ids deleted."""
+    deleted = memory.delete(cube_id, memory.graph.find_ids(cube_id))
+    if preferences is not None:
+        preferences.store.delete_cube(cube_id)
+    return deleted

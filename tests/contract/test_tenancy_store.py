@@ -329,6 +329,22 @@ def test_cubes_of_lists_owned_cubes_only(store: SQLTenancyStore) -> None:
     assert store.cubes_of("ghost") == []
 
 
+def test_grants_of_lists_grants_not_owned_cubes(store: SQLTenancyStore) -> None:
+    for user in ("alice", "bob", "carol"):
+        store.create_user(user)
+    store.create_cube("b2", "two", "bob")
+    store.create_cube("b1", "one", "bob")
+    store.create_cube("a1", "alice's", "alice")
+    store.grant("b2", "alice", Access.READ)
+    store.grant("b1", "alice", Access.WRITE)
+    store.grant("b1", "carol", Access.READ)
+    grants = store.grants_of("alice")
+    assert [(g.cube_id, g.access) for g in grants] == [("b1", "write"), ("b2", "read")]
+    store.revoke("b1", "alice")
+    assert [g.cube_id for g in store.grants_of("alice")] == ["b2"]
+    assert store.grants_of("bob") == []
+
+
 # --- grants and access ------------------------------------------------------------------
 
 
@@ -405,6 +421,7 @@ def test_bad_ids_rejected(store: SQLTenancyStore, bad: str) -> None:
     assert store.get_cube(bad) is None
     assert store.access_of(bad, "cube") is None
     assert store.cubes_of(bad) == []
+    assert store.grants_of(bad) == []
 
 
 def test_bad_cube_names_rejected(store: SQLTenancyStore) -> None:

@@ -86,6 +86,10 @@ class TenancyStore(ABC):
         """Cubes the user owns."""
 
     @abstractmethod
+    def grants_of(self, user_id: str) -> list[Grant]:
+        """The user's read/write grants on other users' cubes (owned cubes: `cubes_of`)."""
+
+    @abstractmethod
     def record_llm_usage(
         self, cube_id: str, prompt_tokens: int, completion_tokens: int, calls: int = 1
     ) -> LLMUsage:

@@ -522,6 +522,16 @@ class SQLTenancyStore(TenancyStore):
         with self._txn() as s:
             return [_cube(row) for row in s.scalars(stmt)]
 
+    def grants_of(self, user_id: str) -> list[Grant]:
+        if not _valid_id(user_id):
+            return []
+        stmt = select(GrantRow).where(GrantRow.user_id == user_id).order_by(GrantRow.cube_id)
+        with self._txn() as s:
+            return [
+                Grant(cube_id=row.cube_id, user_id=row.user_id, access=Access(row.access))
+                for row in s.scalars(stmt)
+            ]
+
     # --- LLM token accounting ------------------------------------------------------------
 
     def record_llm_usage(
