@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -43,11 +44,14 @@ def current_context() -> ApiContext:
     return _replica.context()
 
 
-api = create_app(current_context, version=__version__)
+def build_api() -> FastAPI:
+    """Serve calls this in each replica: the app is built there, never pickled (its MCP
+    server holds per-process keys that must not travel)."""
+    return create_app(current_context, version=__version__)
 
 
 @serve.deployment(name="MemosIngress", max_ongoing_requests=64)
-@serve.ingress(api)
+@serve.ingress(build_api)
 class MemosIngress:
     """Holds the process-wide context; stores connect in a background thread at start."""
 

@@ -187,30 +187,44 @@ def cmd_cube_dump(args: argparse.Namespace) -> int:
 def cmd_cube_load(args: argparse.Namespace) -> int:
     from memos_ray.domain.tenancy import Scope
     from memos_ray.models.adapters import AdapterStore
-    from memos_ray.services import cube_archive
+    from memos_ray.services import cube_archive, memos_import
     from memos_ray.services.tenancy import Caller
 
+    source = Path(args.dir).expanduser().resolve()
     with _local_stack(args) as stack:
         config, memory = stack.config, stack.services.memory
-        manifest = cube_archive.read_manifest(Path(args.dir).expanduser().resolve())
-        cube_id = args.as_cube or manifest.cube_id
-        owner = args.owner or manifest.owner_id or cube_id
         # The operator, on the data dir itself: like the master key.
         operator = Caller(user_id=None, is_admin=True, scopes=frozenset(Scope))
-        stack.services.access.claim_cube(owner, cube_id, operator)
-        space = cube_archive.space_of(
-            memory, cube_id, config.embedder.model or "", config.embedder.dim
-        )
-        report = cube_archive.load(
-            memory,
-            Path(args.dir),
-            as_cube=cube_id,
-            space=space,
-            preferences=stack.services.preferences,
-            adapters=AdapterStore.for_config(config),
-            batch=args.batch,
-            progress=_progress,
-        )
+        if memos_import.is_memos_dump(source):
+            # MemOS's own `GeneralMemCube.dump` layout: read whole, then written.
+            dump = memos_import.read(source, args.as_cube)
+            owner = args.owner or dump.user_id or dump.cube_id
+            stack.services.access.claim_cube(owner, dump.cube_id, operator)
+            report = memos_import.load(
+                memory,
+                dump,
+                preferences=stack.services.preferences,
+                batch=args.batch,
+                progress=_progress,
+            )
+        else:
+            manifest = cube_archive.read_manifest(source)
+            cube_id = args.as_cube or manifest.cube_id
+            owner = args.owner or manifest.owner_id or cube_id
+            stack.services.access.claim_cube(owner, cube_id, operator)
+            space = cube_archive.space_of(
+                memory, cube_id, config.embedder.model or "", config.embedder.dim
+            )
+            report = cube_archive.load(
+                memory,
+                source,
+                as_cube=cube_id,
+                space=space,
+                preferences=stack.services.preferences,
+                adapters=AdapterStore.for_config(config),
+                batch=args.batch,
+                progress=_progress,
+            )
     print(file=sys.stderr)
     summary = {
         "cube_id": report.cube_id,
@@ -222,6 +236,14 @@ def cmd_cube_load(args: argparse.Namespace) -> int:
         "reembedded": report.reembedded,
     }
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    # deferred: the MCP SDK loads only for this command
+    from memos_ray.mcp.stdio import run_stdio
+
+    run_stdio(args.url, args.api_key, args.user_id)
     return 0
 
 
@@ -286,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     cube_sub = cubes.add_subparsers(dest="cube_command", required=True)
     for name, helptext in (
         ("dump", "write CUBE into DIR (a new directory)"),
-        ("load", "load the dump in DIR (into a cube without memories)"),
+        ("load", "load the dump in DIR (into a cube without memories); MemOS's too"),
     ):
         cmd = cube_sub.add_parser(name, help=helptext)
         cmd.add_argument(
@@ -303,6 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--as", dest="as_cube", help="load under this cube id")
             cmd.add_argument("--owner", help="the owner of a cube the load creates")
             cmd.set_defaults(func=cmd_cube_load)
+
+    mcp = sub.add_parser(
+        "mcp", help="MCP over stdio for desktop clients, calling a running service"
+    )
+    http_opts(mcp)
+    mcp.add_argument(
+        "--user-id",
+        help="the user tools act for when they name none (MEMOS_USER_ID); "
+        "default: the API key's own user",
+    )
+    mcp.set_defaults(func=cmd_mcp)
 
     # Its subcommands are parsed by memos_ray.bench.cli (see `main`).
     sub.add_parser("bench", help="benchmarks, separate from the tests (memos-ray bench -h)")

@@ -19,6 +19,7 @@ from memos_ray.api import (
     archive_routes,
     chat_routes,
     cube_routes,
+    mcp_route,
     routes,
     scheduler_routes,
     sdk_routes,
@@ -142,10 +143,12 @@ async def unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(get_context: Callable[[], ApiContext], version: str = __version__) -> FastAPI:
+    mcp = mcp_route.mcp_server()
     app = FastAPI(
         title="memos-ray",
         version=version,
         description="Memory operating system for LLM agents (MemOS REST dialect).",
+        lifespan=lambda _app: mcp_route.lifespan(mcp),
     )
     # Routes reach the context through `deps.current_context`.
     app.state.context = get_context
@@ -164,6 +167,8 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
     )
     for router in routers:
         app.include_router(router)
+    # MCP's tools call the routes above in process, as the MCP request's caller.
+    mcp_route.mount(app, mcp)
     app.add_exception_handler(MemosError, memos_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(RayActorError, restarting)

@@ -23,7 +23,8 @@ from memos_ray.errors import ForbiddenError, NotFoundError
 from memos_ray.models.adapters import AdapterStore
 from memos_ray.schemas.cubes import DumpCubeRequest, LoadCubeRequest
 from memos_ray.schemas.envelope import ok
-from memos_ray.services import cube_archive
+from memos_ray.services import cube_archive, memos_import
+from memos_ray.services.tenancy import Caller
 
 router = APIRouter(prefix="/product/cubes")
 
@@ -75,21 +76,25 @@ def load_cube(req: LoadCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
     source = export_folder(context, source_user) / req.name
     if not source.is_dir():
         raise NotFoundError(f"no dump named {req.name!r} in the export folder of {source_user!r}")
-    manifest = cube_archive.read_manifest(source)
-    cube_id = req.cube_id or manifest.cube_id
-    context.access.claim_cube(user_id, cube_id, who)
-    context.access.cubes_for(user_id, [cube_id], write=True, caller=who)
     config = context.config
-    report = cube_archive.load(
-        context.service,
-        source,
-        as_cube=cube_id,
-        space=cube_archive.space_of(
-            context.service, cube_id, config.embedder.model or "", config.embedder.dim
-        ),
-        preferences=context.preferences,
-        adapters=_adapters(context),
-    )
+    if memos_import.is_memos_dump(source):
+        # MemOS's own layout: read and checked whole before the cube is made.
+        memos_dump = memos_import.read(source, req.cube_id)
+        _target(context, who, user_id, memos_dump.cube_id)
+        report = memos_import.load(context.service, memos_dump, preferences=context.preferences)
+    else:
+        manifest = cube_archive.read_manifest(source)
+        cube_id = _target(context, who, user_id, req.cube_id or manifest.cube_id)
+        report = cube_archive.load(
+            context.service,
+            source,
+            as_cube=cube_id,
+            space=cube_archive.space_of(
+                context.service, cube_id, config.embedder.model or "", config.embedder.dim
+            ),
+            preferences=context.preferences,
+            adapters=_adapters(context),
+        )
     data = {
         "cube_id": report.cube_id,
         "name": req.name,
@@ -127,6 +132,12 @@ def list_dumps(context: Ctx, who: Who, user_id: str | None = None) -> dict[str, 
             }
         )
     return ok({"user_id": user_id, "dumps": dumps}, f"{len(dumps)} dumps")
+
+
+def _target(context: ApiContext, who: Caller, user_id: str, cube_id: str) -> str:
+    """The cube a load writes: made now for the user, or one it may write."""
+    context.access.claim_cube(user_id, cube_id, who)
+    return context.access.cubes_for(user_id, [cube_id], write=True, caller=who)[0]
 
 
 def export_folder(context: ApiContext, user_id: str) -> Path:

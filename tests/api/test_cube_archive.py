@@ -36,6 +36,7 @@ from memos_ray.runtime.compose import LocalStack
 from memos_ray.services import cube_archive
 from memos_ray.services.cube_archive import ArchivedSpace, ArchiveError
 from memos_ray.services.memory import SearchOptions
+from tests.fixtures.api import ADMIN_KEY, RunningApi
 from tests.fixtures.scripted_model import ScriptedChatModel
 from tests.fixtures.servers import serve_in_thread
 from tests.fixtures.traces import weather_trace
@@ -401,3 +402,64 @@ def test_a_status_change_keeps_the_vectors_without_re_embedding(
     memory.update_items(CUBE, [changed])
     assert calls == [1]  # a changed text is embedded again
     memory.update_items(CUBE, [nodes[0]])  # as it was
+
+
+def test_dumps_over_rest_stay_in_each_users_folder(auth_api: RunningApi) -> None:
+    """The routes behind `dump_cube` / `load_cube`: names, not paths; one folder per user;
+    a corrupt dump is refused before any cube is made."""
+    keys = {}
+    for user in ("dumper", "other"):
+        made = auth_api.post("/admin/users", {"user_id": user}, key=ADMIN_KEY)
+        keys[user] = made.json()["data"]["api_key"]
+    body = {"user_id": "dumper", "memory_content": "The boiler is serviced every October."}
+    added = auth_api.post("/product/add", {**body, "async_mode": "sync"}, key=keys["dumper"])
+    memory_id = added.json()["data"][0]["memory_id"]
+
+    dumped = auth_api.post("/product/cubes/dumper/dump", {"name": "d1"}, key=keys["dumper"])
+    assert dumped.status_code == 200, dumped.text
+    assert dumped.json()["data"]["counts"]["memories"] == 1
+    again = auth_api.post("/product/cubes/dumper/dump", {"name": "d1"}, key=keys["dumper"])
+    assert again.status_code == 409
+    for name in ("../d2", "/tmp/d2", ".hidden"):
+        bad = auth_api.post("/product/cubes/dumper/dump", {"name": name}, key=keys["dumper"])
+        assert bad.status_code == 422, name
+    stolen = auth_api.post("/product/cubes/dumper/dump", {"name": "x"}, key=keys["other"])
+    assert stolen.status_code == 403
+
+    # Another user neither sees nor loads it; the admin loads it for that user on purpose.
+    listed = auth_api.http.get("/product/cubes/dumps", headers=_bearer(keys["other"]))
+    assert listed.json()["data"]["dumps"] == []
+    assert (
+        auth_api.post("/product/cubes/load", {"name": "d1"}, key=keys["other"]).status_code == 404
+    )
+    handed = {"name": "d1", "from_user_id": "dumper", "user_id": "other", "cube_id": "other-copy"}
+    loaded = auth_api.post("/product/cubes/load", handed, key=ADMIN_KEY)
+    assert loaded.status_code == 200, loaded.text
+    query = {"user_id": "other", "query": "boiler", "readable_cube_ids": ["other-copy"]}
+    found = auth_api.post("/product/search", query, key=keys["other"]).json()["data"]
+    assert found["text_mem"][0]["memories"][0]["memory"] == body["memory_content"]
+
+    # A truncated dump: 400, and the cube it names is never made.
+    folder = auth_api.stack.config.data_dir / "exports" / "dumper"
+    shutil.copytree(folder / "d1", folder / "d2")
+    memories = folder / "d2" / "memories.jsonl"
+    memories.write_bytes(memories.read_bytes()[:-20])
+    broken = {"name": "d2", "cube_id": "never-made"}
+    refused = auth_api.post("/product/cubes/load", broken, key=keys["dumper"])
+    assert refused.status_code == 400 and "truncated" in refused.json()["message"]
+    exists = auth_api.post(
+        "/product/exist_mem_cube_id", {"mem_cube_id": "never-made"}, key=ADMIN_KEY
+    )
+    assert exists.json()["data"] == {"never-made": False}
+
+    # update_memory and get_user_info keep tenancy too.
+    update = {"mem_cube_id": "dumper", "memory_id": memory_id, "memory": "Serviced in May."}
+    assert auth_api.post("/product/update_memory", update, key=keys["other"]).status_code == 403
+    ghost = {**update, "memory_id": "0" * 36}
+    assert auth_api.post("/product/update_memory", ghost, key=keys["dumper"]).status_code == 404
+    info = auth_api.post("/product/get_user_info", {"user_id": "dumper"}, key=keys["other"])
+    assert info.status_code == 403
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
+from mcp import Client
 
 from memos_ray.config import MemosConfig
 from memos_ray.runtime.launcher import wait_ready
@@ -108,3 +110,14 @@ def test_add_search_and_restart_through_serve(serve_url: str, serve_config: Memo
     again = search()
     assert again["id"] == hit["id"]
     assert again["metadata"]["sources"] == hit["metadata"]["sources"]
+
+    # MCP through Serve's proxy: the ingress replica's lifespan runs the MCP session manager.
+    async def mcp_search() -> dict:
+        async with Client(f"{serve_url}/mcp") as client:
+            arguments = {"query": "When are the violin lessons?", "user_id": "ines-parent"}
+            result = await client.call_tool("search_memories", arguments)
+            assert not result.is_error, result.content
+            assert result.structured_content is not None
+            return result.structured_content["data"]["text_mem"][0]["memories"][0]
+
+    assert anyio.run(mcp_search)["id"] == hit["id"]

@@ -89,3 +89,16 @@ def _admin_models(path: Path) -> types.ModuleType:
 def build(model: type[Any], **fields: Any) -> dict[str, Any]:
     """A request body as MemOS's own model writes it (its defaults and validators applied)."""
     return model(**fields).model_dump(mode="json", exclude_none=True, warnings=False)
+
+
+def load_memory_items() -> tuple[types.ModuleType, types.ModuleType]:
+    """MemOS's textual memory item models and its vector-db item (`memories/textual/item.py`,
+    `vec_dbs/item.py`: plain pydantic modules), for writing dumps the way MemOS writes them."""
+    root = _root() if "memos" not in sys.modules else Path(sys.modules["memos"].__path__[0])
+    load()
+    _package("memos.memories", root / "memories")
+    _package("memos.memories.textual", root / "memories" / "textual")
+    _package("memos.vec_dbs", root / "vec_dbs")
+    items = _load("memos.memories.textual.item", root / "memories" / "textual" / "item.py")
+    vec_items = _load("memos.vec_dbs.item", root / "vec_dbs" / "item.py")
+    return items, vec_items
