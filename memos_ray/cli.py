@@ -226,16 +226,7 @@ def cmd_cube_load(args: argparse.Namespace) -> int:
                 progress=_progress,
             )
     print(file=sys.stderr)
-    summary = {
-        "cube_id": report.cube_id,
-        "memories": report.memories,
-        "vectors": report.vectors,
-        "edges": report.edges,
-        "preferences": report.preferences,
-        "adapter": report.adapter,
-        "reembedded": report.reembedded,
-    }
-    print(json.dumps(summary))
+    print(json.dumps(report.summary()))
     return 0
 
 

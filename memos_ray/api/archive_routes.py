@@ -95,16 +95,7 @@ def load_cube(req: LoadCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
             preferences=context.preferences,
             adapters=_adapters(context),
         )
-    data = {
-        "cube_id": report.cube_id,
-        "name": req.name,
-        "memories": report.memories,
-        "vectors": report.vectors,
-        "edges": report.edges,
-        "preferences": report.preferences,
-        "adapter": report.adapter,
-        "reembedded": report.reembedded,
-    }
+    data = {**report.summary(), "name": req.name}
     return ok(data, f"Dump {req.name} loaded as cube {report.cube_id}")
 
 

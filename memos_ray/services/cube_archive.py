@@ -130,6 +130,18 @@ class LoadReport:
     reembedded: bool = False
     id_map: dict[str, str] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        """What a load did, without the id map."""
+        return {
+            "cube_id": self.cube_id,
+            "memories": self.memories,
+            "vectors": self.vectors,
+            "edges": self.edges,
+            "preferences": self.preferences,
+            "adapter": self.adapter,
+            "reembedded": self.reembedded,
+        }
+
 
 class _Hashed:
     """A file written once, its sha256 and size kept as it goes."""
@@ -211,14 +223,12 @@ def _write(
     counts = dict.fromkeys(("memories", "edges", "vectors", "token_rows", "preferences"), 0)
     vectors = memory.vectors_of(cube_id)
     total = memory.graph.count(cube_id)
-    offset = 0
-    while True:
-        # Newest first; a cube taking writes while it is dumped may shift a page (stop the
-        # writers, or dump again: a dump is a snapshot only of a quiet cube).
-        nodes, _ = memory.graph.list_nodes(cube_id, offset=offset, limit=batch)
-        if not nodes:
-            break
-        offset += len(nodes)
+    after: str | None = None
+    # Keyset pages in id order: each page costs the same however deep the dump is, and a
+    # cube taking writes meanwhile never has a memory dumped twice (what is added during
+    # the dump may or may not be in it: a dump is a snapshot only of a quiet cube).
+    while nodes := memory.graph.nodes_after(cube_id, after, batch):
+        after = nodes[-1].id
         ids = [n.id for n in nodes]
         for node in nodes:
             data = node.model_dump(mode="json")

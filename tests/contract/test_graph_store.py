@@ -25,7 +25,7 @@ from memos_ray.domain.memory import (
     SourceMessage,
 )
 from memos_ray.embedded.falkordb_server import FalkorDBServer
-from memos_ray.errors import ConflictError
+from memos_ray.errors import ConflictError, StoreError
 from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.graph.neo4j import Neo4jGraphStore
 
@@ -216,6 +216,32 @@ def test_list_nodes_pages_newest_first(
     ties = [item(tie_cube, f"t{i}", 7) for i in range(3)]
     store.upsert_nodes(tie_cube, ties)
     assert [p.id for p in store.list_nodes(tie_cube)[0]] == sorted(t.id for t in ties)
+
+
+def test_nodes_after_visits_each_node_once_while_the_cube_changes(store: GraphStore) -> None:
+    cube, other = new_cube(), new_cube()
+    nodes = [item(cube, f"n{i}", i) for i in range(7)]
+    store.upsert_nodes(cube, nodes)
+    store.upsert_nodes(other, [item(other, "elsewhere")])
+    seen: list[str] = []
+    after: str | None = None
+    added: list[MemoryItem] = []
+    while page := store.nodes_after(cube, after, 3):
+        assert [p.id for p in page] == sorted(p.id for p in page)
+        assert all(p.cube_id == cube for p in page)
+        seen += [p.id for p in page]
+        after = page[-1].id
+        if not added:
+            # Writes between pages: new nodes land before or after the cursor, never twice.
+            added = [item(cube, f"late{i}", 30 + i) for i in range(4)]
+            store.upsert_nodes(cube, added)
+    assert len(seen) == len(set(seen))
+    assert {n.id for n in nodes} <= set(seen) <= {n.id for n in nodes + added}
+    assert [p.model_dump() for p in store.nodes_after(cube, None, 100) if p.id == nodes[0].id] == [
+        stored_form(nodes[0])
+    ]
+    with pytest.raises(StoreError):
+        store.nodes_after(cube, None, 0)
 
 
 def test_edges_idempotent_and_selectable(store: GraphStore) -> None:

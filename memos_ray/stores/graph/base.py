@@ -55,6 +55,11 @@ class GraphStore(ABC):
         """A page of matching nodes, newest `created_at` first, and the total match count."""
 
     @abstractmethod
+    def nodes_after(self, cube_id: str, after: str | None, limit: int) -> list[MemoryItem]:
+        """Up to `limit` nodes of the cube with ids above `after` (None: from the start), in
+        id order: keyset pages that visit each node once, however writes shift the cube."""
+
+    @abstractmethod
     def delete_nodes(self, cube_id: str, ids: Sequence[str]) -> int:
         """Remove the nodes and every edge touching them; returns how many were removed."""
 
