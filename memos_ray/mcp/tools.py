@@ -80,6 +80,8 @@ def build_server(resolve: Resolver) -> MCPServer:
             return rest.default_user
         if rest.identity not in users:
             data, _ = await rest.call("POST", "/product/get_user_info", json={})
+            if len(users) >= HISTORY_CONVERSATIONS:
+                users.clear()
             users[rest.identity] = data["user_id"]
         return users[rest.identity]
 

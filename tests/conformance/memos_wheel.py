@@ -24,6 +24,9 @@ class MemosWheelMissing(RuntimeError):
 
 
 def _root() -> Path:
+    loaded = sys.modules.get("memos")
+    if loaded is not None and getattr(loaded, "__path__", None):
+        return Path(next(iter(loaded.__path__)))
     spec = importlib.util.find_spec("memos")
     if spec is None or not spec.submodule_search_locations:
         raise MemosWheelMissing(
@@ -94,7 +97,7 @@ def build(model: type[Any], **fields: Any) -> dict[str, Any]:
 def load_memory_items() -> tuple[types.ModuleType, types.ModuleType]:
     """MemOS's textual memory item models and its vector-db item (`memories/textual/item.py`,
     `vec_dbs/item.py`: plain pydantic modules), for writing dumps the way MemOS writes them."""
-    root = _root() if "memos" not in sys.modules else Path(sys.modules["memos"].__path__[0])
+    root = _root()
     load()
     _package("memos.memories", root / "memories")
     _package("memos.memories.textual", root / "memories" / "textual")
