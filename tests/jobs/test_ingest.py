@@ -23,9 +23,10 @@ import yaml
 
 from jobs.ingest import IngestArgs, IngestSummary, run_ingest
 from memos_ray.config import MemosConfig
-from memos_ray.embedded.falkordb_server import PASSWORD_FILE, data_dir_password, free_port
+from memos_ray.embedded.falkordb_server import PASSWORD_FILE, data_dir_password
 from memos_ray.runtime.compose import LocalStack
 from memos_ray.stores.graph.falkordb import FalkorDBAddress, falkordb_graph_store
+from tests.fixtures.servers import quiet_port
 
 pytestmark = pytest.mark.ray
 
@@ -417,7 +418,7 @@ def test_killed_job_then_rerun_equals_a_clean_run(tmp_path: Path, ray_cluster: N
     clean = _run(tmp_path / "clean", "jsonl", source, **options)
     total = clean.memories_written
 
-    port = free_port()
+    port = quiet_port()
     config = tmp_path / "job.yaml"
     job = {
         "format": "jsonl",
