@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from memos_ray.client import MemosClient
+from memos_ray.client import MemosClient, MemosClientError
 from memos_ray.config import load_config
 from memos_ray.errors import MemosError
 from memos_ray.runtime.vllm_env import add_parser as add_vllm_env_parser
@@ -82,16 +83,80 @@ def _client(args: argparse.Namespace):
 
 
 def _print(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    print(json.dumps(_plain(data), indent=2, ensure_ascii=False))
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    if isinstance(data, list):
+        return [_plain(d) for d in data]
+    return data
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    if args.from_file:
+        return _bulk_add(args)
     if args.messages_json:
         messages: Any = json.loads(Path(args.messages_json).read_text())
     else:
         messages = [{"role": args.role, "content": " ".join(args.text)}]
     with _client(args) as client:
         _print(client.add(args.user, messages, cube_id=args.cube, async_mode="sync"))
+    return 0
+
+
+def _bulk_add(args: argparse.Namespace) -> int:
+    """A JSON-lines file of chat messages, sent `--batch` at a time with a progress bar;
+    every line is checked before the first is sent."""
+    path = Path(args.from_file)
+    messages: list[dict[str, Any]] = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            raise SystemExit(f"memos-ray: {path.name} line {number}: not JSON ({exc})") from None
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise SystemExit(f"memos-ray: {path.name} line {number}: needs a string `content`")
+        messages.append(message)
+    stored = 0
+    with _client(args) as client:
+        for start in range(0, len(messages), args.batch):
+            batch = messages[start : start + args.batch]
+            stored += len(client.add(args.user, batch, cube_id=args.cube, async_mode="sync"))
+            _progress_bar(start + len(batch), len(messages))
+    print(file=sys.stderr)
+    _print({"messages": len(messages), "memories": stored})
+    return 0
+
+
+def _progress_bar(done: int, total: int, width: int = 30) -> None:
+    filled = width * done // max(total, 1)
+    bar = "#" * filled + "." * (width - filled)
+    print(f"\r[{bar}] {done}/{total} messages", end="", file=sys.stderr, flush=True)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print(client.get_memory_by_id(args.memory_id, user_id=args.user))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    fields = {"page": args.page, "page_size": args.page_size}
+    with _client(args) as client:
+        page = client.get_memory(args.user, args.cube, **fields)
+    for bucket in page.text_mem:
+        for memory in bucket.memories:
+            print(f"{memory['id']}  {memory['memory']}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print(client.delete_memory(args.user, args.cube, memory_ids=args.memory_ids))
     return 0
 
 
@@ -110,13 +175,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
         fields["max_tokens"] = args.max_tokens
     with _client(args) as client:
         for frame in client.chat_stream(args.user, " ".join(args.query), cubes, **fields):
-            if frame["type"] == "text":
-                print(frame["data"], end="", flush=True)
-            elif frame["type"] == "error":
-                print(f"\nerror: {frame['data']}", file=sys.stderr)
+            if frame.type == "text":
+                print(frame.data, end="", flush=True)
+            elif frame.type == "error":
+                print(f"\nerror: {frame.data}", file=sys.stderr)
                 return 1
-            elif frame["type"] == "end":
-                used = frame["data"].get("memory_ids") or []
+            elif frame.type == "end":
+                used = frame.data.get("memory_ids") or []
                 print(f"\n[{len(used)} memories retrieved]", file=sys.stderr)
     return 0
 
@@ -266,8 +331,33 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--cube")
     add.add_argument("--role", default="user", choices=["user", "assistant"])
     add.add_argument("--messages-json", help="file with a JSON list of chat messages")
+    add.add_argument(
+        "--from-file", help="JSON-lines file of chat messages: a bulk add with a progress bar"
+    )
+    add.add_argument("--batch", type=int, default=50, help="messages per request (--from-file)")
     add.add_argument("text", nargs="*")
     add.set_defaults(func=cmd_add)
+
+    get = sub.add_parser("get", help="one memory by id, with its metadata")
+    http_opts(get)
+    get.add_argument("--user")
+    get.add_argument("memory_id")
+    get.set_defaults(func=cmd_get)
+
+    listing = sub.add_parser("list", help="a cube's memories, newest first (id and text)")
+    http_opts(listing)
+    listing.add_argument("--user", required=True)
+    listing.add_argument("--cube")
+    listing.add_argument("--page", type=int, default=1)
+    listing.add_argument("--page-size", type=int, default=50)
+    listing.set_defaults(func=cmd_list)
+
+    delete = sub.add_parser("delete", help="delete memories by id")
+    http_opts(delete)
+    delete.add_argument("--user", required=True)
+    delete.add_argument("--cube")
+    delete.add_argument("memory_ids", nargs="+")
+    delete.set_defaults(func=cmd_delete)
 
     search = sub.add_parser("search", help="search memories")
     http_opts(search)
@@ -358,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(argv[1:])
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except MemosError as exc:
+    except (MemosError, MemosClientError) as exc:
         print(f"memos-ray: {exc.message}", file=sys.stderr)
         return 1
 

@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from memos_ray.client import MemosClient
-from memos_ray.errors import ConflictError
+from memos_ray.client import ConflictError, MemosClient
 from memos_ray.services.ingest.datasets import BenchCube, BenchQuestion
 
 BENCH_USER = "bench"
@@ -39,7 +38,7 @@ def ingest_cube(client: MemosClient, cube: BenchCube, workers: int = 4, mode: st
         client.create_cube(BENCH_USER, cube.cube_id, cube.cube_id)
     except ConflictError as exc:
         raise ConflictError(
-            f"cube {cube.cube_id} already exists: use a fresh data dir (or drop --url)"
+            f"cube {cube.cube_id} already exists: use a fresh data dir (or drop --url)", 409
         ) from exc
 
     def add_session(index: int) -> int:
@@ -90,7 +89,8 @@ def search_cube(
             mode="fast",
             **({"reference_time": question.asked_at} if question.asked_at else {}),
         )
-        return question, ranked_turn_ids(data, cube.cube_id), time.perf_counter() - started
+        ranked = ranked_turn_ids(data.model_dump(), cube.cube_id)
+        return question, ranked, time.perf_counter() - started
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(ask, cube.questions))
@@ -131,7 +131,7 @@ def run_retrieval_bench(
             t0 = time.perf_counter()
             stored = ingest_cube(client, cube, mode=mode)
             if mode == "fine":
-                usage = client.llm_usage(BENCH_USER, cube.cube_id)
+                usage = client.llm_usage(BENCH_USER, cube.cube_id).model_dump()
                 for key in llm:
                     llm[key] += usage[key]
             t1 = time.perf_counter()

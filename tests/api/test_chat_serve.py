@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -218,8 +220,7 @@ def test_python_client_and_cli_chat(
     chat_url: str, capsys: pytest.CaptureFixture[str], smollm2_dir: Path, tmp_path: Path
 ) -> None:
     from memos_ray.cli import main
-    from memos_ray.client import MemosClient
-    from memos_ray.errors import BadRequestError
+    from memos_ray.client import AsyncMemosClient, BadRequestError, MemosClient
 
     with MemosClient(chat_url) as client:
         done = client.chat(USER, "What is my cat called?", add_message_on_answer=False, **GREEDY)
@@ -228,12 +229,25 @@ def test_python_client_and_cli_chat(
                 USER, "What is my cat called?", add_message_on_answer=False, **GREEDY
             )
         )
-        assert "".join(f["data"] for f in frames if f["type"] == "text").strip() == done["response"]
+        assert "".join(f.data for f in frames if f.type == "text").strip() == done.response
+
+        async def async_frames() -> list[Any]:
+            async with AsyncMemosClient(chat_url) as async_client:
+                stream = async_client.chat_stream(
+                    USER, "What is my cat called?", add_message_on_answer=False, **GREEDY
+                )
+                return [f async for f in stream]
+
+        streamed = asyncio.run(async_frames())
+        assert "".join(f.data for f in streamed if f.type == "text") == "".join(
+            f.data for f in frames if f.type == "text"
+        )
+        assert streamed[-1].type == "end" == frames[-1].type
         with pytest.raises(BadRequestError):
             client.chat(USER, "hello", max_tokens=100_000)
         _tiny_adapter(smollm2_dir, tmp_path / "adapter")
         info = client.set_adapter("cli-user", "cli-user", tmp_path / "adapter")
-        assert info["peft_type"] == "LORA"
+        assert info.model_dump()["peft_type"] == "LORA"
     code = main(
         [
             "chat",
