@@ -385,6 +385,8 @@ class LimitsConfig(_Strict):
     max_wait_s: float = Field(default=300.0, gt=0)
     min_poll_interval_s: float = Field(default=0.1, gt=0)
     max_stream_s: float = Field(default=600.0, gt=0)
+    # Server-sent event streams send a comment line this often while no frame comes.
+    sse_ping_s: float = Field(default=15.0, gt=0)
     # LoRA adapter uploads (PUT /product/cubes/{cube_id}/adapter): weights file size and rank.
     max_adapter_bytes: int = Field(default=32 << 20, ge=1)
     max_adapter_rank: int = Field(default=64, ge=1)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
+from memos_ray.api.sse import sse_response
 from memos_ray.domain.tenancy import LLMUsage
 from memos_ray.errors import (
     BadRequestError,
@@ -137,7 +138,7 @@ def _stream(req: ProductChatRequest, context: ApiContext, who: Caller) -> Stream
             yield _sse({"type": "prompt", "data": prepared.prompt})
         yield from chat_frames(chat, turn, prepared, write_back, _extras(prepared, False))
 
-    return StreamingResponse(frames(), media_type="text/event-stream")
+    return sse_response(frames(), context.config.limits.sse_ping_s)
 
 
 @product.put("/cubes/{cube_id}/adapter")
@@ -239,7 +240,7 @@ def chat_completions(
     )
     if not req.stream:
         return reply.completion()
-    return StreamingResponse(reply.chunks(), media_type="text/event-stream")
+    return sse_response(reply.chunks(), context.config.limits.sse_ping_s)
 
 
 class _OpenAIReply:

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
+from memos_ray.api.sse import sse_response
 from memos_ray.config import LimitsConfig
 from memos_ray.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from memos_ray.runtime.netguard import redact
@@ -208,7 +209,7 @@ def wait_stream(
                 return
             await asyncio.sleep(min(poll, max(0.0, timeout - elapsed) + 0.01))
 
-    return StreamingResponse(frames(), media_type="text/event-stream")
+    return sse_response(frames(), context.config.limits.sse_ping_s)
 
 
 @router.get("/stream")
@@ -247,7 +248,7 @@ def stream(
                 return
             await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic()) + 0.01))
 
-    return StreamingResponse(frames(), media_type="text/event-stream")
+    return sse_response(frames(), context.config.limits.sse_ping_s)
 
 
 def _scheduler(context: ApiContext) -> SchedulerClient:

@@ -40,6 +40,7 @@ from memos_ray.api import sdk_wire
 from memos_ray.api.chat_routes import chat_frames, require_chat
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
+from memos_ray.api.sse import sse_response
 from memos_ray.core.filters import And, Condition, FilterExpr, Or, parse_filter
 from memos_ray.domain.memory import DEFAULT_SESSION, MemoryItem, MemoryType
 from memos_ray.domain.tenancy import Access
@@ -309,7 +310,7 @@ def chat(req: sdk.ChatRequest, context: Ctx, who: Who) -> dict[str, Any] | Strea
 
     end: dict[str, Any] = {"memory_ids": [m.id for m in prepared.memories]}
     frames = chat_frames(service, turn, prepared, write_back, end)
-    return StreamingResponse(frames, media_type="text/event-stream")
+    return sse_response(frames, context.config.limits.sse_ping_s)
 
 
 # -- knowledge bases --------------------------------------------------------------------------

@@ -372,7 +372,11 @@ def test_chat_routes(service: Service, memos: Memos, user: str, added: dict) -> 
         ),
         ("/product/chat/stream/business_user", m.ChatBusinessRequest, {"business_key": "shop-1"}),
     ):
-        frames = _sse(service.post(path, build(model, **common, **extra)))
+        response = service.post(path, build(model, **common, **extra))
+        # What proxies need to pass a stream through at once, and keep it open.
+        assert response.headers["cache-control"] == "no-cache", path
+        assert response.headers["x-accel-buffering"] == "no", path
+        frames = _sse(response)
         text = "".join(f["data"] for f in frames if f["type"] == "text")
         assert text == CHAT_ANSWER, (path, frames)
         assert frames[-1]["type"] == "end"
