@@ -2,8 +2,10 @@
 
 Tries, in order: the text as is; the first balanced `{...}` / `[...]` block; that block with
 common slips repaired (code fences, trailing commas, Python literals, single quotes, bare
-keys, unclosed brackets at the end of a truncated answer). Raises `JSONRepairError` when
-nothing parses, so the caller can retry or keep the raw memory.
+keys, unclosed brackets at the end of a truncated answer); then the `json-repair` package on
+the block and on the whole text (missing commas between items, unescaped quotes, comments
+and the other slips it knows), keeping only an object or a list. Raises `JSONRepairError`
+when nothing parses, so the caller can retry or keep the raw memory.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+
+import json_repair
 
 
 class JSONRepairError(ValueError):
@@ -39,7 +43,19 @@ def parse_json(text: str) -> Any:
                 return json.loads(attempt)
             except ValueError:
                 continue
+    for whole in (block, text):
+        if whole and (repaired := _library_repair(whole)) is not None:
+            return repaired
     raise JSONRepairError(f"no JSON object could be read from: {_preview(text)}")
+
+
+def _library_repair(text: str) -> Any:
+    """`json-repair`'s reading, when it is an object or a list (it turns prose into "")."""
+    try:
+        value = json_repair.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict | list) and value else None
 
 
 def _first_block(text: str) -> str | None:
