@@ -14,6 +14,7 @@ from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
 from memos_ray.config import MemosConfig
 from memos_ray.errors import ServiceUnavailableError
+from memos_ray.logs import configure as configure_logging
 from memos_ray.runtime.compose import (
     build_query_embedder,
     build_ray_stores,
@@ -24,7 +25,7 @@ from memos_ray.runtime.netguard import keep_serve_grpc_on_loopback, let_ingress_
 from memos_ray.scheduler.actor import SchedulerClient
 from memos_ray.stores.sql.tasks import SQLTaskStore
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger("memos_ray.deployments.ingress")
 
 # Serve pickles the decorated class by value, so its methods get a copy of this module's
 # globals: the replica registers itself through a module function, which is pickled by
@@ -63,6 +64,7 @@ class MemosIngress:
     ) -> None:
         keep_serve_grpc_on_loopback()
         let_ingress_rebind_its_port()
+        configure_logging(config.logging.format, config.logging.level)
         self._config = config
         self._embedder_handle = embedder
         self._llm_handle = llm

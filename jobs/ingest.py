@@ -49,7 +49,7 @@ from memos_ray.services.ingest.cutting import cut_cube
 from memos_ray.services.ingest.fine import FineCounts
 from memos_ray.services.ingest.formats import FORMATS, BadRecord, Unit, input_files, read_units
 
-logger = logging.getLogger("jobs.ingest")
+logger = logging.getLogger("memos_ray.jobs.ingest")
 
 # Shuffle partitions for JSONL / Parquet input: one per this many input bytes, at most MAX.
 GROUP_BYTES = 64 << 20

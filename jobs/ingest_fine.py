@@ -42,7 +42,7 @@ from memos_ray.services.ingest.fine import (
 from memos_ray.services.memory import embedding_text
 from memos_ray.stores.sql.tasks import SQLTaskStore
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("memos_ray.jobs.ingest_fine")
 
 _TASK_NAMESPACE = uuid.UUID("6c1f4a52-93c1-4d51-9a47-0b5d2f1e7c30")
 

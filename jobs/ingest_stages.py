@@ -45,7 +45,7 @@ from memos_ray.stores.graph.base import GraphStore
 from memos_ray.stores.sql.sqlalchemy import SQLTenancyStore
 from memos_ray.stores.vector.base import VectorStore
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("memos_ray.jobs.ingest_stages")
 
 READ_BLOCK_ROWS = 1024
 # Ids per existence query (both stores take them as one filtered call).

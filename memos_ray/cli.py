@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from memos_ray.client import MemosClient, MemosClientError
 from memos_ray.config import load_config
 from memos_ray.errors import MemosError
+from memos_ray.logs import configure as configure_logging
 from memos_ray.runtime.vllm_env import add_parser as add_vllm_env_parser
 
 DEFAULT_CONFIG = Path("configs/local.yaml")
@@ -54,6 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OpenNetworkError as exc:
         print(exc.message, file=sys.stderr)
         return 2
+    configure_logging(config.logging.format, config.logging.level)
 
     stop = threading.Event()
 

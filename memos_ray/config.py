@@ -392,6 +392,12 @@ class LimitsConfig(_Strict):
     max_adapter_rank: int = Field(default=64, ge=1)
 
 
+class LoggingConfig(_Strict):
+    # "json": one JSON object per line (time, level, logger, message, request_id).
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class ArchiveConfig(_Strict):
     # Where dumps made and loaded over the API live (relative to data_dir unless absolute):
     # each user gets its own folder below it, and requests name a dump, never a path.
@@ -446,6 +452,7 @@ class MemosConfig(BaseSettings):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     reorganize: ReorganizeConfig = Field(default_factory=ReorganizeConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("admin_key_sha256", mode="before")
     @classmethod

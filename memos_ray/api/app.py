@@ -4,6 +4,8 @@ never carry an internal address: see `memos_ray.runtime.netguard.public_message`
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
@@ -26,6 +28,7 @@ from memos_ray.api import (
 )
 from memos_ray.api.context import ApiContext
 from memos_ray.errors import MemosError
+from memos_ray.logs import REQUEST_ID, install_request_ids
 from memos_ray.runtime.netguard import public_message, redact
 from memos_ray.schemas.envelope import error_body
 
@@ -33,6 +36,37 @@ logger = logging.getLogger("memos_ray.api")
 
 # The whole body may hold many messages; each one is checked against max_message_bytes.
 MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIds:
+    """Each request's id: the caller's `X-Request-Id` when it is a sane token, else a new one;
+    set for the request's log lines (`memos_ray.logs.REQUEST_ID`) and sent back as a header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        token = REQUEST_ID.set(request_id)
+
+        async def with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, with_id)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 class BodySizeLimit:
@@ -48,10 +82,9 @@ class BodySizeLimit:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            response = JSONResponse(
-                error_body(413, f"request body over {self.max_bytes} bytes"), status_code=413
-            )
-            await response(scope, receive, send)
+            message = f"request body over {self.max_bytes} bytes"
+            body = error_body(413, message, request_id=REQUEST_ID.get())
+            await JSONResponse(body, status_code=413)(scope, receive, send)
             return
         received = 0
 
@@ -67,10 +100,9 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            response = JSONResponse(
-                error_body(413, f"request body over {self.max_bytes} bytes"), status_code=413
-            )
-            await response(scope, receive, send)
+            message = f"request body over {self.max_bytes} bytes"
+            body = error_body(413, message, request_id=REQUEST_ID.get())
+            await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
 class _TooLarge(Exception):
@@ -85,7 +117,8 @@ def _error(
         code = "model_not_found" if kind == "UnknownModelError" else None
         body = {"error": {"message": message, "type": _openai_type(status), "code": code}}
         return JSONResponse(body, status_code=status)
-    return JSONResponse(error_body(status, message, detail=detail), status_code=status)
+    body = error_body(status, message, detail=detail, request_id=REQUEST_ID.get())
+    return JSONResponse(body, status_code=status)
 
 
 def _openai_type(status: int) -> str:
@@ -176,4 +209,7 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
     app.add_exception_handler(GetTimeoutError, restarting)
     app.add_exception_handler(Exception, unexpected)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    # Outermost: the id is set before anything else runs, and on every answer.
+    app.add_middleware(RequestIds)
+    install_request_ids()
     return app

@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from memos_ray.api.context import ApiContext
 from memos_ray.errors import MemosError
+from memos_ray.logs import REQUEST_ID
 from memos_ray.mcp.rest import Rest, in_process_rest
 from memos_ray.mcp.tools import build_server
 from memos_ray.runtime.netguard import is_loopback
@@ -86,7 +87,7 @@ def _refusal(context: ApiContext, request: Request) -> JSONResponse | None:
         context.access.authenticate(request.headers.get("authorization"))
     except MemosError as exc:
         return JSONResponse(
-            error_body(exc.status_code, exc.message),
+            error_body(exc.status_code, exc.message, request_id=REQUEST_ID.get()),
             status_code=exc.status_code,
             headers={"WWW-Authenticate": "Bearer"},
         )
@@ -97,7 +98,8 @@ def _refusal(context: ApiContext, request: Request) -> JSONResponse | None:
             origin is not None and not _loopback_name(urlsplit(origin).hostname)
         ):
             message = "open mode answers MCP only for loopback hosts and origins"
-            return JSONResponse(error_body(403, message), status_code=403)
+            body = error_body(403, message, request_id=REQUEST_ID.get())
+            return JSONResponse(body, status_code=403)
     return None
 
 

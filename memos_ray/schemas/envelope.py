@@ -19,8 +19,13 @@ def ok(data: Any, message: str = "ok") -> dict[str, Any]:
     return {"code": 200, "message": message, "data": data}
 
 
-def error_body(status: int, message: str, detail: Any = None) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, detail: Any = None, request_id: str | None = None
+) -> dict[str, Any]:
+    """MemOS's error envelope; `request_id` (memos-ray's) names the server's log lines."""
     body: dict[str, Any] = {"code": status, "message": message, "data": None}
     if detail is not None:
         body["detail"] = detail
+    if request_id is not None:
+        body["request_id"] = request_id
     return body
