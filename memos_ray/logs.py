@@ -3,8 +3,9 @@ was written for.
 
 The request id lives in a context variable that the API sets per request (from the caller's
 `X-Request-Id`, or a new one) and that thread-pool handlers inherit; every log record made
-while it is set carries it as `request_id`, and error answers carry it too, so a client's
-report and the server's log lines meet.
+while it is set carries it as `memos_request_id` (not `request_id`: Ray Serve passes that
+one as `extra` to its access log, and a record may not have it twice), and error answers
+carry it too, so a client's report and the server's log lines meet.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 ROOT = "memos_ray"
+ATTRIBUTE = "memos_request_id"
 REQUEST_ID: ContextVar[str | None] = ContextVar("memos_request_id", default=None)
 
 _installed = threading.Lock()
 _factory_set = False
-_TEXT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+_TEXT = "%(asctime)s %(levelname)s %(name)s [%(memos_request_id)s] %(message)s"
 
 
 def install_request_ids() -> None:
-    """Every log record gets `request_id` (None outside a request); idempotent."""
+    """Every log record gets `memos_request_id` (None outside a request); idempotent."""
     global _factory_set
     with _installed:
         if _factory_set:
@@ -35,7 +37,7 @@ def install_request_ids() -> None:
 
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = previous(*args, **kwargs)
-            record.request_id = REQUEST_ID.get()
+            setattr(record, ATTRIBUTE, REQUEST_ID.get())
             return record
 
         logging.setLogRecordFactory(factory)
@@ -51,7 +53,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None),
+            "request_id": getattr(record, ATTRIBUTE, None),
         }
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -76,5 +78,5 @@ def configure(format: Literal["text", "json"] = "text", level: str = "INFO") -> 
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        record.request_id = getattr(record, "request_id", None) or "-"
+        setattr(record, ATTRIBUTE, getattr(record, ATTRIBUTE, None) or "-")
         return super().format(record)

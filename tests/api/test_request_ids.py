@@ -41,7 +41,7 @@ def test_errors_and_log_lines_carry_the_id(
     )
     assert made.status_code == 200, made.text
     lines = [r for r in caplog.records if "created for" in r.getMessage()]
-    assert [getattr(r, "request_id", None) for r in lines] == ["req-key-made"]
+    assert [getattr(r, "memos_request_id", None) for r in lines] == ["req-key-made"]
 
 
 def test_json_log_lines() -> None:
