@@ -230,9 +230,7 @@ def cmd_cube_dump(args: argparse.Namespace) -> int:
 
     with _local_stack(args) as stack:
         config, memory = stack.config, stack.services.memory
-        space = cube_archive.space_of(
-            memory, args.cube, config.embedder.model or "", config.embedder.dim
-        )
+        space = cube_archive.space_for(memory, args.cube, config)
         cube = stack.services.tenancy.get_cube(args.cube)
         manifest = cube_archive.dump(
             memory,
@@ -279,18 +277,16 @@ def cmd_cube_load(args: argparse.Namespace) -> int:
             cube_id = args.as_cube or manifest.cube_id
             owner = args.owner or manifest.owner_id or cube_id
             stack.services.access.claim_cube(owner, cube_id, operator)
-            space = cube_archive.space_of(
-                memory, cube_id, config.embedder.model or "", config.embedder.dim
-            )
             report = cube_archive.load(
                 memory,
                 source,
                 as_cube=cube_id,
-                space=space,
+                space=cube_archive.space_for(memory, cube_id, config),
                 preferences=stack.services.preferences,
                 adapters=AdapterStore.for_config(config),
                 batch=args.batch,
                 progress=_progress,
+                manifest=manifest,
             )
     print(file=sys.stderr)
     print(json.dumps(report.summary()))

@@ -41,14 +41,11 @@ def dump_cube(cube_id: CubePath, req: DumpCubeRequest, context: Ctx, who: Who) -
     if not who.unrestricted and context.access.tenancy.access_of(user_id, cube_id) != Access.OWNER:
         raise ForbiddenError(f"only the owner of cube {cube_id!r} may dump it")
     target = export_folder(context, user_id) / req.name
-    config = context.config
     manifest = cube_archive.dump(
         context.service,
         cube_id,
         target,
-        space=cube_archive.space_of(
-            context.service, cube_id, config.embedder.model or "", config.embedder.dim
-        ),
+        space=cube_archive.space_for(context.service, cube_id, context.config),
         cube_name=cube.cube_name if cube else None,
         owner_id=cube.owner_id if cube else None,
         preferences=context.preferences,
@@ -76,7 +73,6 @@ def load_cube(req: LoadCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
     source = export_folder(context, source_user) / req.name
     if not source.is_dir():
         raise NotFoundError(f"no dump named {req.name!r} in the export folder of {source_user!r}")
-    config = context.config
     if memos_import.is_memos_dump(source):
         # MemOS's own layout: read and checked whole before the cube is made.
         memos_dump = memos_import.read(source, req.cube_id)
@@ -89,11 +85,10 @@ def load_cube(req: LoadCubeRequest, context: Ctx, who: Who) -> dict[str, Any]:
             context.service,
             source,
             as_cube=cube_id,
-            space=cube_archive.space_of(
-                context.service, cube_id, config.embedder.model or "", config.embedder.dim
-            ),
+            space=cube_archive.space_for(context.service, cube_id, context.config),
             preferences=context.preferences,
             adapters=_adapters(context),
+            manifest=manifest,
         )
     data = {**report.summary(), "name": req.name}
     return ok(data, f"Dump {req.name} loaded as cube {report.cube_id}")

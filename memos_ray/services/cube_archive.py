@@ -42,6 +42,7 @@ from typing import IO, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import Edge, MemoryItem, iso, memory_id_for, utc_now
 from memos_ray.errors import BadRequestError, ConflictError
 from memos_ray.models.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
@@ -116,6 +117,11 @@ def space_of(
         space = resolve(cube_id)
         return ArchivedSpace(model=space.model, dim=space.dim)
     return ArchivedSpace(model=default_model, dim=default_dim)
+
+
+def space_for(memory: MemoryService, cube_id: str, config: MemosConfig) -> ArchivedSpace:
+    """`space_of` with the deployment's embedder as the default."""
+    return space_of(memory, cube_id, config.embedder.model or "", config.embedder.dim)
 
 
 @dataclass
@@ -360,13 +366,16 @@ def load(
     batch: int = BATCH,
     progress: Progress | None = None,
     keep_map: bool = False,
+    manifest: Manifest | None = None,
 ) -> LoadReport:
     """Write the dump at `source` into `as_cube` (default: the dumped cube's id), which must
     hold no memories. `space` is the target cube's embedding space: the same as the dump's
     keeps the stored vectors, another one re-embeds every point. The old-to-new id map lives
-    in a temporary SQLite file, so memory stays flat; `keep_map` also returns it."""
+    in a temporary SQLite file, so memory stays flat; `keep_map` also returns it. A caller
+    that has checked the dump already passes its `manifest` (no second pass over the files)."""
     source = source.expanduser().resolve()
-    manifest = read_manifest(source)
+    if manifest is None:
+        manifest = read_manifest(source)
     cube_id = as_cube or manifest.cube_id
     if memory.graph.count(cube_id):
         raise ConflictError(f"cube {cube_id!r} already holds memories; load into a new cube")

@@ -13,7 +13,7 @@ from typing import Any
 
 from memos_ray.core.filters import LIST_FIELDS, TOP_LEVEL_FIELDS, And, Condition, FilterExpr, Or
 from memos_ray.domain.memory import Edge, EdgeType, MemoryItem, MemoryMetadata, content_hash
-from memos_ray.errors import ConflictError, FilterError
+from memos_ray.errors import ConflictError, FilterError, StoreError
 
 INFO_PREFIX = "info__"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -221,6 +221,17 @@ def where_clause(
         clauses.append(fragment)
         params.update(filter_params)
     return " AND ".join(clauses), params
+
+
+def nodes_after_query(cube_id: str, after: str | None, limit: int) -> tuple[str, dict[str, Any]]:
+    """The keyset page of `GraphStore.nodes_after`: ids above `after`, in id order."""
+    if limit < 1:
+        raise StoreError("nodes_after: limit must be >= 1")
+    clause = "n.cube_id = $cube" + (" AND n.id > $after" if after is not None else "")
+    query = (
+        f"MATCH (n:{LABEL}) WHERE {clause} RETURN {NODE_COLUMNS} ORDER BY n.id LIMIT {int(limit)}"
+    )
+    return query, {"cube": cube_id, "after": after}
 
 
 def edges_from_rows(rows: Sequence[Mapping[str, Any]]) -> list[Edge]:

@@ -48,6 +48,7 @@ from memos_ray.stores.graph.cypher import (
     edges_from_rows,
     item_from_row,
     node_props,
+    nodes_after_query,
     where_clause,
 )
 
@@ -319,17 +320,8 @@ class FalkorDBGraphStore(GraphStore):
         return [item_from_row(row) for row in rows], total
 
     def nodes_after(self, cube_id: str, after: str | None, limit: int) -> list[MemoryItem]:
-        if limit < 1:
-            raise StoreError("nodes_after: limit must be >= 1")
-        clause = "n.cube_id = $cube" + (" AND n.id > $after" if after is not None else "")
-        params: dict[str, Any] = {"cube": cube_id, "after": after}
-        rows = self._read(
-            f"MATCH (n:{LABEL}) WHERE {clause} RETURN {NODE_COLUMNS} "
-            f"ORDER BY n.id LIMIT {int(limit)}",
-            params,
-            "list",
-        )
-        return [item_from_row(row) for row in rows]
+        query, params = nodes_after_query(cube_id, after, limit)
+        return [item_from_row(row) for row in self._read(query, params, "list")]
 
     def delete_nodes(self, cube_id: str, ids: Sequence[str]) -> int:
         if not ids:
