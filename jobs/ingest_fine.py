@@ -29,6 +29,7 @@ from memos_ray.models.chat import ChatModel
 from memos_ray.runtime.compose import build_tenancy_store
 from memos_ray.runtime.jobs_llm import LLMRoute, chat_model_for
 from memos_ray.scheduler.actor import SchedulerClient
+from memos_ray.scheduler.feed import FeedingTaskStore
 from memos_ray.services.fine_reader import FineReader
 from memos_ray.services.ingest.extractions import ExtractionLedger
 from memos_ray.services.ingest.fine import (
@@ -84,7 +85,7 @@ class ExtractStage:
         if self._ledger is None:
             engine = stores.tenancy.engine
             self._ledger = ExtractionLedger(engine)
-            self._tasks = SQLTaskStore(engine)
+            self._tasks = FeedingTaskStore(SQLTaskStore(engine), self._config)
         return stores
 
     def __call__(self, batch: pa.Table) -> pa.Table:

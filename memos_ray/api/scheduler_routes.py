@@ -4,7 +4,6 @@ Backed by the durable task log, so they answer the same after any restart. No `f
 __future__ import annotations`: FastAPI must see the dependency aliases as objects.
 """
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from memos_ray.config import LimitsConfig
 from memos_ray.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from memos_ray.runtime.netguard import redact
 from memos_ray.scheduler.actor import SchedulerClient
+from memos_ray.scheduler.feed import FeedWaiter
 from memos_ray.schemas.envelope import ok
 from memos_ray.schemas.values import ValidText
 from memos_ray.stores.sql.tasks import Task
@@ -118,7 +118,8 @@ async def wait(
 ) -> dict[str, Any]:
     """MemOS passes query parameters, memos-ray's clients a JSON body: either works.
 
-    Async: while it sleeps between polls it holds no thread, only the SQL reads do."""
+    Async, and woken by the task log's change feed: while nothing changes it holds no thread
+    and reads nothing."""
     req = _wait_request(body, user_name, timeout_seconds, poll_interval, user_id)
 
     def authorise() -> tuple[SchedulerClient, str]:
@@ -131,10 +132,12 @@ async def wait(
     scheduler, cube = await run_in_threadpool(authorise)
     timeout, poll = wait_plan(req.timeout_seconds, req.poll_interval, context.config.limits)
     deadline = time.monotonic() + timeout
+    changes = FeedWaiter(context.config, [f"cube:{cube}"], fallback_s=poll)
+    await changes.start()
     pending = await run_in_threadpool(scheduler.tasks.pending, cube)
     while pending and time.monotonic() < deadline:
-        await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
-        pending = await run_in_threadpool(scheduler.tasks.pending, cube)
+        if await changes.next_change(deadline - time.monotonic()):
+            pending = await run_in_threadpool(scheduler.tasks.pending, cube)
     failed = len(
         await run_in_threadpool(lambda: scheduler.tasks.find(cube_id=cube, states=["failed"]))
     )
@@ -181,8 +184,9 @@ def wait_stream(
     poll_interval: Annotated[float, Query(gt=0, le=60)] = 0.5,
     user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> StreamingResponse:
-    """MemOS's progress stream for a queue: a frame per poll (`running` with the count of
-    active tasks, then `idle`), or `timeout`. `user_name` is the cube (a user's default cube
+    """MemOS's progress stream for a queue: a frame per interval (`running` with the count of
+    active tasks, then `idle`), or `timeout`; the count is read again only when the task
+    log's change feed says the cube's tasks changed. `user_name` is the cube (a user's default cube
     has the user's id)."""
     scheduler = _scheduler(context)
     acting = context.access.acting_user(who, user_id, [user_name])
@@ -191,8 +195,10 @@ def wait_stream(
 
     async def frames() -> AsyncIterator[str]:
         started = time.monotonic()
+        changes = FeedWaiter(context.config, [f"cube:{cube}"], fallback_s=poll)
+        await changes.start()
+        active = await run_in_threadpool(scheduler.tasks.pending, cube)
         while True:
-            active = await run_in_threadpool(scheduler.tasks.pending, cube)
             elapsed = time.monotonic() - started
             timed_out = active > 0 and elapsed >= timeout
             state = "timeout" if timed_out else ("running" if active else "idle")
@@ -207,7 +213,10 @@ def wait_stream(
             yield f"data: {json.dumps(frame)}\n\n"
             if state != "running":
                 return
-            await asyncio.sleep(min(poll, max(0.0, timeout - elapsed) + 0.01))
+            # A frame each interval (MemOS's clients show progress); the log is read only
+            # when the feed says the cube's tasks changed.
+            if await changes.next_change(min(poll, max(0.0, timeout - elapsed) + 0.01)):
+                active = await run_in_threadpool(scheduler.tasks.pending, cube)
 
     return sse_response(frames(), context.config.limits.sse_ping_s)
 
@@ -222,8 +231,9 @@ def stream(
 ) -> StreamingResponse:
     """Server-sent events: each task's state when it changes, then an end frame.
 
-    At most `limits.max_stream_s` long; an async generator, so an open stream holds no
-    thread between its polls."""
+    At most `limits.max_stream_s` long. The task log is read when its change feed
+    (`scheduler.feed`) says one of the user's tasks changed: a quiet stream reads nothing and,
+    being an async generator, holds no thread."""
     scheduler = _scheduler(context)
     acting = context.access.act_as(who, user_id or who.user_id)
     if not 0 < timeout_seconds <= 3600:  # NaN fails this too
@@ -234,6 +244,8 @@ def stream(
     async def frames() -> AsyncIterator[str]:
         seen: dict[str, tuple[str, int]] = {}
         deadline = time.monotonic() + duration
+        changes = FeedWaiter(context.config, [f"user:{acting}"], fallback_s=poll)
+        await changes.start()
         while True:
             tasks = await run_in_threadpool(_tasks, scheduler, acting, task_id)
             for task in tasks:
@@ -246,7 +258,11 @@ def stream(
                 end = {"type": "end", "data": {"done": done, "tasks": len(tasks)}}
                 yield f"data: {json.dumps(end)}\n\n"
                 return
-            await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic()) + 0.01))
+            # Pushed, not polled: the next read waits for the feed to say one of the user's
+            # tasks changed (or for the deadline, for the end frame).
+            while not await changes.next_change(deadline - time.monotonic()):
+                if time.monotonic() >= deadline:
+                    break
 
     return sse_response(frames(), context.config.limits.sse_ping_s)
 

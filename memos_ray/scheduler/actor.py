@@ -22,6 +22,7 @@ from ray.util import metrics
 from memos_ray.config import MemosConfig
 from memos_ray.embedded.falkordb_actor import actor_suffix
 from memos_ray.scheduler.context import Handler, HandlerContext, load_handler
+from memos_ray.scheduler.feed import FeedingTaskStore
 from memos_ray.stores.sql.sqlalchemy import SQLTenancyStore
 from memos_ray.stores.sql.tasks import QueueFullError, SQLTaskStore, Task, TaskStore
 
@@ -205,7 +206,9 @@ class CubeSchedulerActor:
     def __init__(self, config: MemosConfig, cube_id: str) -> None:
 
         sched = config.scheduler
-        self._tasks = SQLTaskStore(SQLTenancyStore.for_config(config).engine)
+        self._tasks = FeedingTaskStore(
+            SQLTaskStore(SQLTenancyStore.for_config(config).engine), config
+        )
         handlers = {label: load_handler(path) for label, path in sched.handler_paths().items()}
         self._core = CubeScheduler(
             cube_id,
@@ -278,7 +281,10 @@ class SchedulerClient:
 
     def __init__(self, config: MemosConfig, tasks: TaskStore) -> None:
         self.config = config
-        self.tasks = tasks
+        # Its writes reach the change feed that the scheduler streams wait on.
+        self.tasks = (
+            tasks if isinstance(tasks, FeedingTaskStore) else FeedingTaskStore(tasks, config)
+        )
 
     def actor(self, cube_id: str) -> Any:
         return CubeSchedulerActor.options(  # type: ignore[attr-defined]

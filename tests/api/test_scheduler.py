@@ -181,10 +181,17 @@ def test_tasks_left_by_a_stopped_service_complete_after_restart(
     assert sorted(n for _, n in _applied(config, cube)) == list(range(20))
 
 
+@dataclasses.dataclass
+class ApiUnderTest:
+    http: httpx.Client
+    config: MemosConfig
+    engine: Any  # the API's own SQL engine: the test counts what the routes read
+
+
 @contextmanager
 def _api(
     config: MemosConfig, embedder: Any, folder: str, queue_limit: int
-) -> Iterator[httpx.Client]:
+) -> Iterator[ApiUnderTest]:
     """The HTTP API with its own scheduler, on embedded stores in a folder of the data dir.
     `mem_read` is the logging handler (no LLM reads anything); `mem_feedback` the real one
     over a scripted model (see tests/fixtures/scripted_model.py)."""
@@ -216,14 +223,19 @@ def _api(
             serve_in_thread(create_app(lambda: context)) as url,
             httpx.Client(base_url=url, timeout=60) as http,
         ):
-            yield http
+            yield ApiUnderTest(http, api_config, stack.tenancy.engine)
 
 
 @pytest.fixture(scope="module")
-def api(client: SchedulerClient, config: MemosConfig, embedder: Any) -> Iterator[httpx.Client]:
+def api_run(client: SchedulerClient, config: MemosConfig, embedder: Any) -> Iterator[ApiUnderTest]:
     """A small queue limit (2), to see 429s."""
-    with _api(config, embedder, "api", queue_limit=2) as http:
-        yield http
+    with _api(config, embedder, "api", queue_limit=2) as run:
+        yield run
+
+
+@pytest.fixture(scope="module")
+def api(api_run: ApiUnderTest) -> httpx.Client:
+    return api_run.http
 
 
 def test_200_concurrent_http_adds_are_read_in_order_once(
@@ -231,7 +243,8 @@ def test_200_concurrent_http_adds_are_read_in_order_once(
 ) -> None:
     """Through HTTP: each async add is acknowledged with its task, every task runs once, in
     the order the service recorded them, and every fast memory is there."""
-    with _api(config, embedder, "api-wide", queue_limit=1000) as http:
+    with _api(config, embedder, "api-wide", queue_limit=1000) as run:
+        http = run.http
 
         def add(n: int) -> dict[str, Any]:
             response = http.post(
@@ -378,3 +391,37 @@ def test_idle_scheduler_exits_and_comes_back_on_demand(
     quick.submit(cube, "u", "record", {"n": 2})
     _wait_done(quick, cube)
     assert [n for _, n in _applied(config, cube)] == [1, 2]
+
+
+def test_task_stream_is_pushed_by_the_task_log_not_polled(api_run: ApiUnderTest) -> None:
+    """While a task runs for 3 s the stream reads the task log only when the task changes
+    (claimed, finished): the change feed wakes it. Polling every 0.5 s would read 6+ times."""
+    from sqlalchemy import event
+
+    reads: list[float] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and " tasks" in statement:
+            reads.append(time.monotonic())
+
+    scheduler = SchedulerClient(api_run.config, SQLTaskStore(api_run.engine))
+    event.listen(api_run.engine, "before_cursor_execute", count)
+    try:
+        task = scheduler.submit("pushed", "pushed", "slow_record", {"n": 1, "sleep": 3})
+        frames: list[tuple[float, dict[str, Any]]] = []
+        with api_run.http.stream(
+            "GET", "/product/scheduler/stream", params={"user_id": "pushed"}
+        ) as stream:
+            started = time.monotonic()
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    frames.append((time.monotonic(), json.loads(line[6:])))
+        streamed = [r for r in reads if r >= started]
+    finally:
+        event.remove(api_run.engine, "before_cursor_execute", count)
+    states = [f["data"]["state"] for _, f in frames if f["type"] == "task"]
+    assert states[-1] == "completed" and frames[-1][1]["type"] == "end", frames
+    assert frames[-1][0] - started >= 2.5  # the stream did wait out the 3 s task
+    # One read to start, one per change (claimed, completed) and the stream's own: not 6+.
+    assert len(streamed) <= 4, len(streamed)
+    assert scheduler.tasks.get([task.task_id])[0].state == "completed"
