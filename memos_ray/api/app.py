@@ -25,6 +25,7 @@ from memos_ray.api import (
     routes,
     scheduler_routes,
     sdk_routes,
+    ui_route,
 )
 from memos_ray.api.context import ApiContext
 from memos_ray.errors import MemosError
@@ -204,6 +205,7 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
         app.include_router(router)
     # MCP's tools call the routes above in process, as the MCP request's caller.
     mcp_route.mount(app, mcp)
+    ui_route.mount(app)
     app.add_exception_handler(MemosError, memos_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(RayActorError, restarting)

@@ -9,11 +9,11 @@ import logging
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Query
 
 from memos_ray.api.context import ApiContext
 from memos_ray.api.deps import Ctx, Who
-from memos_ray.api.wire import bucket, edge_json, item_json, preference_bucket
+from memos_ray.api.wire import bucket, edge_json, graph_node_json, item_json, preference_bucket
 from memos_ray.core.filters import And, Condition, FilterExpr, Or, parse_filter
 from memos_ray.domain.memory import (
     DEFAULT_SESSION,
@@ -189,6 +189,34 @@ def get_memory_by_id(
     if not items:
         return ok(None, f"Memory with ID {memory_id} not found")
     return ok(item_json(items[0]), "Memory retrieved successfully")
+
+
+@product.get("/get_memory/{memory_id}/graph")
+def get_memory_graph(
+    memory_id: str,
+    context: Ctx,
+    who: Who,
+    user_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    """The memory and its graph neighbourhood (turn order, material, summary, topic parents,
+    merges), for the console's graph view: `nodes` (the memory first) and `edges`, at most
+    `limit` of them. Unknown or unreadable: `data: null`, as for /get_memory/{id}."""
+    items = _readable_items(context, who, user_id, [memory_id])
+    if not items:
+        return ok(None, f"Memory with ID {memory_id} not found")
+    center = items[0]
+    edges = context.service.graph.get_edges(center.cube_id, [center.id])[:limit]
+    others = list(dict.fromkeys(e.source if e.target == center.id else e.target for e in edges))
+    neighbours = context.service.get_by_ids([center.cube_id], others) if others else []
+    shown = {center.id} | {n.id for n in neighbours}
+    data = {
+        "cube_id": center.cube_id,
+        "center": center.id,
+        "nodes": [graph_node_json(i) for i in [center, *neighbours]],
+        "edges": [edge_json(e) for e in edges if e.source in shown and e.target in shown],
+    }
+    return ok(data, "Memory graph retrieved successfully")
 
 
 @product.post("/get_memory_by_ids")

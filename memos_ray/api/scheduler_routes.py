@@ -228,8 +228,10 @@ def stream(
     user_id: str | None = None,
     task_id: str | None = None,
     timeout_seconds: float = 600.0,
+    follow: bool = False,
 ) -> StreamingResponse:
-    """Server-sent events: each task's state when it changes, then an end frame.
+    """Server-sent events: each task's state when it changes, then an end frame (once every
+    task is finished, or with `follow` only at the deadline: new tasks show up as they come).
 
     At most `limits.max_stream_s` long. The task log is read when its change feed
     (`scheduler.feed`) says one of the user's tasks changed: a quiet stream reads nothing and,
@@ -254,7 +256,7 @@ def stream(
                     seen[task.task_id] = state
                     yield f"data: {json.dumps({'type': 'task', 'data': _task_json(task)})}\n\n"
             done = all(t.state in ("completed", "failed") for t in tasks)
-            if done or time.monotonic() > deadline:
+            if (done and not follow) or time.monotonic() > deadline:
                 end = {"type": "end", "data": {"done": done, "tasks": len(tasks)}}
                 yield f"data: {json.dumps(end)}\n\n"
                 return

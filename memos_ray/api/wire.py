@@ -18,6 +18,19 @@ def item_json(item: MemoryItem) -> dict[str, Any]:
     return data
 
 
+def graph_node_json(item: MemoryItem) -> dict[str, Any]:
+    """A memory as a node of a drawn graph: enough to label it and open it."""
+    meta = item.metadata
+    return {
+        "id": item.id,
+        "memory": item.memory,
+        "memory_type": meta.memory_type,
+        "status": meta.status,
+        "key": meta.key,
+        "created_at": meta.created_at,
+    }
+
+
 def edge_json(edge: Edge) -> dict[str, Any]:
     return edge.model_dump(mode="json")
 
