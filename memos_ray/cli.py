@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import os
 import signal
@@ -15,41 +16,72 @@ import yaml
 from pydantic import BaseModel
 
 from memos_ray.client import MemosClient, MemosClientError
-from memos_ray.config import load_config
+from memos_ray.config import MemosConfig, load_config
 from memos_ray.errors import MemosError
 from memos_ray.logs import configure as configure_logging
 from memos_ray.runtime.vllm_env import add_parser as add_vllm_env_parser
 
-DEFAULT_CONFIG = Path("configs/local.yaml")
+# The local profile (configs/local.yaml) ships inside the package, so that `memos-ray serve`
+# runs the same app whichever directory it is started from.
+PROFILE = ("profiles", "local.yaml")
+CONFIG_HELP = "Serve config YAML (default: the packaged local profile, as configs/local.yaml)"
+
+
+def local_profile_text() -> str:
+    """The packaged local profile, byte for byte (a copy of configs/local.yaml)."""
+    return importlib.resources.files("memos_ray").joinpath(*PROFILE).read_text()
+
+
+def _config_file(value: str) -> Path:
+    """argparse type of `--config`: a file named but missing is an error, never a fallback."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(
+            f"config file {value} not found (leave --config out for the packaged local profile)"
+        )
+    return path
 
 
 def _serve_spec(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
-    if path is None:
-        return {}
-    if not path.exists():
+    """The Serve config: `path`, else the packaged profile (never a file in the cwd)."""
+    if path is not None and not path.is_file():
         raise SystemExit(f"memos-ray: config file {path} not found")
-    return yaml.safe_load(path.read_text()) or {}
+    spec = yaml.safe_load(local_profile_text() if path is None else path.read_text()) or {}
+    if not isinstance(spec, dict):
+        raise SystemExit(f"memos-ray: {path} is not a Serve config (a YAML mapping)")
+    return spec
+
+
+def _app_config(spec: dict[str, Any]) -> MemosConfig:
+    """The first application's `args.config` over `MEMOS_*` environment variables."""
+    apps = spec.get("applications") or [{}]
+    return load_config((apps[0].get("args") or {}).get("config") or {})
+
+
+def resolve_serve(
+    path: Path | None, host: str | None = None, port: int | None = None
+) -> tuple[str, int, MemosConfig]:
+    """What `memos-ray serve` runs: HTTP host and port (flags over the file) and the config."""
+    spec = _serve_spec(path)
+    http = spec.get("http_options") or {}
+    return (
+        host or http.get("host", "127.0.0.1"),
+        int(port or http.get("port", 8000)),
+        _app_config(spec),
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.data_dir:
+        os.environ["MEMOS_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
+    host, port, config = resolve_serve(args.config, args.host, args.port)
+
     # deferred: Ray, Serve and torch load only for the commands that run them, so the client
     # commands (add, search, chat, admin) start in well under a second.
     from memos_ray.runtime.launcher import local_service
     from memos_ray.runtime.netguard import OpenNetworkError, require_admin_key
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.data_dir:
-        os.environ["MEMOS_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
-    spec = _serve_spec(args.config)
-    http = spec.get("http_options") or {}
-    host = args.host or http.get("host", "127.0.0.1")
-    port = int(args.port or http.get("port", 8000))
-    apps = spec.get("applications") or [{}]
-    overrides = (apps[0].get("args") or {}).get("config") or {}
-
-    config = load_config(overrides)
     try:
         require_admin_key(host, config, "memos-ray")
     except OpenNetworkError as exc:
@@ -215,9 +247,7 @@ def _local_stack(args: argparse.Namespace) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.data_dir:
         os.environ["MEMOS_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
-    apps = _serve_spec(args.config).get("applications") or [{}]
-    config = load_config((apps[0].get("args") or {}).get("config") or {})
-    return LocalStack(config)
+    return LocalStack(_app_config(_serve_spec(args.config)))
 
 
 def _progress(stage: str, done: int, total: int) -> None:
@@ -306,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the API on Ray Serve (embedded defaults)")
-    serve.add_argument("--config", type=Path, help="Serve config YAML (default configs/local.yaml)")
+    serve.add_argument("--config", type=_config_file, help=CONFIG_HELP)
     serve.add_argument("--host", help="the HTTP API's bind address (default 127.0.0.1)")
     serve.add_argument(
         "--ray-host",
@@ -390,9 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("load", "load the dump in DIR (into a cube without memories); MemOS's too"),
     ):
         cmd = cube_sub.add_parser(name, help=helptext)
-        cmd.add_argument(
-            "--config", type=Path, help="Serve config YAML (default configs/local.yaml)"
-        )
+        cmd.add_argument("--config", type=_config_file, help=CONFIG_HELP)
         cmd.add_argument("--data-dir", help="the data dir of the embedded stores (MEMOS_DATA_DIR)")
         cmd.add_argument("--batch", type=int, default=512, help="memories per batch")
         if name == "dump":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -107,6 +108,7 @@ class TransformersChatModel(ChatModel):
         # The base model's Linear layers, taken before any LoRA wraps them: every adapter's
         # tensors are checked against these before it touches the shared model.
         self._linear = _linear_layers(self.model)
+        self._cache_arg = _cache_argument(self.model)
         limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
         self.max_context_tokens = min(max_context_tokens or limit, limit)
         self._lock = threading.Lock()
@@ -202,7 +204,7 @@ class TransformersChatModel(ChatModel):
         cancel = threading.Event()
         kwargs = self._generate_kwargs(request, ids, streamer, cancel)
         if cache is not None:
-            kwargs["cache"] = cache
+            kwargs[self._cache_arg] = cache
         failure: list[BaseException] = []
 
         def run() -> None:
@@ -320,8 +322,8 @@ class TransformersChatModel(ChatModel):
             with torch.inference_mode(), adapter_scope():
                 model(
                     input_ids=torch.tensor([prefix], device=self._device),
-                    cache=cache,
                     use_cache=True,
+                    **{self._cache_arg: cache},
                 )
             self._save_cache(key, cache)
         self._caches[key] = cache
@@ -483,6 +485,13 @@ class TransformersChatModel(ChatModel):
         self.model.eval()
         self._peft = None
         self._caches.clear()
+
+
+def _cache_argument(model: Any) -> str:
+    """The name forward() and generate() take a KV cache by: `cache` from transformers 5.24,
+    `past_key_values` before (the releases vLLM pins). The wrong name is no error: forward()
+    swallows it and the prefix cache stays empty; 5.24+ only warns on the old one."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _linear_layers(model: Any) -> dict[str, tuple[int, int]]:
