@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -29,10 +28,9 @@ from memos_ray.scheduler.actor import CubeScheduler, SchedulerMetrics
 from memos_ray.scheduler.context import HandlerContext
 from memos_ray.stores.sql.tasks import SQLTaskStore
 from tests.fixtures.api import RunningApi
+from tests.fixtures.metrics import DASHBOARD, dashboard_metrics, metric_names, scrape_until
 
 pytestmark = pytest.mark.ray
-
-DASHBOARD = Path(__file__).parents[2] / "deployments" / "grafana" / "memos-ray.json"
 
 # Ray Serve 2.60's metric names as Prometheus sees them (counters end in _total).
 SERVE_METRICS = {
@@ -48,38 +46,6 @@ SERVE_METRICS = {
 RAY_LABELS = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId", "le"}
 WATCHED = "watched-cube"
 SECRET_CUBE = "cube-0f3a9c-secret"
-
-_PROMQL_WORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-    "unless", "offset", "sum", "avg", "min", "max", "count", "rate", "irate", "increase",
-    "histogram_quantile", "topk", "bottomk", "le",
-}  # fmt: skip
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects: identifiers that are not functions,
-    keywords, label names in `by (...)` / `{...}`, ranges or Grafana variables."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges ($__rate_interval too)
-    expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", expr)
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        word = match.group()
-        called = expr[match.end() :].lstrip().startswith("(")
-        if not called and word not in _PROMQL_WORDS:
-            names.add(word)
-    return names
-
-
-def dashboard_metrics() -> set[str]:
-    board = json.loads(DASHBOARD.read_text())
-    return {
-        name
-        for panel in board["panels"]
-        for target in panel.get("targets", [])
-        for name in metric_names(target["expr"])
-    }
 
 
 def test_dashboard_is_a_grafana_dashboard() -> None:
@@ -127,23 +93,6 @@ def test_metrics_are_no_ops_outside_ray(monkeypatch: pytest.MonkeyPatch) -> None
     assert metrics.bounded("/product/cubes/abc") == "other"
     assert metrics.bounded("chat", metrics.PURPOSES) == "chat"
     assert metrics.bounded("user-42", metrics.PURPOSES) == "other"
-
-
-def _scrape() -> str:
-    import ray
-
-    port = ray._private.worker.global_worker.node.metrics_export_port
-    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-
-
-def _series(body: str) -> list[tuple[str, dict[str, str]]]:
-    out = []
-    for line in body.splitlines():
-        m = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})? ", line)
-        if m and not line.startswith("#"):
-            labels = dict(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"', m[2] or ""))
-            out.append((m[1], labels))
-    return out
 
 
 class _Flaky:
@@ -210,15 +159,7 @@ def test_dashboard_metrics_are_exported_with_bounded_labels(
     _exercise_scheduler_and_stores(tmp_path)
 
     wanted = {n for n in dashboard_metrics() if n.startswith("ray_memos_")}
-    deadline = time.monotonic() + 45
-    while True:  # the metrics agent takes a report interval to publish
-        body = _scrape()
-        series = _series(body)
-        missing = wanted - {name for name, _ in series}
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert not missing, f"not exported: {sorted(missing)}"
+    series = scrape_until(wanted)
 
     keys = {m.spec.name: set(m.spec.tag_keys) for m in metrics.ALL}
     ours = [(n, labels) for n, labels in series if n.startswith("ray_memos_")]
