@@ -26,6 +26,7 @@ from memos_ray.embedded.supervisor import Supervisor
 from memos_ray.errors import StoreError
 from memos_ray.scheduler.actor import CubeScheduler, SchedulerMetrics
 from memos_ray.scheduler.context import HandlerContext
+from memos_ray.stores.sql.sqlalchemy import SQLTenancyStore
 from memos_ray.stores.sql.tasks import SQLTaskStore
 from tests.fixtures.api import RunningApi
 from tests.fixtures.metrics import DASHBOARD, dashboard_metrics, metric_names, scrape_until
@@ -128,10 +129,11 @@ def _exercise_scheduler_and_stores(tmp_path: Path) -> None:
         assert core.drain() == 1
         watch.queue(cube, tasks.pending(cube))
     metrics.llm_tokens("chat", 12, 3)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE tasks"))
+    tenancy = SQLTenancyStore(f"sqlite:///{tmp_path / 'tenancy.db'}")
+    with tenancy.engine.begin() as conn:
+        conn.execute(text("DROP TABLE llm_usage"))
     with pytest.raises(StoreError):
-        tasks.pending(WATCHED)
+        tenancy.llm_usage(WATCHED)
     server = _Flaky()
     supervisor = Supervisor(server, "Test Store", poll_s=0.02, min_delay_s=0.01)
     deadline = time.monotonic() + 10
@@ -180,7 +182,7 @@ def test_dashboard_metrics_are_exported_with_bounded_labels(
     written = [labels for n, labels in ours if n == "ray_memos_memories_written_total"]
     assert written and all(labels["memory_type"].endswith("Memory") for labels in written)
     errors = [labels for n, labels in ours if n == "ray_memos_store_errors_total"]
-    failed_sql = {"store": "tasks", "backend": "sqlite", "operation": "transaction"}
+    failed_sql = {"store": "sql", "backend": "sqlite", "operation": "transaction"}
     assert any(failed_sql.items() <= labels.items() for labels in errors), errors
     restarts = [labels for n, labels in ours if n == "ray_memos_store_restarts_total"]
     assert any(r["store"] == "test_store" and r["how"] == "server" for r in restarts)

@@ -278,10 +278,10 @@ class SQLTenancyStore(TenancyStore):
         except IntegrityError as exc:
             if conflict is not None:
                 raise ConflictError(conflict) from None
-            metrics.store_error("sql", self._engine.dialect.name, "integrity")
+            metrics.store_error("sql", self._backend, "integrity")
             raise StoreError(f"integrity error: {exc.orig}") from exc
         except SQLAlchemyError as exc:
-            metrics.store_error("sql", self._engine.dialect.name, "transaction")
+            metrics.store_error("sql", self._backend, "transaction")
             raise StoreError(f"SQL store failed: {exc}") from exc
 
     @contextmanager
