@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from ray import serve
 
+from memos_ray import metrics
 from memos_ray.config import EmbedderConfig
 from memos_ray.errors import ConfigError
 from memos_ray.models.embedder import Encoded, SentenceTransformerEmbedder
@@ -39,6 +40,7 @@ class EmbedderDeployment:
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def embed_one(self, texts: list[str]) -> list[Encoded]:
         """Single texts from concurrent requests, encoded as one batch."""
+        metrics.EMBEDDER_BATCH.observe(len(texts), call="batched")
         encoded = self._embedder.encode(texts)
         tokens: list[np.ndarray | None] = (
             list(encoded.tokens) if encoded.tokens else [None] * len(texts)
@@ -50,6 +52,7 @@ class EmbedderDeployment:
 
     def embed_many(self, texts: list[str]) -> Encoded:
         """A request that already holds a batch (bulk add) skips the batching queue."""
+        metrics.EMBEDDER_BATCH.observe(len(texts), call="bulk")
         return self._embedder.encode(texts)
 
     def dim(self) -> int:
@@ -59,6 +62,7 @@ class EmbedderDeployment:
         """`texts` encoded by another model ("" is the packaged all-MiniLM-L6-v2). A sync
         method runs in Serve's thread pool: loading a model does not block the event loop
         that batches the configured model's requests."""
+        metrics.EMBEDDER_BATCH.observe(len(texts), call="other_model")
         return self._model(model).encode(texts)
 
     def _model(self, model: str) -> SentenceTransformerEmbedder:

@@ -24,6 +24,7 @@ import pyarrow as pa
 from ray import serve
 
 from jobs.ingest_stages import MEMORY_SCHEMA, Stores, row, stored_ids, stores_for, units_by_cube
+from memos_ray import metrics
 from memos_ray.config import MemosConfig, NoPreferenceConfig
 from memos_ray.models.chat import ChatModel
 from memos_ray.runtime.compose import build_tenancy_store
@@ -163,6 +164,7 @@ class ExtractStage:
                 for future in futures:
                     future.cancel()
                 counts.llm_seconds = round(time.perf_counter() - started, 3)
+                metrics.llm_tokens("ingest", counts.prompt_tokens, counts.completion_tokens)
                 if counts.llm_calls:
                     stores.tenancy.record_llm_usage(
                         cube_id, counts.prompt_tokens, counts.completion_tokens, counts.llm_calls

@@ -398,6 +398,12 @@ class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class MetricsConfig(_Strict):
+    # Cubes whose scheduler queue length is exported with a `cube` label. Empty (the default):
+    # no metric carries a cube id, only per-actor lengths that sum to the total queued.
+    watch_cubes: list[str] = Field(default_factory=list, max_length=50)
+
+
 class ArchiveConfig(_Strict):
     # Where dumps made and loaded over the API live (relative to data_dir unless absolute):
     # each user gets its own folder below it, and requests name a dump, never a path.
@@ -453,6 +459,7 @@ class MemosConfig(BaseSettings):
     reorganize: ReorganizeConfig = Field(default_factory=ReorganizeConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("admin_key_sha256", mode="before")
     @classmethod

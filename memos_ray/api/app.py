@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from memos_ray import __version__
+from memos_ray import __version__, metrics
 from memos_ray.api import (
     admin_routes,
     archive_routes,
@@ -70,6 +71,43 @@ class RequestIds:
             await self.app(scope, receive, with_id)
         finally:
             REQUEST_ID.reset(token)
+
+
+class RouteLatency:
+    """`memos_http_request_seconds` by route *template* (`/product/search`, never a path with
+    ids in it), method and status class, until the last byte of the answer is sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 500
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            # The router set the matched route on the shared scope; none matched: a 404.
+            route = getattr(scope.get("route"), "path", None)
+            method = scope.get("method", "")
+            metrics.HTTP_SECONDS.observe(
+                time.monotonic() - started,
+                route=route if isinstance(route, str) else "unmatched",
+                method=method if method in _METHODS else "other",
+                status=metrics.status_class(status),
+            )
+
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 class BodySizeLimit:
@@ -213,6 +251,7 @@ def create_app(get_context: Callable[[], ApiContext], version: str = __version__
     app.add_exception_handler(GetTimeoutError, restarting)
     app.add_exception_handler(Exception, unexpected)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RouteLatency)
     # Outermost: the id is set before anything else runs, and on every answer.
     app.add_middleware(RequestIds)
     install_request_ids()

@@ -22,6 +22,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from memos_ray import metrics
 from memos_ray.errors import ConfigError, MemosError, StoreError, StoreUnavailableError
 from memos_ray.stores.vector.base import (
     CubeScan,
@@ -93,6 +94,7 @@ class VectorStoreActor:
     """Owns the engine; decorated as a Ray actor by `get_or_create_vector_actor`."""
 
     def __init__(self, spec: StoreSpec) -> None:
+        metrics.actor_started("vector")
         self._store = build_store(spec)
         self._gate = _Gate()
         self._write_lock = threading.Lock()
@@ -213,19 +215,23 @@ class ActorVectorStore(VectorStore):
         return self._dim
 
     def _call(self, method: str, *args: Any) -> Any:
+        """The actor's own errors come back as their exact class (the API maps the status;
+        the actor's store counted them); failures to reach it are counted here."""
         try:
             return ray.get(getattr(self._actor, method).remote(*args), timeout=self._timeout_s)
         except RayTaskError as exc:
-            # Re-raise our own errors as their exact class, so the API maps the right status.
             if isinstance(exc.cause, MemosError):
                 raise exc.cause from None
+            metrics.store_error("vector", "actor", method)
             raise StoreError(f"vector store actor {method} failed: {exc.cause!r}") from exc
         except RayActorError as exc:
+            metrics.store_error("vector", "actor", method)
             if exc.actor_init_failed:
                 raise ConfigError(f"vector store actor could not open its store: {exc}") from exc
             # Restarting (Ray brings it back): the caller may retry, so 503, not 500.
             raise StoreUnavailableError(f"the vector store is restarting ({method})") from exc
         except GetTimeoutError as exc:
+            metrics.store_error("vector", "actor", method)
             raise StoreUnavailableError(f"the vector store did not answer ({method})") from exc
 
     def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> None:

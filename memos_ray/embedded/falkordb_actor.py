@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ray
 
+from memos_ray import metrics
 from memos_ray.config import FalkorDBConfig, MemosConfig
 from memos_ray.embedded.falkordb_server import falkordb_server
 from memos_ray.embedded.supervisor import Supervisor, SupervisorStatus
@@ -33,6 +34,7 @@ class FalkorDBServerActor:
     """
 
     def __init__(self, data_dir: str, config: FalkorDBConfig, poll_s: float = 0.5) -> None:
+        metrics.actor_started("falkordb")
         self._server = falkordb_server(Path(data_dir), config)
         self._supervisor = Supervisor(self._server, "FalkorDB", poll_s)
 

@@ -22,6 +22,7 @@ from types import TracebackType
 import ray
 from ray.actor import ActorHandle
 
+from memos_ray import metrics
 from memos_ray.embedded.falkordb_server import _die_with_parent, _port_free, free_port
 from memos_ray.embedded.supervisor import Supervisor
 from memos_ray.errors import StoreError
@@ -205,6 +206,7 @@ class MilvusLiteServerActor:
     def __init__(
         self, data_dir: str, host: str = "127.0.0.1", port: int | None = None, poll_s: float = 0.5
     ) -> None:
+        metrics.actor_started("milvus_lite")
         self._server = MilvusLiteServer(Path(data_dir), host=host, port=port)
         self._supervisor = Supervisor(self._server, "Milvus Lite", poll_s)
 

@@ -9,6 +9,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from memos_ray import metrics
+
 logger = logging.getLogger(__name__)
 
 State = Literal["up", "restarting", "stopped"]
@@ -133,6 +135,7 @@ class Supervisor:
                     logger.exception("%s restart failed; backing off", self.what)
                     continue
                 self.restarts += 1
+                metrics.store_restart(self.what, "server")
                 self._state, self._up_since = "up", time.monotonic()
 
     def stop(self) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
-from ray.util import metrics
 
+from memos_ray import metrics
 from memos_ray.config import MemosConfig
 from memos_ray.embedded.falkordb_actor import actor_suffix
 from memos_ray.scheduler.context import Handler, HandlerContext, load_handler
@@ -35,33 +35,22 @@ _GATE_POLL_S = 0.2
 
 
 class SchedulerMetrics:
-    """Prometheus metrics through Ray's metrics API (scraped with the Ray dashboard's)."""
+    """The scheduler's metrics (`memos_ray.metrics`): tasks by label and outcome, handler time,
+    and queue lengths. The queue gauge carries no cube id (each actor reports its own cube's
+    length: their sum is the total queued) unless the cube is in `metrics.watch_cubes`."""
 
-    def __init__(self) -> None:
-
-        self.finished = metrics.Counter(
-            "memos_scheduler_tasks",
-            description="Scheduler tasks finished, by label and outcome.",
-            tag_keys=("label", "outcome"),
-        )
-        self.seconds = metrics.Histogram(
-            "memos_scheduler_task_seconds",
-            description="Time a scheduler task's handler ran.",
-            boundaries=[0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300],
-            tag_keys=("label",),
-        )
-        self.queued = metrics.Gauge(
-            "memos_scheduler_queue_length",
-            description="Unfinished tasks of a cube.",
-            tag_keys=("cube",),
-        )
+    def __init__(self, watch_cubes: Sequence[str] = ()) -> None:
+        self.watch_cubes = frozenset(watch_cubes)
 
     def task(self, label: str, outcome: str, seconds: float) -> None:
-        self.finished.inc(1, tags={"label": label, "outcome": outcome})
-        self.seconds.observe(seconds, tags={"label": label})
+        label = metrics.bounded(label)
+        metrics.SCHEDULER_TASKS.inc(label=label, outcome=outcome)
+        metrics.SCHEDULER_TASK_SECONDS.observe(seconds, label=label)
 
     def queue(self, cube_id: str, length: int) -> None:
-        self.queued.set(length, tags={"cube": cube_id})
+        metrics.SCHEDULER_QUEUE.set(length)
+        if cube_id in self.watch_cubes:
+            metrics.SCHEDULER_CUBE_QUEUE.set(length, cube=cube_id)
 
 
 class CubeScheduler:
@@ -217,7 +206,7 @@ class CubeSchedulerActor:
             HandlerContext(config, self._tasks),
             backoff_s=sched.retry_backoff_s,
             max_backoff_s=sched.max_backoff_s,
-            metrics=SchedulerMetrics(),
+            metrics=SchedulerMetrics(config.metrics.watch_cubes),
         )
         self._idle_exit_s = sched.idle_exit_s
         self._burst = sched.burst
@@ -259,6 +248,8 @@ class CubeSchedulerActor:
                 idle_since = time.monotonic()
             idle = wait is None and time.monotonic() - idle_since > self._idle_exit_s
             if idle and self._tasks.pending(self._core.cube_id) == 0:
+                if self._core.metrics is not None:
+                    self._core.metrics.queue(self._core.cube_id, 0)
                 ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
                 return
             if wait == 0:

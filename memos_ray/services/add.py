@@ -9,11 +9,13 @@ nor a task.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from memos_ray import metrics
 from memos_ray.config import MemosConfig, ReaderConfig
 from memos_ray.core.documents import Document
 from memos_ray.core.reader import Window
@@ -133,6 +135,20 @@ class AddService:
         self.tasks = tasks
 
     def add(self, req: AddRequest, user_id: str, cubes: list[str]) -> AddResult:
+        started, outcome = time.monotonic(), "error"
+        try:
+            result = self._add(req, user_id, cubes)
+            outcome = "ok"
+            return result
+        finally:
+            metrics.ADD_SECONDS.observe(
+                time.monotonic() - started,
+                mode=req.mode or "default",
+                async_mode=req.async_mode,
+                outcome=outcome,
+            )
+
+    def _add(self, req: AddRequest, user_id: str, cubes: list[str]) -> AddResult:
         fine = req.mode == "fine" and req.async_mode == "sync" and self.fine is not None
         reader = self.config.reader
         if fine:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from memos_ray import metrics
 from memos_ray.config import ChatConfig, ReaderConfig
 from memos_ray.core.filters import FilterExpr
 from memos_ray.core.reader import Turn, fast_windows
@@ -209,6 +210,7 @@ class ChatService:
         if self.ledger is not None:
             cube = turn.readable_cubes[0]
             self.ledger.record_llm_usage(cube, usage.prompt_tokens, usage.completion_tokens)
+        metrics.llm_tokens("chat", usage.prompt_tokens, usage.completion_tokens)
 
     def write_back(self, turn: ChatTurn, response: str) -> None:
         """Remember the exchange in the writable cube, then re-warm its activation prefix."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from memos_ray import metrics
 from memos_ray.core.json_repair import JSONRepairError, parse_json
 from memos_ray.core.reader import Window
 from memos_ray.domain.memory import (
@@ -191,6 +192,7 @@ class FeedbackService:
                 outcome.deleted.append(
                     set_status(self.memory, cube_id, target, MemoryStatus.DELETED, reason)
                 )
+        metrics.llm_tokens("feedback", usage.prompt_tokens, usage.completion_tokens)
         if self.fine.ledger is not None:
             self.fine.ledger.record_llm_usage(cube_id, usage.prompt_tokens, usage.completion_tokens)
         return outcome

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from memos_ray import metrics
 from memos_ray.core.json_repair import JSONRepairError, parse_json
 from memos_ray.core.reader import Window
 from memos_ray.domain.memory import (
@@ -168,6 +169,8 @@ class FineService:
         try:
             self._add(cube_id, user_id, windows, session_id, tags, info, outcome, keep_raw)
         finally:
+            usage = outcome.usage
+            metrics.llm_tokens("fine_extraction", usage.prompt_tokens, usage.completion_tokens)
             if self.ledger is not None and outcome.calls:
                 self.ledger.record_llm_usage(
                     cube_id,

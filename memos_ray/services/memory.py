@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from memos_ray import metrics
 from memos_ray.config import SearchConfig
 from memos_ray.core.filters import FilterExpr
 from memos_ray.core.keywords import document_vector, query_vector
@@ -265,6 +267,8 @@ class MemoryService:
         todo = [kept.get(i, items[i]) for i in ids if i not in complete]
         if todo:
             self._write_new(at, cube_id, todo, in_graph, in_vectors)
+            for memory_type, n in Counter(str(i.metadata.memory_type) for i in todo).items():
+                metrics.MEMORIES_WRITTEN.inc(n, memory_type=memory_type)
         duplicates = self.graph.get_nodes([cube_id], [i for i in ids if i in complete])
         return AddOutcome(stored=todo, duplicates=duplicates)
 

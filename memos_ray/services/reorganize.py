@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
+from memos_ray import metrics
 from memos_ray.config import ReorganizeConfig as ReorganizeParams
 from memos_ray.core.json_repair import JSONRepairError, parse_json
 from memos_ray.core.organize import (
@@ -206,6 +207,7 @@ class Reorganizer:
             logger.exception("reorganising cube %s failed", cube_id)
             report.error = f"{type(exc).__name__}: {exc}"
         finally:
+            metrics.llm_tokens("reorganize", usage.prompt_tokens, usage.completion_tokens)
             if self.ledger is not None and report.llm_calls:
                 self.ledger.record_llm_usage(
                     cube_id, usage.prompt_tokens, usage.completion_tokens, report.llm_calls

@@ -5,8 +5,10 @@ The question is embedded once (`Query`) and that vector serves all three searche
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+from memos_ray import metrics
 from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import MemoryItem
 from memos_ray.schemas.product import SearchRequest
@@ -45,6 +47,16 @@ class SearchService:
         check_query(req.query, limits)
 
     def search(self, req: SearchRequest, cubes: list[str]) -> SearchResult:
+        started, outcome = time.monotonic(), "error"
+        try:
+            result = self._search(req, cubes)
+            outcome = "ok"
+            return result
+        finally:
+            seconds = time.monotonic() - started
+            metrics.SEARCH_SECONDS.observe(seconds, mode=req.mode, outcome=outcome)
+
+    def _search(self, req: SearchRequest, cubes: list[str]) -> SearchResult:
         self.check(req)
         types = search_types(req.search_memory_type)
         query = Query(req.query)

@@ -12,6 +12,7 @@ from mcp import Client
 
 from memos_ray.config import MemosConfig
 from memos_ray.runtime.launcher import wait_ready
+from tests.fixtures.metrics import dashboard_metrics, scrape_until
 from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.ray
@@ -121,3 +122,11 @@ def test_add_search_and_restart_through_serve(serve_url: str, serve_config: Memo
             return result.structured_content["data"]["text_mem"][0]["memories"][0]
 
     assert anyio.run(mcp_search)["id"] == hit["id"]
+
+    # What the dashboard queries of Ray Serve, and ours that only the replicas record, are
+    # on the node's Prometheus endpoint (the embedder's batch sizes: its own replica).
+    serve_names = {n for n in dashboard_metrics() if n.startswith("ray_serve_")}
+    ours = {f"ray_memos_{n}_bucket" for n in ("embedder_batch_size", "http_request_seconds")}
+    series = scrape_until(serve_names | ours)
+    routes = {labels.get("route") for name, labels in series if name.startswith("ray_memos_")}
+    assert "/product/search" in routes

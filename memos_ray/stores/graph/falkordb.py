@@ -27,6 +27,7 @@ from falkordb import Graph
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from memos_ray import metrics
 from memos_ray.config import FalkorDBConfig
 from memos_ray.core.filters import FilterExpr
 from memos_ray.domain.memory import Edge, MemoryItem
@@ -34,6 +35,7 @@ from memos_ray.errors import (
     BadRequestError,
     ConflictError,
     QueryTimeoutError,
+    ServiceUnavailableError,
     StoreError,
     StoreUnavailableError,
 )
@@ -146,6 +148,15 @@ class FalkorDBGraphStore(GraphStore):
         self, query: str, params: dict[str, Any], *, write: bool, what: str
     ) -> list[dict[str, Any]]:
         """Rows as dicts by column name; errors mapped to the service's classes."""
+        try:
+            return self._query_once(query, params, write=write, what=what)
+        except (StoreError, ServiceUnavailableError):
+            metrics.store_error("graph", "falkordb", what)
+            raise
+
+    def _query_once(
+        self, query: str, params: dict[str, Any], *, write: bool, what: str
+    ) -> list[dict[str, Any]]:
         _check_params(params, what)
         try:
             if write:

@@ -9,6 +9,7 @@ from typing import Any
 from neo4j import Driver, GraphDatabase, ManagedTransaction
 from neo4j.exceptions import DriverError, Neo4jError
 
+from memos_ray import metrics
 from memos_ray.core.filters import FilterExpr
 from memos_ray.domain.memory import Edge, MemoryItem
 from memos_ray.errors import ConflictError, StoreError
@@ -104,6 +105,7 @@ class Neo4jGraphStore(GraphStore):
                     return session.execute_write(work)
                 return session.execute_read(work)
         except (Neo4jError, DriverError, OSError) as exc:
+            metrics.store_error("graph", "neo4j", what)
             raise StoreError(
                 f"graph store {what} failed ({self._uri}): {self.dialect.describe_error(exc)}"
             ) from exc

@@ -35,6 +35,7 @@ from pymilvus import (
     RRFRanker,
 )
 
+from memos_ray import metrics
 from memos_ray.core.keywords import STOPWORDS
 from memos_ray.domain.memory import iso, utc_now
 from memos_ray.errors import BadRequestError, StoreError
@@ -103,6 +104,8 @@ def _milvus_errors(action: str) -> Iterator[None]:
     try:
         yield
     except MilvusException as exc:
+        # The action's first word is the operation: the rest may name a collection or a URI.
+        metrics.store_error("preference", "milvus", action.split(" ", 1)[0])
         raise StoreError(f"Milvus could not {action}: {exc}") from exc
 
 

@@ -53,6 +53,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from memos_ray import metrics
 from memos_ray.config import MemosConfig
 from memos_ray.domain.memory import iso, utc_now
 from memos_ray.domain.tenancy import (
@@ -277,8 +278,10 @@ class SQLTenancyStore(TenancyStore):
         except IntegrityError as exc:
             if conflict is not None:
                 raise ConflictError(conflict) from None
+            metrics.store_error("sql", self._backend, "integrity")
             raise StoreError(f"integrity error: {exc.orig}") from exc
         except SQLAlchemyError as exc:
+            metrics.store_error("sql", self._backend, "transaction")
             raise StoreError(f"SQL store failed: {exc}") from exc
 
     @contextmanager

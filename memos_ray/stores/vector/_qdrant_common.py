@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from memos_ray import metrics
 from memos_ray.errors import BadRequestError, MemosError, StoreError
 from memos_ray.stores.vector.base import CubeScan, VectorFilter
 
@@ -146,4 +147,5 @@ def sdk_errors(what: str) -> Iterator[None]:
     except MemosError:
         raise
     except Exception as exc:
+        metrics.store_error("vector", "qdrant", what)
         raise StoreError(f"vector store {what} failed: {exc}") from exc
