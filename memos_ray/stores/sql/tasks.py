@@ -20,6 +20,7 @@ from sqlalchemy import CursorResult, Engine, Result, Table, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from memos_ray import metrics
 from memos_ray.domain.memory import iso, utc_now
 from memos_ray.errors import MemosError, NotFoundError, StoreError
 from memos_ray.stores.sql.models import TaskRow
@@ -150,6 +151,7 @@ class SQLTaskStore(TaskStore):
         except MemosError:
             raise
         except SQLAlchemyError as exc:
+            metrics.store_error("tasks", self._engine.dialect.name, "transaction")
             raise StoreError(f"task store failed: {exc}") from exc
 
     def enqueue(
