@@ -255,7 +255,9 @@ class CubeSchedulerActor:
             if wait == 0:
                 continue  # more to run: ask the gate again (waiting cubes go first)
             # Nothing waiting: submit wakes us; the slow poll only covers a lost wake-up.
-            self._wake.wait(timeout=min(wait, 1.0) if wait is not None else _IDLE_POLL_S)
+            # (No longer than the idle exit, so an idle actor ends on time.)
+            idle_poll = min(_IDLE_POLL_S, max(self._idle_exit_s, 0.1))
+            self._wake.wait(timeout=min(wait, 1.0) if wait is not None else idle_poll)
             self._wake.clear()
 
     def notify(self) -> int:
