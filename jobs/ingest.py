@@ -28,7 +28,7 @@ import ray.data
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray.data import ActorPoolStrategy
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.placement_group import NODE_ID_LABEL_KEY
 
 from jobs.ingest_fine import ExtractStage, fine_cut_batch, wake_schedulers
 from jobs.ingest_stages import (
@@ -252,13 +252,14 @@ def _stop_owners(names: list[str], methods: dict[str, str], namespace: str) -> N
 def _cubes(args: IngestArgs, files: list[Path], cut: Any, cut_kwargs: dict[str, Any]) -> Any:
     """The input read, and `cut` applied to each cube's records, all together."""
 
-    # The input files are on this driver's node (a path checked here): its read tasks run
-    # there (hard affinity), asking no CPU (it may be a head that takes no work; reading is
+    # The input files are on this driver's node (their paths were checked here): the read
+    # tasks run there (a node-id label selector is a hard constraint, as Ray Data's own
+    # local:// reads do), asking no CPU (it may be a head that takes no work; reading is
     # I/O); cutting, embedding and writing spread over the cluster.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     ds = ray.data.read_datasource(
         UnitSource([str(f) for f in files], args.format, args.user_id, args.limit),
-        ray_remote_args={"scheduling_strategy": here, "num_cpus": 0},
+        num_cpus=0,
+        label_selector={NODE_ID_LABEL_KEY: ray.get_runtime_context().get_node_id()},
     )
     if args.format in ("locomo", "longmemeval"):
         # Rows are whole cubes already: one cube per task.
