@@ -9,14 +9,14 @@ scheduler task ran (its actor on one of the workers, both used) and read the sto
 there; a Ray Data ingest job's embedding actors ran on both workers and what it wrote is
 searchable from every proxy.
 
-The default run keeps it small (`MEMOS_MULTINODE_SCALE` multiplies users and turns, e.g. 5 for
-the long variant: `pytest -m multinode`, same test). Needs PostgreSQL; marked `multinode`.
+The default run has the small version (about a minute: 6 users x 3 turns, 4 ingested
+conversations); `pytest -m multinode` adds the long one (5 times the users, turns and
+conversations). Needs PostgreSQL; marked `multinode`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ from tests.fixtures.multinode import LocalRayCluster, cluster_env, cluster_store
 pytestmark = [pytest.mark.multinode, pytest.mark.postgres]
 
 DRIVER = Path(__file__).with_name("multinode_driver.py")
-SCALE = max(1, int(os.environ.get("MEMOS_MULTINODE_SCALE", "1")))
 
 
 def _overrides() -> dict[str, Any]:
@@ -50,7 +49,12 @@ def _overrides() -> dict[str, Any]:
     }
 
 
-def test_app_and_jobs_span_three_nodes(tmp_path: Path, postgres_url: str) -> None:
+@pytest.mark.parametrize("scale", [1, 5], ids=["short", "long"])
+def test_app_and_jobs_span_three_nodes(
+    tmp_path: Path, postgres_url: str, scale: int, request: pytest.FixtureRequest
+) -> None:
+    if scale > 1 and "multinode" not in (request.config.option.markexpr or ""):
+        pytest.skip("the long variant runs with -m multinode")
     shared = tmp_path / "shared"  # the "shared filesystem": every node is on this machine
     head_disk = tmp_path / "head-disk"  # the vector engine's node-local folder
     proxies = {"node_head": free_port(), "node_a": free_port(), "node_b": free_port()}
@@ -73,9 +77,9 @@ def test_app_and_jobs_span_three_nodes(tmp_path: Path, postgres_url: str) -> Non
             spec = {
                 "nodes": 3,
                 "proxies": proxies,
-                "users": 2 * SCALE,
-                "turns": 3 * SCALE,
-                "ingest_cubes": 4 * SCALE,
+                "users": 2 * scale,
+                "turns": 3 * scale,
+                "ingest_cubes": 4 * scale,
                 "workdir": str(tmp_path),
                 "overrides": _overrides(),
             }
@@ -102,7 +106,7 @@ def test_app_and_jobs_span_three_nodes(tmp_path: Path, postgres_url: str) -> Non
     assert not [a for a in actors if "FalkorDB" in a["class"] or "Milvus" in a["class"]]
 
     # Every add through every proxy stored its memory; every proxy finds all of them.
-    turns = 3 * SCALE
+    turns = 3 * scale
     assert set(report["added"].values()) == {turns}, report["added"]
     for node, found in report["found"].items():
         assert set(found.values()) == {turns}, (node, found)
@@ -118,7 +122,7 @@ def test_app_and_jobs_span_three_nodes(tmp_path: Path, postgres_url: str) -> Non
     # The ingest job: everything written, its embedding actors on both workers, and its
     # memories found through every proxy.
     ingest = report["ingest"]
-    assert ingest["memories_written"] == 4 * SCALE * turns, ingest
+    assert ingest["memories_written"] == 4 * scale * turns, ingest
     embed_nodes = {a["node"] for a in actors if "MapWorker" in a["class"]}
     assert embed_nodes == {"node_a", "node_b"}, actors
     for node, found in report["ingested_found"].items():
