@@ -25,6 +25,7 @@ from ray._private import state
 from deployments.app import build_memos_app
 from jobs.ingest import IngestArgs, run_ingest
 from memos_ray.config import load_config
+from memos_ray.errors import ConfigError
 from memos_ray.runtime.compose import build_tenancy_store
 from memos_ray.runtime.launcher import wait_ready
 from memos_ray.runtime.netguard import connect_or_start_ray
@@ -97,6 +98,12 @@ def main() -> None:
     [app] = profile["applications"]
     overrides = deep_merge(app["args"]["config"], spec["overrides"])
     proxies: dict[str, int] = spec["proxies"]
+    report: dict[str, Any] = {}
+    # The same config without cluster.multi_node is a single-node one: refused on these nodes.
+    try:
+        build_memos_app({"config": {k: v for k, v in overrides.items() if k != "cluster"}})
+    except ConfigError as exc:
+        report["single_node_refused"] = str(exc)
     began = time.monotonic()
     serve.start(
         proxy_location=profile["proxy_location"],
@@ -106,7 +113,7 @@ def main() -> None:
     urls = {node: f"http://127.0.0.1:{port}" for node, port in proxies.items()}
     for url in urls.values():
         wait_ready(url, timeout_s=240)
-    report: dict[str, Any] = {"deploy_s": round(time.monotonic() - began, 1)}
+    report["deploy_s"] = round(time.monotonic() - began, 1)
 
     # Async adds through every node's proxy (each prefers the API replica on its own node):
     # every user's cube gets its own scheduler actor, reading through the stores.

@@ -91,6 +91,8 @@ def test_app_and_jobs_span_three_nodes(
     report = json.loads(lines[-1].removeprefix("REPORT "))
     print({k: report[k] for k in ("deploy_s", "add_s", "ingest_s")})
 
+    # A single-node config (embedded stores on loopback) is refused on these three nodes.
+    assert "has 3 nodes, but the config is a single-node one" in report["single_node_refused"]
     actors = report["actors"]
 
     def nodes_of(cls: str) -> Counter[str]:
