@@ -86,11 +86,16 @@ def test_app_and_jobs_span_three_nodes(
             done = cluster.run_driver(
                 [str(DRIVER), json.dumps(spec)], timeout_s=900, log=tmp_path / "driver.log"
             )
+            # The API's HTTP ports (every node's proxy) listen on loopback only; Ray's own
+            # ports are behind its token (see tests/fixtures/multinode.py).
+            http = set(proxies.values())
+            exposed = [x for x in cluster.listeners() if x.port in http and not x.loopback]
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
     assert done.returncode == 0 and lines, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     report = json.loads(lines[-1].removeprefix("REPORT "))
     print({k: report[k] for k in ("deploy_s", "add_s", "ingest_s")})
 
+    assert not exposed, "\n".join(f"{x.name} {x.ip}:{x.port} {x.cmdline}" for x in exposed)
     # A single-node config (embedded stores on loopback) is refused on these three nodes.
     assert "has 3 nodes, but the config is a single-node one" in report["single_node_refused"]
     actors = report["actors"]
