@@ -96,7 +96,7 @@ def test_app_and_jobs_span_three_nodes(
     print({k: report[k] for k in ("deploy_s", "add_s", "ingest_s")})
 
     assert not exposed, "\n".join(f"{x.name} {x.ip}:{x.port} {x.cmdline}" for x in exposed)
-    # A single-node config (embedded stores on loopback) is refused on these three nodes.
+    # The same config without cluster.multi_node (a single-node one) is refused on three nodes.
     assert "has 3 nodes, but the config is a single-node one" in report["single_node_refused"]
     actors = report["actors"]
 
