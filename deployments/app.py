@@ -14,6 +14,7 @@ from deployments.ingress import MemosIngress
 from deployments.llm import LLMDeployment
 from memos_ray.config import MemosConfig, TransformersLLMConfig, VLLMConfig, load_config
 from memos_ray.models import smollm2
+from memos_ray.runtime.cluster import check_cluster
 from memos_ray.runtime.netguard import require_admin_key
 
 
@@ -27,11 +28,14 @@ class MemosAppArgs(BaseModel):
 
 def build_memos_app(args: MemosAppArgs | dict[str, Any] | None = None) -> Application:
     """Refuses (at build time, so `serve run`/`serve deploy` fail and say why) an API without
-    an admin key whose Serve HTTP host is not loopback."""
+    an admin key whose Serve HTTP host is not loopback, and a config that does not fit the
+    Ray cluster's nodes (`memos_ray.runtime.cluster.check_cluster`)."""
     if not isinstance(args, MemosAppArgs):
         args = MemosAppArgs.model_validate(args or {})
     config = load_config(args.config)
     require_admin_key(serve_http_host(), config, "build_memos_app")
+    if ray.is_initialized():
+        check_cluster(config)
     return build_from_config(config)
 
 
@@ -53,16 +57,21 @@ def serve_http_host() -> str | None:
 def build_from_config(config: MemosConfig) -> Application:
     emb = config.embedder
     actor_options: dict[str, Any] = {"num_cpus": emb.num_cpus, "num_gpus": emb.num_gpus}
+    if emb.resources:
+        actor_options["resources"] = dict(emb.resources)
     if emb.omp_wait_policy:
         # Must be in the replica's environment before OpenMP starts: a runtime_env var.
         actor_options["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": emb.omp_wait_policy}}
     embedder = EmbedderDeployment.options(  # type: ignore[attr-defined]
         num_replicas=emb.num_replicas, ray_actor_options=actor_options
     ).bind(emb)
+    ingress_options: dict[str, Any] = {"num_cpus": config.serving.ingress_num_cpus}
+    if config.serving.ingress_resources:
+        ingress_options["resources"] = dict(config.serving.ingress_resources)
     return MemosIngress.options(  # type: ignore[attr-defined]
         num_replicas=config.serving.ingress_replicas,
         max_ongoing_requests=config.serving.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.serving.ingress_num_cpus},
+        ray_actor_options=ingress_options,
     ).bind(config, embedder, llm_deployment(config))
 
 

@@ -15,6 +15,7 @@ from memos_ray.api.context import ApiContext
 from memos_ray.config import MemosConfig
 from memos_ray.errors import ServiceUnavailableError
 from memos_ray.logs import configure as configure_logging
+from memos_ray.runtime.cluster import check_cluster
 from memos_ray.runtime.compose import (
     build_query_embedder,
     build_ray_stores,
@@ -95,6 +96,8 @@ class MemosIngress:
         with self._lock:
             if self._context is None:
                 config = self._config
+                # A replica may start on a node that joined after the app was built.
+                check_cluster(config)
                 models = served_models(
                     config,
                     self._embedder_handle,

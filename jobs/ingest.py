@@ -28,6 +28,7 @@ import ray.data
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray.data import ActorPoolStrategy
+from ray.util.placement_group import NODE_ID_LABEL_KEY
 
 from jobs.ingest_fine import ExtractStage, fine_cut_batch, wake_schedulers
 from jobs.ingest_stages import (
@@ -43,6 +44,7 @@ from memos_ray.config import FalkorDBConfig, MemosConfig, NoLLMConfig, QdrantEdg
 from memos_ray.embedded.falkordb_actor import actor_suffix
 from memos_ray.errors import ConfigError
 from memos_ray.models.embedder import SentenceTransformerEmbedder
+from memos_ray.runtime.cluster import check_cluster
 from memos_ray.runtime.jobs_llm import LLMRoute, close_llm, open_llm
 from memos_ray.runtime.netguard import connect_or_start_ray
 from memos_ray.services.ingest.cutting import cut_cube
@@ -219,7 +221,7 @@ def _embedded_owners(config: MemosConfig) -> dict[str, str]:
     owners: dict[str, str] = {}
     if isinstance(config.vector, QdrantEdgeConfig):
         owners[f"memos-vector-{suffix}"] = "close"
-    if isinstance(config.graph, FalkorDBConfig):
+    if isinstance(config.graph, FalkorDBConfig) and not config.graph.address:
         owners[f"memos-falkordb-{suffix}"] = "stop"
     return owners
 
@@ -250,8 +252,14 @@ def _stop_owners(names: list[str], methods: dict[str, str], namespace: str) -> N
 def _cubes(args: IngestArgs, files: list[Path], cut: Any, cut_kwargs: dict[str, Any]) -> Any:
     """The input read, and `cut` applied to each cube's records, all together."""
 
+    # The input files are on this driver's node (their paths were checked here): the read
+    # tasks run there (a node-id label selector is a hard constraint, as Ray Data's own
+    # local:// reads do), asking no CPU (it may be a head that takes no work; reading is
+    # I/O); cutting, embedding and writing spread over the cluster.
     ds = ray.data.read_datasource(
-        UnitSource([str(f) for f in files], args.format, args.user_id, args.limit)
+        UnitSource([str(f) for f in files], args.format, args.user_id, args.limit),
+        num_cpus=0,
+        label_selector={NODE_ID_LABEL_KEY: ray.get_runtime_context().get_node_id()},
     )
     if args.format in ("locomo", "longmemeval"):
         # Rows are whole cubes already: one cube per task.
@@ -360,6 +368,7 @@ def run_ingest(args: IngestArgs) -> IngestSummary:
             include_dashboard=False,
             log_to_driver=False,
         )
+    check_cluster(config)
     owners = _embedded_owners(config)
     started = [n for n in owners if not _running(n, config.serving.namespace)]
     run_id = uuid.uuid4().hex

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,9 +22,15 @@ class FalkorDBConfig(_Strict):
     """Embedded graph default: a FalkorDB server the application starts (native protocol).
 
     It listens on `host` only (loopback by default) with a password kept in the data dir.
+    With `address` set the application starts nothing: it reaches a FalkorDB server that
+    runs on its own (a cluster's, reachable from every node).
     """
 
     backend: Literal["falkordb"] = "falkordb"
+    # "host:port" of a standalone FalkorDB server; None: the embedded one of the data dir.
+    address: str | None = None
+    # The standalone server's password (MEMOS_GRAPH__PASSWORD); the embedded one keeps its own.
+    password: SecretStr | None = None
     host: str = "127.0.0.1"
     # None picks a free port at start; a fixed port lets other tools connect.
     redis_port: int | None = None
@@ -52,6 +60,11 @@ class QdrantEdgeConfig(_Strict):
     backend: Literal["qdrant_edge"] = "qdrant_edge"
     # Relative to data_dir unless absolute.
     path: str = "qdrant-edge"
+    # A custom resource that only the node holding `path` has (`ray start --resources
+    # '{"memos_vector": 1}'`): the engine's actor is pinned there, so a restart reopens the
+    # same files. Required on a multi-node cluster (`cluster.multi_node`); every node reaches
+    # the actor through Ray, wherever it runs.
+    node_resource: str | None = None
 
 
 class QdrantConfig(_Strict):
@@ -125,6 +138,8 @@ class EmbedderConfig(_Strict):
     max_batch_wait_s: float = Field(default=0.005, ge=0)
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=1.0, gt=0)
+    # Custom Ray resources each replica needs: places replicas on the nodes that have them.
+    resources: dict[str, float] = Field(default_factory=dict)
     # Embed search queries inside each ingress replica (naturally batched): saves a hop
     # per search; documents still go to the embedder deployment in batches.
     local_queries: bool = True
@@ -352,6 +367,9 @@ class SchedulerConfig(_Strict):
     # After a `mem_read` stored new memories, queue a `mem_organize` of the cube (one at a
     # time: not while another is waiting).
     organize_after_read: bool = True
+    # Custom Ray resources each cube's actor needs (e.g. keep these zero-CPU actors off a
+    # head node that runs only the control plane).
+    resources: dict[str, float] = Field(default_factory=dict)
     # Task label -> "module:function", added to (or replacing) the built-in handlers.
     handlers: dict[str, str] = Field(default_factory=dict)
 
@@ -404,6 +422,23 @@ class MetricsConfig(_Strict):
     watch_cubes: list[str] = Field(default_factory=list, max_length=50)
 
 
+class ClusterConfig(_Strict):
+    """Where the application's processes run. A single-node profile may keep stores on
+    loopback and files in a node-local data dir; `multi_node` refuses both at start (see
+    `cluster_problems`) instead of letting replicas on other nodes fail one by one."""
+
+    # The app runs on a Ray cluster of several nodes (or may grow to several): every store is
+    # a server reached by an address the nodes share, or an actor pinned to its node.
+    multi_node: bool = False
+    # `data_dir` is one filesystem every node mounts (NFS, EFS, a PersistentVolume): LoRA
+    # adapters and API dumps written by one replica are read by replicas on other nodes,
+    # model replicas read converted models and KV caches there. Required with `multi_node`.
+    shared_data_dir: bool = False
+    # Every node runs on one machine (a test, a workstation): loopback store addresses then
+    # reach the same server from each node. Checked against the nodes' IPs at start.
+    single_host: bool = False
+
+
 class ArchiveConfig(_Strict):
     # Where dumps made and loaded over the API live (relative to data_dir unless absolute):
     # each user gets its own folder below it, and requests name a dump, never a path.
@@ -418,6 +453,8 @@ class ServingConfig(_Strict):
     max_ongoing_requests: int = Field(default=64, ge=1)
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, gt=0)
+    # Custom Ray resources each API replica needs (places them on the nodes that have them).
+    ingress_resources: dict[str, float] = Field(default_factory=dict)
     # `memos-ray serve` with one ingress replica: the replica itself answers HTTP on the
     # service port (Ray Serve's direct ingress), skipping the proxy hop. Clusters with several
     # replicas use Serve's proxy (or its HAProxy ingress) instead.
@@ -460,6 +497,17 @@ class MemosConfig(BaseSettings):
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _fits_the_cluster(self) -> MemosConfig:
+        problems = cluster_problems(self)
+        if problems:
+            raise ValueError(
+                "cluster.multi_node is set, but this config ties the app to one node:\n- "
+                + "\n- ".join(problems)
+            )
+        return self
 
     @field_validator("admin_key_sha256", mode="before")
     @classmethod
@@ -493,6 +541,96 @@ class MemosConfig(BaseSettings):
         if self.sql.url is not None:
             return self.sql.url.get_secret_value()
         return f"sqlite:///{self.data_dir / 'memos.db'}"
+
+
+def _url_host(url: str) -> str:
+    """The host of a URL or "host:port" ("" for a local socket or file)."""
+    if "://" not in url:
+        url = f"//{url}"
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
+def _local_host(host: str) -> bool:
+    if host in ("", "localhost") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def store_addresses(config: MemosConfig) -> dict[str, str]:
+    """Every server address the config hands to processes on any node, by setting name."""
+    out: dict[str, str] = {}
+    graph, vector, pref, llm = config.graph, config.vector, config.preference, config.llm
+    if isinstance(graph, FalkorDBConfig) and graph.address:
+        out["graph.address"] = graph.address
+    if isinstance(graph, Neo4jConfig):
+        out["graph.uri"] = graph.uri
+    if isinstance(vector, QdrantConfig) and vector.url:
+        out["vector.url"] = vector.url
+    if isinstance(pref, MilvusConfig):
+        out["preference.uri"] = pref.uri
+    if config.sql.url is not None:
+        out["sql.url"] = config.sql.url.get_secret_value()
+    if isinstance(llm, OpenAILLMConfig):
+        out["llm.base_url"] = llm.base_url
+    return out
+
+
+def cluster_problems(config: MemosConfig) -> list[str]:
+    """What ties a `cluster.multi_node` config to one node; empty when it fits (or when the
+    config is a single-node one). Pure: the live check of the nodes is
+    `memos_ray.runtime.cluster.check_cluster`."""
+    cluster = config.cluster
+    if not cluster.multi_node:
+        return []
+    problems: list[str] = []
+    graph, vector, pref = config.graph, config.vector, config.preference
+    if isinstance(graph, FalkorDBConfig) and not graph.address:
+        problems.append(
+            "graph: the embedded FalkorDB listens on 127.0.0.1 of whichever node its actor "
+            "runs on; run FalkorDB as a server and set graph.address (host:port) and "
+            "MEMOS_GRAPH__PASSWORD, or use Neo4j"
+        )
+    if isinstance(vector, QdrantEdgeConfig) and not vector.node_resource:
+        problems.append(
+            "vector: the qdrant_edge engine's files are local to the node its actor runs on; "
+            "set vector.node_resource to a resource only that node has, or use a Qdrant server"
+        )
+    if isinstance(vector, QdrantConfig) and not vector.url:
+        problems.append("vector: qdrant's local mode (vector.path) is one process on one node")
+    if isinstance(pref, MilvusLiteConfig):
+        problems.append(
+            "preference: Milvus Lite is embedded (a server on 127.0.0.1 of one node); run "
+            "`milvus-lite server` (or Milvus) and set preference: {backend: milvus, uri}"
+        )
+    sql = config.sql.url.get_secret_value() if config.sql.url is not None else ""
+    if not sql or sql.startswith("sqlite"):
+        problems.append(
+            "sql: SQLite is a file of one node (users, cubes and the task log); set "
+            "MEMOS_SQL__URL to a PostgreSQL server"
+        )
+    if not cluster.shared_data_dir:
+        problems.append(
+            "data_dir: LoRA adapters, API dumps and converted models live there and are read "
+            "by replicas on other nodes; mount one shared filesystem on every node and set "
+            "cluster.shared_data_dir"
+        )
+    if not cluster.single_host:
+        for name, address in store_addresses(config).items():
+            host = _url_host(address)
+            if _local_host(host):
+                where = f"host {host!r}" if host else "a local socket or file"
+                problems.append(
+                    f"{name} names {where}: each node would reach its own machine; use an "
+                    "address every node reaches (cluster.single_host only when all nodes "
+                    "run on one machine)"
+                )
+    return problems
 
 
 def load_config(overrides: dict | None = None) -> MemosConfig:

@@ -19,7 +19,7 @@ pytest_plugins = [
 ]
 
 # Folders whose tests start Ray, Serve or a model: all of them are `slow`.
-_SLOW_FOLDERS = {"api", "conformance", "jobs", "models", "vllm"}
+_SLOW_FOLDERS = {"api", "cluster", "conformance", "jobs", "models", "vllm"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

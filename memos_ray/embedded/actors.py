@@ -314,6 +314,7 @@ def get_or_create_vector_actor(
     max_concurrency: int = 8,
     max_task_retries: int = 3,
     scheduling_strategy: Any = None,
+    resources: Mapping[str, float] | None = None,
     timeout_s: float | None = 60.0,
 ) -> ActorVectorStore:
     """The named engine actor, created by the first caller and found by every later one.
@@ -321,8 +322,9 @@ def get_or_create_vector_actor(
     Detached and restarted on failure (`max_restarts=-1`); its constructor reopens the data
     directory, which the engine recovers from its WAL. Every call is idempotent (upsert and
     delete by id), so in-flight calls are retried on restart (`max_task_retries`). A local
-    data path ties the engine to one node: pin it with `scheduling_strategy` (e.g. a hard
-    NodeAffinitySchedulingStrategy) on multi-node clusters.
+    data path ties the engine to one node: on multi-node clusters pin it with `resources`
+    (a custom resource only that node has: a restarted actor comes back to the same files,
+    even when the node's id changed) or `scheduling_strategy`.
     """
     options: dict[str, Any] = {
         "name": name,
@@ -336,6 +338,8 @@ def get_or_create_vector_actor(
     }
     if scheduling_strategy is not None:
         options["scheduling_strategy"] = scheduling_strategy
+    if resources:
+        options["resources"] = dict(resources)
     handle = cast(ActorHandle, ray.remote(VectorStoreActor).options(**options).remote(spec))
     # The first call also surfaces a constructor failure (bad spec, locked directory).
     dim = ActorVectorStore(handle, 0, timeout_s=timeout_s)._call("dim")

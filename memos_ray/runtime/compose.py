@@ -33,6 +33,7 @@ from memos_ray.config import (
 from memos_ray.embedded.actors import get_or_create_vector_actor
 from memos_ray.embedded.falkordb_actor import actor_suffix, falkordb_actor
 from memos_ray.embedded.falkordb_server import FalkorDBServer, falkordb_server
+from memos_ray.errors import ConfigError
 from memos_ray.models import smollm2
 from memos_ray.models.adapters import AdapterStore
 from memos_ray.models.batching import BatchingEmbedder
@@ -54,7 +55,7 @@ from memos_ray.services.spaces import (
 )
 from memos_ray.services.tenancy import AccessControl
 from memos_ray.stores.graph.base import GraphStore
-from memos_ray.stores.graph.falkordb import falkordb_graph_store
+from memos_ray.stores.graph.falkordb import FalkorDBAddress, falkordb_graph_store
 from memos_ray.stores.graph.neo4j import Neo4jGraphStore
 from memos_ray.stores.sql.base import TenancyStore
 from memos_ray.stores.sql.sqlalchemy import SQLTenancyStore
@@ -224,19 +225,35 @@ def build_ray_stores(config: MemosConfig) -> tuple[GraphStore, VectorStore]:
     """Stores for a process inside Ray: embedded engines are reached through named actors."""
 
     if isinstance(config.graph, FalkorDBConfig):
-        address = ray.get(falkordb_actor(config).address.remote())
+        address = standalone_falkordb(config.graph) or ray.get(
+            falkordb_actor(config).address.remote()
+        )
         graph: GraphStore = falkordb_graph_store(address, config.graph)
     else:
         graph = _neo4j(config.graph)
     if isinstance(config.vector, QdrantEdgeConfig):
+        pinned = config.vector.node_resource
         vectors: VectorStore = get_or_create_vector_actor(
             f"memos-vector-{actor_suffix(config)}",
             config.serving.namespace,
             _edge_spec(config),
+            # A sliver of the resource only the node with the engine's files has.
+            resources={pinned: 0.001} if pinned else None,
         )
     else:
         vectors = _qdrant(config.vector, config)
     return graph, vectors
+
+
+def standalone_falkordb(cfg: FalkorDBConfig) -> FalkorDBAddress | None:
+    """The address of a FalkorDB server that runs on its own (`graph.address`), else None."""
+    if not cfg.address:
+        return None
+    host, sep, port = cfg.address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"graph.address must be host:port, not {cfg.address!r}")
+    password = cfg.password.get_secret_value() if cfg.password else ""
+    return FalkorDBAddress(host.strip("[]"), int(port), password)
 
 
 def _edge_spec(config: MemosConfig) -> tuple[str, dict]:
@@ -374,9 +391,12 @@ class LocalStack(AbstractContextManager["LocalStack"]):
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._falkordb: FalkorDBServer | None = None
         if isinstance(config.graph, FalkorDBConfig):
-            self._falkordb = falkordb_server(config.data_path("falkordb"), config.graph)
-            self._falkordb.start()
-            graph: GraphStore = falkordb_graph_store(self._falkordb.address, config.graph)
+            address = standalone_falkordb(config.graph)
+            if address is None:  # the embedded server, owned by this process
+                self._falkordb = falkordb_server(config.data_path("falkordb"), config.graph)
+                self._falkordb.start()
+                address = self._falkordb.address
+            graph: GraphStore = falkordb_graph_store(address, config.graph)
         else:
             graph = _neo4j(config.graph)
         if isinstance(config.vector, QdrantEdgeConfig):

@@ -24,6 +24,7 @@ import ray.data
 from ray.data import DataContext
 
 from memos_ray.config import MemosConfig, load_config
+from memos_ray.runtime.cluster import check_cluster
 from memos_ray.runtime.compose import build_ray_stores, stop_embedded
 from memos_ray.runtime.netguard import connect_or_start_ray
 
@@ -61,6 +62,7 @@ def ray_session(config: MemosConfig, address: str | None) -> Iterator[bool]:
         started = connect_or_start_ray(address, log_to_driver=False, **kwargs)
     _quiet_ray_data()
     try:
+        check_cluster(config)
         yield started
     finally:
         if started:

@@ -141,9 +141,12 @@ def keep_serve_grpc_on_loopback() -> None:
     whatever Ray's node IP is (ray/serve/_private/replica.py, Ray 2.60). On a loopback node
     this binds it to 127.0.0.1 instead, where the replica's callers (same node) reach it.
 
-    Call it in a deployment's constructor: Serve starts that server right after it.
+    Call it in a deployment's constructor: Serve starts that server right after it. A loopback
+    node is one whose cluster was started single-node (the variable), or a node of a
+    several-node cluster on one machine whose node IP is loopback (`ray start
+    --node-ip-address=127.0.0.1`): its callers are on this machine too.
     """
-    if os.environ.get(_SINGLE_NODE_ENV) != "0":
+    if os.environ.get(_SINGLE_NODE_ENV) != "0" and not _on_loopback_node():
         return
 
     original = replica.add_port_to_grpc_server
@@ -157,6 +160,10 @@ def keep_serve_grpc_on_loopback() -> None:
 
     bind_loopback.loopback_only = True  # type: ignore[attr-defined]
     replica.add_port_to_grpc_server = bind_loopback
+
+
+def _on_loopback_node() -> bool:
+    return ray.is_initialized() and is_loopback(ray.util.get_node_ip_address())
 
 
 class _ReuseAddrSockets:

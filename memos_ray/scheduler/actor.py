@@ -280,12 +280,18 @@ class SchedulerClient:
         )
 
     def actor(self, cube_id: str) -> Any:
-        return CubeSchedulerActor.options(  # type: ignore[attr-defined]
-            name=scheduler_name(self.config, cube_id),
-            namespace=self.config.serving.namespace,
-            get_if_exists=True,
-            lifetime="detached",
-        ).remote(self.config, cube_id)
+        options: dict[str, Any] = {
+            "name": scheduler_name(self.config, cube_id),
+            "namespace": self.config.serving.namespace,
+            "get_if_exists": True,
+            "lifetime": "detached",
+        }
+        if self.config.scheduler.resources:
+            # Only nodes with these run cubes' actors (Ray prefers the caller's node among them).
+            options["resources"] = dict(self.config.scheduler.resources)
+        return CubeSchedulerActor.options(**options).remote(  # type: ignore[attr-defined]
+            self.config, cube_id
+        )
 
     def submit(
         self,

@@ -113,8 +113,14 @@ class SpaceStores:
             "memos_ray.stores.vector.qdrant_edge:QdrantEdgeVectorStore",
             {"dim": space.dim, "path": str(path)},
         )
+        # On the node of the configured engine (`vector.node_resource`), like its own actor:
+        # a shard's files are local to the node that opened them.
+        pinned = vector.node_resource
         return get_or_create_vector_actor(
-            space_actor_name(config, space), config.serving.namespace, spec
+            space_actor_name(config, space),
+            config.serving.namespace,
+            spec,
+            resources={pinned: 0.001} if pinned else None,
         )
 
     def close(self) -> None:

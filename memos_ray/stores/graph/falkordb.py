@@ -403,12 +403,13 @@ class FalkorDBGraphStore(GraphStore):
 def falkordb_graph_store(
     address: FalkorDBAddress, config: FalkorDBConfig | None = None
 ) -> FalkorDBGraphStore:
-    """A graph store on an embedded server (`memos_ray.embedded.falkordb_server`)."""
+    """A graph store on a FalkorDB server: the embedded one (`memos_ray.embedded`) or a
+    standalone one reached by address (`graph.address`)."""
     cfg = config or FalkorDBConfig()
     return FalkorDBGraphStore(
         address.host,
         address.port,
-        address.password,
+        address.password or None,  # a standalone server may run without one
         read_timeout_ms=cfg.query_timeout_ms,
         write_timeout_ms=cfg.write_timeout_ms,
     )
