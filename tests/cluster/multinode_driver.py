@@ -181,8 +181,17 @@ def main() -> None:
         ]
     report["tasks"] = tasks
 
-    # A Ray Data ingest job on the same stores, its embedding actors spread over the nodes.
-    # (LoCoMo's format: one conversation is one cube, so no shuffle is needed.)
+    if spec["ingest_cubes"]:
+        report.update(_ingest(spec, overrides, urls))
+    report["actors"] = placements()
+    print("REPORT " + json.dumps(report), flush=True)
+
+
+def _ingest(spec: dict[str, Any], overrides: dict[str, Any], urls: dict[str, str]) -> dict:
+    """A Ray Data ingest job on the same stores, its embedding actors spread over the nodes;
+    then what it wrote, searched through every proxy.
+    (LoCoMo's format: one conversation is one cube, so no shuffle is needed.)"""
+    report: dict[str, Any] = {}
     conversations = [
         {
             "sample_id": f"c{c}",
@@ -242,8 +251,7 @@ def main() -> None:
                 hits = [m for b in response.json()["data"]["text_mem"] for m in b["memories"]]
                 ingested.setdefault(node, {})[f"locomo-c{c}"] = len(hits)
     report["ingested_found"] = ingested
-    report["actors"] = placements()
-    print("REPORT " + json.dumps(report), flush=True)
+    return report
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,50 @@ def lora_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@dataclass
+class EngineRun:
+    proc: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+
+
 @pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def engine_run(
+    model_dir: Path, lora_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EngineRun]:
+    """The in-process engine's check (engine_check.py, under the vLLM venv's python), started
+    before `vllm serve` so that the two start-ups overlap; its test collects the result."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+    }
+    env.pop("VIRTUAL_ENV", None)
+    folder = tmp_path_factory.mktemp("vllm-engine")
+    out, err = folder / "stdout", folder / "stderr"
+    script = Path(__file__).with_name("engine_check.py")
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen(
+            [str(vllm_env.venv_python()), str(script), str(model_dir), str(lora_dir)],
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=REPO,
+        )
+    try:
+        yield EngineRun(proc, out, err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory, engine_run: EngineRun
+) -> Iterator[Any]:
     log = tmp_path_factory.mktemp("vllm-serve") / "vllm.log"
     with vllm_env.VLLMServer(model_dir, log) as srv:
         print(f"\nvllm serve ready in {srv.startup_s:.1f} s (log {log})")
@@ -171,32 +214,16 @@ def test_unknown_model(server: Any, client: OpenAIChatModel) -> None:
         other.close()
 
 
-def test_engine_backend_in_vllm_venv(
-    model_dir: Path, lora_dir: Path, client: OpenAIChatModel
-) -> None:
+def test_engine_backend_in_vllm_venv(engine_run: EngineRun, client: OpenAIChatModel) -> None:
     """VLLMEngineChatModel for real, in a subprocess under the vLLM venv's python.
 
     Compared with the server's answer: same weights, same greedy decoding.
     """
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-    }
-    env.pop("VIRTUAL_ENV", None)
-    script = Path(__file__).with_name("engine_check.py")
-    proc = subprocess.run(
-        [str(vllm_env.venv_python()), str(script), str(model_dir), str(lora_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:] + proc.stdout[-2000:]
+    returncode = engine_run.proc.wait(timeout=600)
+    stdout = engine_run.out.read_text(errors="replace")
+    stderr = engine_run.err.read_text(errors="replace")
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert returncode == 0 and lines, stderr[-4000:] + stdout[-2000:]
     out = json.loads(lines[-1][len("RESULT ") :])
     print(f"\nengine: start {out['startup_s']:.1f} s, generate {out['generate_s']:.2f} s")
 
