@@ -12,7 +12,13 @@ from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from deployments.embedder import EmbedderDeployment
 from deployments.ingress import MemosIngress
 from deployments.llm import LLMDeployment
-from memos_ray.config import MemosConfig, TransformersLLMConfig, VLLMConfig, load_config
+from memos_ray.config import (
+    AutoscalingConfig,
+    MemosConfig,
+    TransformersLLMConfig,
+    VLLMConfig,
+    load_config,
+)
 from memos_ray.models import smollm2
 from memos_ray.runtime.cluster import check_cluster
 from memos_ray.runtime.netguard import require_admin_key
@@ -63,16 +69,24 @@ def build_from_config(config: MemosConfig) -> Application:
         # Must be in the replica's environment before OpenMP starts: a runtime_env var.
         actor_options["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": emb.omp_wait_policy}}
     embedder = EmbedderDeployment.options(  # type: ignore[attr-defined]
-        num_replicas=emb.num_replicas, ray_actor_options=actor_options
+        **replicas(emb.num_replicas, emb.autoscaling), ray_actor_options=actor_options
     ).bind(emb)
-    ingress_options: dict[str, Any] = {"num_cpus": config.serving.ingress_num_cpus}
-    if config.serving.ingress_resources:
-        ingress_options["resources"] = dict(config.serving.ingress_resources)
+    serving = config.serving
+    ingress_options: dict[str, Any] = {"num_cpus": serving.ingress_num_cpus}
+    if serving.ingress_resources:
+        ingress_options["resources"] = dict(serving.ingress_resources)
     return MemosIngress.options(  # type: ignore[attr-defined]
-        num_replicas=config.serving.ingress_replicas,
-        max_ongoing_requests=config.serving.max_ongoing_requests,
+        **replicas(serving.ingress_replicas, serving.ingress_autoscaling),
+        max_ongoing_requests=serving.max_ongoing_requests,
         ray_actor_options=ingress_options,
     ).bind(config, embedder, llm_deployment(config))
+
+
+def replicas(count: int, autoscaling: AutoscalingConfig | None) -> dict[str, Any]:
+    """A fixed replica count, or Serve's autoscaling when the config asks for it."""
+    if autoscaling is not None:
+        return {"autoscaling_config": autoscaling.model_dump()}
+    return {"num_replicas": count}
 
 
 def llm_deployment(config: MemosConfig) -> Application | None:
@@ -88,8 +102,5 @@ def llm_deployment(config: MemosConfig) -> Application | None:
         "max_ongoing_requests": llm.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": llm.num_cpus, "num_gpus": llm.num_gpus},
     }
-    if llm.autoscaling is not None:
-        options["autoscaling_config"] = llm.autoscaling.model_dump()
-    else:
-        options["num_replicas"] = llm.num_replicas
+    options.update(replicas(llm.num_replicas, llm.autoscaling))
     return LLMDeployment.options(**options).bind(config)  # type: ignore[attr-defined]

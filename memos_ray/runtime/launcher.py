@@ -104,7 +104,8 @@ def local_service(
     if not wait_port_free(host, port, PORT_WAIT_S):
         raise ConfigError(f"port {port} on {host} is in use (another memos-ray still running?)")
     proxy_port = port
-    if config.serving.direct_ingress and config.serving.ingress_replicas == 1:
+    serving = config.serving
+    if serving.direct_ingress and serving.ingress_replicas == 1 and not serving.ingress_autoscaling:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(port)
         os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(port + 1)
