@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 import threading
 import time
@@ -40,18 +41,17 @@ from tests.cluster.multinode_driver import PROFILE, deep_merge, wait_nodes
 
 # What a node hosts of the app, counted to choose the victim.
 APP_ACTORS = ("MemosIngress", "EmbedderDeployment", "CubeSchedulerActor", "TaskFeed", "Gate")
-# Failures a client may retry: the request was refused, or got no answer (its replica or
-# connection died mid-request, so it may or may not have been applied: not acknowledged).
-RAY_LOST = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "ActorUnschedulable")
+_MARKS: dict[str, str] = {}
 
 
 def node_marks() -> dict[str, str]:
-    """Node id -> its marker resource (node_head, node_a, ...), dead nodes included."""
-    marks: dict[str, str] = {}
+    """Node id -> its marker resource (node_head, node_a, ...); a dead node keeps the one it
+    had when last seen alive (Ray lists it without resources)."""
     for node in ray.nodes():
         found = [r for r in node["Resources"] if r.startswith("node_")]
-        marks[node["NodeID"]] = found[0] if found else node["NodeID"][:8]
-    return marks
+        if found or node["NodeID"] not in _MARKS:
+            _MARKS[node["NodeID"]] = found[0] if found else node["NodeID"][:8]
+    return dict(_MARKS)
 
 
 def actors() -> dict[str, dict[str, Any]]:
@@ -97,11 +97,14 @@ class Load:
     counter: int = 0
 
     def _status(self, response: httpx.Response | None, exc: Exception | None) -> str:
+        """The status, or the exception of a request that got no answer. Serve's proxy answers
+        a bare text/plain 500 when the replica died under the request (the app answers its
+        own errors in MemOS's JSON envelope, a replica or actor it lost as a 503)."""
         if response is None:
             return type(exc).__name__
         if response.status_code == 500:
-            if any(marker in response.text for marker in RAY_LOST):
-                return "500 replica lost"
+            if response.headers.get("content-type", "").startswith("text/plain"):
+                return "500 proxy"
             with self.lock:
                 self.other_500.append(response.text[:300])
         return str(response.status_code)
@@ -178,6 +181,7 @@ def run_load(spec: dict[str, Any], users: dict[str, str], victim: str) -> dict[s
     for thread in threads:
         thread.start()
     time.sleep(spec["before_s"])
+    before = actors()
     workdir = Path(spec["workdir"])
     (workdir / "kill-request").write_text(victim)
     while not (workdir / "killed").exists():
@@ -207,8 +211,15 @@ def run_load(spec: dict[str, Any], users: dict[str, str], victim: str) -> dict[s
     failures = [e for e in events if e.status != "200"]
     after_kill = [e for e in failures if e.end >= killed_at]
     answers = Counter(f"{e.op} {e.status}" for e in events)
+    # The proxy's 500s are its replica dying under the request: only between the kill and
+    # Serve's noticing (the victim's replicas marked dead), never elsewhere.
+    window_end = killed_at + (replicas_back_s or spec["max_after_s"]) + 5
+    stray_proxy_500 = [
+        e for e in events if e.status == "500 proxy" and not killed_at <= e.end <= window_end
+    ]
     return {
         "load": load,
+        "actors_before": before,
         "figures": {
             "load_s": round(time.monotonic() - began, 1),
             "killed_after_s": round(killed_at - began, 1),
@@ -229,10 +240,26 @@ def run_load(spec: dict[str, Any], users: dict[str, str], victim: str) -> dict[s
             "adds_acknowledged": len(load.acked),
             "adds_given_up": load.unanswered_adds,
             "tasks_acknowledged": len(load.tasks),
+            "proxy_500_outside_loss": len(stray_proxy_500),
             "other_500": len(load.other_500),
             "other_500_examples": load.other_500[:5],
         },
     }
+
+
+def settled(timeout_s: float = 60) -> dict[str, dict[str, Any]]:
+    """The actor table once no app actor is still being created."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        table = actors()
+        pending = [
+            a
+            for a in table.values()
+            if any(cls in a["class"] for cls in APP_ACTORS) and a["state"] not in ("ALIVE", "DEAD")
+        ]
+        if not pending or time.monotonic() > deadline:
+            return table
+        time.sleep(0.5)
 
 
 def check(
@@ -331,7 +358,7 @@ def main() -> None:
         via = urls["node_a" if i % 2 == 0 else "node_b"]
         body = {"user_id": user, "async_mode": "async", "messages": f"{user} warms up."}
         httpx.post(f"{via}/product/add", json=body, timeout=120).raise_for_status()
-    table = actors()
+    table = settled()
     hosted = Counter(
         a["node"]
         for a in table.values()
@@ -340,17 +367,19 @@ def main() -> None:
     victim = max(("node_a", "node_b"), key=lambda node: hosted[node])
     survivor = "node_b" if victim == "node_a" else "node_a"
     report["victim"], report["hosted_before"] = victim, dict(hosted)
-    report["actors_before"] = list(table.values())
 
     # Half the load through the head's proxy, half through the survivor's.
     via = {user: urls["node_head" if i % 2 == 0 else survivor] for i, user in enumerate(users)}
     outcome = run_load(spec, via, victim)
     report.update(outcome["figures"])
-    table = actors()
-    report["actors_after"] = list(table.values())
+    report["actors_before"] = list(outcome["actors_before"].values())
+    report["actors_after"] = list(actors().values())
     config = load_config(overrides)
     report.update(check(config, outcome["load"], Path(spec["data_dir"]), urls["node_head"], 300))
     print("REPORT " + json.dumps(report), flush=True)
+    # Every node's logs (one temp dir on this machine) outlive the cluster, for a post-mortem.
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    shutil.copytree(logs, Path(spec["workdir"]) / "ray-logs", dirs_exist_ok=True)
 
 
 if __name__ == "__main__":
