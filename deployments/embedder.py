@@ -12,8 +12,9 @@ from ray import serve
 from memos_ray import metrics
 from memos_ray.config import EmbedderConfig
 from memos_ray.errors import ConfigError
-from memos_ray.models.embedder import Encoded, SentenceTransformerEmbedder
+from memos_ray.models.embedder import Embedder, Encoded
 from memos_ray.models.handles import EMBEDDER_DEPLOYMENT
+from memos_ray.models.runtimes import load_embedder
 from memos_ray.runtime.netguard import keep_serve_grpc_on_loopback
 
 
@@ -23,12 +24,10 @@ class EmbedderDeployment:
         keep_serve_grpc_on_loopback()
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self._config = config
-        self._embedder = SentenceTransformerEmbedder(
-            config.model, device=config.device, batch_size=config.batch_size
-        )
+        self._embedder = self._load(config.model)
         # Other models by name, loaded on first use (cubes moved to another embedding space
         # by jobs.reembed; see memos_ray/services/spaces.py). Few: one per space in the registry.
-        self._others: dict[str, SentenceTransformerEmbedder] = {}
+        self._others: dict[str, Embedder] = {}
         self._others_lock = threading.Lock()
         if self._embedder.dim != config.dim:
             raise ConfigError(
@@ -65,15 +64,23 @@ class EmbedderDeployment:
         metrics.EMBEDDER_BATCH.observe(len(texts), call="other_model")
         return self._model(model).encode(texts)
 
-    def _model(self, model: str) -> SentenceTransformerEmbedder:
+    def _load(self, model: str | None) -> Embedder:
+        cfg = self._config
+        return load_embedder(
+            model,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            runtime=cfg.runtime,
+            quantize=cfg.quantize,
+            threads=cfg.threads or os.cpu_count() or 1,
+        )
+
+    def _model(self, model: str) -> Embedder:
         if model == (self._config.model or ""):
             return self._embedder
         with self._others_lock:
             embedder = self._others.get(model)
             if embedder is None:
-                cfg = self._config
-                embedder = SentenceTransformerEmbedder(
-                    model or None, device=cfg.device, batch_size=cfg.batch_size
-                )
+                embedder = self._load(model or None)
                 self._others[model] = embedder
         return embedder

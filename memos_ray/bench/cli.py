@@ -26,7 +26,7 @@ from memos_ray.bench.soak import add_graph_soak_parser
 from memos_ray.client import MemosClient
 from memos_ray.config import MemosConfig, ReaderConfig
 from memos_ray.core.reader import Turn, fast_windows
-from memos_ray.models.embedder import SentenceTransformerEmbedder
+from memos_ray.models.runtimes import load_embedder
 from memos_ray.runtime.compose import Models, build_query_embedder, build_ray_stores, build_services
 from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 from memos_ray.services.memory import SearchOptions
@@ -161,7 +161,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     windows = generate_windows(_windows_for(args.memories, None), seed=3)
     texts = _memory_texts(windows, reader.window_messages)
     torch.set_num_threads(os.cpu_count() or 1)
-    embedder = SentenceTransformerEmbedder(batch_size=64)
+    # The service's own runtime and settings, on every core: the ceiling to compare with.
+    cfg = MemosConfig().embedder
+    embedder = load_embedder(
+        cfg.model, batch_size=64, runtime=cfg.runtime, quantize=cfg.quantize, threads=os.cpu_count()
+    )
     embedder.embed(texts[:64])
     started = time.perf_counter()
     embedder.embed(texts)

@@ -38,10 +38,11 @@ from memos_ray.models import smollm2
 from memos_ray.models.adapters import AdapterStore
 from memos_ray.models.batching import BatchingEmbedder
 from memos_ray.models.chat import ChatModel
-from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
+from memos_ray.models.embedder import Embedder
 from memos_ray.models.handles import HandleChatModel, HandleEmbedder
 from memos_ray.models.openai_chat import OpenAIChatModel
 from memos_ray.models.reranker import EmbeddingReranker, Reranker
+from memos_ray.models.runtimes import load_embedder
 from memos_ray.services.chat import ChatService
 from memos_ray.services.fine import FineService
 from memos_ray.services.memory import MemoryService
@@ -63,9 +64,16 @@ from memos_ray.stores.vector.base import VectorStore
 from memos_ray.stores.vector.qdrant import QdrantVectorStore
 
 
-def build_embedder(config: MemosConfig) -> Embedder:
+def build_embedder(config: MemosConfig, threads: int | None = None) -> Embedder:
     cfg = config.embedder
-    return SentenceTransformerEmbedder(cfg.model, device=cfg.device, batch_size=cfg.batch_size)
+    return load_embedder(
+        cfg.model,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        runtime=cfg.runtime,
+        quantize=cfg.quantize,
+        threads=threads or cfg.threads,
+    )
 
 
 def build_query_embedder(config: MemosConfig) -> Embedder | None:
@@ -76,7 +84,7 @@ def build_query_embedder(config: MemosConfig) -> Embedder | None:
     import torch
 
     torch.set_num_threads(config.embedder.query_threads)
-    embedder = build_embedder(config)
+    embedder = build_embedder(config, threads=config.embedder.query_threads)
     batching = BatchingEmbedder(embedder, threads=config.embedder.query_threads)
     batching.embed(["warm up"])
     return batching

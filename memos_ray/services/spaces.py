@@ -27,7 +27,8 @@ from sqlalchemy import Engine
 from memos_ray.config import MemosConfig, QdrantConfig, QdrantEdgeConfig
 from memos_ray.embedded.actors import get_or_create_vector_actor
 from memos_ray.embedded.falkordb_actor import actor_suffix
-from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
+from memos_ray.models.embedder import Embedder
+from memos_ray.models.runtimes import load_embedder
 from memos_ray.services.memory import MemoryService, SpaceBinding, bind_space
 from memos_ray.services.space_registry import CubeSpace, EmbeddingSpace, SpaceRegistry
 from memos_ray.stores.vector.base import VectorStore
@@ -71,8 +72,13 @@ def space_for_model(config: MemosConfig, model: str, dim: int) -> EmbeddingSpace
 
 def space_embedder(config: MemosConfig, space: EmbeddingSpace) -> Embedder:
     cfg = config.embedder
-    return SentenceTransformerEmbedder(
-        space.model or None, device=cfg.device, batch_size=cfg.batch_size
+    return load_embedder(
+        space.model or None,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        runtime=cfg.runtime,
+        quantize=cfg.quantize,
+        threads=cfg.threads,
     )
 
 

@@ -1,0 +1,34 @@
+"""Which runtime embeds: ONNX Runtime where the model allows it, else PyTorch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
+
+log = logging.getLogger(__name__)
+
+
+def load_embedder(
+    model: str | None = None,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    runtime: Literal["onnx", "torch"] = "onnx",
+    quantize: Literal["none", "int8"] = "none",
+    threads: int | None = None,
+) -> Embedder:
+    """The embedder for a runtime, loaded now. ONNX on CPU when the model allows it, else
+    sentence-transformers on PyTorch (with a warning when ONNX was asked for)."""
+    if runtime == "onnx" and device == "cpu":
+        # deferred: onnxruntime loads only for this runtime
+        from memos_ray.models.onnx_embedder import OnnxEmbedder
+
+        try:
+            return OnnxEmbedder(model, batch_size, threads, quantize).load()
+        except Exception as exc:  # an export that fails must not stop the service
+            if quantize != "none":
+                raise
+            log.warning("embedder stays on PyTorch: ONNX Runtime cannot run it (%s)", exc)
+    return SentenceTransformerEmbedder(model, device=device, batch_size=batch_size)

@@ -1,0 +1,90 @@
+"""The ONNX Runtime embedder against the PyTorch one: the same vectors from the same weights.
+
+Runs the real export (PyTorch's dynamo exporter) into a temporary cache, so a change of
+torch, transformers or onnxruntime that breaks the export or drifts the vectors fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memos_ray.config import EmbedderConfig
+from memos_ray.models.embedder import SentenceTransformerEmbedder, default_model_path
+from memos_ray.models.onnx_embedder import OnnxEmbedder, OnnxUnsupported, export_model
+from memos_ray.models.runtimes import load_embedder
+
+TEXTS = [
+    "Caroline: I went to the LGBTQ support group yesterday and it was so powerful.",
+    "Melanie: That's great! What did you paint last week?",
+    "When did Ana go on the hiking trip?",
+    "x",
+    "",
+    # longer than the model's 256-token window: truncated the same way by both runtimes
+    "tell me more " * 200,
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+def test_onnx_vectors_match_pytorch(cache: Path) -> None:
+    torch_out = SentenceTransformerEmbedder().encode(TEXTS)
+    onnx = OnnxEmbedder(cache_dir=cache, batch_size=4)
+    onnx_out = onnx.encode(TEXTS)
+    assert onnx.dim == 384
+    assert onnx_out.dense.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(onnx_out.dense, torch_out.dense, atol=1e-4)
+    assert onnx_out.tokens is not None and torch_out.tokens is not None
+    for ours, theirs in zip(onnx_out.tokens, torch_out.tokens, strict=True):
+        assert ours.dtype == np.float16 and ours.shape == theirs.shape
+        np.testing.assert_allclose(ours.astype(np.float32), theirs.astype(np.float32), atol=2e-3)
+    # Padding must not leak into a short text's vector: alone or in a batch, the same.
+    alone = onnx.embed([TEXTS[3]])
+    np.testing.assert_allclose(alone[0], onnx_out.dense[3], atol=1e-5)
+    assert onnx.embed([]).shape == (0, 384)
+
+
+def test_export_is_cached_and_reused(cache: Path) -> None:
+    first = export_model(Path(default_model_path()), "none", cache)
+    stamp = first.stat().st_mtime_ns
+    again = export_model(Path(default_model_path()), "none", cache)
+    assert again == first and again.stat().st_mtime_ns == stamp
+    assert not [p for p in cache.iterdir() if p.is_dir() and "." in p.name]  # no staging left
+
+
+def test_int8_is_close_but_not_equal(cache: Path) -> None:
+    fp32 = OnnxEmbedder(cache_dir=cache).embed(TEXTS[:3])
+    int8 = OnnxEmbedder(cache_dir=cache, quantize="int8").embed(TEXTS[:3])
+    cosines = (fp32 * int8).sum(axis=1)
+    assert (cosines > 0.95).all() and (cosines < 0.99999).any()
+
+
+def test_unsupported_model_is_refused_and_loader_falls_back(tmp_path: Path) -> None:
+    model = tmp_path / "with-dense"
+    shutil.copytree(default_model_path(), model)
+    modules = json.loads((model / "modules.json").read_text())
+    modules.append(
+        {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
+    )
+    (model / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(OnnxUnsupported, match="Transformer-Pooling"):
+        OnnxEmbedder(str(model))
+    # The configured default falls back to PyTorch for it rather than failing the service.
+    (model / "modules.json").write_text(json.dumps(modules[:3]))
+    (model / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 384, "pooling_mode_max_tokens": True})
+    )
+    assert isinstance(load_embedder(str(model)), SentenceTransformerEmbedder)
+
+
+def test_int8_needs_the_onnx_runtime() -> None:
+    with pytest.raises(ValueError, match="quantize"):
+        EmbedderConfig(runtime="torch", quantize="int8")
+    assert EmbedderConfig().runtime == "onnx"
