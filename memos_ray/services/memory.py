@@ -19,8 +19,9 @@ and text (`memory_id_for`), so every write below is an idempotent upsert.
 - Delete: by id in every store, each one asked, so a memory that one store lost still
   leaves the other (vectors first, then the node: a half-done delete is never searchable).
   Every call is cube-scoped in both stores; another cube's same id is never touched.
-- Search: only memories whose node exists are returned (one `existing_ids` call on the
-  ids a search is about to score; skipped when a filter already chose the ids from the
+- Search: only memories whose node exists are returned (the ranking index asks the graph
+  once, on its first search, which of its ids have a node: nodes leave only after their
+  points, which replaces the index; skipped when a filter already chose the ids from the
   graph). An orphan point is not deleted at search time: reads stay reads, and a retried
   add or a delete by id settles it; `reconcile` removes orphans and completes half-written
   memories of a cube for an operator.
@@ -28,6 +29,7 @@ and text (`memory_id_for`), so every write below is an idempotent upsert.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -597,8 +599,8 @@ class MemoryService:
     ) -> list[MemoryItem]:
         """Relativity, the threshold and de-dup, walking the ranker's order until top_k.
 
-        With `verify`, each chunk keeps only ids whose graph node exists (orphan points,
-        see the module docstring); without it the ids came from the graph already.
+        With `verify`, only ids whose graph node exists (orphan points, see the module
+        docstring; known per index); without it the ids came from the graph already.
 
         "mmr" drops near-duplicates here, like "sim": trading rank for diversity on top of
         the ranker's neighbour and session terms cost 0.025 R@5 on the LoCoMo dev file.
@@ -609,11 +611,13 @@ class MemoryService:
         threshold = self.search_config.mmr_duplicate_threshold
         chosen: list[tuple[int, float]] = []
         chunk = max(options.top_k, 8)
+        alive = (
+            cube.alive_mask(functools.partial(self.graph.existing_ids, cube_id)) if verify else None
+        )
         for start in range(0, len(order), chunk):
             part = list(order[start : start + chunk])
-            if verify:
-                alive = self.graph.existing_ids(cube_id, [index.ids[i] for i in part])
-                part = [i for i in part if index.ids[i] in alive]
+            if alive is not None:
+                part = [i for i in part if alive[i]]
                 if not part:
                     continue
             ids = [index.ids[i] for i in part]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,8 @@ TEXT = "text"
 SPEAKER = "speaker"
 CHAT_TIME = "chat_time"
 SEQ = "seq"
+# Ids per graph query when checking an index's units for their nodes.
+ALIVE_CHUNK = 5000
 
 
 def unit_payload(item: MemoryItem, seq: int) -> dict[str, Any]:
@@ -69,6 +71,22 @@ class IndexedCube:
     memory_types: np.ndarray
     sessions: np.ndarray
     positions: dict[str, int]
+    # Which units have their graph node (orphan points are hidden), checked once per index
+    # on the first search instead of once per search: nodes go away only with their points
+    # (deletes remove points first), which changes the revision and replaces this index.
+    alive: np.ndarray | None = None
+    alive_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def alive_mask(self, existing: Callable[[Sequence[str]], set[str]]) -> np.ndarray:
+        """`alive`, asking `existing` (the graph) the first time, in chunks."""
+        with self.alive_lock:
+            if self.alive is None:
+                ids = self.index.ids
+                found: set[str] = set()
+                for start in range(0, len(ids), ALIVE_CHUNK):
+                    found |= existing(ids[start : start + ALIVE_CHUNK])
+                self.alive = np.fromiter((i in found for i in ids), bool, len(ids))
+            return self.alive
 
     @property
     def type_set(self) -> set[str]:
