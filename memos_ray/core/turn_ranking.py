@@ -80,36 +80,84 @@ def turn_text(turn: RankTurn) -> str:
 # -- BM25 -------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class BM25Index:
-    postings: dict[str, tuple[np.ndarray, np.ndarray]]
-    size: int
+    """Term frequencies and document lengths; weights are computed for the query's terms
+    at search time, so documents can be appended without touching the others' postings
+    (their weights depend on the corpus size and mean length)."""
+
+    postings: dict[str, tuple[np.ndarray, np.ndarray]]  # term -> (documents, frequencies)
+    lengths: np.ndarray  # tokens per document, float32
+    k1: float
+    b: float
+
+    @property
+    def size(self) -> int:
+        return len(self.lengths)
 
 
 def bm25_build(docs: Sequence[Sequence[str]], k1: float, b: float) -> BM25Index:
-    n = len(docs)
-    avg = max(sum(len(d) for d in docs) / max(n, 1), 1.0)
-    raw: dict[str, tuple[list[int], list[float]]] = {}
+    raw: dict[str, tuple[list[int], list[int]]] = {}
     for i, tokens in enumerate(docs):
-        norm = k1 * (1 - b + b * len(tokens) / avg)
         for term, tf in Counter(tokens).items():
-            ids, weights = raw.setdefault(term, ([], []))
+            ids, freqs = raw.setdefault(term, ([], []))
             ids.append(i)
-            weights.append(tf * (k1 + 1) / (tf + norm))
-    postings = {}
-    for term, (ids, weights) in raw.items():
-        idf = math.log(1 + (n - len(ids) + 0.5) / (len(ids) + 0.5))
-        postings[term] = (np.asarray(ids, np.int64), np.asarray(weights, np.float32) * idf)
-    return BM25Index(postings, n)
+            freqs.append(tf)
+    postings = {
+        term: (np.asarray(ids, np.int64), np.asarray(freqs, np.float32))
+        for term, (ids, freqs) in raw.items()
+    }
+    lengths = np.array([len(d) for d in docs], np.float32)
+    return BM25Index(postings, lengths, k1, b)
 
 
 def bm25_score(index: BM25Index, query_tokens: Sequence[str]) -> np.ndarray:
-    scores = np.zeros(index.size, np.float32)
+    n = index.size
+    scores = np.zeros(n, np.float32)
+    if not n:
+        return scores
+    avg = max(float(index.lengths.sum()) / n, 1.0)
+    k1, b = index.k1, index.b
     for term in set(query_tokens):
         posting = index.postings.get(term)
-        if posting is not None:
-            scores[posting[0]] += posting[1]
+        if posting is None:
+            continue
+        ids, tf = posting
+        idf = math.log(1 + (n - len(ids) + 0.5) / (len(ids) + 0.5))
+        norm = k1 * (1 - b + b * index.lengths[ids] / avg)
+        scores[ids] += (tf * (k1 + 1) / (tf + norm)) * np.float32(idf)
     return scores
+
+
+def bm25_extend(
+    index: BM25Index, docs: Sequence[Sequence[str]], grow_last: Sequence[str] = ()
+) -> BM25Index:
+    """A new index with `grow_last` added to the last document and `docs` appended; the old
+    index is left as it was (searches holding it run on unchanged)."""
+    postings = dict(index.postings)
+    lengths = index.lengths
+    last = index.size - 1
+    if grow_last:
+        if last < 0:
+            raise ValueError("no last document to grow")
+        lengths = lengths.copy()
+        lengths[last] += len(grow_last)
+        for term, tf in Counter(grow_last).items():
+            ids, freqs = postings.get(term, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
+            if len(ids) and ids[-1] == last:
+                freqs = freqs.copy()
+                freqs[-1] += tf
+            else:
+                ids = np.append(ids, np.int64(last))
+                freqs = np.append(freqs, np.float32(tf))
+            postings[term] = (ids, freqs)
+    for offset, tokens in enumerate(docs):
+        doc = index.size + offset
+        for term, tf in Counter(tokens).items():
+            ids, freqs = postings.get(term, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
+            postings[term] = (np.append(ids, np.int64(doc)), np.append(freqs, np.float32(tf)))
+    lengths = np.concatenate([lengths, np.array([len(d) for d in docs], np.float32)])
+    return BM25Index(postings, lengths, index.k1, index.b)
 
 
 # -- dates ------------------------------------------------------------------------------
@@ -254,10 +302,35 @@ class CubeIndex:
     tokens: list[np.ndarray] | None = None
     # Each unit's distinct keyword terms (for query-term coverage without re-tokenising).
     terms: list[frozenset[str]] | None = None
+    # Session names in index order (`session_of` numbers them).
+    session_keys: list[str] | None = None
+    # Spare rows after `vectors` for appends (`vectors` is a view of its head).
+    rows: RowBuffer | None = None
 
     @property
     def size(self) -> int:
         return len(self.ids)
+
+
+class RowBuffer:
+    """Vectors with room to grow: an append writes past the rows any index views, so older
+    indexes sharing the buffer see nothing change; only the newest index may append."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        n, d = rows.shape
+        self.data = np.empty((max(2 * n, 64), d), np.float32)
+        self.data[:n] = rows
+        self.used = n
+
+    def extend(self, viewed: int, rows: np.ndarray) -> tuple[np.ndarray, RowBuffer]:
+        """The first `viewed` rows plus `rows`, in this buffer when it can, else a new one."""
+        end = viewed + len(rows)
+        if viewed == self.used and end <= len(self.data):
+            self.data[viewed:end] = rows
+            self.used = end
+            return self.data[:end], self
+        grown = RowBuffer(np.concatenate([self.data[:viewed], rows]))
+        return grown.data[:end], grown
 
 
 def index_units(
@@ -282,6 +355,9 @@ def index_units(
     )
     e = np.asarray(vectors, np.float32)
     e = e.reshape(n, e.shape[-1] if e.ndim == 2 else 0)
+    rows = RowBuffer(e) if e.shape[1] else None
+    if rows is not None:
+        e = rows.data[:n]
     norm_prev = np.where(prev >= 0, np.linalg.norm(e + e[np.maximum(prev, 0)], axis=1), 1.0).astype(
         np.float32
     )
@@ -307,7 +383,96 @@ def index_units(
         norm_next=np.maximum(norm_next, 1e-9),
         tokens=tokens,
         terms=[frozenset(toks) for toks in token_lists],
+        session_keys=session_keys,
+        rows=rows,
     )
+
+
+def append_units(
+    index: CubeIndex,
+    units: Sequence[RankUnit],
+    vectors: np.ndarray,
+    tokens: list[np.ndarray] | None = None,
+) -> CubeIndex:
+    """`index` with `units` added at its end, as `index_units` over all of them would give.
+
+    The units must sort after every indexed one: each continues the last session or starts
+    a new one (else ValueError; the caller rebuilds). `index` itself is not changed.
+    """
+    keys = list(index.session_keys or [])
+    if index.session_keys is None or (index.rows is None and index.size):
+        raise ValueError("this index cannot take appends (built without session keys)")
+    if (tokens is None) != (index.tokens is None):
+        raise ValueError("token vectors must come with the units exactly when indexed")
+    n, k = index.size, len(units)
+    if not k:
+        return index
+    known = set(keys)
+    session_of: list[int] = []
+    unit_docs: list[list[str]] = []
+    grow_last: list[str] = []
+    new_sessions: list[list[str]] = []
+    for unit in units:
+        if not keys or unit.session != keys[-1]:
+            if unit.session in known:
+                raise ValueError(f"session {unit.session!r} is not the last one")
+            keys.append(unit.session)
+            known.add(unit.session)
+            new_sessions.append([])
+        session_of.append(len(keys) - 1)
+        toks = tokenize(unit.text)
+        unit_docs.append(toks)
+        if new_sessions:
+            new_sessions[-1].extend(toks)
+        else:
+            grow_last.extend(toks)
+    sessions = np.concatenate([index.session_of, np.asarray(session_of, np.int64)])
+    new = np.asarray(vectors, np.float32).reshape(k, -1)
+    if index.rows is None:
+        rows = RowBuffer(new)
+        e = rows.data[:k]
+    else:
+        e, rows = index.rows.extend(n, new)
+    pos = np.arange(n, n + k)
+    prev_new = np.array(
+        [p - 1 if p > 0 and sessions[p - 1] == sessions[p] else -1 for p in pos], np.int64
+    )
+    prev = np.concatenate([index.prev, prev_new])
+    nxt = np.concatenate([index.next, np.full(k, -1, np.int64)])
+    nxt[prev_new[prev_new >= 0]] = pos[prev_new >= 0]
+    norm_next = np.concatenate([index.norm_next, np.ones(k, np.float32)])
+    if n and nxt[n - 1] == n:  # the last indexed unit now has a successor
+        norm_next[n - 1] = _pair_norms(e, np.array([n - 1]), np.array([n]))[0]
+    norm_next[n:] = _pair_norms(e, pos, nxt[n:])
+    norm_prev = np.concatenate([index.norm_prev, _pair_norms(e, pos, prev_new)])
+    return CubeIndex(
+        ids=index.ids + [u.id for u in units],
+        speakers=index.speakers + [u.speaker.lower() for u in units],
+        session_of=sessions,
+        prev=prev,
+        next=nxt,
+        days=np.concatenate(
+            [index.days, np.array([u.day.toordinal() if u.day else 0 for u in units], np.int64)]
+        ),
+        months=np.concatenate(
+            [index.months, np.array([u.day.month if u.day else 0 for u in units], np.int64)]
+        ),
+        bm25=bm25_extend(index.bm25, unit_docs),
+        bm25_sessions=bm25_extend(index.bm25_sessions, new_sessions, grow_last),
+        vectors=e,
+        norm_prev=norm_prev,
+        norm_next=norm_next,
+        tokens=None if tokens is None else (index.tokens or []) + list(tokens),
+        terms=(index.terms or []) + [frozenset(toks) for toks in unit_docs],
+        session_keys=keys,
+        rows=rows,
+    )
+
+
+def _pair_norms(e: np.ndarray, pos: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """|e_p + e_other| per position, 1 where there is no neighbour (as `index_units`)."""
+    norms = np.where(other >= 0, np.linalg.norm(e[pos] + e[np.maximum(other, 0)], axis=1), 1.0)
+    return np.maximum(norms, 1e-9).astype(np.float32)
 
 
 def build_index(

@@ -33,6 +33,7 @@ from memos_ray.stores.vector.base import (
     VectorHit,
     VectorRecord,
     VectorStore,
+    WriteStamp,
 )
 
 # A zero-arg factory (must pickle: a module-level function or functools.partial), or an
@@ -119,9 +120,9 @@ class VectorStoreActor:
     def dim(self) -> int:
         return self._store.dim
 
-    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> None:
+    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> WriteStamp | None:
         with self._writing() as store:
-            store.upsert(cube_id, records)
+            return store.upsert(cube_id, records)
 
     def search_dense(
         self,
@@ -234,8 +235,8 @@ class ActorVectorStore(VectorStore):
             metrics.store_error("vector", "actor", method)
             raise StoreUnavailableError(f"the vector store did not answer ({method})") from exc
 
-    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> None:
-        self._call("upsert", cube_id, list(records))
+    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> WriteStamp | None:
+        return cast(WriteStamp | None, self._call("upsert", cube_id, list(records)))
 
     def search_dense(
         self,

@@ -289,10 +289,18 @@ class MemoryService:
         try:
             if nodes:
                 self.graph.upsert_nodes(cube_id, nodes)
+            stamp = None
             try:
-                at.vectors.upsert(cube_id, records)
+                stamp = at.vectors.upsert(cube_id, records)
             finally:
-                at.indexes.invalidate(cube_id)
+                # A chat's next turn extends the cached index instead of costing a rebuild.
+                at.indexes.written(
+                    cube_id,
+                    stamp,
+                    [r.id for r in records],
+                    np.asarray([r.dense for r in records], np.float32),
+                    [r.payload for r in records],
+                )
         except Exception:
             self._undo(
                 at,

@@ -21,11 +21,12 @@ from memos_ray.core.turn_ranking import (
     CubeIndex,
     RankingParams,
     RankUnit,
+    append_units,
     index_units,
     parse_date,
 )
 from memos_ray.domain.memory import MemoryItem, MemoryStatus
-from memos_ray.stores.vector.base import VectorFilter, VectorStore
+from memos_ray.stores.vector.base import VectorFilter, VectorStore, WriteStamp
 
 # Payload keys written beside each point for the index (see `unit_payload`).
 TEXT = "text"
@@ -76,6 +77,9 @@ class IndexedCube:
     # (deletes remove points first), which changes the revision and replaces this index.
     alive: np.ndarray | None = None
     alive_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Each session's first seq and the sort key of the last unit: where an append may go.
+    first_seq: dict[str, int] = field(default_factory=dict)
+    last_key: tuple[Any, ...] | None = None
 
     def alive_mask(self, existing: Callable[[Sequence[str]], set[str]]) -> np.ndarray:
         """`alive`, asking `existing` (the graph) the first time, in chunks."""
@@ -106,9 +110,30 @@ class IndexedCube:
             mask = np.isin(self.memory_types, list(memory_types))
         if ids is not None:
             by_id = np.zeros(len(self.payloads), bool)
-            by_id[[self.positions[i] for i in ids if i in self.positions]] = True
+            size = len(self.payloads)
+            by_id[[p for i in ids if (p := self.positions.get(i, size)) < size]] = True
             mask = by_id if mask is None else mask & by_id
         return mask
+
+
+def _order_key(
+    first: Mapping[str, int], session: str, seq: int, payload: Mapping[str, Any], unit_id: str
+) -> tuple[Any, ...]:
+    """Sessions by their first turn, then arrival: the order the index keeps units in."""
+    return (first[session], session, seq, str(payload.get("created_at")), unit_id)
+
+
+def _unit(unit_id: str, payload: Mapping[str, Any], dates: dict[Any, Any]) -> RankUnit:
+    chat_time = payload.get(CHAT_TIME)
+    if chat_time not in dates:
+        dates[chat_time] = parse_date(chat_time)
+    return RankUnit(
+        id=unit_id,
+        session=str(payload.get("session_id") or ""),
+        text=str(payload.get(TEXT) or payload.get("memory") or ""),
+        speaker=str(payload.get(SPEAKER) or ""),
+        day=dates[chat_time],
+    )
 
 
 def index_cube(
@@ -124,32 +149,10 @@ def index_cube(
     first: dict[str, int] = {}
     for seq, session in zip(seqs, sessions, strict=True):
         first[session] = min(seq, first.get(session, seq))
-    order = sorted(
-        range(len(ids)),
-        key=lambda i: (
-            first[sessions[i]],
-            sessions[i],
-            seqs[i],
-            str(payloads[i].get("created_at")),
-            ids[i],
-        ),
-    )
-    dates: dict[str | None, Any] = {}
-    units = []
-    for i in order:
-        p = payloads[i]
-        chat_time = p.get(CHAT_TIME)
-        if chat_time not in dates:
-            dates[chat_time] = parse_date(chat_time)
-        units.append(
-            RankUnit(
-                id=ids[i],
-                session=sessions[i],
-                text=str(p.get(TEXT) or p.get("memory") or ""),
-                speaker=str(p.get(SPEAKER) or ""),
-                day=dates[chat_time],
-            )
-        )
+    keys = [_order_key(first, sessions[i], seqs[i], payloads[i], ids[i]) for i in range(len(ids))]
+    order = sorted(range(len(ids)), key=keys.__getitem__)
+    dates: dict[Any, Any] = {}
+    units = [_unit(ids[i], payloads[i], dates) for i in order]
     ordered = [dict(payloads[i]) for i in order]
     index = index_units(units, vectors[order] if len(order) else vectors, None, params)
     return IndexedCube(
@@ -159,6 +162,61 @@ def index_cube(
         memory_types=np.array([str(p.get("memory_type")) for p in ordered], dtype=object),
         sessions=np.array([sessions[i] for i in order], dtype=object),
         positions={unit_id: pos for pos, unit_id in enumerate(index.ids)},
+        first_seq=first,
+        last_key=keys[order[-1]] if order else None,
+    )
+
+
+def extend_cube(
+    cube: IndexedCube,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    payloads: Sequence[Mapping[str, Any]],
+    revision: str,
+) -> IndexedCube | None:
+    """`cube` plus new active units that sort after all of its own (a chat's next turns),
+    as `index_cube` over everything would give; None when they do not, or are not new."""
+    if any(i in cube.positions for i in ids) or len(set(ids)) != len(ids):
+        return None
+    if any(p.get("status") != MemoryStatus.ACTIVATED for p in payloads):
+        return None
+    seqs = [int(p.get(SEQ) or 0) for p in payloads]
+    sessions = [str(p.get("session_id") or "") for p in payloads]
+    first = dict(cube.first_seq)
+    for seq, session in zip(seqs, sessions, strict=True):
+        if session not in cube.first_seq:
+            first[session] = min(seq, first.get(session, seq))
+    keys = [_order_key(first, sessions[i], seqs[i], payloads[i], ids[i]) for i in range(len(ids))]
+    order = sorted(range(len(ids)), key=keys.__getitem__)
+    if cube.last_key is not None and keys[order[0]] <= cube.last_key:
+        return None
+    dates: dict[Any, Any] = {}
+    try:
+        index = append_units(
+            cube.index, [_unit(ids[i], payloads[i], dates) for i in order], vectors[order]
+        )
+    except ValueError:
+        return None
+    ordered = [dict(payloads[i]) for i in order]
+    positions = cube.positions  # shared: older readers never ask for ids past their size
+    for offset, i in enumerate(order):
+        positions[ids[i]] = cube.index.size + offset
+    alive = cube.alive
+    return IndexedCube(
+        index=index,
+        payloads=cube.payloads + ordered,
+        revision=revision,
+        memory_types=np.concatenate(
+            [cube.memory_types, np.array([str(p.get("memory_type")) for p in ordered], object)]
+        ),
+        sessions=np.concatenate(
+            [cube.sessions, np.array([sessions[i] for i in order], dtype=object)]
+        ),
+        positions=positions,
+        # The caller wrote these units' nodes before their points.
+        alive=None if alive is None else np.concatenate([alive, np.ones(len(ids), bool)]),
+        first_seq=first,
+        last_key=keys[order[-1]],
     )
 
 
@@ -211,6 +269,30 @@ class CubeIndexCache:
                 while len(self._entries) > self._max:
                     self._entries.popitem(last=False)
             return entry
+
+    def written(
+        self,
+        cube_id: str,
+        stamp: WriteStamp | None,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """After this process wrote new points: extend the cube's index in place of a
+        rebuild when the store vouches nothing else changed since the index was read
+        (`stamp.before` is its revision); else drop it, and the next search rebuilds."""
+        with self._lock:
+            build_lock = self._building.setdefault(cube_id, threading.Lock())
+        with build_lock:
+            entry = self._cached(cube_id, None)
+            grown = None
+            if entry is not None and stamp is not None and entry.revision == stamp.before:
+                grown = extend_cube(entry, ids, vectors, payloads, stamp.after)
+            with self._lock:
+                if grown is None:
+                    self._entries.pop(cube_id, None)
+                elif cube_id in self._entries:
+                    self._entries[cube_id] = grown
 
     def invalidate(self, cube_id: str) -> None:
         with self._lock:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
+import uuid
+from pathlib import Path
 
 import numpy as np
 
-from memos_ray.core.turn_ranking import RankingParams
-from memos_ray.services.ranking import index_cube
+from memos_ray.core.turn_ranking import RankingParams, first_stage
+from memos_ray.domain.memory import MemoryStatus
+from memos_ray.services.ranking import CubeIndexCache, IndexedCube, extend_cube, index_cube
+from memos_ray.stores.vector.base import VectorRecord, WriteStamp
+from memos_ray.stores.vector.qdrant_edge import QdrantEdgeVectorStore
 
 
 def _payload(session: str, seq: int, text: str, **extra: object) -> dict:
@@ -49,3 +55,143 @@ def test_units_are_ordered_by_session_then_arrival() -> None:
 def test_an_empty_cube_indexes() -> None:
     cube = index_cube([], np.zeros((0, 8), np.float32), [], "", RankingParams())
     assert cube.index.size == 0 and cube.allowed(["UserMemory"], None) is None
+
+
+def _index_of(cube: IndexedCube) -> dict[str, object]:
+    """Everything a search reads from a cube's index, comparable across builds."""
+    index = cube.index
+    return {
+        "ids": index.ids,
+        "sessions": index.session_of.tolist(),
+        "prev": index.prev.tolist(),
+        "next": index.next.tolist(),
+        "days": index.days.tolist(),
+        "speakers": index.speakers,
+        "types": cube.memory_types.tolist(),
+        "positions": {i: cube.positions[i] for i in index.ids},
+    }
+
+
+def _random_cube(rng: random.Random, n: int) -> tuple[list[str], np.ndarray, list[dict]]:
+    words = [
+        "ann",
+        "bob",
+        "lisbon",
+        "hiking",
+        "trip",
+        "pottery",
+        "class",
+        "nervous",
+        "proud",
+        "osaka",
+        "dinner",
+        "camping",
+    ]
+    ids, payloads, seq = [], [], 100
+    for s in range(n):
+        for _ in range(rng.randint(1, 4)):
+            seq += rng.randint(1, 5)
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(2, 10)))
+            day = f"2023-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}T10:00:00"
+            payloads.append(
+                _payload(
+                    f"s{s}",
+                    seq,
+                    text,
+                    speaker=rng.choice(["Ann", "Bob", ""]),
+                    chat_time=day,
+                    status=MemoryStatus.ACTIVATED,
+                )
+            )
+            ids.append(f"u{len(ids)}")
+    vectors = np.random.default_rng(rng.randint(0, 99)).normal(size=(len(ids), 8))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    return ids, vectors, payloads
+
+
+def test_extending_an_index_gives_what_a_rebuild_gives() -> None:
+    """A chat's next turns (the last session, or a new one) are appended to the cached index;
+    every score a search computes must equal a rebuild's over all the points."""
+    rng = random.Random(5)
+    params = RankingParams()
+    for trial in range(6):
+        ids, vectors, payloads = _random_cube(rng, 4 + trial)
+        full = index_cube(ids, vectors, payloads, "all", params)
+        cut = rng.randint(0, len(ids) - 1)
+        cube = index_cube(ids[:cut], vectors[:cut], payloads[:cut], "before", params)
+        size_before = cube.index.size
+        # In two writes: one turn, then the rest (a chat adds a turn at a time).
+        for part in (slice(cut, cut + 1), slice(cut + 1, len(ids))):
+            grown = extend_cube(cube, ids[part], vectors[part], payloads[part], "after")
+            assert grown is not None
+            cube = grown
+        assert cube.revision == "after" and _index_of(cube) == _index_of(full)
+        for query in ("ann hiking lisbon", "what did bob cook in osaka in march 2023?"):
+            q = vectors[rng.randrange(len(ids))]
+            np.testing.assert_allclose(
+                first_stage(cube.index, query, q, "2023-04-01", params),
+                first_stage(full.index, query, q, "2023-04-01", params),
+                atol=1e-4,
+            )
+    # The index it grew from is unchanged (searches holding it go on).
+    ids, vectors, payloads = _random_cube(random.Random(1), 5)
+    base = index_cube(ids[:-2], vectors[:-2], payloads[:-2], "r1", params)
+    snapshot = _index_of(base)
+    assert size_before >= 0 and extend_cube(base, ids[-2:], vectors[-2:], payloads[-2:], "r2")
+    assert _index_of(base) == snapshot and base.index.vectors.shape[0] == len(ids) - 2
+
+
+def test_writes_that_do_not_append_are_refused() -> None:
+    ids, vectors, payloads = _random_cube(random.Random(2), 5)
+    params = RankingParams()
+    cube = index_cube(ids[1:], vectors[1:], payloads[1:], "r1", params)
+    # An older turn (sorts before the last indexed one): only a rebuild places it.
+    assert extend_cube(cube, ids[:1], vectors[:1], payloads[:1], "r2") is None
+    # An id the index holds (an update), or a memory that is not active.
+    assert extend_cube(cube, ids[-1:], vectors[-1:], payloads[-1:], "r2") is None
+    late = {**payloads[-1], "seq": 10**9, "status": "archived"}
+    assert extend_cube(cube, ["new"], vectors[:1], [late], "r2") is None
+
+
+def test_the_cache_extends_on_its_own_writes_and_rebuilds_on_others(tmp_path: Path) -> None:
+    """With a real store (qdrant-edge): a write stamped from the cached revision extends the
+    index; one from another writer (a stamp that does not follow it) drops it."""
+    store = QdrantEdgeVectorStore(8, tmp_path / "edge")
+    cache = CubeIndexCache(store, RankingParams())
+    ids, vectors, payloads = _random_cube(random.Random(3), 6)
+    uuids = [str(uuid.uuid4()) for _ in ids]
+
+    def records(rows: range) -> list[VectorRecord]:
+        return [
+            VectorRecord(id=uuids[i], dense=vectors[i].tolist(), payload=payloads[i]) for i in rows
+        ]
+
+    store.upsert("cube", records(range(len(ids) - 2)))
+    first = cache.get("cube")
+    assert first.index.size == len(ids) - 2
+    new = records(range(len(ids) - 2, len(ids) - 1))
+    stamp = store.upsert("cube", new)
+    assert stamp is not None and stamp.before == first.revision
+    cache.written(
+        "cube", stamp, [r.id for r in new], vectors[len(ids) - 2 : -1], [r.payload for r in new]
+    )
+    grown = cache.get("cube", store.revision("cube"))
+    assert grown is not first and grown.index.size == len(ids) - 1
+    assert (
+        grown.index.ids
+        == index_cube(
+            [uuids[i] for i in range(len(ids) - 1)],
+            vectors[:-1],
+            payloads[:-1],
+            "",
+            RankingParams(),
+        ).index.ids
+    )
+    # Another process wrote in between: the stamp does not start at the cached revision.
+    store.upsert("cube", records(range(len(ids) - 1, len(ids))))
+    last = records(range(len(ids) - 1, len(ids)))
+    stale = WriteStamp(before="someone-else", after=store.revision("cube"))
+    cache.written("cube", stale, [r.id for r in last], vectors[-1:], [r.payload for r in last])
+    rebuilt = cache.get("cube", store.revision("cube"))
+    assert rebuilt.index.size == len(ids) and rebuilt is not grown
+    store.close()

@@ -70,6 +70,16 @@ class CubeScan:
     revision: str
 
 
+@dataclass(frozen=True)
+class WriteStamp:
+    """A cube's revision just before and just after one write, from a store that is its
+    shards' only writer: a reader whose index is at `before` may apply the write itself and
+    be at `after`. Stores shared by several writers return None from writes instead."""
+
+    before: str
+    after: str
+
+
 @dataclass
 class LateScores:
     """MaxSim per id (sum over query tokens of the best cosine among the point's tokens);
@@ -89,8 +99,8 @@ class VectorStore(ABC):
         """Dense vector dimension."""
 
     @abstractmethod
-    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> None:
-        """Insert or replace points by id."""
+    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> WriteStamp | None:
+        """Insert or replace points by id; the write's stamp where the store can vouch it."""
 
     @abstractmethod
     def search_dense(

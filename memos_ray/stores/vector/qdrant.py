@@ -27,6 +27,7 @@ from memos_ray.stores.vector.base import (
     VectorHit,
     VectorRecord,
     VectorStore,
+    WriteStamp,
 )
 
 _REVISION_NAMESPACE = uuid.UUID("5b0f3f8e-7d1c-4f0a-9a51-3d0c2f6b9e11")
@@ -155,9 +156,10 @@ class QdrantVectorStore(VectorStore):
                 warnings.simplefilter("ignore", UserWarning)
             yield
 
-    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> None:
+    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> WriteStamp | None:
+        """No stamp: other processes may write the collection between any two calls."""
         if not records:
-            return
+            return None
         points = []
         for rec in records:
             vector: dict[str, list[float] | qm.SparseVector] = {
@@ -185,6 +187,7 @@ class QdrantVectorStore(VectorStore):
                 self._collection, points=points, update_filter=_filter(cube), wait=True
             )
         self._bump(cube_id)
+        return None
 
     def _bump(self, cube_id: str) -> None:
         with common.sdk_errors("revision"):

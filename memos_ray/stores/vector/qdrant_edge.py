@@ -46,6 +46,7 @@ from memos_ray.stores.vector.base import (
     VectorHit,
     VectorRecord,
     VectorStore,
+    WriteStamp,
 )
 
 _OWNER_LOCK = ".memos-owner.lock"
@@ -159,17 +160,19 @@ class QdrantEdgeVectorStore(VectorStore):
             raise StoreError("vector store is closed")
         return self._shard
 
-    def _write(self, cube_id: str, op: qe.UpdateOperation, what: str) -> None:
+    def _write(self, cube_id: str, op: qe.UpdateOperation, what: str) -> WriteStamp:
         with self._write_lock, common.sdk_errors(what):
+            before = self.revision(cube_id)
             self._revisions[cube_id] = self._revisions.get(cube_id, 0) + 1
             self._live().update(op)
             if time.monotonic() - self._last_flush >= self._flush_interval_s:
                 self._shard.flush()
                 self._last_flush = time.monotonic()
+            return WriteStamp(before, self.revision(cube_id))
 
-    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> None:
+    def upsert(self, cube_id: str, records: Sequence[VectorRecord]) -> WriteStamp | None:
         if not records:
-            return
+            return None
         points = []
         for rec in records:
             vector: dict[str, Any] = {common.DENSE: common.check_dim(rec.dense, self._dim)}
@@ -185,7 +188,7 @@ class QdrantEdgeVectorStore(VectorStore):
         cube = common.cube_spec([cube_id])
         assert cube is not None
         # The condition leaves a same-id point of another cube untouched.
-        self._write(
+        return self._write(
             cube_id, qe.UpdateOperation.upsert_points(points, condition=_filter(cube)), "upsert"
         )
 
