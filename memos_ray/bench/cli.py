@@ -185,7 +185,7 @@ class _Latency:
         """run_load's figures, with the index cache's hit rate over the same searches."""
         before = self.meter.read()
         figures: dict[str, Any] = run_load(call, batch, level)
-        cache = CacheMeter.between(before, self.meter.read())
+        cache = CacheMeter.between(before, self.meter.read(), len(batch))
         if cache is not None:
             figures["index_cache"] = cache
         return figures
@@ -283,7 +283,7 @@ class _Latency:
             "readonly_c1_p50_ms": readonly_p50,
             "search_over_readonly_p50": round(found["p50_ms"] / readonly_p50, 2),
         }
-        cache = CacheMeter.between(before, self.meter.read())
+        cache = CacheMeter.between(before, self.meter.read(), len(searches))
         if cache is not None:
             row["index_cache"] = cache
         print(

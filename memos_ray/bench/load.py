@@ -223,14 +223,22 @@ class CacheMeter:
 
     @staticmethod
     def between(
-        before: dict[str, float] | None, after: dict[str, float] | None
+        before: dict[str, float] | None, after: dict[str, float] | None, searches: int = 0
     ) -> dict[str, Any] | None:
+        """Counts between two readings. A search looks its cube up more than once (its
+        ranking, then the tool-memory check, which then always hits), so the hit rate over
+        lookups flatters the cache: `misses_per_search` is the share of searches that
+        rebuilt an index."""
         if before is None or after is None:
             return None
         hits = after.get("hit", 0.0) - before.get("hit", 0.0)
         misses = after.get("miss", 0.0) - before.get("miss", 0.0)
         rate = round(hits / (hits + misses), 4) if hits + misses else None
-        return {"hits": int(hits), "misses": int(misses), "hit_rate": rate}
+        out: dict[str, Any] = {"hits": int(hits), "misses": int(misses), "hit_rate": rate}
+        if searches:
+            out["lookups_per_search"] = round((hits + misses) / searches, 2)
+            out["misses_per_search"] = round(misses / searches, 4)
+        return out
 
 
 def cost_curve(points: Sequence[tuple[int, float]]) -> list[dict[str, Any]]:

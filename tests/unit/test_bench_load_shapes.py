@@ -78,6 +78,13 @@ def test_cache_meter_between_two_readings() -> None:
     before = {"miss": 10.0}
     after = {"hit": 90.0, "miss": 20.0}
     assert CacheMeter.between(before, after) == {"hits": 90, "misses": 10, "hit_rate": 0.9}
+    assert CacheMeter.between(before, after, searches=50) == {
+        "hits": 90,
+        "misses": 10,
+        "hit_rate": 0.9,
+        "lookups_per_search": 2.0,
+        "misses_per_search": 0.2,
+    }
     assert CacheMeter.between(after, after) == {"hits": 0, "misses": 0, "hit_rate": None}
     assert CacheMeter.between(None, after) is None
     assert CacheMeter(None, "x", 1.0).read() is None
