@@ -201,6 +201,13 @@ STORE_RESTARTS = _m(
     "Ray restarted.",
     ("store", "how"),
 )
+SEARCH_INDEX_CACHE = _m(
+    "memos_search_index_cache",
+    "counter",
+    "Ranking index lookups of a search, by outcome: hit (the cached index served it) or "
+    "miss (built from a scan of the cube). A stale index found then rebuilt counts both.",
+    ("outcome",),
+)
 EMBEDDER_BATCH = _m(
     "memos_embedder_batch_size",
     "histogram",
@@ -212,6 +219,7 @@ EMBEDDER_BATCH = _m(
 ALL: tuple[Metric, ...] = (
     HTTP_SECONDS,
     SEARCH_SECONDS,
+    SEARCH_INDEX_CACHE,
     ADD_SECONDS,
     MEMORIES_WRITTEN,
     LLM_TOKENS,

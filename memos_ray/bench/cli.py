@@ -6,12 +6,14 @@ import argparse
 import functools
 import json
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from memos_ray import metrics
 from memos_ray.bench.activation import add_activation_parser
 from memos_ray.bench.async_add import add_async_add_parser
 from memos_ray.bench.autoscale import add_autoscale_parser
@@ -19,12 +21,24 @@ from memos_ray.bench.chaos import add_chaos_parser
 from memos_ray.bench.common import add_service_args, machine, service_url, write_report
 from memos_ray.bench.cube_archive import add_cube_archive_parser
 from memos_ray.bench.ingest_job import add_ingest_job_parser
-from memos_ray.bench.load import LeanPoster, fill_cube, generate_queries, generate_windows, run_load
+from memos_ray.bench.load import (
+    CacheMeter,
+    LeanPoster,
+    ZipfSampler,
+    chat_turns,
+    cost_curve,
+    fill_cube,
+    fill_cubes,
+    generate_queries,
+    generate_windows,
+    percentiles,
+    run_load,
+)
 from memos_ray.bench.offline import run_offline
 from memos_ray.bench.retrieval import run_retrieval_bench
 from memos_ray.bench.soak import add_graph_soak_parser
 from memos_ray.client import MemosClient
-from memos_ray.config import MemosConfig, ReaderConfig
+from memos_ray.config import MemosConfig, ReaderConfig, SearchConfig
 from memos_ray.core.reader import Turn, fast_windows
 from memos_ray.models.runtimes import load_embedder
 from memos_ray.runtime.compose import Models, build_query_embedder, build_ray_stores, build_services
@@ -102,52 +116,229 @@ def _in_process_search(config: MemosConfig):
     return search
 
 
+# Generous: a 100k-memory cube's first search scans and indexes it, and a bulk add into a big
+# cube on a CPU embedder takes a while; a timeout here would end an hour-long fill.
+REQUEST_TIMEOUT_S = 600
+# Ray's processes push metrics to their node's agent this often (ms) in the service the bench
+# starts: the cache hit rate is read from there before and after each level.
+REPORT_INTERVAL_ENV = "RAY_metrics_report_interval_ms"
+REPORT_INTERVAL_MS = "2000"
+CACHE_METRIC = next(iter(metrics.SEARCH_INDEX_CACHE.spec.exported()))
+# The many-cubes shape's Zipf draws and the cubes' order by popularity.
+ZIPF_SEED = 7
+USER = "bench"
+
+
+def _metrics_url(args: argparse.Namespace, config: MemosConfig | None) -> str | None:
+    """--metrics-url, or the Prometheus endpoint of the Ray node the bench started."""
+    if args.metrics_url or config is None:
+        return args.metrics_url
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive") and node.get("MetricsExportPort"):
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    return None
+
+
+def _level_batch(items: list[Any], level: int) -> list[Any]:
+    """At least 25 requests per worker, so that a level's percentiles mean something."""
+    n = max(len(items), 25 * level)
+    return (items * (n // len(items) + 1))[:n]
+
+
+class _Latency:
+    """What every shape of the latency bench shares: the service, its cache meter, the
+    searches and adds it sends."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        url: str,
+        config: MemosConfig | None,
+        http: httpx.Client,
+        headers: dict[str, str],
+    ) -> None:
+        self.args = args
+        self.config = config
+        self.http = http
+        self.levels = [int(c) for c in args.concurrency.split(",")]
+        self.queries = generate_queries(args.queries)
+        self.poster = LeanPoster(url, headers, timeout=REQUEST_TIMEOUT_S)
+        interval_s = float(os.environ.get(REPORT_INTERVAL_ENV, "10000")) / 1000
+        self.meter = CacheMeter(_metrics_url(args, config), CACHE_METRIC, interval_s)
+
+    def search(self, cube: str, query: str) -> None:
+        body = {"user_id": USER, "readable_cube_ids": [cube], "top_k": 10, "query": query}
+        self.poster.post("/product/search", body)
+
+    def add_turn(self, cube: str, turn: dict[str, str]) -> None:
+        body = {
+            "user_id": USER,
+            "writable_cube_ids": [cube],
+            "messages": [turn],
+            "async_mode": "sync",
+        }
+        self.poster.post("/product/add", body)
+
+    def measured(self, call: Any, batch: list[Any], level: int) -> dict[str, Any]:
+        """run_load's figures, with the index cache's hit rate over the same searches."""
+        before = self.meter.read()
+        figures: dict[str, Any] = run_load(call, batch, level)
+        cache = CacheMeter.between(before, self.meter.read(), len(batch))
+        if cache is not None:
+            figures["index_cache"] = cache
+        return figures
+
+    def one_cube(self, size: int, in_process: Any) -> dict[str, Any]:
+        cube = f"latency-{size}"
+        self.http.post("/product/create_cube", json={"owner_id": USER, "cube_id": cube})
+        windows = generate_windows(_windows_for(size, self.config))
+        stored, seconds = fill_cube(self.http, USER, cube, windows)
+        over_http = functools.partial(self.search, cube)
+        for query in self.queries[:20]:  # warm-up
+            over_http(query)
+        if in_process is not None:
+            in_process(cube, self.queries[0])  # its own index, built outside the timings
+        row: dict[str, Any] = {"memories": stored, "fill_seconds": round(seconds, 1)}
+        for level in self.levels:
+            batch = _level_batch(self.queries, level)
+            row[f"http_c{level}"] = self.measured(over_http, batch, level)
+            if in_process is not None:
+                row[f"inproc_c{level}"] = run_load(
+                    functools.partial(in_process, cube), batch, level
+                )
+                row[f"http_over_inproc_p50_c{level}"] = round(
+                    row[f"http_c{level}"]["p50_ms"] / row[f"inproc_c{level}"]["p50_ms"], 2
+                )
+            print(f"  {size} memories, concurrency {level}: {json.dumps(row[f'http_c{level}'])}")
+        if self.args.chat:
+            readonly = row.get("http_c1", {}).get("p50_ms")
+            row["chat"] = self.chat(cube, readonly)
+        return row
+
+    def many_cubes(self, size: int) -> dict[str, Any]:
+        """Searches spread over many cubes by a Zipf law: what a bounded per-process index
+        cache meets in a deployment with a long tail of users."""
+        n, s = self.args.cubes, self.args.zipf
+        names = [f"latency-{size}-of-{n}-{i:05d}" for i in range(n)]
+        print(f"filling {n} cubes of {size} memories ...", flush=True)
+        stored, seconds = fill_cubes(self.http, USER, names, _windows_for(size, self.config))
+        by_rank = names[:]
+        random.Random(ZIPF_SEED).shuffle(by_rank)
+        sampler = ZipfSampler(n, s, seed=ZIPF_SEED)
+
+        def drawn(count: int) -> list[tuple[str, str]]:
+            ranks = sampler.draw(count)
+            return [(by_rank[r], self.queries[i % len(self.queries)]) for i, r in enumerate(ranks)]
+
+        def over_http(pair: tuple[str, str]) -> None:
+            self.search(*pair)
+
+        max_cubes = (self.config.search if self.config else SearchConfig()).index_max_cubes
+        # Fill the cache first: a deployment's steady state, not a cold start.
+        for pair in drawn(max(20, 2 * max_cubes)):
+            over_http(pair)
+        row: dict[str, Any] = {
+            "cubes": n,
+            "zipf": s,
+            "memories_per_cube": round(stored / n),
+            "memories": stored,
+            "fill_seconds": round(seconds, 1),
+            "index_max_cubes": max_cubes if self.config else None,
+            "rank1_share": round(sampler.share(0), 4),
+        }
+        for level in self.levels:
+            batch = drawn(len(_level_batch(self.queries, level)))
+            figures = self.measured(over_http, batch, level)
+            figures["cubes_searched"] = len({cube for cube, _ in batch})
+            row[f"http_c{level}"] = figures
+            print(f"  {n} cubes of {size}, concurrency {level}: {json.dumps(figures)}")
+        if self.args.chat:
+            row["chat"] = self.chat(by_rank[0], None)
+        return row
+
+    def chat(self, cube: str, readonly_p50: float | None) -> dict[str, Any]:
+        """A conversation under way: each search follows a write to its cube, so the cached
+        index is stale every time; the project's target is at most twice a read-only search."""
+        if readonly_p50 is None:
+            baseline = run_load(functools.partial(self.search, cube), self.queries, 1)
+            readonly_p50 = baseline["p50_ms"]
+        adds: list[float] = []
+        searches: list[float] = []
+        before = self.meter.read()
+        for i, turn in enumerate(chat_turns(self.args.chat)):
+            started = time.perf_counter()
+            self.add_turn(cube, turn)
+            added = time.perf_counter()
+            self.search(cube, self.queries[i % len(self.queries)])
+            adds.append(added - started)
+            searches.append(time.perf_counter() - added)
+        found = percentiles(searches)
+        row: dict[str, Any] = {
+            "cube": cube,
+            "turns": len(searches),
+            "search": found,
+            "add_p50_ms": percentiles(adds)["p50_ms"],
+            "readonly_c1_p50_ms": readonly_p50,
+            "search_over_readonly_p50": round(found["p50_ms"] / readonly_p50, 2),
+        }
+        cache = CacheMeter.between(before, self.meter.read(), len(searches))
+        if cache is not None:
+            row["index_cache"] = cache
+        print(
+            f"  chat on {cube} ({len(searches)} x add one turn, search): search "
+            f"p50 {found['p50_ms']} / p95 {found['p95_ms']} / p99 {found['p99_ms']} ms, "
+            f"add p50 {row['add_p50_ms']} ms; read-only c1 p50 {readonly_p50} ms: "
+            f"x{row['search_over_readonly_p50']} (target <= 2)",
+            flush=True,
+        )
+        return row
+
+
+def _cost_curve(rows: dict[str, dict[str, Any]], level: int) -> dict[str, Any]:
+    points = [(row["memories"], row[f"http_c{level}"]["p50_ms"]) for row in rows.values()]
+    steps = cost_curve(points)
+    for step in steps:
+        print(
+            f"  cost curve (c{level} p50): {step['from']} -> {step['to']} memories "
+            f"(x{step['size_ratio']}): {step['p50_ms'][0]} -> {step['p50_ms'][1]} ms "
+            f"(x{step['p50_ratio']}, exponent {step.get('exponent')})"
+        )
+    return {
+        "concurrency": level,
+        "points": [{"memories": n, "p50_ms": p} for n, p in points],
+        "steps": steps,
+    }
+
+
 def cmd_latency(args: argparse.Namespace) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",")]
-    levels = [int(c) for c in args.concurrency.split(",")]
-    queries = generate_queries(args.queries)
+    if args.cubes < 1 or (args.cubes > 1 and len(sizes) != 1):
+        raise SystemExit("memos-ray bench latency: --cubes N > 1 takes one size in --sizes")
+    if not args.url:
+        os.environ.setdefault(REPORT_INTERVAL_ENV, REPORT_INTERVAL_MS)
     figures: dict[str, Any] = {"bench": "latency", "machine": machine(), "sizes": {}}
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    with (
-        service_url(args) as (url, config),
-        httpx.Client(
+    with service_url(args) as (url, config):
+        levels = [int(c) for c in args.concurrency.split(",")]
+        http = httpx.Client(
             base_url=url,
             headers=headers,
-            timeout=120,
+            timeout=REQUEST_TIMEOUT_S,
             limits=httpx.Limits(max_connections=max(levels) + 4),
-        ) as http,
-    ):
-        in_process = _in_process_search(config) if config is not None else None
-        poster = LeanPoster(url, headers)
-        for size in sizes:
-            cube = f"latency-{size}"
-            http.post("/product/create_cube", json={"owner_id": "bench", "cube_id": cube})
-            windows = generate_windows(_windows_for(size, config))
-            stored, seconds = fill_cube(http, "bench", cube, windows)
-            body = {"user_id": "bench", "readable_cube_ids": [cube], "top_k": 10}
-
-            def over_http(query: str, body: dict[str, Any] = body) -> None:
-                poster.post("/product/search", {**body, "query": query})
-
-            for query in queries[:20]:  # warm-up
-                over_http(query)
-            row: dict[str, Any] = {"memories": stored, "fill_seconds": round(seconds, 1)}
-            for level in levels:
-                n = max(len(queries), 25 * level)
-                batch = (queries * (n // len(queries) + 1))[:n]
-                row[f"http_c{level}"] = run_load(over_http, batch, level)
-                if in_process is not None:
-                    row[f"inproc_c{level}"] = run_load(
-                        functools.partial(in_process, cube), batch, level
-                    )
-                    row[f"http_over_inproc_p50_c{level}"] = round(
-                        row[f"http_c{level}"]["p50_ms"] / row[f"inproc_c{level}"]["p50_ms"], 2
-                    )
-                print(
-                    f"  {size} memories, concurrency {level}: {json.dumps(row[f'http_c{level}'])}"
-                )
-            figures["sizes"][str(size)] = row
+        )
+        with http:
+            bench = _Latency(args, url, config, http, headers)
+            if args.cubes > 1:
+                figures["sizes"][str(sizes[0])] = bench.many_cubes(sizes[0])
+            else:
+                in_process = _in_process_search(config) if config is not None else None
+                for size in sizes:
+                    figures["sizes"][str(size)] = bench.one_cube(size, in_process)
+    if args.cubes == 1 and len(sizes) > 1:
+        figures["cost_curve"] = _cost_curve(figures["sizes"], 1 if 1 in levels else min(levels))
     write_report(figures, Path(args.out))
     return 0
 
@@ -255,6 +446,32 @@ def add_bench_parser(sub: Any) -> None:
     latency.add_argument("--sizes", default="1000,10000", help="cube sizes (memories)")
     latency.add_argument("--concurrency", default="1,8,32")
     latency.add_argument("--queries", type=int, default=200)
+    latency.add_argument(
+        "--cubes",
+        type=int,
+        default=1,
+        help="N > 1: N cubes of the one size in --sizes, each search on a cube drawn by --zipf; "
+        "reports the ranking index cache's hit rate (no in-process comparison)",
+    )
+    latency.add_argument(
+        "--zipf",
+        type=float,
+        default=1.1,
+        help="with --cubes: the Zipf exponent of cube popularity (0: uniform)",
+    )
+    latency.add_argument(
+        "--chat",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the read-only levels, N times: add one turn (sync), then search the cube; "
+        "with --cubes, on the most popular cube",
+    )
+    latency.add_argument(
+        "--metrics-url",
+        help="with --url: the Ray node's Prometheus endpoint (http://HOST:PORT/metrics) for "
+        "the cache hit rate; set RAY_metrics_report_interval_ms here if not Ray's 10 s",
+    )
     latency.add_argument("--out", default="bench-results/latency.json")
     add_service_args(latency)
     latency.set_defaults(func=cmd_latency)

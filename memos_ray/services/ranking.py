@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from memos_ray import metrics
 from memos_ray.core.turn_ranking import (
     CubeIndex,
     RankingParams,
@@ -251,13 +252,16 @@ class CubeIndexCache:
         """The cube's index; rebuilt when missing or when `revision` says it is stale."""
         entry = self._cached(cube_id, revision)
         if entry is not None:
+            metrics.SEARCH_INDEX_CACHE.inc(outcome="hit")
             return entry
         with self._lock:
             build_lock = self._building.setdefault(cube_id, threading.Lock())
         with build_lock:
             entry = self._cached(cube_id, revision)
             if entry is not None:
+                metrics.SEARCH_INDEX_CACHE.inc(outcome="hit")
                 return entry
+            metrics.SEARCH_INDEX_CACHE.inc(outcome="miss")
             scan = self._vectors.scan(
                 cube_id,
                 VectorFilter(memory_types=self._memory_types, statuses=[MemoryStatus.ACTIVATED]),
