@@ -13,6 +13,7 @@ from memos_ray import __version__
 from memos_ray.api.app import create_app
 from memos_ray.api.context import ApiContext
 from memos_ray.config import MemosConfig
+from memos_ray.core.threads import one_blas_thread
 from memos_ray.errors import ServiceUnavailableError
 from memos_ray.logs import configure as configure_logging
 from memos_ray.runtime.cluster import check_cluster
@@ -64,6 +65,7 @@ class MemosIngress:
         llm: DeploymentHandle | None = None,
     ) -> None:
         keep_serve_grpc_on_loopback()
+        one_blas_thread()
         let_ingress_rebind_its_port()
         configure_logging(config.logging.format, config.logging.level)
         self._config = config

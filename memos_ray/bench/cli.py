@@ -40,6 +40,7 @@ from memos_ray.bench.soak import add_graph_soak_parser
 from memos_ray.client import MemosClient
 from memos_ray.config import MemosConfig, ReaderConfig, SearchConfig
 from memos_ray.core.reader import Turn, fast_windows
+from memos_ray.core.threads import one_blas_thread
 from memos_ray.models.runtimes import load_embedder
 from memos_ray.runtime.compose import Models, build_query_embedder, build_ray_stores, build_services
 from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
@@ -105,6 +106,7 @@ def _windows_for(memories: int, config: MemosConfig | None) -> int:
 def _in_process_search(config: MemosConfig):
     """The service's search without HTTP or Serve, on the same stores (for the ratio)."""
 
+    one_blas_thread()  # as in the service's replicas
     graph, vectors = build_ray_stores(config)
     embedder = build_query_embedder(config)
     assert embedder is not None

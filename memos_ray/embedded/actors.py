@@ -23,6 +23,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from memos_ray import metrics
+from memos_ray.core.threads import one_blas_thread
 from memos_ray.errors import ConfigError, MemosError, StoreError, StoreUnavailableError
 from memos_ray.stores.vector.base import (
     CubeScan,
@@ -96,6 +97,7 @@ class VectorStoreActor:
 
     def __init__(self, spec: StoreSpec) -> None:
         metrics.actor_started("vector")
+        one_blas_thread()  # MaxSim matmuls per search (see memos_ray.core.threads)
         self._store = build_store(spec)
         self._gate = _Gate()
         self._write_lock = threading.Lock()
