@@ -163,6 +163,10 @@ class EmbedderConfig(_Strict):
     # ONNX int8 weights: ~3x faster again, but vectors drift (cosine ~0.99 to fp32's);
     # stored vectors and queries must use the same setting.
     quantize: Literal["none", "int8"] = "none"
+    # The weights queries are embedded with in the API replicas (`local_queries`); None: as
+    # `quantize`. int8 queries against fp32 documents: MiniLM's query time / 3, retrieval
+    # within 0.005 R@10 of fp32 on both dev files (README, Benchmarks).
+    query_quantize: Literal["none", "int8"] | None = None
     batch_size: int = Field(default=64, ge=1)
     max_batch_wait_s: float = Field(default=0.005, ge=0)
     num_replicas: int = Field(default=1, ge=1)
@@ -188,8 +192,9 @@ class EmbedderConfig(_Strict):
 
     @model_validator(mode="after")
     def _int8_needs_onnx(self) -> EmbedderConfig:
-        if self.quantize != "none" and (self.runtime != "onnx" or self.device != "cpu"):
-            raise ValueError("embedder.quantize needs runtime: onnx on device: cpu")
+        quantized = "int8" in (self.quantize, self.query_quantize)
+        if quantized and (self.runtime != "onnx" or self.device != "cpu"):
+            raise ValueError("embedder.quantize and query_quantize need runtime: onnx on cpu")
         return self
 
 
@@ -216,8 +221,11 @@ class SearchConfig(_Strict):
     # "hybrid": the store's dense + keyword recall fused by RRF, reranked (no index in memory).
     ranker: Literal["turns", "hybrid"] = "turns"
     ranking: RankingParams = Field(default_factory=RankingParams)
-    # Cubes whose ranking index stays in memory per process (least recently used go first).
-    index_max_cubes: int = Field(default=64, ge=1)
+    # Ranking indexes kept in memory per process, least recently used dropped first past
+    # either bound. A 500-memory cube's index is ~1.5 MB: with many users' small cubes the
+    # count decides, with a few big ones the bytes (a 100k cube: ~300 MB).
+    index_max_cubes: int = Field(default=1024, ge=1)
+    index_cache_mb: int = Field(default=1024, ge=1)
     recall_factor: int = Field(default=5, ge=1)
     min_recall: int = Field(default=50, ge=1)
     rrf_k: int = Field(default=60, ge=1)

@@ -237,9 +237,10 @@ class _Latency:
         def over_http(pair: tuple[str, str]) -> None:
             self.search(*pair)
 
-        max_cubes = (self.config.search if self.config else SearchConfig()).index_max_cubes
+        search = self.config.search if self.config else SearchConfig()
+        max_cubes = search.index_max_cubes
         # Fill the cache first: a deployment's steady state, not a cold start.
-        for pair in drawn(max(20, 2 * max_cubes)):
+        for pair in drawn(max(20, min(2 * max_cubes, n))):
             over_http(pair)
         row: dict[str, Any] = {
             "cubes": n,
@@ -248,6 +249,7 @@ class _Latency:
             "memories": stored,
             "fill_seconds": round(seconds, 1),
             "index_max_cubes": max_cubes if self.config else None,
+            "index_cache_mb": search.index_cache_mb if self.config else None,
             "rank1_share": round(sampler.share(0), 4),
         }
         for level in self.levels:

@@ -64,14 +64,19 @@ from memos_ray.stores.vector.base import VectorStore
 from memos_ray.stores.vector.qdrant import QdrantVectorStore
 
 
-def build_embedder(config: MemosConfig, threads: int | None = None) -> Embedder:
+def build_embedder(
+    config: MemosConfig, threads: int | None = None, *, for_queries: bool = False
+) -> Embedder:
     cfg = config.embedder
+    quantize = cfg.quantize
+    if for_queries and cfg.query_quantize is not None:
+        quantize = cfg.query_quantize
     return load_embedder(
         cfg.model,
         device=cfg.device,
         batch_size=cfg.batch_size,
         runtime=cfg.runtime,
-        quantize=cfg.quantize,
+        quantize=quantize,
         threads=threads or cfg.threads,
     )
 
@@ -84,7 +89,7 @@ def build_query_embedder(config: MemosConfig) -> Embedder | None:
     import torch
 
     torch.set_num_threads(config.embedder.query_threads)
-    embedder = build_embedder(config, threads=config.embedder.query_threads)
+    embedder = build_embedder(config, threads=config.embedder.query_threads, for_queries=True)
     batching = BatchingEmbedder(embedder, threads=config.embedder.query_threads)
     batching.embed(["warm up"])
     return batching

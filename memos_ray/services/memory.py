@@ -155,7 +155,13 @@ def bind_space(
     search: SearchConfig,
     query_embedder: Embedder | None = None,
 ) -> SpaceBinding:
-    indexes = CubeIndexCache(vectors, search.ranking, None, search.index_max_cubes)
+    indexes = CubeIndexCache(
+        vectors,
+        search.ranking,
+        None,
+        max_cubes=search.index_max_cubes,
+        max_bytes=search.index_cache_mb << 20,
+    )
     return SpaceBinding(vectors, embedder, query_embedder or embedder, indexes)
 
 

@@ -81,6 +81,8 @@ class IndexedCube:
     # Each session's first seq and the sort key of the last unit: where an append may go.
     first_seq: dict[str, int] = field(default_factory=dict)
     last_key: tuple[Any, ...] | None = None
+    # What it holds in memory, roughly (vectors, stored items, postings): the cache's budget.
+    size_bytes: int = 0
 
     def alive_mask(self, existing: Callable[[Sequence[str]], set[str]]) -> np.ndarray:
         """`alive`, asking `existing` (the graph) the first time, in chunks."""
@@ -124,6 +126,13 @@ def _order_key(
     return (first[session], session, seq, str(payload.get("created_at")), unit_id)
 
 
+def _payload_bytes(payloads: Sequence[Mapping[str, Any]]) -> int:
+    """Stored items and texts plus ~300 bytes of postings and bookkeeping per unit."""
+    return sum(
+        len(str(p.get("item") or "")) + 2 * len(str(p.get(TEXT) or "")) + 300 for p in payloads
+    )
+
+
 def _unit(unit_id: str, payload: Mapping[str, Any], dates: dict[Any, Any]) -> RankUnit:
     chat_time = payload.get(CHAT_TIME)
     if chat_time not in dates:
@@ -165,6 +174,7 @@ def index_cube(
         positions={unit_id: pos for pos, unit_id in enumerate(index.ids)},
         first_seq=first,
         last_key=keys[order[-1]] if order else None,
+        size_bytes=int(index.vectors.nbytes) + _payload_bytes(ordered),
     )
 
 
@@ -218,24 +228,33 @@ def extend_cube(
         alive=None if alive is None else np.concatenate([alive, np.ones(len(ids), bool)]),
         first_seq=first,
         last_key=keys[order[-1]],
+        size_bytes=cube.size_bytes + int(vectors.nbytes) + _payload_bytes(ordered),
     )
 
 
 class CubeIndexCache:
-    """LRU of IndexedCube per cube; one build at a time per cube, concurrent readers wait."""
+    """LRU of IndexedCube per cube; one build at a time per cube, concurrent readers wait.
+
+    Bounded by a count and by bytes: many users' small cubes fit by the hundred (a miss
+    costs a scan and a build), one 100k cube takes a large share. The newest entry always
+    stays, even alone over the budget.
+    """
 
     def __init__(
         self,
         vectors: VectorStore,
         params: RankingParams,
         memory_types: Sequence[str] | None = None,
-        max_cubes: int = 64,
+        max_cubes: int = 1024,
+        max_bytes: int = 1 << 30,
     ) -> None:
         self._vectors = vectors
         self._params = params
         # None: every type is indexed; searches pick theirs with a mask.
         self._memory_types = list(memory_types) if memory_types is not None else None
         self._max = max_cubes
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._entries: OrderedDict[str, IndexedCube] = OrderedDict()
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
@@ -268,11 +287,23 @@ class CubeIndexCache:
             )
             entry = index_cube(scan.ids, scan.dense, scan.payloads, scan.revision, self._params)
             with self._lock:
-                self._entries[cube_id] = entry
-                self._entries.move_to_end(cube_id)
-                while len(self._entries) > self._max:
-                    self._entries.popitem(last=False)
+                self._put(cube_id, entry)
             return entry
+
+    def _put(self, cube_id: str, entry: IndexedCube) -> None:
+        """Under the lock: store, then evict the least recently used past either bound."""
+        old = self._entries.pop(cube_id, None)
+        self._bytes += entry.size_bytes - (old.size_bytes if old is not None else 0)
+        self._entries[cube_id] = entry
+        while len(self._entries) > 1 and (
+            len(self._entries) > self._max or self._bytes > self._max_bytes
+        ):
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.size_bytes
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
 
     def written(
         self,
@@ -294,10 +325,15 @@ class CubeIndexCache:
                 grown = extend_cube(entry, ids, vectors, payloads, stamp.after)
             with self._lock:
                 if grown is None:
-                    self._entries.pop(cube_id, None)
+                    self._drop(cube_id)
                 elif cube_id in self._entries:
-                    self._entries[cube_id] = grown
+                    self._put(cube_id, grown)
 
     def invalidate(self, cube_id: str) -> None:
         with self._lock:
-            self._entries.pop(cube_id, None)
+            self._drop(cube_id)
+
+    def _drop(self, cube_id: str) -> None:
+        old = self._entries.pop(cube_id, None)
+        if old is not None:
+            self._bytes -= old.size_bytes

@@ -195,3 +195,31 @@ def test_the_cache_extends_on_its_own_writes_and_rebuilds_on_others(tmp_path: Pa
     rebuilt = cache.get("cube", store.revision("cube"))
     assert rebuilt.index.size == len(ids) and rebuilt is not grown
     store.close()
+
+
+def test_the_cache_keeps_to_its_count_and_its_bytes(tmp_path: Path) -> None:
+    store = QdrantEdgeVectorStore(8, tmp_path / "edge")
+    ids, vectors, payloads = _random_cube(random.Random(4), 3)
+    for cube in ("a", "b", "c"):
+        store.upsert(
+            cube,
+            [
+                VectorRecord(id=str(uuid.uuid4()), dense=vectors[i].tolist(), payload=payloads[i])
+                for i in range(len(ids))
+            ],
+        )
+    one = CubeIndexCache(store, RankingParams()).get("a").size_bytes
+    assert one > vectors.nbytes
+    by_count = CubeIndexCache(store, RankingParams(), max_cubes=2)
+    by_bytes = CubeIndexCache(store, RankingParams(), max_bytes=2 * one + one // 2)
+    for cache in (by_count, by_bytes):
+        first = cache.get("a")
+        cache.get("b")
+        assert cache.get("a") is first  # a hit also refreshes "a"
+        cache.get("c")  # past either bound: "b", the least recently used, goes
+        assert cache.get("a") is first and cache.held_bytes == 2 * one
+    # A cube bigger than the whole budget is still served (and kept alone).
+    tiny = CubeIndexCache(store, RankingParams(), max_bytes=1)
+    tiny.get("a")
+    assert tiny.get("b").index.size == len(ids) and tiny.held_bytes == one
+    store.close()
