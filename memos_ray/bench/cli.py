@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import random
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,20 @@ def _metrics_url(args: argparse.Namespace, config: MemosConfig | None) -> str | 
     return None
 
 
+def repeated(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over runs of the same load (this machine's noise shows in the spread)."""
+    if len(runs) == 1:
+        return runs[0]
+    figures: dict[str, Any] = {}
+    for key in ("p50_ms", "p95_ms", "p99_ms", "qps"):
+        values = sorted(float(r[key]) for r in runs)
+        figures[key] = round(statistics.median(values), 1)
+        figures[f"{key}_spread"] = [values[0], values[-1]]
+    figures["n"] = sum(int(r["n"]) for r in runs)
+    figures["runs"] = runs
+    return figures
+
+
 def _level_batch(items: list[Any], level: int) -> list[Any]:
     """At least 25 requests per worker, so that a level's percentiles mean something."""
     n = max(len(items), 25 * level)
@@ -184,10 +199,12 @@ class _Latency:
         self.poster.post("/product/add", body)
 
     def measured(self, call: Any, batch: list[Any], level: int) -> dict[str, Any]:
-        """run_load's figures, with the index cache's hit rate over the same searches."""
+        """run_load's figures, with the index cache's hit rate over the same searches; with
+        --repeat N, the median of N runs, each run's figures and the spread (min, max)."""
         before = self.meter.read()
-        figures: dict[str, Any] = run_load(call, batch, level)
-        cache = CacheMeter.between(before, self.meter.read(), len(batch))
+        runs = [run_load(call, batch, level) for _ in range(self.args.repeat)]
+        figures: dict[str, Any] = repeated(runs)
+        cache = CacheMeter.between(before, self.meter.read(), len(batch) * len(runs))
         if cache is not None:
             figures["index_cache"] = cache
         return figures
@@ -338,7 +355,11 @@ def cmd_latency(args: argparse.Namespace) -> int:
             if args.cubes > 1:
                 figures["sizes"][str(sizes[0])] = bench.many_cubes(sizes[0])
             else:
-                in_process = _in_process_search(config) if config is not None else None
+                in_process = (
+                    _in_process_search(config)
+                    if config is not None and not args.no_inproc
+                    else None
+                )
                 for size in sizes:
                     figures["sizes"][str(size)] = bench.one_cube(size, in_process)
     if args.cubes == 1 and len(sizes) > 1:
@@ -475,6 +496,15 @@ def add_bench_parser(sub: Any) -> None:
         "--metrics-url",
         help="with --url: the Ray node's Prometheus endpoint (http://HOST:PORT/metrics) for "
         "the cache hit rate; set RAY_metrics_report_interval_ms here if not Ray's 10 s",
+    )
+    latency.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per level on the same cube(s): medians, each run and the spread",
+    )
+    latency.add_argument(
+        "--no-inproc", action="store_true", help="skip the in-process comparison (faster)"
     )
     latency.add_argument("--out", default="bench-results/latency.json")
     add_service_args(latency)

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from memos_ray.bench.cli import repeated
 from memos_ray.bench.load import (
     CacheMeter,
     ZipfSampler,
@@ -108,3 +109,14 @@ def test_chat_turns_are_new_single_messages() -> None:
     assert not stored & {t["content"] for t in turns}
     assert [t["role"] for t in turns[:2]] == ["user", "assistant"]
     assert len({t["message_id"] for t in turns}) == 20
+
+
+def test_repeated_runs_report_medians_and_spread() -> None:
+    runs = [
+        {"p50_ms": p50, "p95_ms": p50 + 1, "p99_ms": p50 + 5, "qps": 1000 / p50, "n": 10}
+        for p50 in (9.0, 12.0, 10.0)
+    ]
+    figures = repeated(runs)
+    assert figures["p50_ms"] == 10.0 and figures["p50_ms_spread"] == [9.0, 12.0]
+    assert figures["p99_ms"] == 15.0 and figures["n"] == 30 and figures["runs"] == runs
+    assert repeated(runs[:1]) == runs[0]
