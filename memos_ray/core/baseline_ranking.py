@@ -2,7 +2,8 @@
 
 What the recipe of `turn_ranking` has to beat: each turn's text alone, no speakers, no
 dates, no neighbours, no sessions. BM25 is the recipe's own (`bm25_build` over the
-project's tokenizer) and the dense side is whatever embedder the caller uses.
+project's tokenizer), the fusion is the service's `rrf_fuse`, and the dense side is
+whatever embedder the caller uses.
 """
 
 from __future__ import annotations
@@ -13,19 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from memos_ray.core.keywords import tokenize
+from memos_ray.core.search import rrf_fuse
 from memos_ray.core.turn_ranking import BM25Index, RankingParams, bm25_build, bm25_score
 
 RRF_K = 60  # the constant of Cormack et al. (2009), used as is by most hybrid search engines
-
-
-def rrf_fuse(rankings: Sequence[np.ndarray], size: int, k: int = RRF_K) -> np.ndarray:
-    """sum over rankings of 1 / (k + rank), rank 1-based; a position absent from a ranking
-    gets nothing from it. Each ranking is positions in 0..size-1, best first."""
-    fused = np.zeros(size, np.float64)
-    for ranking in rankings:
-        ranking = np.asarray(ranking, np.int64)
-        fused[ranking] += 1.0 / (k + np.arange(1, len(ranking) + 1))
-    return fused
 
 
 @dataclass
@@ -44,7 +36,7 @@ def build_baseline_index(
 ) -> BaselineIndex:
     params = RankingParams()
     docs = [tokenize(text) for text in texts]
-    e = np.asarray(vectors, np.float32).reshape(len(ids), -1)
+    e = np.asarray(vectors, np.float32)
     return BaselineIndex(list(ids), bm25_build(docs, params.k1, params.b), e)
 
 
@@ -64,5 +56,5 @@ def rrf_rank(
     keyword = _order(bm25)
     keyword = keyword[bm25[keyword] > 0]
     dense = _order(index.vectors @ np.asarray(query_vector, np.float32))
-    fused = rrf_fuse([keyword, dense], index.size, k)
-    return [index.ids[i] for i in _order(fused)[:top_k]]
+    fused = rrf_fuse([[index.ids[i] for i in keyword], [index.ids[i] for i in dense]], k=k)
+    return [item_id for item_id, _ in fused[:top_k]]
