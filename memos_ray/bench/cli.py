@@ -250,7 +250,7 @@ def add_bench_parser(sub: Any) -> None:
         choices=["recipe", "rrf"],
         default="recipe",
         help="recipe: the turn-ranking recipe; rrf: the baseline, reciprocal-rank fusion "
-        "(k=60) of BM25 and MiniLM cosine over the bare turn texts",
+        "(k=60) of BM25 and MiniLM cosine over the turn texts, nothing else",
     )
     offline.set_defaults(func=cmd_offline)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from memos_ray.core.baseline_ranking import RRF_K, build_baseline_index, rrf_rank
-from memos_ray.core.turn_ranking import RankingParams, RankTurn, build_index, rank
+from memos_ray.core.turn_ranking import RankingParams, RankTurn, build_index, rank, turn_text
 from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
 from memos_ray.services.ingest.datasets import BenchCube
 
@@ -64,7 +64,8 @@ def run_offline(
 
     `embedder`: any `Embedder` (dense vectors from `embed`, MaxSim token vectors from
     `encode`); the default is the local MiniLM. `ranker`: "recipe" (`turn_ranking`) or
-    "rrf" (`baseline_ranking`: BM25 and cosine over the bare turn texts, the baseline).
+    "rrf" (`baseline_ranking`, the baseline: BM25 and cosine over the texts the recipe
+    indexes, `speaker: content`, and nothing else).
     """
     params = params or RankingParams()
     if ranker not in ("recipe", "rrf"):
@@ -90,7 +91,7 @@ def run_offline(
             ]
             t0 = time.perf_counter()
             if ranker == "rrf":
-                texts = [t.content for t in turns]
+                texts = [turn_text(t) for t in turns]
                 baseline = build_baseline_index([t.id for t in turns], texts, embedder.embed(texts))
             else:
                 index = build_index(turns, embedder.embed, tokens, params)

@@ -1,9 +1,10 @@
 """A naive baseline for turn ranking: reciprocal-rank fusion of BM25 and dense cosine.
 
-What the recipe of `turn_ranking` has to beat: each turn's text alone, no speakers, no
-dates, no neighbours, no sessions. BM25 is the recipe's own (`bm25_build` over the
-project's tokenizer), the fusion is the service's `rrf_fuse`, and the dense side is
-whatever embedder the caller uses.
+What the recipe of `turn_ranking` has to beat: each turn's indexed text alone (the same
+`speaker: content` the recipe indexes), no speaker match, no dates, no neighbours, no
+sessions. BM25 is the recipe's own (`bm25_build` over the project's tokenizer), the
+fusion is the service's `rrf_fuse`, and the dense side is whatever embedder the caller
+uses.
 """
 
 from __future__ import annotations
