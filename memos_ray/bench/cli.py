@@ -78,7 +78,7 @@ def cmd_offline(args: argparse.Namespace) -> int:
     cubes = list(loader(Path(args.data)))
     if args.limit:
         cubes = cubes[: args.limit]
-    figures = run_offline(args.dataset, cubes, Path(args.out))
+    figures = run_offline(args.dataset, cubes, Path(args.out), ranker=args.ranker)
     figures["machine"] = machine()
     write_report(figures, Path(f"{args.out}.figures.json"))
     return 0
@@ -465,6 +465,13 @@ def add_bench_parser(sub: Any) -> None:
     offline.add_argument("data", help="the dataset JSON file")
     offline.add_argument("--out", required=True, help="results JSONL")
     offline.add_argument("--limit", type=int, help="only the first N cubes")
+    offline.add_argument(
+        "--ranker",
+        choices=["recipe", "rrf"],
+        default="recipe",
+        help="recipe: the turn-ranking recipe; rrf: the baseline, reciprocal-rank fusion "
+        "(k=60) of BM25 and MiniLM cosine over the turn texts, nothing else",
+    )
     offline.set_defaults(func=cmd_offline)
 
     latency = kinds.add_parser("latency", help="search latency over HTTP and in-process")

@@ -48,7 +48,7 @@ from memos_ray.core.filters import FilterExpr
 from memos_ray.core.keywords import document_vector, query_vector
 from memos_ray.core.reader import Window
 from memos_ray.core.search import DedupMode, rrf_fuse, select
-from memos_ray.core.turn_ranking import first_stage, head, late_rerank
+from memos_ray.core.turn_ranking import first_stage, head, late_rerank, spread_sessions
 from memos_ray.domain.memory import (
     DEFAULT_SESSION,
     TEXT_MEMORY_TYPES,
@@ -596,6 +596,7 @@ class MemoryService:
         order = np.concatenate(
             [late_rerank(score, rerank, late_values, params), top[len(rerank) :]]
         )
+        order = spread_sessions(index, query, order, params)
         order_ints = [int(i) for i in order]
         return self._finish(
             query, query_dense, cube_id, cube, order_ints, options, verify=allowed_ids is None
