@@ -290,21 +290,33 @@ class LeanPoster:
         self._local = threading.local()
 
     def post(self, path: str, body: dict[str, Any]) -> bytes:
+        payload = json.dumps(body)
+        reused = getattr(self._local, "conn", None) is not None
+        try:
+            status, data = self._send(path, payload)
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            if not reused:
+                raise
+            # The server closed a keep-alive connection that sat idle (a long fill between
+            # two searches): the request never reached it, so sending it again is safe.
+            status, data = self._send(path, payload)
+        if status != 200:
+            raise RuntimeError(f"POST {path}: HTTP {status}: {data[:200]!r}")
+        return data
+
+    def _send(self, path: str, payload: str) -> tuple[int, bytes]:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
             self._local.conn = conn
         try:
-            conn.request("POST", path, json.dumps(body), self._headers)
+            conn.request("POST", path, payload, self._headers)
             response = conn.getresponse()
-            data = response.read()
+            return response.status, response.read()
         except (http.client.HTTPException, OSError):
             conn.close()
             self._local.conn = None
             raise
-        if response.status != 200:
-            raise RuntimeError(f"POST {path}: HTTP {response.status}: {data[:200]!r}")
-        return data
 
 
 T = TypeVar("T")

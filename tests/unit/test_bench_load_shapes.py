@@ -3,6 +3,7 @@ Prometheus text, the cost curve and the chat turns (pure functions, no service).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from memos_ray.bench.cli import repeated
 from memos_ray.bench.load import (
     CacheMeter,
+    LeanPoster,
     ZipfSampler,
     chat_turns,
     cost_curve,
@@ -120,3 +122,39 @@ def test_repeated_runs_report_medians_and_spread() -> None:
     assert figures["p50_ms"] == 10.0 and figures["p50_ms_spread"] == [9.0, 12.0]
     assert figures["p99_ms"] == 15.0 and figures["n"] == 30 and figures["runs"] == runs
     assert repeated(runs[:1]) == runs[0]
+
+
+def test_lean_poster_resends_once_over_a_connection_the_server_closed() -> None:
+    """A real HTTP server that closes each connection after one answer, as an idle keep-alive
+    timeout does: the next POST goes out again on a fresh connection."""
+    import http.server
+    import threading
+
+    seen: list[bytes] = []
+
+    class OneShot(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            seen.append(self.rfile.read(int(self.headers["content-length"])))
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.send_header("connection", "keep-alive")  # says so, then closes anyway
+            self.end_headers()
+            self.wfile.write(b"ok")
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OneShot)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        poster = LeanPoster(f"http://127.0.0.1:{server.server_address[1]}")
+        assert poster.post("/x", {"n": 1}) == b"ok"
+        assert poster.post("/x", {"n": 2}) == b"ok"
+        assert poster.post("/x", {"n": 3}) == b"ok"
+        assert [json.loads(b)["n"] for b in seen] == [1, 2, 3]  # each sent exactly once
+    finally:
+        server.shutdown()
+        server.server_close()
