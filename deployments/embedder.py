@@ -14,7 +14,7 @@ from memos_ray.config import EmbedderConfig
 from memos_ray.errors import ConfigError
 from memos_ray.models.embedder import Embedder, Encoded
 from memos_ray.models.handles import EMBEDDER_DEPLOYMENT
-from memos_ray.models.runtimes import load_embedder
+from memos_ray.models.runtimes import configured_embedder
 from memos_ray.runtime.netguard import keep_serve_grpc_on_loopback
 
 
@@ -66,14 +66,7 @@ class EmbedderDeployment:
 
     def _load(self, model: str | None) -> Embedder:
         cfg = self._config
-        return load_embedder(
-            model,
-            device=cfg.device,
-            batch_size=cfg.batch_size,
-            runtime=cfg.runtime,
-            quantize=cfg.quantize,
-            threads=cfg.threads or os.cpu_count() or 1,
-        )
+        return configured_embedder(cfg, model, threads=cfg.threads or os.cpu_count() or 1)
 
     def _model(self, model: str) -> Embedder:
         if model == (self._config.model or ""):

@@ -42,7 +42,7 @@ from memos_ray.client import MemosClient
 from memos_ray.config import MemosConfig, ReaderConfig, SearchConfig
 from memos_ray.core.reader import Turn, fast_windows
 from memos_ray.core.threads import one_blas_thread
-from memos_ray.models.runtimes import load_embedder
+from memos_ray.models.runtimes import configured_embedder
 from memos_ray.runtime.compose import Models, build_query_embedder, build_ray_stores, build_services
 from memos_ray.services.ingest.datasets import locomo_cubes, longmemeval_cubes
 from memos_ray.services.memory import SearchOptions
@@ -379,9 +379,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     # The service's own runtime and settings, on every core: the ceiling to compare with.
     cfg = MemosConfig().embedder
-    embedder = load_embedder(
-        cfg.model, batch_size=64, runtime=cfg.runtime, quantize=cfg.quantize, threads=os.cpu_count()
-    )
+    embedder = configured_embedder(cfg, cfg.model, threads=os.cpu_count())
     embedder.embed(texts[:64])
     started = time.perf_counter()
     embedder.embed(texts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from memos_ray.config import EmbedderConfig
 from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
 
 log = logging.getLogger(__name__)
@@ -32,3 +33,25 @@ def load_embedder(
                 raise
             log.warning("embedder stays on PyTorch: ONNX Runtime cannot run it (%s)", exc)
     return SentenceTransformerEmbedder(model, device=device, batch_size=batch_size)
+
+
+def configured_embedder(
+    cfg: EmbedderConfig,
+    model: str | None,
+    *,
+    threads: int | None = None,
+    for_queries: bool = False,
+) -> Embedder:
+    """`model` (None: the packaged one) with the configured runtime, device and batch size;
+    queries take `query_quantize` where set, everything else `quantize`."""
+    quantize = cfg.quantize
+    if for_queries and cfg.query_quantize is not None:
+        quantize = cfg.query_quantize
+    return load_embedder(
+        model,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        runtime=cfg.runtime,
+        quantize=quantize,
+        threads=threads or cfg.threads,
+    )

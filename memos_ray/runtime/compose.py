@@ -42,7 +42,7 @@ from memos_ray.models.embedder import Embedder
 from memos_ray.models.handles import HandleChatModel, HandleEmbedder
 from memos_ray.models.openai_chat import OpenAIChatModel
 from memos_ray.models.reranker import EmbeddingReranker, Reranker
-from memos_ray.models.runtimes import load_embedder
+from memos_ray.models.runtimes import configured_embedder
 from memos_ray.services.chat import ChatService
 from memos_ray.services.fine import FineService
 from memos_ray.services.memory import MemoryService
@@ -68,17 +68,7 @@ def build_embedder(
     config: MemosConfig, threads: int | None = None, *, for_queries: bool = False
 ) -> Embedder:
     cfg = config.embedder
-    quantize = cfg.quantize
-    if for_queries and cfg.query_quantize is not None:
-        quantize = cfg.query_quantize
-    return load_embedder(
-        cfg.model,
-        device=cfg.device,
-        batch_size=cfg.batch_size,
-        runtime=cfg.runtime,
-        quantize=quantize,
-        threads=threads or cfg.threads,
-    )
+    return configured_embedder(cfg, cfg.model, threads=threads, for_queries=for_queries)
 
 
 def build_query_embedder(config: MemosConfig) -> Embedder | None:

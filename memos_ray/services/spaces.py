@@ -28,7 +28,7 @@ from memos_ray.config import MemosConfig, QdrantConfig, QdrantEdgeConfig
 from memos_ray.embedded.actors import get_or_create_vector_actor
 from memos_ray.embedded.falkordb_actor import actor_suffix
 from memos_ray.models.embedder import Embedder
-from memos_ray.models.runtimes import load_embedder
+from memos_ray.models.runtimes import configured_embedder
 from memos_ray.services.memory import MemoryService, SpaceBinding, bind_space
 from memos_ray.services.space_registry import CubeSpace, EmbeddingSpace, SpaceRegistry
 from memos_ray.stores.vector.base import VectorStore
@@ -71,15 +71,7 @@ def space_for_model(config: MemosConfig, model: str, dim: int) -> EmbeddingSpace
 
 
 def space_embedder(config: MemosConfig, space: EmbeddingSpace) -> Embedder:
-    cfg = config.embedder
-    return load_embedder(
-        space.model or None,
-        device=cfg.device,
-        batch_size=cfg.batch_size,
-        runtime=cfg.runtime,
-        quantize=cfg.quantize,
-        threads=cfg.threads,
-    )
+    return configured_embedder(config.embedder, space.model or None)
 
 
 class SpaceStores:
