@@ -85,7 +85,7 @@ def run_offline(
     with out.open("w") as sink:
         for i, cube in enumerate(cubes, start=1):
             turns = [
-                RankTurn(t.message_id, s.session_id, t.content, t.speaker, t.chat_time)
+                RankTurn(t.message_id, s.session_id, t.content, t.speaker, t.chat_time, t.role)
                 for s in cube.sessions
                 for t in s.turns
             ]

@@ -9,7 +9,12 @@ Every component is z-scored over the cube's turns, so the weights are scale-free
 4. Neighbours: S_t += g_neighbour * max(S_prev, S_next) within a session (answers and
    their questions sit next to each other).
 5. Sessions: + lam_session_max * z(best S in the session) + lam_session_bm25 * z(BM25 of the
-   session as one document) + w_date * [the turn's date falls in a date the query names].
+   session as one document) + w_date * [the turn's date falls in a date the query names]
+   + w_role * [the turn is said by the side the question is about]: in a chat between a
+   user and an assistant, a question in the first person ("where did I ...", "my dog")
+   asks what the user said, one about the assistant's words ("you recommended", "remind
+   me") what the assistant said. Only turns known by their role alone count (no speaker
+   name: where names are given, step 3 matches them).
 6. The top `rerank_n` are re-sorted by z(S) + w_maxsim * z(MaxSim), a late-interaction
    score over MiniLM token embeddings.
 7. A question that counts or totals ("how many", "how much", "in total") spreads the list
@@ -62,6 +67,9 @@ class RankingParams(BaseModel):
     w_session: float = 0.5
     rerank_n: int = Field(default=50, ge=0)
     w_maxsim: float = 1.0
+    # Step 5's perspective term: strong on purpose (a question about the user's own life is
+    # answered by what the user said), yet not a filter: the other side's turns still follow.
+    w_role: float = 5.0
     # Step 7, questions that count or total only: a turn moves this many places down the
     # list per turn of its own session ranked above it. Such a question needs every
     # instance, and a conversation tells of separate instances in separate sessions, while
@@ -77,6 +85,7 @@ class RankTurn:
     content: str
     speaker: str | None = None
     chat_time: str | None = None
+    role: str | None = None  # "user" | "assistant", where the source says
 
 
 def turn_text(turn: RankTurn) -> str:
@@ -291,6 +300,37 @@ class RankUnit:
     text: str
     speaker: str = ""
     day: dt.date | None = None
+    role: str = ""
+
+
+# Step 5's perspective: unit roles as codes, and what a question is about.
+ROLE_CODES = {"user": 1, "assistant": 2}
+_ABOUT_ASSISTANT = re.compile(
+    # What the assistant said before, not a request for something new ("can you suggest").
+    r"\b(?:remind me|you (?:told|said|recommended|suggested|mentioned|provided|gave|listed|"
+    r"described|explained|shared|wrote|came up with)|did you (?:tell|say|recommend|suggest|"
+    r"mention|provide|give|list|describe|explain|share|write|come up with)|our (?:previous|"
+    r"last|earlier) (?:chat|conversation|discussion))\b"
+)
+_FIRST_PERSON = re.compile(r"\b(?:i|me|my|mine|myself|i'm|i've|i'd|i'll)\b")
+
+
+def role_code(unit: RankUnit) -> int:
+    """The unit's side of the chat when its role is all that names its speaker, else 0."""
+    speaker = unit.speaker.strip().lower()
+    if speaker and speaker not in ROLE_WORDS:
+        return 0
+    return ROLE_CODES.get(unit.role.strip().lower(), 0)
+
+
+def query_role(query: str) -> int:
+    """Whose words answer the question: the assistant's, the user's (first person), or 0."""
+    lowered = query.lower()
+    if _ABOUT_ASSISTANT.search(lowered):
+        return ROLE_CODES["assistant"]
+    if _FIRST_PERSON.search(lowered):
+        return ROLE_CODES["user"]
+    return 0
 
 
 @dataclass
@@ -316,6 +356,8 @@ class CubeIndex:
     session_keys: list[str] | None = None
     # Spare rows after `vectors` for appends (`vectors` is a view of its head).
     rows: RowBuffer | None = None
+    # `role_code` of each unit (int8; None: no unit has one).
+    roles: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -395,7 +437,13 @@ def index_units(
         terms=[frozenset(toks) for toks in token_lists],
         session_keys=session_keys,
         rows=rows,
+        roles=_roles(units),
     )
+
+
+def _roles(units: Sequence[RankUnit]) -> np.ndarray | None:
+    codes = np.array([role_code(u) for u in units], np.int8)
+    return codes if codes.any() else None
 
 
 def append_units(
@@ -476,7 +524,16 @@ def append_units(
         terms=(index.terms or []) + [frozenset(toks) for toks in unit_docs],
         session_keys=keys,
         rows=rows,
+        roles=_append_roles(index, units),
     )
+
+
+def _append_roles(index: CubeIndex, units: Sequence[RankUnit]) -> np.ndarray | None:
+    new = _roles(units)
+    if new is None and index.roles is None:
+        return None
+    old = index.roles if index.roles is not None else np.zeros(index.size, np.int8)
+    return np.concatenate([old, new if new is not None else np.zeros(len(units), np.int8)])
 
 
 def _pair_norms(e: np.ndarray, pos: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -493,7 +550,9 @@ def build_index(
 ) -> CubeIndex:
     """Turns in chronological order; a session's turns are contiguous."""
     units = [
-        RankUnit(t.id, t.session, turn_text(t), t.speaker or "", parse_date(t.chat_time))
+        RankUnit(
+            t.id, t.session, turn_text(t), t.speaker or "", parse_date(t.chat_time), t.role or ""
+        )
         for t in turns
     ]
     texts = [u.text for u in units]
@@ -544,6 +603,10 @@ def first_stage(
     windows = query_date_windows(query, parse_date(asked_at))
     if windows:
         score = score + params.w_date * _date_hits(windows, index.days, index.months)
+    if params.w_role and index.roles is not None:
+        side = query_role(query)
+        if side:
+            score = score + params.w_role * (index.roles == side)
     if allowed is not None:
         score = np.where(allowed, score, -np.inf)
     return score

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from memos_ray.stores.vector.base import VectorFilter, VectorStore, WriteStamp
 # Payload keys written beside each point for the index (see `unit_payload`).
 TEXT = "text"
 SPEAKER = "speaker"
+ROLE = "role"
 CHAT_TIME = "chat_time"
 SEQ = "seq"
 # Ids per graph query when checking an index's units for their nodes.
@@ -60,6 +61,9 @@ def unit_payload(item: MemoryItem, seq: int) -> dict[str, Any]:
     return {
         TEXT: text or item.memory,
         SPEAKER: (first.name or "") if first else "",
+        # Only a turn's own side of the chat (step 5's perspective term); distilled facts
+        # and documents are no one's words.
+        ROLE: (turns[0].role or "") if turns else "",
         CHAT_TIME: first.chat_time if first else None,
         SEQ: seq,
     }
@@ -143,6 +147,7 @@ def _unit(unit_id: str, payload: Mapping[str, Any], dates: dict[Any, Any]) -> Ra
         text=str(payload.get(TEXT) or payload.get("memory") or ""),
         speaker=str(payload.get(SPEAKER) or ""),
         day=dates[chat_time],
+        role=str(payload.get(ROLE) or ""),
     )
 
 
@@ -187,6 +192,8 @@ def extend_cube(
 ) -> IndexedCube | None:
     """`cube` plus new active units that sort after all of its own (a chat's next turns),
     as `index_cube` over everything would give; None when they do not, or are not new."""
+    if not ids:
+        return replace(cube, revision=revision)
     if any(i in cube.positions for i in ids) or len(set(ids)) != len(ids):
         return None
     if any(p.get("status") != MemoryStatus.ACTIVATED for p in payloads):

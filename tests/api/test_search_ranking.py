@@ -42,6 +42,27 @@ def test_speaker_names_are_kept_and_rank(open_api: RunningApi) -> None:
     assert top["metadata"]["sources"][0]["message_id"] == "D1:2"
 
 
+def test_a_question_about_me_is_answered_by_what_i_said(open_api: RunningApi) -> None:
+    """Roles only (no names): a first-person question lifts the user's own turns, one
+    about the assistant's earlier words the assistant's (step 5's perspective term)."""
+    user = _user()
+    chat = [
+        ("user", "Any tips for eating out in Tokyo?"),
+        ("assistant", "Where to have the best ramen? Many had the best ramen at Ichiran."),
+        ("user", "Last week I ate at a tiny noodle shop in Osaka: the best bowl of my life."),
+        ("assistant", "That sounds wonderful."),
+    ]
+    messages = [
+        {"role": role, "content": text, "message_id": f"m{i}"}
+        for i, (role, text) in enumerate(chat)
+    ]
+    add(open_api, user, messages, session_id="s1")
+    mine = search(open_api, user, "Where did I have the best ramen?", relativity=0)
+    assert _sources(mine)[0] == "m2"
+    yours = search(open_api, user, "Which ramen place did you recommend?", relativity=0)
+    assert _sources(yours)[0] == "m1"
+
+
 def test_reference_time_resolves_relative_dates(open_api: RunningApi) -> None:
     user = _user()
     said = [

@@ -276,7 +276,7 @@ def _same_memories(api_stack: LocalStack, job_dir: Path, cube: str) -> None:
     api_points = dict(zip(api_scan.ids, api_scan.payloads, strict=True))
     assert set(job["points"]) == set(api_points)
     for point_id, payload in api_points.items():
-        for key in ("text", "memory", "speaker", "chat_time", "memory_type", "session_id"):
+        for key in ("text", "memory", "speaker", "role", "chat_time", "memory_type", "session_id"):
             assert job["points"][point_id][key] == payload[key], key
 
 

@@ -14,6 +14,7 @@ from memos_ray.core.turn_ranking import (
     late_rerank,
     parse_date,
     query_date_windows,
+    query_role,
     rank,
 )
 from memos_ray.models.embedder import SentenceTransformerEmbedder
@@ -116,3 +117,46 @@ def test_allowed_mask_excludes_units(embedder: SentenceTransformerEmbedder) -> N
     allowed = np.array([True, False, True, True, True, True])
     score = first_stage(index, query, embedder.embed([query])[0], allowed=allowed)
     assert np.isneginf(score[1]) and np.isfinite(np.delete(score, 1)).all()
+
+
+def _chat() -> list[RankTurn]:
+    """A user and an assistant, known by their roles only (no names)."""
+    day = "2023-05-08T10:00:00"
+    said = [
+        ("user", "Any tips for eating out in Tokyo?"),
+        ("assistant", "Where to have the best ramen? Many had the best ramen at Ichiran."),
+        ("user", "Last week I ate at a tiny noodle shop in Osaka: the best bowl of my life."),
+        ("assistant", "That sounds wonderful."),
+    ]
+    return [RankTurn(f"s1:{i}", "s1", text, None, day, role) for i, (role, text) in enumerate(said)]
+
+
+def test_whose_words_answer_the_question() -> None:
+    assert query_role("Where did I have the best ramen?") == 1
+    assert query_role("How many plants did my sister give me?") == 1
+    assert query_role("Can you remind me which ramen shops you recommended?") == 2
+    assert query_role("In our previous chat, what did I ask about?") == 2
+    assert query_role("Where is the best ramen in Tokyo?") == 0
+
+
+def test_the_side_the_question_is_about_comes_first(
+    embedder: SentenceTransformerEmbedder,
+) -> None:
+    index = build_index(_chat(), embedder.embed)
+    assert index.roles is not None and index.roles.tolist() == [1, 2, 1, 2]
+    off, on = RankingParams(w_role=0), RankingParams()
+    for query, side in (
+        ("Where did I have the best ramen?", 1),
+        ("Which ramen shops did you recommend to me?", 2),
+        ("Where is the best ramen?", 0),
+    ):
+        q = embedder.embed([query])[0]
+        lifted = first_stage(index, query, q, params=on) - first_stage(index, query, q, params=off)
+        np.testing.assert_allclose(lifted, on.w_role * (index.roles == side), atol=1e-5)
+    # Without it the assistant's ramen-heavy turn wins a question about the user's own meal.
+    query = "Where did I have the best ramen?"
+    q = embedder.embed([query])[0]
+    assert rank(index, query, q, params=off)[0] == "s1:1"
+    assert rank(index, query, q, params=on)[0] == "s1:2"
+    # Where speakers have names, step 3 matches those and no turn has a side.
+    assert build_index(_cube(), embedder.embed).roles is None

@@ -67,6 +67,7 @@ def _index_of(cube: IndexedCube) -> dict[str, object]:
         "next": index.next.tolist(),
         "days": index.days.tolist(),
         "speakers": index.speakers,
+        "roles": None if index.roles is None else index.roles.tolist(),
         "types": cube.memory_types.tolist(),
         "positions": {i: cube.positions[i] for i in index.ids},
     }
@@ -99,6 +100,7 @@ def _random_cube(rng: random.Random, n: int) -> tuple[list[str], np.ndarray, lis
                     seq,
                     text,
                     speaker=rng.choice(["Ann", "Bob", ""]),
+                    role=rng.choice(["user", "assistant", ""]),
                     chat_time=day,
                     status=MemoryStatus.ACTIVATED,
                 )
@@ -126,7 +128,8 @@ def test_extending_an_index_gives_what_a_rebuild_gives() -> None:
             assert grown is not None
             cube = grown
         assert cube.revision == "after" and _index_of(cube) == _index_of(full)
-        for query in ("ann hiking lisbon", "what did bob cook in osaka in march 2023?"):
+        queries = ("ann hiking lisbon", "what did bob cook in osaka in march 2023?", "my trip?")
+        for query in queries:
             q = vectors[rng.randrange(len(ids))]
             np.testing.assert_allclose(
                 first_stage(cube.index, query, q, "2023-04-01", params),
