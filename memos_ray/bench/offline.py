@@ -9,45 +9,24 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from memos_ray.config import MemosConfig
 from memos_ray.core.baseline_ranking import RRF_K, build_baseline_index, rrf_rank
 from memos_ray.core.turn_ranking import RankingParams, RankTurn, build_index, rank, turn_text
-from memos_ray.models.embedder import Embedder, SentenceTransformerEmbedder
+from memos_ray.models.embedder import Embedder
+from memos_ray.models.runtimes import configured_embedder
 from memos_ray.services.ingest.datasets import BenchCube
 
 Ranker = Literal["recipe", "rrf"]
+T = TypeVar("T")
 
 
-class TokenEmbedder:
-    """Per-token MiniLM vectors ([CLS]/[SEP] dropped, unit length, float16) for MaxSim."""
-
-    def __init__(self, embedder: SentenceTransformerEmbedder) -> None:
-        self._model = embedder._load()
-
-    def __call__(self, texts: list[str]) -> list[np.ndarray]:
-        outputs = self._model.encode(
-            texts, output_value="token_embeddings", batch_size=32, convert_to_numpy=False
-        )
-        result = []
-        for out in outputs:
-            vectors = out.float().numpy()
-            vectors = vectors[1:-1] if vectors.shape[0] > 2 else vectors
-            vectors = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
-            result.append(vectors.astype(np.float16))
-        return result
-
-
-class EncodedTokens:
-    """Token vectors from any `Embedder.encode` (None when its backend has none)."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self._embedder = embedder
-
-    def __call__(self, texts: list[str]) -> list[np.ndarray] | None:
-        return self._embedder.encode(texts).tokens
+def _given(value: T) -> Callable[[list[str]], T]:
+    """Stands in for an encoder: what one `encode` of the same texts gave."""
+    return lambda _texts: value
 
 
 def run_offline(
@@ -59,11 +38,14 @@ def run_offline(
     log: Callable[[str], None] = print,
     embedder: Embedder | None = None,
     ranker: Ranker = "recipe",
+    query_embedder: Embedder | None = None,
 ) -> dict[str, Any]:
     """Rank every question's turns and write `{"qid", "retrieved"}` lines to `out`.
 
-    `embedder`: any `Embedder` (dense vectors from `embed`, MaxSim token vectors from
-    `encode`); the default is the local MiniLM. `ranker`: "recipe" (`turn_ranking`) or
+    `embedder`: any `Embedder` (dense and MaxSim token vectors from one `encode` per cube);
+    the default is the service's own (the configured runtime, ONNX Runtime), with its query
+    encoder (int8 weights) for the questions. `query_embedder`: the questions' encoder when
+    `embedder` is given (default: the same). `ranker`: "recipe" (`turn_ranking`) or
     "rrf" (`baseline_ranking`, the baseline: BM25 and cosine over the texts the recipe
     indexes, `speaker: content`, and nothing else).
     """
@@ -71,13 +53,11 @@ def run_offline(
     if ranker not in ("recipe", "rrf"):
         raise ValueError(f"unknown ranker {ranker!r}")
     if embedder is None:
-        local = SentenceTransformerEmbedder()
-        embedder = local
-        tokens: Any = TokenEmbedder(local) if params.w_maxsim else None
-    else:
-        tokens = EncodedTokens(embedder) if params.w_maxsim else None
-    if ranker == "rrf":
-        tokens = None
+        cfg = MemosConfig().embedder
+        embedder = configured_embedder(cfg, cfg.model)
+        query_embedder = query_embedder or configured_embedder(cfg, cfg.model, for_queries=True)
+    queries = query_embedder or embedder
+    late = bool(params.w_maxsim) and ranker == "recipe"
     out.parent.mkdir(parents=True, exist_ok=True)
     cubes = list(cubes)
     build_s = search_s = 0.0
@@ -90,19 +70,24 @@ def run_offline(
                 for t in s.turns
             ]
             t0 = time.perf_counter()
+            texts = [turn_text(t) for t in turns]
             if ranker == "rrf":
-                texts = [turn_text(t) for t in turns]
                 baseline = build_baseline_index([t.id for t in turns], texts, embedder.embed(texts))
             else:
-                index = build_index(turns, embedder.embed, tokens, params)
+                encoded = embedder.encode(texts)  # one pass: dense and token vectors
+                tokens = _given(encoded.tokens) if late and encoded.tokens else None
+                index = build_index(turns, _given(encoded.dense), tokens, params)
             t1 = time.perf_counter()
             for question in cube.questions:
-                query_vector = embedder.embed([question.question])[0]
                 if ranker == "rrf":
+                    query_vector = queries.embed([question.question])[0]
                     ids = rrf_rank(baseline, question.question, query_vector, top_k)
                 else:
-                    query_tokens = tokens([question.question]) if tokens else None
-                    query_tokens = query_tokens[0].astype(np.float32) if query_tokens else None
+                    asked = queries.encode([question.question])
+                    query_vector = asked.dense[0]
+                    query_tokens = (
+                        asked.tokens[0].astype(np.float32) if late and asked.tokens else None
+                    )
                     ids = rank(
                         index, question.question, query_vector, query_tokens,
                         question.asked_at, top_k, params,
