@@ -58,7 +58,9 @@ class RankingParams(BaseModel):
     k1: float = Field(default=1.2, gt=0)
     b: float = Field(default=0.75, ge=0, le=1)
     w_dense: float = 1.0
-    w_speaker: float = 0.5
+    # Step 3, and step 5's w_role: the same reading of a question, at the same strength (a
+    # question about Ann is answered by what Ann said; about "me", by what the user said).
+    w_speaker: float = 5.0
     g_neighbour: float = 0.5
     lam_session_max: float = 0.5
     lam_session_bm25: float = 0.5
