@@ -46,6 +46,13 @@ from memos_ray.core.keywords import tokenize
 
 ROLE_WORDS = frozenset({"user", "assistant", "system", "tool"})
 
+
+def is_name(speaker: str | None) -> bool:
+    """A person's name, not a role word or nothing: what steps 1, 3 and 5 tell apart."""
+    word = (speaker or "").strip().lower()
+    return bool(word) and word not in ROLE_WORDS
+
+
 Embed = Callable[[list[str]], np.ndarray]
 TokenEmbed = Callable[[list[str]], list[np.ndarray]]
 
@@ -92,10 +99,9 @@ class RankTurn:
 
 def turn_text(turn: RankTurn) -> str:
     """What is indexed: the speaker's name in front when it is a name, not a role."""
-    speaker = (turn.speaker or "").strip()
-    if not speaker or speaker.lower() in ROLE_WORDS:
+    if not is_name(turn.speaker):
         return turn.content
-    return f"{speaker}: {turn.content}"
+    return f"{(turn.speaker or '').strip()}: {turn.content}"
 
 
 # -- BM25 -------------------------------------------------------------------------------
@@ -319,10 +325,7 @@ _FIRST_PERSON = re.compile(r"\b(?:i|me|my|mine|myself|i'm|i've|i'd|i'll)\b")
 
 def role_code(unit: RankUnit) -> int:
     """The unit's side of the chat when its role is all that names its speaker, else 0."""
-    speaker = unit.speaker.strip().lower()
-    if speaker and speaker not in ROLE_WORDS:
-        return 0
-    return ROLE_CODES.get(unit.role.strip().lower(), 0)
+    return 0 if is_name(unit.speaker) else ROLE_CODES.get(unit.role.strip().lower(), 0)
 
 
 def query_role(query: str) -> int:
@@ -444,6 +447,7 @@ def index_units(
 
 
 def _roles(units: Sequence[RankUnit]) -> np.ndarray | None:
+    """`role_code` per unit; None when no unit has a side (the term is skipped)."""
     codes = np.array([role_code(u) for u in units], np.int8)
     return codes if codes.any() else None
 
@@ -526,16 +530,16 @@ def append_units(
         terms=(index.terms or []) + [frozenset(toks) for toks in unit_docs],
         session_keys=keys,
         rows=rows,
-        roles=_append_roles(index, units),
+        roles=_appended_roles(index, units),
     )
 
 
-def _append_roles(index: CubeIndex, units: Sequence[RankUnit]) -> np.ndarray | None:
-    new = _roles(units)
-    if new is None and index.roles is None:
+def _appended_roles(index: CubeIndex, units: Sequence[RankUnit]) -> np.ndarray | None:
+    new = np.array([role_code(u) for u in units], np.int8)
+    if index.roles is None and not new.any():
         return None
     old = index.roles if index.roles is not None else np.zeros(index.size, np.int8)
-    return np.concatenate([old, new if new is not None else np.zeros(len(units), np.int8)])
+    return np.concatenate([old, new])
 
 
 def _pair_norms(e: np.ndarray, pos: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -582,9 +586,7 @@ def first_stage(
     score += params.w_dense * _z(dense)
     lowered = query.lower()
     named = {
-        s
-        for s in set(index.speakers)
-        if s and s not in ROLE_WORDS and re.search(rf"\b{re.escape(s)}\b", lowered)
+        s for s in set(index.speakers) if is_name(s) and re.search(rf"\b{re.escape(s)}\b", lowered)
     }
     if named:
         score += params.w_speaker * np.array([s in named for s in index.speakers], np.float32)
