@@ -122,6 +122,7 @@ def load(
         texts = [p.preference for p in dump.preferences]
         dense = np.asarray(preferences.memory.query_embedder.embed(texts), dtype=np.float32)
         preferences.store.upsert(cube_id, dump.preferences, dense)
+        preferences.stored(cube_id)
         report.preferences = len(dump.preferences)
     return report
 

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from memos_ray.services.memory import MemoryService
 
 _NAMESPACE = uuid.UUID("0b6f1e0e-3f59-4d61-9a1c-6d1f4cbb7a21")
+# Bound on the cubes remembered as having nothing to find (expired marks go first).
+_EMPTY_MARKS = 100_000
 
 
 def preference_id(cube_id: str, text: str) -> str:
@@ -61,8 +63,9 @@ class PreferenceService:
         self.store = store
         self.implicit_evidence = implicit_evidence
         self.similarity = similarity
-        # Cubes known to hold no preference, until this monotonic time: a search then skips
-        # the store's round trip (another replica's write shows up within the TTL).
+        # Cubes where a search found no active preference, until this monotonic time: a search
+        # then skips the store's round trip (another replica's write shows up within the TTL;
+        # this process's own writes clear the mark, see `stored`).
         self._empty: dict[str, float] = {}
         self._empty_ttl = empty_ttl_s
         self._lock = threading.Lock()
@@ -121,9 +124,14 @@ class PreferenceService:
         )
         dense = self.memory.query_embedder.embed([preference.preference])
         self.store.upsert(cube_id, [preference], dense)
+        self.stored(cube_id)
+        return preference
+
+    def stored(self, cube_id: str) -> None:
+        """Preferences were written to the cube's store (here or by a loader): the next
+        search asks the store again."""
         with self._lock:
             self._empty.pop(cube_id, None)
-        return preference
 
     def _observe(
         self,
@@ -200,11 +208,19 @@ class PreferenceService:
         for cube_id in wanted:
             found[cube_id] = self.store.search(cube_id, asked.text, dense, top_k)
             if not found[cube_id]:
-                _, total = self.store.list(cube_id, 0, 1)
-                if total == 0:
-                    with self._lock:
-                        self._empty[cube_id] = now + self._empty_ttl
+                # Nothing active to find: the same answer for the TTL, without a round trip
+                # (most cubes hold no preference; with thousands of cubes, each one's first
+                # search would otherwise pay two).
+                self._mark_empty(cube_id, now)
         return found
+
+    def _mark_empty(self, cube_id: str, now: float) -> None:
+        with self._lock:
+            if len(self._empty) >= _EMPTY_MARKS:
+                self._empty = {c: t for c, t in self._empty.items() if t >= now}
+                if len(self._empty) >= _EMPTY_MARKS:
+                    self._empty.clear()
+            self._empty[cube_id] = now + self._empty_ttl
 
 
 def preference_note(preferences: Sequence[Preference]) -> str:

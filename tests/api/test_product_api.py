@@ -343,3 +343,37 @@ def test_a_graph_server_down_is_a_503_then_recovers(open_api: RunningApi) -> Non
     finally:
         server.start()
     assert count(open_api, user) == 1
+
+
+def test_a_cube_without_preferences_costs_one_store_search_per_ttl(open_api: RunningApi) -> None:
+    """Searches ask the preference store once for a cube with nothing to find (then not
+    again for the TTL), and a preference written here shows on the very next search."""
+    from memos_ray.services.fine_reader import ExtractedPreference
+
+    prefs = open_api.stack.services.preferences
+    assert prefs is not None
+    store = prefs.store
+    calls: list[str] = []
+    real_search, real_list = store.search, store.list
+
+    def counted_search(*args: object, **kw: object) -> object:
+        calls.append("search")
+        return real_search(*args, **kw)  # type: ignore[arg-type]
+
+    def counted_list(*args: object, **kw: object) -> object:
+        calls.append("list")
+        return real_list(*args, **kw)  # type: ignore[arg-type]
+
+    user = new_user()
+    add(open_api, user, CONVERSATION)
+    store.search, store.list = counted_search, counted_list  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            assert search(open_api, user, "what tea do I like?")["pref_mem"][0]["memories"] == []
+        assert calls == ["search"]
+        prefs.add_extracted(user, user, [ExtractedPreference(preference="I like green tea")], [])
+        found = search(open_api, user, "what tea do I like?")["pref_mem"][0]["memories"]
+        assert [p["memory"] for p in found] == ["I like green tea"]
+        assert calls == ["search", "search"]
+    finally:
+        del store.search, store.list
