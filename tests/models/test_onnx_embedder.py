@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from memos_ray.config import EmbedderConfig
-from memos_ray.models.embedder import SentenceTransformerEmbedder, default_model_path
+from memos_ray.models.embedder import Encoded, SentenceTransformerEmbedder, default_model_path
 from memos_ray.models.onnx_embedder import OnnxEmbedder, OnnxUnsupported, export_model
 from memos_ray.models.runtimes import load_embedder
 
@@ -49,6 +51,27 @@ def test_onnx_vectors_match_pytorch(cache: Path) -> None:
     alone = onnx.embed([TEXTS[3]])
     np.testing.assert_allclose(alone[0], onnx_out.dense[3], atol=1e-5)
     assert onnx.embed([]).shape == (0, 384)
+
+
+def test_concurrent_batches_run_on_one_thread_each_with_the_same_vectors(cache: Path) -> None:
+    """Encodes that overlap take the one-thread session; their vectors are the lone ones."""
+    onnx = OnnxEmbedder(cache_dir=cache, batch_size=2, threads=2)
+    alone = onnx.encode(TEXTS)
+    assert onnx._solo is None  # nothing ran beside anything yet
+    texts = [f"{t} ({i})" for i in range(8) for t in TEXTS[:3]]
+    expected = [onnx.encode([t]).dense[0] for t in texts]
+    start = threading.Barrier(4)
+
+    def together(chunk: list[str]) -> Encoded:
+        start.wait()
+        return onnx.encode(chunk)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(together, [texts[i::4] for i in range(4)]))
+    assert onnx._solo is not None
+    for i, result in enumerate(results):
+        np.testing.assert_allclose(result.dense, np.array(expected[i::4]), atol=1e-5)
+    np.testing.assert_allclose(onnx.encode(TEXTS).dense, alone.dense, atol=1e-5)
 
 
 def test_export_is_cached_and_reused(cache: Path) -> None:
