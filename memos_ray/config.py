@@ -182,7 +182,8 @@ class EmbedderConfig(_Strict):
     # One thread: a second OpenMP thread spin-waits against the other processes here and
     # made single-query latency several times worse (measured under load on 2 cores).
     query_threads: int = Field(default=1, ge=1)
-    # Torch threads of an embedder replica; None means every core of its node (Ray would
+    # Threads of an embedder replica (PyTorch, or ONNX Runtime for a batch running alone: one
+    # that overlaps another takes one thread); None means every core of its node (Ray would
     # otherwise pin a 1-CPU replica to one thread).
     threads: int | None = Field(default=None, ge=1)
     # OpenMP's wait policy in embedder replicas. PASSIVE: idle threads sleep instead of
