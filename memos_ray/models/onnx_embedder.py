@@ -194,8 +194,8 @@ class OnnxEmbedder(Embedder):
         # Batches that run while another one does (concurrent bulk adds in an embedder
         # replica) take a one-thread session: on a busy machine, runs side by side each on
         # one thread out-ran runs that split every operator over the cores (bulk add
-        # through the API 0.68 -> 0.75 of the embedder's own rate on 2 cores). A batch
-        # alone still gets every thread.
+        # through the API +6-8% with 3 requests in flight on 2 cores). A batch alone still
+        # gets every thread. The cost: a second copy of the weights, once crowded.
         self._solo: Any = None
         self._path: Path | None = None
         self._running = 0
