@@ -29,7 +29,13 @@ from memos_ray.scheduler.context import HandlerContext
 from memos_ray.stores.sql.sqlalchemy import SQLTenancyStore
 from memos_ray.stores.sql.tasks import SQLTaskStore
 from tests.fixtures.api import RunningApi
-from tests.fixtures.metrics import DASHBOARD, dashboard_metrics, metric_names, scrape_until
+from tests.fixtures.metrics import (
+    DASHBOARD,
+    Series,
+    dashboard_metrics,
+    metric_names,
+    scrape_until,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -161,7 +167,19 @@ def test_dashboard_metrics_are_exported_with_bounded_labels(
     _exercise_scheduler_and_stores(tmp_path)
 
     wanted = {n for n in dashboard_metrics() if n.startswith("ray_memos_")}
-    series = scrape_until(wanted)
+    failed_sql = {"store": "sql", "backend": "sqlite", "operation": "transaction"}
+
+    def caused_here(series: Series) -> bool:
+        """This test's own series (earlier tests may have exported the same names)."""
+        return any(
+            n == "ray_memos_store_restarts_total" and labels.get("store") == "test_store"
+            for n, labels in series
+        ) and any(
+            n == "ray_memos_store_errors_total" and failed_sql.items() <= labels.items()
+            for n, labels in series
+        )
+
+    series = scrape_until(wanted, also=caused_here)
 
     keys = {m.spec.name: set(m.spec.tag_keys) for m in metrics.ALL}
     ours = [(n, labels) for n, labels in series if n.startswith("ray_memos_")]
@@ -182,7 +200,6 @@ def test_dashboard_metrics_are_exported_with_bounded_labels(
     written = [labels for n, labels in ours if n == "ray_memos_memories_written_total"]
     assert written and all(labels["memory_type"].endswith("Memory") for labels in written)
     errors = [labels for n, labels in ours if n == "ray_memos_store_errors_total"]
-    failed_sql = {"store": "sql", "backend": "sqlite", "operation": "transaction"}
     assert any(failed_sql.items() <= labels.items() for labels in errors), errors
     restarts = [labels for n, labels in ours if n == "ray_memos_store_restarts_total"]
     assert any(r["store"] == "test_store" and r["how"] == "server" for r in restarts)
