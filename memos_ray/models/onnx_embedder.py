@@ -185,7 +185,8 @@ class OnnxEmbedder(Embedder):
     ) -> None:
         self._dir = Path(model or default_model_path())
         self._batch_size = batch_size
-        self._threads = threads
+        # Threads of the full session; a one-thread session is only worth having past one.
+        self._threads = threads or os.cpu_count() or 1
         self._quantize = quantize
         self._cache_dir = cache_dir
         self._lock = threading.Lock()
@@ -220,7 +221,7 @@ class OnnxEmbedder(Embedder):
                 tokenizer.enable_truncation(self._max_length())
                 tokenizer.enable_padding()
                 self._tokenizer = tokenizer
-                self._session = self._open(self._threads or os.cpu_count() or 1)
+                self._session = self._open(self._threads)
         return self
 
     def _open(self, threads: int) -> Any:
@@ -236,7 +237,7 @@ class OnnxEmbedder(Embedder):
 
     def _session_for(self, crowded: bool) -> Any:
         """The full session, or the one-thread one when another batch is running."""
-        if not crowded or (self._threads or os.cpu_count() or 1) == 1:
+        if not crowded or self._threads == 1:
             return self._session
         with self._lock:
             if self._solo is None:

@@ -606,8 +606,7 @@ def _load_preferences(
                 )
             )
         dense = preferences.memory.query_embedder.embed([i.preference for i in items])
-        preferences.store.upsert(cube_id, items, np.asarray(dense, dtype=np.float32))
-        preferences.stored(cube_id)
+        preferences.upsert(cube_id, items, np.asarray(dense, dtype=np.float32))
         done += len(items)
     return done
 

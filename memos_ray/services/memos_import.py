@@ -121,8 +121,7 @@ def load(
     if preferences is not None and dump.preferences:
         texts = [p.preference for p in dump.preferences]
         dense = np.asarray(preferences.memory.query_embedder.embed(texts), dtype=np.float32)
-        preferences.store.upsert(cube_id, dump.preferences, dense)
-        preferences.stored(cube_id)
+        preferences.upsert(cube_id, dump.preferences, dense)
         report.preferences = len(dump.preferences)
     return report
 

@@ -32,6 +32,8 @@ from memos_ray.stores.preference.base import Preference, PreferenceStore
 from memos_ray.stores.vector.base import VectorFilter
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from memos_ray.services.memory import MemoryService
 
 _NAMESPACE = uuid.UUID("0b6f1e0e-3f59-4d61-9a1c-6d1f4cbb7a21")
@@ -65,7 +67,7 @@ class PreferenceService:
         self.similarity = similarity
         # Cubes where a search found no active preference, until this monotonic time: a search
         # then skips the store's round trip (another replica's write shows up within the TTL;
-        # this process's own writes clear the mark, see `stored`).
+        # this process's own writes clear the mark, see `upsert`).
         self._empty: dict[str, float] = {}
         self._empty_ttl = empty_ttl_s
         self._lock = threading.Lock()
@@ -123,13 +125,13 @@ class PreferenceService:
             updated_at=now,
         )
         dense = self.memory.query_embedder.embed([preference.preference])
-        self.store.upsert(cube_id, [preference], dense)
-        self.stored(cube_id)
+        self.upsert(cube_id, [preference], dense)
         return preference
 
-    def stored(self, cube_id: str) -> None:
-        """Preferences were written to the cube's store (here or by a loader): the next
-        search asks the store again."""
+    def upsert(self, cube_id: str, items: Sequence[Preference], dense: np.ndarray) -> None:
+        """Every write of preferences goes through here (adds, cube loads, imports): the
+        cube's "nothing to find" mark goes with it, so the next search asks the store."""
+        self.store.upsert(cube_id, items, dense)
         with self._lock:
             self._empty.pop(cube_id, None)
 
