@@ -36,7 +36,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -296,7 +296,10 @@ def _date_hits(windows: Sequence[DateWindow], days: np.ndarray, months: np.ndarr
 
 
 def _z(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / (x.std() + 1e-9)
+    """z-scores. Several per search over every unit of a cube: `ndarray.std` does the same
+    in more passes, each a Python call under the interpreter lock."""
+    centred = x - x.mean()
+    return centred / (math.sqrt(float(np.dot(centred, centred)) / max(len(x), 1)) + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -363,10 +366,21 @@ class CubeIndex:
     rows: RowBuffer | None = None
     # `role_code` of each unit (int8; None: no unit has one).
     roles: np.ndarray | None = None
+    # The distinct speakers that are names and each unit's place among them (-1: none),
+    # worked out on the first search rather than over every unit on every search.
+    _names: tuple[list[str], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
         return len(self.ids)
+
+    def speaker_names(self) -> tuple[list[str], np.ndarray]:
+        if self._names is None:
+            names = [s for s in dict.fromkeys(self.speakers) if is_name(s)]
+            place = {name: i for i, name in enumerate(names)}
+            codes = np.fromiter((place.get(s, -1) for s in self.speakers), np.int32, self.size)
+            self._names = (names, codes)
+        return self._names
 
 
 class RowBuffer:
@@ -585,11 +599,12 @@ def first_stage(
     dense = cos + with_prev / index.norm_prev + with_next / index.norm_next
     score += params.w_dense * _z(dense)
     lowered = query.lower()
-    named = {
-        s for s in set(index.speakers) if is_name(s) and re.search(rf"\b{re.escape(s)}\b", lowered)
-    }
+    names, codes = index.speaker_names()
+    named = [i for i, s in enumerate(names) if re.search(rf"\b{re.escape(s)}\b", lowered)]
     if named:
-        score += params.w_speaker * np.array([s in named for s in index.speakers], np.float32)
+        boost = np.zeros(len(names) + 1, np.float32)  # the last entry: units with no name
+        boost[named] = params.w_speaker
+        score += boost[codes]
     low = score.min()
     neighbour = np.maximum(
         np.where(index.prev >= 0, score[np.maximum(index.prev, 0)], low),

@@ -144,6 +144,44 @@ def test_extending_an_index_gives_what_a_rebuild_gives() -> None:
     assert _index_of(base) == snapshot and base.index.vectors.shape[0] == len(ids) - 2
 
 
+def test_the_speaker_term_boosts_the_named_speakers_turns_including_appended_ones() -> None:
+    """Step 3 per search reads the cube's distinct names once per index: a speaker first
+    seen in an append, after the index was searched, is found by name too."""
+    params = RankingParams(w_speaker=5.0)
+    ids = ["a1", "b1", "u1", "a2"]
+    payloads = [
+        _payload("s1", 1, "hello there", speaker="Ann"),
+        _payload("s1", 2, "hi ann", speaker="Bob"),
+        _payload("s1", 3, "my plans", speaker="user"),  # a role word, not a name
+        _payload("s1", 4, "see you", speaker="Ann"),
+    ]
+    vectors = np.eye(4, 8, dtype=np.float32)
+    cube = index_cube(ids, vectors, payloads, "r1", params)
+    q = np.full(8, 0.1, np.float32)
+
+    def boost(index: object, query: str) -> list[float]:
+        named = first_stage(cube.index if index is None else index, query, q, None, params)
+        plain = first_stage(cube.index if index is None else index, "plans", q, None, params)
+        return np.round(named - plain, 4).tolist()
+
+    # Neighbours and the session share some of a boost (steps 4 and 5), never most of it.
+    ann = boost(None, "plans of Ann")
+    assert min(ann[0], ann[3]) - max(ann[1], ann[2]) > 2
+    both = boost(None, "plans of Ann and Bob")
+    assert min(both[0], both[1], both[3]) - both[2] > 1
+    assert boost(None, "plans of the user") == boost(None, "plans of someone")
+    grown = extend_cube(
+        cube,
+        ["c1"],
+        np.eye(1, 8, 4, dtype=np.float32),
+        [_payload("s1", 5, "new here", speaker="Cleo", status=MemoryStatus.ACTIVATED)],
+        "r2",
+    )
+    assert grown is not None
+    cleo = boost(grown.index, "plans of Cleo")
+    assert cleo[4] - max(cleo[:4]) > 2
+
+
 def test_writes_that_do_not_append_are_refused() -> None:
     ids, vectors, payloads = _random_cube(random.Random(2), 5)
     params = RankingParams()
