@@ -9,6 +9,7 @@ import os
 import random
 import statistics
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -391,14 +392,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         service_url(args) as (url, _),
         httpx.Client(base_url=url, headers=headers, timeout=300) as http,
     ):
-        http.post("/product/create_cube", json={"owner_id": "bench", "cube_id": "ingest"})
+        # A cube of its own per run: against a --url service that ran this bench before, the
+        # same memories in the same cube would be recognised as duplicates, not embedded.
+        cube = f"ingest-{uuid.uuid4().hex[:8]}"
+        http.post("/product/create_cube", json={"owner_id": "bench", "cube_id": cube})
         stored, seconds = fill_cube(
-            http, "bench", "ingest", windows, batch=args.batch, concurrency=args.concurrency
+            http, "bench", cube, windows, batch=args.batch, concurrency=args.concurrency
         )
     rate = stored / seconds
     figures = {
         "bench": "ingest",
         "machine": machine(),
+        "cube": cube,
         "memories": stored,
         "seconds": round(seconds, 2),
         "api_memories_per_s": round(rate, 1),
