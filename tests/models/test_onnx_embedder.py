@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,6 +74,47 @@ def test_concurrent_batches_run_on_one_thread_each_with_the_same_vectors(cache: 
     for i, result in enumerate(results):
         np.testing.assert_allclose(result.dense, np.array(expected[i::4]), atol=1e-5)
     np.testing.assert_allclose(onnx.encode(TEXTS).dense, alone.dense, atol=1e-5)
+
+
+def test_no_more_runs_at_once_than_threads(cache: Path) -> None:
+    """Six encodes started together: two runs at a time on two threads, none lost."""
+    onnx = OnnxEmbedder(cache_dir=cache, batch_size=1, threads=2).load()
+    lock, in_flight, most = threading.Lock(), [0], [0]
+    sessions: dict[int, object] = {}
+
+    class Counted:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def run(self, *args: Any) -> Any:
+            with lock:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+            try:
+                time.sleep(0.01)  # long enough for the others to pile up
+                return self.inner.run(*args)
+            finally:
+                with lock:
+                    in_flight[0] -= 1
+
+    session_for = onnx._session_for
+
+    def counted(crowded: bool) -> Any:
+        inner = session_for(crowded)
+        return sessions.setdefault(id(inner), Counted(inner))
+
+    onnx._session_for = counted  # type: ignore[method-assign]
+    texts = [f"{t} ({i})" for i in range(6) for t in TEXTS[:2]]
+    start = threading.Barrier(6)
+
+    def together(chunk: list[str]) -> Encoded:
+        start.wait()
+        return onnx.encode(chunk)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(together, [texts[i::6] for i in range(6)]))
+    assert most[0] == 2
+    assert [len(r.dense) for r in results] == [2] * 6
 
 
 def test_export_is_cached_and_reused(cache: Path) -> None:
