@@ -183,8 +183,8 @@ class EmbedderConfig(_Strict):
     # made single-query latency several times worse (measured under load on 2 cores).
     query_threads: int = Field(default=1, ge=1)
     # Threads of an embedder replica (PyTorch, or ONNX Runtime for a batch running alone: one
-    # that overlaps another takes one thread); None means every core of its node (Ray would
-    # otherwise pin a 1-CPU replica to one thread).
+    # that overlaps another takes one thread, and at most this many ONNX runs go at once);
+    # None means every core of its node (Ray would otherwise pin a 1-CPU replica to one thread).
     threads: int | None = Field(default=None, ge=1)
     # OpenMP's wait policy in embedder replicas. PASSIVE: idle threads sleep instead of
     # spinning, which on a machine shared with the API and the stores raised bulk-add
