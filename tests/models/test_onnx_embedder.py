@@ -55,6 +55,18 @@ def test_onnx_vectors_match_pytorch(cache: Path) -> None:
     assert onnx.embed([]).shape == (0, 384)
 
 
+def _all_at_once(onnx: OnnxEmbedder, chunks: list[list[str]]) -> list[Encoded]:
+    """Each chunk encoded on a thread of its own, all released together."""
+    start = threading.Barrier(len(chunks))
+
+    def together(chunk: list[str]) -> Encoded:
+        start.wait()
+        return onnx.encode(chunk)
+
+    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+        return list(pool.map(together, chunks))
+
+
 def test_concurrent_batches_run_on_one_thread_each_with_the_same_vectors(cache: Path) -> None:
     """Encodes that overlap take the one-thread session; their vectors are the lone ones."""
     onnx = OnnxEmbedder(cache_dir=cache, batch_size=2, threads=2)
@@ -62,14 +74,7 @@ def test_concurrent_batches_run_on_one_thread_each_with_the_same_vectors(cache: 
     assert onnx._solo is None  # nothing ran beside anything yet
     texts = [f"{t} ({i})" for i in range(8) for t in TEXTS[:3]]
     expected = [onnx.encode([t]).dense[0] for t in texts]
-    start = threading.Barrier(4)
-
-    def together(chunk: list[str]) -> Encoded:
-        start.wait()
-        return onnx.encode(chunk)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(together, [texts[i::4] for i in range(4)]))
+    results = _all_at_once(onnx, [texts[i::4] for i in range(4)])
     assert onnx._solo is not None
     for i, result in enumerate(results):
         np.testing.assert_allclose(result.dense, np.array(expected[i::4]), atol=1e-5)
@@ -105,14 +110,7 @@ def test_no_more_runs_at_once_than_threads(cache: Path) -> None:
 
     onnx._session_for = counted  # type: ignore[method-assign]
     texts = [f"{t} ({i})" for i in range(6) for t in TEXTS[:2]]
-    start = threading.Barrier(6)
-
-    def together(chunk: list[str]) -> Encoded:
-        start.wait()
-        return onnx.encode(chunk)
-
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        results = list(pool.map(together, [texts[i::6] for i in range(6)]))
+    results = _all_at_once(onnx, [texts[i::6] for i in range(6)])
     assert most[0] == 2
     assert [len(r.dense) for r in results] == [2] * 6
 
