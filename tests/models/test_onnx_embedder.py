@@ -85,7 +85,6 @@ def test_no_more_runs_at_once_than_threads(cache: Path) -> None:
     """Six encodes started together: two runs at a time on two threads, none lost."""
     onnx = OnnxEmbedder(cache_dir=cache, batch_size=1, threads=2).load()
     lock, in_flight, most = threading.Lock(), [0], [0]
-    sessions: dict[int, object] = {}
 
     class Counted:
         def __init__(self, inner: Any) -> None:
@@ -103,12 +102,7 @@ def test_no_more_runs_at_once_than_threads(cache: Path) -> None:
                     in_flight[0] -= 1
 
     session_for = onnx._session_for
-
-    def counted(crowded: bool) -> Any:
-        inner = session_for(crowded)
-        return sessions.setdefault(id(inner), Counted(inner))
-
-    onnx._session_for = counted  # type: ignore[method-assign]
+    onnx._session_for = lambda crowded: Counted(session_for(crowded))  # type: ignore[method-assign]
     texts = [f"{t} ({i})" for i in range(6) for t in TEXTS[:2]]
     results = _all_at_once(onnx, [texts[i::6] for i in range(6)])
     assert most[0] == 2

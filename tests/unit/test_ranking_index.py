@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memos_ray.core.turn_ranking import RankingParams, first_stage
+from memos_ray.core.turn_ranking import CubeIndex, RankingParams, first_stage
 from memos_ray.domain.memory import MemoryStatus
 from memos_ray.services.ranking import CubeIndexCache, IndexedCube, extend_cube, index_cube
 from memos_ray.stores.vector.base import VectorRecord, WriteStamp
@@ -159,17 +159,16 @@ def test_the_speaker_term_boosts_the_named_speakers_turns_including_appended_one
     cube = index_cube(ids, vectors, payloads, "r1", params)
     q = np.full(8, 0.1, np.float32)
 
-    def boost(index: object, query: str) -> list[float]:
-        named = first_stage(cube.index if index is None else index, query, q, None, params)
-        plain = first_stage(cube.index if index is None else index, "plans", q, None, params)
-        return np.round(named - plain, 4).tolist()
+    def boost(index: CubeIndex, query: str) -> list[float]:
+        named = first_stage(index, query, q, None, params)
+        return np.round(named - first_stage(index, "plans", q, None, params), 4).tolist()
 
     # Neighbours and the session share some of a boost (steps 4 and 5), never most of it.
-    ann = boost(None, "plans of Ann")
+    ann = boost(cube.index, "plans of Ann")
     assert min(ann[0], ann[3]) - max(ann[1], ann[2]) > 2
-    both = boost(None, "plans of Ann and Bob")
+    both = boost(cube.index, "plans of Ann and Bob")
     assert min(both[0], both[1], both[3]) - both[2] > 1
-    assert boost(None, "plans of the user") == boost(None, "plans of someone")
+    assert boost(cube.index, "plans of the user") == boost(cube.index, "plans of someone")
     grown = extend_cube(
         cube,
         ["c1"],
