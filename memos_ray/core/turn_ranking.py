@@ -9,7 +9,9 @@ Every component is z-scored over the cube's turns, so the weights are scale-free
 4. Neighbours: S_t += g_neighbour * max(S_prev, S_next) within a session (answers and
    their questions sit next to each other).
 5. Sessions: + lam_session_max * z(best S in the session) + lam_session_bm25 * z(BM25 of the
-   session as one document) + w_date * [the turn's date falls in a date the query names]
+   session as one document). Answers: a turn right after a question (a "?" in the previous
+   turn of its session) moves `w_answer` of the way up to that question's S when below it.
+   Then + w_date * [the turn's date falls in a date the query names]
    + w_role * [the turn is said by the side the question is about]: in a chat between a
    user and an assistant, a question in the first person ("where did I ...", "my dog")
    asks what the user said, one about the assistant's words ("you recommended", "remind
@@ -72,6 +74,11 @@ class RankingParams(BaseModel):
     lam_session_max: float = 0.5
     lam_session_bm25: float = 0.5
     w_date: float = 2.0
+    # Step 5's answers: a turn right after a question moves this share of the way up to
+    # the question's score. A question in a chat is often worded like the one asked of
+    # the memory, yet asserts little; the turn that answers it holds the fact, in words
+    # that may share little with the question's.
+    w_answer: float = Field(default=0.5, ge=0, le=1)
     # Units of the search's own session (`session_id` of the request) get this much more.
     w_session: float = 0.5
     rerank_n: int = Field(default=50, ge=0)
@@ -366,6 +373,8 @@ class CubeIndex:
     rows: RowBuffer | None = None
     # `role_code` of each unit (int8; None: no unit has one).
     roles: np.ndarray | None = None
+    # Whether each unit asks something (a "?" in its text; None: not known, step 5b off).
+    asks: np.ndarray | None = None
     # The distinct speakers that are names and each unit's place among them (-1: none),
     # worked out on the first search rather than over every unit on every search.
     _names: tuple[list[str], np.ndarray] | None = field(default=None, repr=False)
@@ -457,7 +466,12 @@ def index_units(
         session_keys=session_keys,
         rows=rows,
         roles=_roles(units),
+        asks=_asks(units),
     )
+
+
+def _asks(units: Sequence[RankUnit]) -> np.ndarray:
+    return np.fromiter(("?" in u.text for u in units), bool, len(units))
 
 
 def _roles(units: Sequence[RankUnit]) -> np.ndarray | None:
@@ -545,6 +559,7 @@ def append_units(
         session_keys=keys,
         rows=rows,
         roles=_appended_roles(index, units),
+        asks=None if index.asks is None else np.concatenate([index.asks, _asks(units)]),
     )
 
 
@@ -619,6 +634,11 @@ def first_stage(
         + params.lam_session_max * _z(best)[sessions]
         + params.lam_session_bm25 * _z(bm25_score(index.bm25_sessions, query_tokens))[sessions]
     )
+    if params.w_answer and index.asks is not None:
+        before = np.maximum(index.prev, 0)
+        after_question = (index.prev >= 0) & index.asks[before]
+        lift = np.where(after_question, np.maximum(score[before] - score, 0), 0)
+        score = score + params.w_answer * lift
     windows = query_date_windows(query, parse_date(asked_at))
     if windows:
         score = score + params.w_date * _date_hits(windows, index.days, index.months)

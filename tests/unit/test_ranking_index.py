@@ -68,6 +68,7 @@ def _index_of(cube: IndexedCube) -> dict[str, object]:
         "days": index.days.tolist(),
         "speakers": index.speakers,
         "roles": None if index.roles is None else index.roles.tolist(),
+        "asks": None if index.asks is None else index.asks.tolist(),
         "types": cube.memory_types.tolist(),
         "positions": {i: cube.positions[i] for i in index.ids},
     }
@@ -93,6 +94,7 @@ def _random_cube(rng: random.Random, n: int) -> tuple[list[str], np.ndarray, lis
         for _ in range(rng.randint(1, 4)):
             seq += rng.randint(1, 5)
             text = " ".join(rng.choice(words) for _ in range(rng.randint(2, 10)))
+            text += rng.choice(["", "", "?"])
             day = f"2023-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}T10:00:00"
             payloads.append(
                 _payload(
@@ -179,6 +181,46 @@ def test_the_speaker_term_boosts_the_named_speakers_turns_including_appended_one
     assert grown is not None
     cleo = boost(grown.index, "plans of Cleo")
     assert cleo[4] - max(cleo[:4]) > 2
+
+
+def test_a_turn_after_a_question_moves_toward_the_question_score() -> None:
+    """Step 5b: the turn after a question (appended ones too) gains `w_answer` of the gap to
+    the question's score; a turn after a statement, or scoring above its question, does not."""
+    ids = ["q", "a", "s", "b", "c"]
+    payloads = [
+        _payload("s1", 1, "what pottery class did you take?", speaker="Bob"),
+        _payload("s1", 2, "the wheel one, on tuesdays", speaker="Ann"),
+        _payload("s2", 3, "pottery is my thing", speaker="Bob"),
+        _payload("s2", 4, "good for you", speaker="Ann"),
+        _payload("s3", 5, "unrelated words here", speaker="Ann"),
+    ]
+    vectors = np.eye(5, 8, dtype=np.float32)
+    q = np.eye(1, 8, 0, dtype=np.float32)[0]  # the dense side agrees with the question turn
+    query = "which pottery class"
+
+    def scores(cube: IndexedCube, w: float) -> np.ndarray:
+        return first_stage(cube.index, query, q, None, RankingParams(w_answer=w))
+
+    cube = index_cube(ids[:4], vectors[:4], payloads[:4], "r1", RankingParams())
+    assert cube.index.asks is not None and cube.index.asks.tolist() == [True, False, False, False]
+    off, on = scores(cube, 0.0), scores(cube, 0.5)
+    assert off[0] > off[1]
+    np.testing.assert_allclose(on[1], off[1] + 0.5 * (off[0] - off[1]), rtol=1e-5)
+    np.testing.assert_allclose(np.delete(on, 1), np.delete(off, 1), rtol=1e-6)
+    assert off[2] > off[3]  # after a statement: no lift
+    # Appended: a question ending one write, its answer the next; a filter keeps it finite.
+    asked = {**payloads[4], "text": "any pottery class for beginners?", "status": "activated"}
+    grown = extend_cube(cube, ["c"], vectors[4:], [asked], "r2")
+    assert grown is not None
+    answer = _payload("s3", 6, "yes, the wheel one", speaker="Bob", status="activated")
+    grown = extend_cube(grown, ["d"], np.eye(1, 8, 5, dtype=np.float32), [answer], "r3")
+    assert grown is not None and grown.index.asks is not None
+    assert grown.index.asks.tolist() == [True, False, False, False, True, False]
+    off, on = scores(grown, 0.0), scores(grown, 0.5)
+    np.testing.assert_allclose(on[5], off[5] + 0.5 * (off[4] - off[5]), rtol=1e-5)
+    only_answers = np.array([False, True, False, True, False, True])
+    masked = first_stage(grown.index, query, q, None, RankingParams(), only_answers)
+    assert np.isfinite(masked[only_answers]).all() and np.isneginf(masked[~only_answers]).all()
 
 
 def test_writes_that_do_not_append_are_refused() -> None:
