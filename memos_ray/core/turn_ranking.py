@@ -373,7 +373,8 @@ class CubeIndex:
     rows: RowBuffer | None = None
     # `role_code` of each unit (int8; None: no unit has one).
     roles: np.ndarray | None = None
-    # Whether each unit asks something (a "?" in its text; None: not known, step 5b off).
+    # Whether each unit asks something (a "?" in its text); None: not known, and step 5's
+    # answers are skipped.
     asks: np.ndarray | None = None
     # The distinct speakers that are names and each unit's place among them (-1: none),
     # worked out on the first search rather than over every unit on every search.
