@@ -364,6 +364,8 @@ class CubeIndex:
     # of step 2 are never materialised, their cosines come from e @ q.
     norm_prev: np.ndarray
     norm_next: np.ndarray
+    # Whether each unit asks something (a "?" in its text): step 5's answers.
+    asks: np.ndarray
     tokens: list[np.ndarray] | None = None
     # Each unit's distinct keyword terms (for query-term coverage without re-tokenising).
     terms: list[frozenset[str]] | None = None
@@ -373,9 +375,6 @@ class CubeIndex:
     rows: RowBuffer | None = None
     # `role_code` of each unit (int8; None: no unit has one).
     roles: np.ndarray | None = None
-    # Whether each unit asks something (a "?" in its text); None: not known, and step 5's
-    # answers are skipped.
-    asks: np.ndarray | None = None
     # The distinct speakers that are names and each unit's place among them (-1: none),
     # worked out on the first search rather than over every unit on every search.
     _names: tuple[list[str], np.ndarray] | None = field(default=None, repr=False)
@@ -560,7 +559,7 @@ def append_units(
         session_keys=keys,
         rows=rows,
         roles=_appended_roles(index, units),
-        asks=None if index.asks is None else np.concatenate([index.asks, _asks(units)]),
+        asks=np.concatenate([index.asks, _asks(units)]),
     )
 
 
@@ -635,7 +634,7 @@ def first_stage(
         + params.lam_session_max * _z(best)[sessions]
         + params.lam_session_bm25 * _z(bm25_score(index.bm25_sessions, query_tokens))[sessions]
     )
-    if params.w_answer and index.asks is not None:
+    if params.w_answer:
         before = np.maximum(index.prev, 0)
         after_question = (index.prev >= 0) & index.asks[before]
         lift = np.where(after_question, np.maximum(score[before] - score, 0), 0)

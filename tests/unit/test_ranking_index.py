@@ -68,7 +68,7 @@ def _index_of(cube: IndexedCube) -> dict[str, object]:
         "days": index.days.tolist(),
         "speakers": index.speakers,
         "roles": None if index.roles is None else index.roles.tolist(),
-        "asks": None if index.asks is None else index.asks.tolist(),
+        "asks": index.asks.tolist(),
         "types": cube.memory_types.tolist(),
         "positions": {i: cube.positions[i] for i in index.ids},
     }
@@ -184,8 +184,9 @@ def test_the_speaker_term_boosts_the_named_speakers_turns_including_appended_one
 
 
 def test_a_turn_after_a_question_moves_toward_the_question_score() -> None:
-    """Step 5b: the turn after a question (appended ones too) gains `w_answer` of the gap to
-    the question's score; a turn after a statement, or scoring above its question, does not."""
+    """Step 5's answers: the turn after a question (appended ones too) gains `w_answer` of
+    the gap to the question's score; a turn after a statement, or scoring above its
+    question, does not."""
     ids = ["q", "a", "s", "b", "c"]
     payloads = [
         _payload("s1", 1, "what pottery class did you take?", speaker="Bob"),
@@ -202,19 +203,25 @@ def test_a_turn_after_a_question_moves_toward_the_question_score() -> None:
         return first_stage(cube.index, query, q, None, RankingParams(w_answer=w))
 
     cube = index_cube(ids[:4], vectors[:4], payloads[:4], "r1", RankingParams())
-    assert cube.index.asks is not None and cube.index.asks.tolist() == [True, False, False, False]
+    assert cube.index.asks.tolist() == [True, False, False, False]
     off, on = scores(cube, 0.0), scores(cube, 0.5)
     assert off[0] > off[1]
     np.testing.assert_allclose(on[1], off[1] + 0.5 * (off[0] - off[1]), rtol=1e-5)
     np.testing.assert_allclose(np.delete(on, 1), np.delete(off, 1), rtol=1e-6)
     assert off[2] > off[3]  # after a statement: no lift
+    # An answer already above its question keeps its score, as does everything else.
+    wheel = np.eye(1, 8, 1, dtype=np.float32)[0]
+    above = [first_stage(cube.index, "wheel tuesdays", wheel, None, RankingParams(w_answer=w))
+             for w in (0.0, 0.5)]  # fmt: skip
+    assert above[0][1] > above[0][0]
+    np.testing.assert_allclose(above[1], above[0], rtol=1e-6)
     # Appended: a question ending one write, its answer the next; a filter keeps it finite.
     asked = {**payloads[4], "text": "any pottery class for beginners?", "status": "activated"}
     grown = extend_cube(cube, ["c"], vectors[4:], [asked], "r2")
     assert grown is not None
     answer = _payload("s3", 6, "yes, the wheel one", speaker="Bob", status="activated")
     grown = extend_cube(grown, ["d"], np.eye(1, 8, 5, dtype=np.float32), [answer], "r3")
-    assert grown is not None and grown.index.asks is not None
+    assert grown is not None
     assert grown.index.asks.tolist() == [True, False, False, False, True, False]
     off, on = scores(grown, 0.0), scores(grown, 0.5)
     np.testing.assert_allclose(on[5], off[5] + 0.5 * (off[4] - off[5]), rtol=1e-5)
