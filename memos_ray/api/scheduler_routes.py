@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from memos_ray.api.context import ApiContext
@@ -172,7 +173,10 @@ def _wait_request(
     fields.update({k: v for k, v in given.items() if v is not None})
     if not fields.get("user_name"):
         raise BadRequestError("user_name is required (a query parameter or in the body)")
-    return WaitRequest(**fields)
+    try:  # query values are checked here, not by FastAPI: invalid ones are the request's 422
+        return WaitRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
 @router.get("/wait/stream")

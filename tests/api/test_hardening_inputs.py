@@ -482,3 +482,11 @@ def test_adapter_uploads_with_bad_configs_are_400(api: RunningApi, label: str, c
     assert_refused(response, 400, 422)
     gone = api.http.get(f"/product/cubes/{user}/adapter", params={"user_id": user}, headers=headers)
     assert gone.status_code == 404, gone.text
+
+
+def test_a_nul_in_the_wait_routes_query_user_id_is_422(api: RunningApi) -> None:
+    """Query values of the scheduler's wait are checked in the route, not by FastAPI: the
+    fuzzer's `user_id` with a NUL was a 500 (a dropped connection) before."""
+    query = {"user_name": "é", "user_id": "¯8\x00"}
+    r = api.post("/product/scheduler/wait", params=query, key=ADMIN_KEY)
+    assert r.status_code == 422, r.text
