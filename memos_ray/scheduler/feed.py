@@ -98,7 +98,15 @@ class TaskFeed:
         return True, self._log.seq
 
 
+class FeedUnavailable(RuntimeError):
+    """No Ray in this process: its callers read the task log on a timer instead."""
+
+
 def task_feed(config: MemosConfig) -> Any:
+    """The app's feed actor. Never starts Ray: a process without a cluster (an app run with no
+    Ray, a script) would otherwise get a new one of its own, seconds into a request."""
+    if not ray.is_initialized():
+        raise FeedUnavailable("no Ray cluster in this process")
     return TaskFeed.options(  # type: ignore[attr-defined]
         name=f"memos-task-feed-{actor_suffix(config)}",
         namespace=config.serving.namespace,
@@ -129,6 +137,9 @@ class FeedWaiter:
                 self._feed = await asyncio.to_thread(task_feed, self.config)
             changed, self.seq = await self._feed.wait.remote(self.keys, self.seq, timeout_s)
             return bool(changed)
+        except FeedUnavailable:
+            await asyncio.sleep(min(self.fallback_s, max(timeout_s, 0.0)))
+            return True
         except Exception as exc:  # an actor restarting, or Ray going away under the stream
             logger.warning("task feed unreachable (%r); reading the task log on a timer", exc)
             self._feed = None
