@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from memos_ray.api.context import ApiContext
-from memos_ray.api.deps import Ctx, Who
+from memos_ray.api.deps import Ctx, Who, validated
 from memos_ray.api.sse import sse_response
 from memos_ray.config import LimitsConfig
 from memos_ray.errors import BadRequestError, NotFoundError, ServiceUnavailableError
@@ -173,10 +172,7 @@ def _wait_request(
     fields.update({k: v for k, v in given.items() if v is not None})
     if not fields.get("user_name"):
         raise BadRequestError("user_name is required (a query parameter or in the body)")
-    try:  # query values are checked here, not by FastAPI: invalid ones are the request's 422
-        return WaitRequest.model_validate(fields)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
+    return validated(WaitRequest, fields)  # query values are checked here, not by FastAPI
 
 
 @router.get("/wait/stream")

@@ -28,18 +28,16 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from memos_ray.api import sdk_wire
 from memos_ray.api.chat_routes import chat_frames, require_chat
 from memos_ray.api.context import ApiContext
-from memos_ray.api.deps import Ctx, Who
+from memos_ray.api.deps import Ctx, Who, validated
 from memos_ray.api.sse import sse_response
 from memos_ray.core.filters import And, Condition, FilterExpr, Or, parse_filter
 from memos_ray.domain.memory import DEFAULT_SESSION, MemoryItem, MemoryType
@@ -70,8 +68,6 @@ router = APIRouter(prefix="/api/openmem/v1")
 HISTORY_MESSAGES = 50
 # Memory types a delete may name (`memory_type`).
 DELETABLE_TYPES = frozenset(str(t) for t in MemoryType if t != MemoryType.TOPIC)
-
-M = TypeVar("M", bound=BaseModel)
 
 
 # -- memories ---------------------------------------------------------------------------------
@@ -122,7 +118,7 @@ def search_memory(req: sdk.SearchMemoryRequest, context: Ctx, who: Who) -> dict[
     }
     if req.relativity is not None:
         fields["relativity"] = req.relativity
-    search = _validated(SearchRequest, fields)
+    search = validated(SearchRequest, fields)
     context.searcher.check(search)
     requested = [user_id, *(req.knowledgebase_ids or [])]
     cubes = context.access.cubes_for(user_id, requested, write=False, caller=who)
@@ -387,7 +383,7 @@ async def add_knowledgebase_file(
             raw = json.loads(body or b"null")
         except ValueError:
             raise BadRequestError("the body is neither JSON nor a multipart form") from None
-        req = _validated(sdk.AddKnowledgebaseFileRequest, raw)
+        req = validated(sdk.AddKnowledgebaseFileRequest, raw)
         kb_id = req.knowledgebase_id
         files = _json_files(kb_id, req.file)
     data = await run_in_threadpool(_add_files, context, who, kb_id, files)
@@ -450,14 +446,6 @@ def get_knowledgebase_file(
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _validated(model: type[M], data: Any) -> M:
-    """A model built here from request values: invalid values are the request's 422."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
-
-
 def _subjects(value: str | list[str] | None) -> list[str | None]:
     if value is None:
         return []
@@ -487,7 +475,7 @@ def _add_request(req: sdk.AddMessageRequest, user_id: str, cubes: list[str]) -> 
         info.setdefault("agent_id", req.agent_id)
     if req.app_id:
         info.setdefault("app_id", req.app_id)
-    return _validated(
+    return validated(
         AddRequest,
         {
             "user_id": user_id,
@@ -670,7 +658,7 @@ def _add_files(
         {"type": "file", "file": {"file_data": f.file_data, "file_id": f.id, "filename": f.name}}
         for f in files
     ]
-    add = _validated(
+    add = validated(
         AddRequest,
         {
             "user_id": actor,

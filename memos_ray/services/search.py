@@ -77,9 +77,12 @@ class SearchService:
         if wants_preferences and req.pref_top_k and self.preferences is not None:
             result.preferences = self.preferences.search(cubes, query, req.pref_top_k)
         tool_types = list(types.tools)
-        with_tools = [c for c in cubes if tool_types and self.memory.has_types(c, tool_types)]
         wants_tools = req.search_tool_memory or (types.explicit and bool(tool_types))
-        if wants_tools and req.tool_mem_top_k and with_tools:
+        if not (wants_tools and req.tool_mem_top_k and tool_types):
+            return result
+        # Cubes with no tool memory skip the second ranking (known from the cached index).
+        with_tools = [c for c in cubes if self.memory.has_types(c, tool_types)]
+        if with_tools:
             tool_options = SearchOptions(
                 top_k=req.tool_mem_top_k,
                 relativity=req.relativity,
