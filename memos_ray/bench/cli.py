@@ -21,6 +21,8 @@ from memos_ray.bench.async_add import add_async_add_parser
 from memos_ray.bench.autoscale import add_autoscale_parser
 from memos_ray.bench.chaos import add_chaos_parser
 from memos_ray.bench.common import add_service_args, machine, service_url, write_report
+from memos_ray.bench.cpu import cpu_per_request
+from memos_ray.bench.cpu import take as take_cpu
 from memos_ray.bench.cube_archive import add_cube_archive_parser
 from memos_ray.bench.ingest_job import add_ingest_job_parser
 from memos_ray.bench.load import (
@@ -201,13 +203,19 @@ class _Latency:
 
     def measured(self, call: Any, batch: list[Any], level: int) -> dict[str, Any]:
         """run_load's figures, with the index cache's hit rate over the same searches; with
-        --repeat N, the median of N runs, each run's figures and the spread (min, max)."""
+        --repeat N, the median of N runs, each run's figures and the spread (min, max); with
+        --cpu, the CPU each process spent per search over all the runs."""
         before = self.meter.read()
+        cpu_before = take_cpu() if self.args.cpu else None
         runs = [run_load(call, batch, level) for _ in range(self.args.repeat)]
+        cpu_after = take_cpu() if self.args.cpu else None
         figures: dict[str, Any] = repeated(runs)
         cache = CacheMeter.between(before, self.meter.read(), len(batch) * len(runs))
         if cache is not None:
             figures["index_cache"] = cache
+        cpu = cpu_per_request(cpu_before, cpu_after, len(batch) * len(runs))
+        if cpu is not None:
+            figures["cpu"] = cpu
         return figures
 
     def one_cube(self, size: int, in_process: Any) -> dict[str, Any]:
@@ -341,6 +349,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         raise SystemExit("memos-ray bench latency: --cubes N > 1 takes one size in --sizes")
     if not args.url:
         os.environ.setdefault(REPORT_INTERVAL_ENV, REPORT_INTERVAL_MS)
+    if args.cpu and take_cpu() is None:
+        print("--cpu: this system has no /proc (Linux only): no CPU figures", flush=True)
     figures: dict[str, Any] = {"bench": "latency", "machine": machine(), "sizes": {}}
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     with service_url(args) as (url, config):
@@ -515,6 +525,12 @@ def add_bench_parser(sub: Any) -> None:
     )
     latency.add_argument(
         "--no-inproc", action="store_true", help="skip the in-process comparison (faster)"
+    )
+    latency.add_argument(
+        "--cpu",
+        action="store_true",
+        help="report each process's CPU milliseconds per search at each level (Linux /proc; "
+        "every process of the machine, the load generator included)",
     )
     latency.add_argument("--out", default="bench-results/latency.json")
     add_service_args(latency)
