@@ -8,6 +8,7 @@ ingress replica, the vector actor, the embedder, Ray's own daemons). Latency alo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,28 +41,41 @@ def process_name(argv: list[str]) -> str:
     return " ".join(words)[:80]
 
 
+def processes(proc: Path = PROC) -> Iterator[tuple[int, Path, list[str]]]:
+    """Each live process: its pid, its /proc folder and the fields of its `stat` after the
+    command name (the name may hold spaces and parentheses)."""
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        yield int(entry.name), entry, fields
+
+
+def cpu_seconds(fields: list[str]) -> float:
+    """User + system CPU time from `stat` fields as `processes` gives them (state first:
+    utime and stime are the 12th and 13th)."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def take(proc: Path = PROC) -> CpuSnapshot | None:
     """Every process's CPU time and the machine's; None where there is no /proc (not Linux)."""
     stat = proc / "stat"
     if not stat.exists():
         return None
-    tick = os.sysconf("SC_CLK_TCK")
-    processes: dict[int, tuple[str, float]] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
+    found: dict[int, tuple[str, float]] = {}
+    for pid, entry, fields in processes(proc):
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile, or not ours to read
+        except OSError:
             continue
-        # After the command name: state is field 3, utime 14 and stime 15 (1-based).
-        seconds = (int(fields[11]) + int(fields[12])) / tick
         name = process_name([a.decode(errors="replace") for a in argv if a])
-        processes[int(entry.name)] = (name, seconds)
+        found[pid] = (name, cpu_seconds(fields))
     cpu = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
     idle = cpu[3] + (cpu[4] if len(cpu) > 4 else 0)  # idle + iowait
-    return CpuSnapshot(processes, float(sum(cpu) - idle), float(sum(cpu)))
+    return CpuSnapshot(found, float(sum(cpu) - idle), float(sum(cpu)))
 
 
 def cpu_per_request(

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memos_ray.bench.cpu import cpu_seconds, processes
+
 
 def projection(
     figures: dict[str, Any], turns: int, workers: int, gpu_rate: float, cpu_cores: int
@@ -66,20 +68,8 @@ def projection(
 
 def _session_cpu(session: int) -> dict[int, float]:
     """CPU seconds (user + system) of each live process in a session."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    found: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # After the name: state, ppid, pgrp, session, ..., utime (12th), stime (13th).
-        if int(fields[3]) == session:
-            found[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
-    return found
+    # After the state: ppid, pgrp, then the session.
+    return {pid: cpu_seconds(f) for pid, _, f in processes() if int(f[3]) == session}
 
 
 class CpuMeter:

@@ -77,3 +77,15 @@ def test_a_reading_around_real_work_finds_it_in_this_process() -> None:
     assert mine >= (spent_ms - 20) / 10
     assert 0 < figures["machine_busy"] <= 1
     assert total > 0
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
+def test_the_ingest_jobs_session_reading_finds_this_process_with_its_own_cpu_time() -> None:
+    from memos_ray.bench.ingest_job import _session_cpu
+
+    earlier = time.process_time()
+    found = _session_cpu(os.getsid(0))
+    later = time.process_time()
+    # /proc counts in clock ticks (10 ms): within two of the process's own clock.
+    assert earlier - 0.02 <= found[os.getpid()] <= later + 0.02
+    assert all(seconds >= 0 for seconds in found.values())
