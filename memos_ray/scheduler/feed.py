@@ -137,11 +137,9 @@ class FeedWaiter:
                 self._feed = await asyncio.to_thread(task_feed, self.config)
             changed, self.seq = await self._feed.wait.remote(self.keys, self.seq, timeout_s)
             return bool(changed)
-        except FeedUnavailable:
-            await asyncio.sleep(min(self.fallback_s, max(timeout_s, 0.0)))
-            return True
-        except Exception as exc:  # an actor restarting, or Ray going away under the stream
-            logger.warning("task feed unreachable (%r); reading the task log on a timer", exc)
+        except Exception as exc:  # no Ray here, an actor restarting, Ray going away
+            if not isinstance(exc, FeedUnavailable):
+                logger.warning("task feed unreachable (%r); reading the task log on a timer", exc)
             self._feed = None
             self.seq = None
             await asyncio.sleep(min(self.fallback_s, max(timeout_s, 0.0)))
